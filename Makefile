@@ -1,0 +1,42 @@
+# Weft — build, test, bench, local cluster.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+REF_CNI := $(BIN)/ref
+REF_CNI_VERSION := v1.9.1
+export WEFT_BIN_DIR := $(BIN)
+export WEFT_REF_CNI_DIR := $(REF_CNI)
+
+.PHONY: all build test test-unit test-e2e bench deps ref-plugins clean cluster-build cluster-up cluster-down demo
+
+all: build
+
+# Every binary of the product into bin/.
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./plugins/... ./cmd/...
+
+# The reference CNI plugins, unmodified, for chaining and comparison.
+ref-plugins:
+	@mkdir -p $(REF_CNI)
+	@for p in meta/portmap meta/bandwidth main/bridge ipam/host-local main/loopback; do \
+	  n=$${p#*/}; [ -x $(REF_CNI)/$$n ] || GOBIN=$(REF_CNI) $(GO) install github.com/containernetworking/plugins/plugins/$$p@$(REF_CNI_VERSION) || exit 1; \
+	done
+
+# Host packages the tests need (Debian). Safe to run again.
+deps:
+	@hack/deps.sh
+
+# All tiers: unit (rootless), privileged (netns), end to end (local cluster).
+test: deps build ref-plugins
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+test-unit:
+	$(GO) test -count=1 ./...
+
+bench: deps build ref-plugins
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the host packages Weft's tests and local cluster need (Debian/Ubuntu).
+set -euo pipefail
+need=()
+for pair in ip:iproute2 iptables:iptables ipset:ipset iperf3:iperf3 tcpdump:tcpdump nft:nftables conntrack:conntrack; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then echo "deps: need root to install: ${need[*]}" >&2; exit 1; fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
