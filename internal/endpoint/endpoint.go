@@ -1,0 +1,168 @@
+// Package endpoint is the contract between the weft CNI plugin and weftd's
+// policy controller: one JSON record per pod attachment, named after the
+// host-side veth, in a directory (DefaultDir on a node). The plugin writes a
+// record on ADD before it returns and removes it on DEL; weftd lists and
+// watches the directory and matches records to Pods by namespace, name and
+// UID.
+package endpoint
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// DefaultDir is where records live on a node.
+const DefaultDir = "/run/weft/endpoints"
+
+// tmpPrefix marks files being written; List ignores them.
+const tmpPrefix = ".tmp-"
+
+// Endpoint is one pod attachment on this node.
+type Endpoint struct {
+	ContainerID  string   `json:"containerID"`
+	IfName       string   `json:"ifname"`
+	PodNamespace string   `json:"podNamespace"`
+	PodName      string   `json:"podName"`
+	PodUID       string   `json:"podUID"`
+	HostVeth     string   `json:"hostVeth"`
+	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"
+}
+
+// Addrs returns the endpoint's addresses without prefix lengths.
+func (e Endpoint) Addrs() ([]netip.Addr, error) {
+	out := make([]netip.Addr, 0, len(e.IPs))
+	for _, s := range e.IPs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("endpoint %s: bad ip %q: %w", e.HostVeth, s, err)
+			}
+			out = append(out, a)
+			continue
+		}
+		out = append(out, p.Addr())
+	}
+	return out, nil
+}
+
+// Validate checks the fields a consumer relies on.
+func (e Endpoint) Validate() error {
+	if err := validName(e.HostVeth); err != nil {
+		return err
+	}
+	if e.PodNamespace == "" || e.PodName == "" {
+		return fmt.Errorf("endpoint %s: pod namespace and name are required", e.HostVeth)
+	}
+	if _, err := e.Addrs(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// validName accepts Linux interface names usable as file names.
+func validName(n string) error {
+	if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/\x00 ") || strings.HasPrefix(n, ".") {
+		return fmt.Errorf("endpoint: invalid host interface name %q", n)
+	}
+	return nil
+}
+
+// Write stores ep atomically (temp file + rename) as dir/<hostVeth>.json,
+// creating dir if needed.
+func Write(dir string, ep Endpoint) error {
+	if err := ep.Validate(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("endpoint: create dir: %w", err)
+	}
+	data, err := json.Marshal(ep)
+	if err != nil {
+		return fmt.Errorf("endpoint: encode: %w", err)
+	}
+	f, err := os.CreateTemp(dir, tmpPrefix+ep.HostVeth+"-")
+	if err != nil {
+		return fmt.Errorf("endpoint: temp file: %w", err)
+	}
+	tmp := f.Name()
+	_, werr := f.Write(data)
+	if werr == nil {
+		werr = f.Sync()
+	}
+	cerr := f.Close()
+	if werr == nil {
+		werr = cerr
+	}
+	if werr == nil {
+		werr = os.Rename(tmp, filepath.Join(dir, ep.HostVeth+".json"))
+	}
+	if werr != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("endpoint: write %s: %w", ep.HostVeth, werr)
+	}
+	return nil
+}
+
+// Remove deletes the record for hostVeth; a missing record is not an error.
+func Remove(dir, hostVeth string) error {
+	if err := validName(hostVeth); err != nil {
+		return err
+	}
+	err := os.Remove(filepath.Join(dir, hostVeth+".json"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("endpoint: remove %s: %w", hostVeth, err)
+	}
+	return nil
+}
+
+// List returns every valid record in dir, sorted by host interface name. A
+// missing dir is an empty list. Records that cannot be decoded are skipped
+// and reported in the returned error (joined) alongside the good ones.
+func List(dir string) ([]Endpoint, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("endpoint: list %s: %w", dir, err)
+	}
+	var out []Endpoint
+	var errs []error
+	for _, de := range ents {
+		name := de.Name()
+		if de.IsDir() || strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed while listing
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("endpoint: read %s: %w", name, err))
+			continue
+		}
+		var ep Endpoint
+		if err := json.Unmarshal(data, &ep); err != nil {
+			errs = append(errs, fmt.Errorf("endpoint: decode %s: %w", name, err))
+			continue
+		}
+		if ep.HostVeth+".json" != name {
+			errs = append(errs, fmt.Errorf("endpoint: %s names host interface %q", name, ep.HostVeth))
+			continue
+		}
+		if err := ep.Validate(); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, ep)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].HostVeth < out[j].HostVeth })
+	return out, errors.Join(errs...)
+}
