@@ -1,0 +1,112 @@
+package iptables
+
+import (
+	"context"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+func TestSplitQuote(t *testing.T) {
+	for _, s := range []string{"plain", "with space", `q"uote`, `back\slash`, ""} {
+		line := "-A X -m comment --comment " + Quote(s) + " -j ACCEPT"
+		args, err := SplitArgs(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if Comment(args) != s {
+			t.Errorf("round trip %q -> %q (%v)", s, Comment(args), args)
+		}
+	}
+	if _, err := SplitArgs(`-A X --comment "open`); err == nil {
+		t.Error("unterminated quote accepted")
+	}
+}
+
+func TestParseSave(t *testing.T) {
+	text := `# Generated
+*nat
+:POSTROUTING ACCEPT [0:0]
+-A POSTROUTING -j MASQUERADE
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [1:2]
+:WEFT-A - [0:0]
+-A FORWARD -m comment --comment "weft jump" -j WEFT-A
+-A WEFT-A -p tcp -m tcp --dport 80 -j ACCEPT
+COMMIT
+`
+	d, err := ParseSave(text, "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(d.Order, []string{"INPUT", "FORWARD", "WEFT-A"}) {
+		t.Fatalf("order %v", d.Order)
+	}
+	if !d.Chains["FORWARD"].Builtin || d.Chains["WEFT-A"].Builtin {
+		t.Fatal("builtin flags wrong")
+	}
+	if Comment(d.Chains["FORWARD"].Rules[0]) != "weft jump" {
+		t.Fatalf("rule %v", d.Chains["FORWARD"].Rules[0])
+	}
+	if _, ok := d.Chains["POSTROUTING"]; ok {
+		t.Fatal("nat chain leaked into filter dump")
+	}
+}
+
+func TestParseIPSetSave(t *testing.T) {
+	sets, err := ParseIPSetSave("create weft-a hash:net family inet hashsize 1024 maxelem 65536\nadd weft-a 10.0.0.0/8\nadd weft-a 10.1.0.0/16 nomatch\ncreate weft-b hash:ip family inet\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sets["weft-a"].Type != "hash:net" || !reflect.DeepEqual(sets["weft-a"].Members, []string{"10.0.0.0/8", "10.1.0.0/16 nomatch"}) || len(sets["weft-b"].Members) != 0 {
+		t.Fatalf("%+v %+v", sets["weft-a"], sets["weft-b"])
+	}
+}
+
+// TestRunnerInNetNS loads rules and a set into a throwaway namespace with the
+// detected backend and reads them back.
+func TestRunnerInNetNS(t *testing.T) {
+	n := testutil.NewNS(t)
+	ctx := context.Background()
+	mode, err := Detect(ctx, n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Runner{Mode: mode, NetNS: n.Path()}
+	if err := r.IPSetRestore(ctx, "create weft-t1 hash:ip family inet\nadd weft-t1 10.9.0.1\n"); err != nil {
+		t.Fatal(err)
+	}
+	err = r.Restore(ctx, "*filter\n:WEFT-T1 - [0:0]\n-A WEFT-T1 -m set --match-set weft-t1 src -m comment --comment \"a b\" -j ACCEPT\nCOMMIT\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.Save(ctx, "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := ParseSave(out, "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := d.Chains["WEFT-T1"]
+	if c == nil || len(c.Rules) != 1 || Comment(c.Rules[0]) != "a b" {
+		t.Fatalf("read back: %s", out)
+	}
+	sv, err := r.IPSetSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets, _ := ParseIPSetSave(sv)
+	if s := sets["weft-t1"]; s == nil || len(s.Members) != 1 || !strings.HasPrefix(s.Members[0], "10.9.0.1") {
+		t.Fatalf("ipset read back: %s", sv)
+	}
+	// Detection now sees rules in the backend that holds them.
+	again, err := Detect(ctx, n.Path())
+	if err != nil || again != mode {
+		t.Fatalf("detect after load: %v %v (want %v)", again, err, mode)
+	}
+}
