@@ -1,0 +1,84 @@
+// Package fabric holds the plain types that weftd's parts and its backends
+// share: the local node as a backend sees it, the peers it must reach, and
+// the names of the weft.dev/* Node annotations. It imports nothing of
+// Kubernetes so that backends (vxlan/, udp/, bgp/) stay independent of it.
+package fabric
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Node annotations weftd publishes on its own Node object.
+const (
+	// AnnoPodCIDR is the node's pod subnet (leased or from spec.podCIDR).
+	AnnoPodCIDR = "weft.dev/pod-cidr"
+	// AnnoPublicIP is the node's underlay address peers send to.
+	AnnoPublicIP = "weft.dev/public-ip"
+	// AnnoBackend is the backend the node currently sends with.
+	AnnoBackend = "weft.dev/backend"
+	// AnnoBackends lists, comma separated, the backends the node can
+	// decapsulate (receive) right now.
+	AnnoBackends = "weft.dev/backends"
+	// AnnoPrefix is the prefix of every weft annotation.
+	AnnoPrefix = "weft.dev/"
+)
+
+// Peer is a remote node as a backend needs to know it.
+type Peer struct {
+	Name       string
+	UnderlayIP netip.Addr
+	PodCIDRs   []netip.Prefix
+	// Backends the peer can decapsulate.
+	Backends []string
+	// Attrs are the peer's weft.dev/* annotations (backend specific data,
+	// e.g. the VXLAN VTEP MAC).
+	Attrs map[string]string
+}
+
+// Accepts reports whether the peer can receive traffic of the backend.
+func (p Peer) Accepts(backend string) bool {
+	return slices.Contains(p.Backends, backend)
+}
+
+// LocalNode is this node as a backend needs to know it.
+type LocalNode struct {
+	Name       string
+	UnderlayIP netip.Addr
+	// UnderlayLink is the name of the link that holds UnderlayIP.
+	UnderlayLink string
+	UnderlayMTU  int
+	PodCIDR      netip.Prefix
+	Network      netip.Prefix
+}
+
+// ParseBackends splits a weft.dev/backends annotation value.
+func ParseBackends(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Published is what a backend needs its node to publish: the MTU pods can
+// use over it, and weft.dev/* annotations (e.g. the VTEP MAC) for peers.
+type Published struct {
+	MTU   int
+	Attrs map[string]string
+}
+
+// ApplyResult reports one convergence of a backend.
+type ApplyResult struct {
+	// Published may change when Apply had to recreate a device.
+	Published Published
+	// Peers is the number of peers now reachable.
+	Peers int
+	// Changes counts kernel objects added, replaced or removed.
+	Changes int
+	// Problems are peers (or parts) left out, with the reason.
+	Problems []string
+}

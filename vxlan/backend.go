@@ -1,0 +1,223 @@
+package vxlan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"github.com/weftnet/weft/internal/fabric"
+)
+
+// Backend is the VXLAN backend. It satisfies daemon/backend.Backend.
+type Backend struct {
+	cfg Config
+	k   Kernel
+	log *slog.Logger
+
+	mu    sync.Mutex
+	local fabric.LocalNode
+	dev   Device
+	spec  DeviceSpec
+	up    bool
+}
+
+// New returns a backend that programs k.
+func New(cfg Config, k Kernel, log *slog.Logger) *Backend {
+	return &Backend{cfg: cfg, k: k, log: log.With("backend", Type)}
+}
+
+// Type returns "vxlan".
+func (b *Backend) Type() string { return Type }
+
+// Start creates the device or adopts an existing matching one (keeping its
+// MAC and all entries), gives it the node subnet's network address /32 and
+// returns what peers need.
+func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Published, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() {
+		return fabric.Published{}, fmt.Errorf("vxlan: local node needs an IPv4 underlay IP and a pod CIDR (got %v, %v)", local.UnderlayIP, local.PodCIDR)
+	}
+	mtu := b.cfg.MTU
+	if mtu == 0 {
+		um := local.UnderlayMTU
+		if um == 0 {
+			m, err := b.k.LinkMTU(local.UnderlayLink)
+			if err != nil {
+				return fabric.Published{}, fmt.Errorf("vxlan: underlay mtu: %w", err)
+			}
+			um = m
+		}
+		mtu = um - Overhead
+	}
+	b.local = local
+	b.spec = DeviceSpec{Name: DefaultDevice, VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
+	if _, err := b.ensureDevice(); err != nil {
+		return fabric.Published{}, err
+	}
+	b.up = true
+	return b.published(), nil
+}
+
+func (b *Backend) published() fabric.Published {
+	return fabric.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
+}
+
+// ensureDevice makes sure the device and its address exist; it returns the
+// number of changes made.
+func (b *Backend) ensureDevice() (int, error) {
+	changes := 0
+	dev, err := b.k.EnsureDevice(b.spec)
+	if err != nil {
+		return 0, fmt.Errorf("vxlan: %w", err)
+	}
+	if b.dev.Index != 0 && (dev.Index != b.dev.Index || dev.MAC != b.dev.MAC) {
+		b.log.Warn("vxlan device was recreated", "old_mac", b.dev.MAC, "mac", dev.MAC)
+		changes++
+	} else if b.dev.Index == 0 {
+		b.log.Info("vxlan device ready", "device", dev.Name, "adopted", dev.Adopted, "mac", dev.MAC, "mtu", dev.MTU, "vni", b.spec.VNI, "port", b.spec.Port)
+	}
+	b.dev = dev
+	want := netip.PrefixFrom(b.local.PodCIDR.Masked().Addr(), 32)
+	addrs, err := b.k.Addrs(dev)
+	if err != nil {
+		return changes, fmt.Errorf("vxlan: %w", err)
+	}
+	have := false
+	for _, a := range addrs {
+		if a == want {
+			have = true
+			continue
+		}
+		if a.Addr().Is4() {
+			if err := b.k.DelAddr(dev, a); err != nil {
+				return changes, fmt.Errorf("vxlan: %w", err)
+			}
+			changes++
+		}
+	}
+	if !have {
+		if err := b.k.AddAddr(dev, want); err != nil {
+			return changes, fmt.Errorf("vxlan: %w", err)
+		}
+		changes++
+	}
+	return changes, nil
+}
+
+// Apply converges the device's FDB, neighbour and route entries to what
+// Desired computes for peers. It reads the kernel each time, so calling it
+// periodically repairs drift. Additions go FDB -> neighbour -> route and
+// removals in the reverse order, so no route points at a missing entry.
+func (b *Backend) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyResult, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.up {
+		return fabric.ApplyResult{}, errors.New("vxlan: not started")
+	}
+	changes, err := b.ensureDevice()
+	if err != nil {
+		return fabric.ApplyResult{}, err
+	}
+	want, probs := Desired(b.local, peers)
+	res := fabric.ApplyResult{Peers: len(want.FDB)}
+	for _, p := range probs {
+		res.Problems = append(res.Problems, p.String())
+	}
+	n, err := b.converge(ctx, want)
+	res.Changes = changes + n
+	res.Published = b.published()
+	return res, err
+}
+
+func (b *Backend) converge(ctx context.Context, want State) (int, error) {
+	dev := b.dev
+	fdb, err := b.k.FDB(dev)
+	if err != nil {
+		return 0, err
+	}
+	neighs, err := b.k.Neighs(dev)
+	if err != nil {
+		return 0, err
+	}
+	routes, err := b.k.Routes(dev)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	changes := 0
+	do := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			changes++
+		}
+	}
+	// Additions and replacements.
+	haveFDB := map[string]netip.Addr{}
+	for _, e := range fdb {
+		haveFDB[e.MAC] = e.Dst
+	}
+	for mac, dst := range want.FDB {
+		if d, ok := haveFDB[mac]; !ok || d != dst {
+			do(b.k.SetFDB(dev, FDBEntry{MAC: mac, Dst: dst}))
+		}
+	}
+	haveNeigh := map[netip.Addr]string{}
+	for _, e := range neighs {
+		haveNeigh[e.IP] = e.MAC
+	}
+	for ip, mac := range want.Neigh {
+		if m, ok := haveNeigh[ip]; !ok || m != mac {
+			do(b.k.SetNeigh(dev, NeighEntry{IP: ip, MAC: mac}))
+		}
+	}
+	haveRoute := map[netip.Prefix]netip.Addr{}
+	for _, r := range routes {
+		haveRoute[r.Dst] = r.Gw
+	}
+	for dst, gw := range want.Routes {
+		if g, ok := haveRoute[dst]; !ok || g != gw {
+			do(b.k.ReplaceRoute(dev, RouteEntry{Dst: dst, Gw: gw}))
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return changes, err
+	}
+	// Removals: everything on our device that is not wanted.
+	for _, r := range routes {
+		if _, ok := want.Routes[r.Dst]; !ok {
+			do(b.k.DelRoute(dev, r))
+		}
+	}
+	for _, e := range neighs {
+		if _, ok := want.Neigh[e.IP]; !ok {
+			do(b.k.DelNeigh(dev, e))
+		}
+	}
+	for _, e := range fdb {
+		if _, ok := want.FDB[e.MAC]; !ok {
+			do(b.k.DelFDB(dev, e))
+		}
+	}
+	return changes, errors.Join(errs...)
+}
+
+// Stop ends the backend. With cleanup the device and so every entry on it
+// is removed (switching away, uninstall); without, everything stays for the
+// next weftd to adopt, so established pod traffic keeps flowing.
+func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.up = false
+	if !cleanup {
+		return nil
+	}
+	if err := b.k.DeleteDevice(DefaultDevice); err != nil {
+		return fmt.Errorf("vxlan: %w", err)
+	}
+	return nil
+}

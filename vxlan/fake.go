@@ -1,0 +1,209 @@
+package vxlan
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+)
+
+// Fake is an in-memory Kernel for rootless tests. It records the number of
+// mutating calls so tests can assert that a converged state is left alone.
+type Fake struct {
+	mu      sync.Mutex
+	links   map[string]int // name -> MTU (underlay links)
+	dev     *DeviceSpec
+	devMAC  string
+	nextMAC int
+	addrs   map[netip.Prefix]bool
+	fdb     map[string]netip.Addr
+	neigh   map[netip.Addr]string
+	routes  map[netip.Prefix]netip.Addr
+	// Writes counts mutating calls.
+	Writes int
+}
+
+// NewFake returns a fake kernel with the given underlay links and MTUs.
+func NewFake(links map[string]int) *Fake {
+	f := &Fake{links: links}
+	f.reset()
+	return f
+}
+
+func (f *Fake) reset() {
+	f.addrs = map[netip.Prefix]bool{}
+	f.fdb = map[string]netip.Addr{}
+	f.neigh = map[netip.Addr]string{}
+	f.routes = map[netip.Prefix]netip.Addr{}
+}
+
+func (f *Fake) EnsureDevice(spec DeviceSpec) (Device, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.links[spec.UnderlayLink]; !ok {
+		return Device{}, fmt.Errorf("underlay link %q not found", spec.UnderlayLink)
+	}
+	adopted := false
+	if f.dev != nil {
+		d := *f.dev
+		d.MTU = spec.MTU
+		adopted = d == spec
+	}
+	if !adopted {
+		f.Writes++
+		f.nextMAC++
+		f.devMAC = fmt.Sprintf("02:00:00:00:00:%02x", f.nextMAC)
+		f.reset()
+	} else if f.dev.MTU != spec.MTU {
+		f.Writes++
+	}
+	s := spec
+	f.dev = &s
+	return Device{Name: spec.Name, Index: 100, MAC: f.devMAC, MTU: spec.MTU, Adopted: adopted}, nil
+}
+
+func (f *Fake) DeleteDevice(string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dev != nil {
+		f.Writes++
+	}
+	f.dev = nil
+	f.reset()
+	return nil
+}
+
+// HasDevice reports whether the device exists.
+func (f *Fake) HasDevice() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dev != nil
+}
+
+func (f *Fake) LinkMTU(name string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m, ok := f.links[name]
+	if !ok {
+		return 0, fmt.Errorf("link %q not found", name)
+	}
+	return m, nil
+}
+
+func (f *Fake) check() error {
+	if f.dev == nil {
+		return fmt.Errorf("device missing")
+	}
+	return nil
+}
+
+func (f *Fake) Addrs(Device) ([]netip.Prefix, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for p := range f.addrs {
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func (f *Fake) AddAddr(_ Device, p netip.Prefix) error {
+	return f.mutate(func() { f.addrs[p] = true })
+}
+
+func (f *Fake) DelAddr(_ Device, p netip.Prefix) error {
+	return f.mutate(func() { delete(f.addrs, p) })
+}
+
+func (f *Fake) mutate(fn func()) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return err
+	}
+	f.Writes++
+	fn()
+	return nil
+}
+
+func (f *Fake) FDB(Device) ([]FDBEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	var out []FDBEntry
+	for m, ip := range f.fdb {
+		out = append(out, FDBEntry{MAC: m, Dst: ip})
+	}
+	return out, nil
+}
+
+func (f *Fake) SetFDB(_ Device, e FDBEntry) error {
+	return f.mutate(func() { f.fdb[e.MAC] = e.Dst })
+}
+
+func (f *Fake) DelFDB(_ Device, e FDBEntry) error {
+	return f.mutate(func() { delete(f.fdb, e.MAC) })
+}
+
+func (f *Fake) Neighs(Device) ([]NeighEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	var out []NeighEntry
+	for ip, m := range f.neigh {
+		out = append(out, NeighEntry{IP: ip, MAC: m})
+	}
+	return out, nil
+}
+
+func (f *Fake) SetNeigh(_ Device, e NeighEntry) error {
+	return f.mutate(func() { f.neigh[e.IP] = e.MAC })
+}
+
+func (f *Fake) DelNeigh(_ Device, e NeighEntry) error {
+	return f.mutate(func() { delete(f.neigh, e.IP) })
+}
+
+func (f *Fake) Routes(Device) ([]RouteEntry, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	var out []RouteEntry
+	for d, gw := range f.routes {
+		out = append(out, RouteEntry{Dst: d, Gw: gw})
+	}
+	return out, nil
+}
+
+func (f *Fake) ReplaceRoute(_ Device, r RouteEntry) error {
+	return f.mutate(func() { f.routes[r.Dst] = r.Gw })
+}
+
+func (f *Fake) DelRoute(_ Device, r RouteEntry) error {
+	return f.mutate(func() { delete(f.routes, r.Dst) })
+}
+
+// Snapshot returns the fake's per-peer state.
+func (f *Fake) Snapshot() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := State{FDB: map[string]netip.Addr{}, Neigh: map[netip.Addr]string{}, Routes: map[netip.Prefix]netip.Addr{}}
+	for k, v := range f.fdb {
+		st.FDB[k] = v
+	}
+	for k, v := range f.neigh {
+		st.Neigh[k] = v
+	}
+	for k, v := range f.routes {
+		st.Routes[k] = v
+	}
+	return st
+}

@@ -1,0 +1,75 @@
+package vxlan
+
+import (
+	"net/netip"
+)
+
+// DeviceSpec is the wanted VXLAN device.
+type DeviceSpec struct {
+	Name    string
+	VNI     int
+	Port    int
+	LocalIP netip.Addr
+	// UnderlayLink is the link the device sends through.
+	UnderlayLink string
+	MTU          int
+}
+
+// Device is a VXLAN device as found or created.
+type Device struct {
+	Name  string
+	Index int
+	MAC   string
+	MTU   int
+	// Adopted is true when the device existed and matched the spec.
+	Adopted bool
+}
+
+// FDBEntry is one unicast forwarding entry: MAC behind underlay Dst.
+type FDBEntry struct {
+	MAC string
+	Dst netip.Addr
+}
+
+// NeighEntry is one permanent neighbour entry.
+type NeighEntry struct {
+	IP  netip.Addr
+	MAC string
+}
+
+// RouteEntry is one route via the device with an onlink gateway.
+type RouteEntry struct {
+	Dst netip.Prefix
+	Gw  netip.Addr
+}
+
+// Kernel is the small slice of netlink the backend uses. The real
+// implementation works in one network namespace; Fake keeps state in
+// memory for rootless tests.
+type Kernel interface {
+	// EnsureDevice adopts a matching device or (re)creates it, sets its
+	// MTU and brings it up.
+	EnsureDevice(spec DeviceSpec) (Device, error)
+	// DeleteDevice removes the device; a missing device is success.
+	DeleteDevice(name string) error
+	// UnderlayMTU returns the MTU of a link.
+	LinkMTU(name string) (int, error)
+
+	Addrs(dev Device) ([]netip.Prefix, error)
+	AddAddr(dev Device, p netip.Prefix) error
+	DelAddr(dev Device, p netip.Prefix) error
+
+	FDB(dev Device) ([]FDBEntry, error)
+	SetFDB(dev Device, e FDBEntry) error
+	DelFDB(dev Device, e FDBEntry) error
+
+	// Neighs lists the permanent IPv4 neighbour entries on the device.
+	Neighs(dev Device) ([]NeighEntry, error)
+	SetNeigh(dev Device, e NeighEntry) error
+	DelNeigh(dev Device, e NeighEntry) error
+
+	// Routes lists IPv4 main-table routes whose output device is dev.
+	Routes(dev Device) ([]RouteEntry, error)
+	ReplaceRoute(dev Device, r RouteEntry) error
+	DelRoute(dev Device, r RouteEntry) error
+}
