@@ -1,0 +1,105 @@
+// Package netlinkx is a narrow shim over vishvananda/netlink: it retries
+// dumps the kernel interrupted (NLM_F_DUMP_INTR, seen while links or
+// addresses change concurrently) and calls interrupted by EINTR, and adds
+// the few single-round-trip requests the plugins need that the library only
+// offers as two (delete a link by name).
+package netlinkx
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
+)
+
+// maxAttempts bounds the retries of an interrupted request.
+const maxAttempts = 5
+
+// retry runs fn again while the kernel reports an interrupted dump or the
+// call returns EINTR.
+func retry[T any](fn func() (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for range maxAttempts {
+		v, err = fn()
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, netlink.ErrDumpInterrupted) && !errors.Is(err, unix.EINTR) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
+// Handle wraps a netlink handle bound to one network namespace (the one
+// the socket was created in).
+type Handle struct {
+	h *netlink.Handle
+}
+
+// NewHandle opens a netlink route socket in the calling thread's current
+// network namespace. Create it inside ns.Do to bind it to another namespace;
+// the socket keeps that binding after ns.Do returns.
+func NewHandle() (*Handle, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	return &Handle{h: h}, nil
+}
+
+// Close releases the socket.
+func (x *Handle) Close() { x.h.Close() }
+
+// Raw exposes the underlying handle for requests that need no retry.
+func (x *Handle) Raw() *netlink.Handle { return x.h }
+
+// LinkByName looks a link up by name.
+func (x *Handle) LinkByName(name string) (netlink.Link, error) {
+	return retry(func() (netlink.Link, error) { return x.h.LinkByName(name) })
+}
+
+// LinkList dumps all links.
+func (x *Handle) LinkList() ([]netlink.Link, error) {
+	return retry(x.h.LinkList)
+}
+
+// AddrList dumps the addresses of link (nil: all links) of a family.
+func (x *Handle) AddrList(link netlink.Link, family int) ([]netlink.Addr, error) {
+	return retry(func() ([]netlink.Addr, error) { return x.h.AddrList(link, family) })
+}
+
+// RouteList dumps the routes of link (nil: all) of a family.
+func (x *Handle) RouteList(link netlink.Link, family int) ([]netlink.Route, error) {
+	return retry(func() ([]netlink.Route, error) { return x.h.RouteList(link, family) })
+}
+
+// Do runs a request that returns only an error, retrying on EINTR.
+func Do(fn func() error) error {
+	_, err := retry(func() (struct{}, error) { return struct{}{}, fn() })
+	return err
+}
+
+// IsNotFound reports whether err means "no such link".
+func IsNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf) || errors.Is(err, unix.ENODEV)
+}
+
+// DelLinkByName deletes the link called name in the calling thread's
+// network namespace in one round trip (the library looks the index up
+// first). A missing link returns an error for which IsNotFound is true.
+func DelLinkByName(name string) error {
+	return Do(func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+}

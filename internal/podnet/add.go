@@ -1,0 +1,250 @@
+package podnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/netlinkx"
+)
+
+// Add wires the pod into the bridge. On any failure after the IPAM
+// allocation it deletes the veth and releases the allocation.
+func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
+	conf, err := LoadConf(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := validIfName(args.IfName); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME %q: %v", args.IfName, err), "")
+	}
+	podNS, err := ns.GetNS(args.Netns)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	defer podNS.Close()
+
+	node, err := netlinkx.NewHandle()
+	if err != nil {
+		return cniErr(types.ErrInternal, err, "node netlink")
+	}
+	defer node.Close()
+
+	mtu := podMTU(node, conf)
+	br, err := ensureBridge(node, conf.Bridge, mtu)
+	if err != nil {
+		return cniErr(types.ErrInternal, err, "bridge")
+	}
+
+	ipam := p.ipamFor(conf)
+	ires, err := ipam.Add(ctx, args)
+	if err != nil {
+		return cniErr(types.ErrInternal, err, "ipam %s ADD", conf.IPAM.Type)
+	}
+	if len(ires.IPs) == 0 {
+		p.undo(ctx, ipam, args, "")
+		return types.NewError(types.ErrInternal, fmt.Sprintf("ipam %s returned no addresses", conf.IPAM.Type), "")
+	}
+	hostName := HostVethName(args.ContainerID, args.IfName)
+	res, err := p.wire(conf, args, podNS, node, br, ires, hostName, mtu)
+	if err != nil {
+		p.undo(ctx, ipam, args, hostName)
+		return cniErr(types.ErrInternal, err, "ADD")
+	}
+	if conf.IPMasq {
+		if err := ensureMasq(res.IPs); err != nil {
+			p.undo(ctx, ipam, args, hostName)
+			return cniErr(types.ErrInternal, err, "ipMasq")
+		}
+	}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// undo releases the allocation and deletes the host veth (which takes the
+// pod end with it). Errors are logged: the caller reports the first failure.
+func (p *Plugin) undo(ctx context.Context, ipam IPAM, args *skel.CmdArgs, hostName string) {
+	if hostName != "" {
+		if err := netlinkx.DelLinkByName(hostName); err != nil && !netlinkx.IsNotFound(err) {
+			p.log.Warn("undo ADD: delete veth", "veth", hostName, "err", err)
+		}
+	}
+	if err := ipam.Del(ctx, args); err != nil {
+		p.log.Warn("undo ADD: release address", "container", args.ContainerID, "err", err)
+	}
+}
+
+// wire creates the veth pair and configures both ends; it returns the
+// plugin's result.
+func (p *Plugin) wire(conf *NetConf, args *skel.CmdArgs, podNS ns.NetNS, node *netlinkx.Handle,
+	br netlink.Link, ires *current.Result, hostName string, mtu int) (*current.Result, error) {
+	fillGateways(conf, ires.IPs)
+	if conf.Gateway() {
+		if err := ensureGateways(node, br, ires.IPs); err != nil {
+			return nil, err
+		}
+		if err := enableForwarding(ires.IPs); err != nil {
+			return nil, err
+		}
+	}
+	hostMAC, podMAC := randomMAC(), randomMAC()
+	spec := netlinkx.VethSpec{
+		Name: hostName, MAC: hostMAC, MasterIndex: br.Attrs().Index, MTU: mtu,
+		PeerName: args.IfName, PeerMAC: podMAC, PeerNSFd: int(podNS.Fd()),
+	}
+	if err := netlinkx.CreateVeth(spec); err != nil {
+		if !errors.Is(err, unix.EEXIST) {
+			return nil, err
+		}
+		// A leftover of an earlier, interrupted ADD of this attachment:
+		// replace it.
+		if derr := netlinkx.DelLinkByName(hostName); derr != nil {
+			return nil, err
+		}
+		if err := netlinkx.CreateVeth(spec); err != nil {
+			return nil, err
+		}
+	}
+	if conf.Hairpin() {
+		hl, err := node.LinkByName(hostName)
+		if err != nil {
+			return nil, fmt.Errorf("look up %s: %w", hostName, err)
+		}
+		if err := netlinkx.Do(func() error { return node.Raw().LinkSetHairpin(hl, true) }); err != nil {
+			return nil, fmt.Errorf("hairpin on %s: %w", hostName, err)
+		}
+	}
+	routes := podRoutes(conf, ires)
+	if err := configurePod(podNS, args.IfName, ires.IPs, routes); err != nil {
+		return nil, err
+	}
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()},
+			{Name: hostName, Mac: hostMAC.String(), Mtu: mtu},
+			{Name: args.IfName, Mac: podMAC.String(), Mtu: mtu, Sandbox: args.Netns},
+		},
+		Routes: routes,
+		DNS:    ires.DNS,
+	}
+	for _, ip := range ires.IPs {
+		c := *ip
+		c.Interface = current.Int(2)
+		res.IPs = append(res.IPs, &c)
+	}
+	return res, nil
+}
+
+// fillGateways gives every IP without a gateway the first host address of
+// its subnet when the bridge acts as gateway.
+func fillGateways(conf *NetConf, ips []*current.IPConfig) {
+	if !conf.Gateway() {
+		return
+	}
+	for _, ip := range ips {
+		if ip.Gateway != nil {
+			continue
+		}
+		gw := make(net.IP, len(ip.Address.IP))
+		copy(gw, ip.Address.IP.Mask(ip.Address.Mask))
+		gw[len(gw)-1]++
+		ip.Gateway = gw
+	}
+}
+
+// podRoutes returns the IPAM routes plus, with isDefaultGateway, a default
+// route per family via the gateway unless IPAM already gave one.
+func podRoutes(conf *NetConf, ires *current.Result) []*types.Route {
+	routes := append([]*types.Route(nil), ires.Routes...)
+	if !conf.IsDefaultGateway {
+		return routes
+	}
+	for _, ip := range ires.IPs {
+		v4 := ip.Address.IP.To4() != nil
+		dst := net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+		if !v4 {
+			dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+		}
+		have := false
+		for _, r := range routes {
+			if ones, _ := r.Dst.Mask.Size(); ones == 0 && (r.Dst.IP.To4() != nil) == v4 {
+				have = true
+			}
+		}
+		if !have && ip.Gateway != nil {
+			routes = append(routes, &types.Route{Dst: dst, GW: ip.Gateway})
+		}
+	}
+	return routes
+}
+
+// configurePod sets the addresses and routes on the pod's interface,
+// through a netlink socket opened inside the pod's namespace.
+func configurePod(podNS ns.NetNS, ifName string, ips []*current.IPConfig, routes []*types.Route) error {
+	var h *netlinkx.Handle
+	err := podNS.Do(func(ns.NetNS) error {
+		var err error
+		h, err = netlinkx.NewHandle()
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("netlink in pod netns: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("look up %s in pod netns: %w", ifName, err)
+	}
+	if err := netlinkx.Do(func() error { return h.Raw().LinkSetUp(link) }); err != nil {
+		return fmt.Errorf("set %s up: %w", ifName, err)
+	}
+	for _, ip := range ips {
+		a := &netlink.Addr{IPNet: &ip.Address}
+		if ip.Address.IP.To4() == nil {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlinkx.Do(func() error { return h.Raw().AddrAdd(link, a) }); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", ip.Address.String(), ifName, err)
+		}
+	}
+	for _, r := range routes {
+		gw := r.GW
+		if gw == nil {
+			gw = gatewayFor(ips, r.Dst.IP)
+		}
+		rt := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &r.Dst, Gw: gw, Scope: netlink.SCOPE_UNIVERSE}
+		if gw == nil {
+			rt.Scope = netlink.SCOPE_LINK
+		}
+		if r.MTU > 0 {
+			rt.MTU = r.MTU
+		}
+		if r.Priority > 0 {
+			rt.Priority = r.Priority
+		}
+		err := netlinkx.Do(func() error { return h.Raw().RouteAdd(rt) })
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("add route %s via %v: %w", r.Dst.String(), gw, err)
+		}
+	}
+	return nil
+}
+
+// gatewayFor returns the gateway of the first IP of dst's family.
+func gatewayFor(ips []*current.IPConfig, dst net.IP) net.IP {
+	v4 := dst.To4() != nil
+	for _, ip := range ips {
+		if (ip.Address.IP.To4() != nil) == v4 && ip.Gateway != nil {
+			return ip.Gateway
+		}
+	}
+	return nil
+}

@@ -1,0 +1,190 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/weftnet/weft/internal/podnet"
+)
+
+// Two pods on one node talk TCP through the bridge; CHECK passes until the
+// pod's default route is deleted; DEL twice succeeds and leaves nothing.
+func TestTwoPodsTCPCheckDel(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", e.weftConf("weft-ipam"))
+
+	a, b := e.newPod("a"), e.newPod("b")
+	a.rt.CapabilityArgs["portMappings"] = []map[string]any{{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}}
+	a.rt.CapabilityArgs["bandwidth"] = map[string]any{"ingressRate": 100_000_000, "ingressBurst": 4294967295, "egressRate": 100_000_000, "egressBurst": 4294967295}
+	ra := e.mustAdd(l, a)
+	rb := e.mustAdd(l, b)
+
+	// Result shape: bridge, host veth, pod interface with sandbox; IPs on
+	// the pod interface.
+	if len(ra.Interfaces) < 3 || ra.Interfaces[0].Name != e.bridge || ra.Interfaces[2].Sandbox != a.ns.Path() {
+		t.Fatalf("interfaces %+v", ra.Interfaces)
+	}
+	if ra.Interfaces[1].Name != podnet.HostVethName(a.rt.ContainerID, "eth0") {
+		t.Fatalf("host veth %s, want deterministic name", ra.Interfaces[1].Name)
+	}
+	if *ra.IPs[0].Interface != 2 {
+		t.Fatalf("IP points at interface %d", *ra.IPs[0].Interface)
+	}
+	ipA, ipB := podIP(t, ra), podIP(t, rb)
+	if ipA == ipB {
+		t.Fatalf("both pods got %s", ipA)
+	}
+	// The host veth is a port of the bridge, hairpin on.
+	e.in(func() error {
+		br, err := netlink.LinkByName(e.bridge)
+		if err != nil {
+			return err
+		}
+		hv, err := netlink.LinkByName(ra.Interfaces[1].Name)
+		if err != nil {
+			return err
+		}
+		if hv.Attrs().MasterIndex != br.Attrs().Index {
+			return fmt.Errorf("host veth not on bridge")
+		}
+		if pi := hv.Attrs().Protinfo; pi != nil && !pi.Hairpin {
+			return fmt.Errorf("hairpin off")
+		}
+		return nil
+	})
+
+	tcpEcho(t, a, net.JoinHostPort(ipA.String(), "8080"))
+	got, err := tcpDial(b, net.JoinHostPort(ipA.String(), "8080"), "hello")
+	if err != nil || got != "echo:hello" {
+		t.Fatalf("pod b -> pod a over TCP: %q, %v", got, err)
+	}
+
+	if err := e.check(l, a); err != nil {
+		t.Fatalf("CHECK on a healthy pod: %v", err)
+	}
+	// Delete pod a's default route: CHECK must fail.
+	err = a.ns.Do(func(ns.NetNS) error {
+		_, dflt, _ := net.ParseCIDR("0.0.0.0/0")
+		return netlink.RouteDel(&netlink.Route{Dst: dflt})
+	})
+	if err != nil {
+		t.Fatalf("delete default route: %v", err)
+	}
+	if err := e.check(l, a); err == nil {
+		t.Fatal("CHECK passed after the pod's default route was deleted")
+	}
+
+	for i := range 2 {
+		if err := e.del(l, a); err != nil {
+			t.Fatalf("DEL #%d of pod a: %v", i+1, err)
+		}
+	}
+	// containerd's second DEL comes without netns.
+	b.rt.NetNS = ""
+	if err := e.del(l, b); err != nil {
+		t.Fatalf("DEL of pod b without netns: %v", err)
+	}
+	if err := e.del(l, b); err != nil {
+		t.Fatalf("second DEL of pod b: %v", err)
+	}
+	if al := e.allocations(); len(al) != 0 {
+		t.Fatalf("allocations left after DEL: %+v", al)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Fatalf("veths left after DEL: %v", v)
+	}
+	// A DEL for a container never added succeeds as well.
+	if err := e.del(l, e.newPod("ghost")); err != nil {
+		t.Fatalf("DEL of a never-added container: %v", err)
+	}
+}
+
+// GC with one valid attachment releases the others, once libcni has
+// forgotten them (so the plugin's own GC is what cleans up).
+func TestGCReleasesInvalidAttachments(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", e.weftConf("weft-ipam"))
+	pods := []*pod{e.newPod("p0"), e.newPod("p1"), e.newPod("p2")}
+	for _, p := range pods {
+		e.mustAdd(l, p)
+	}
+	if n := len(e.allocations()); n != 3 {
+		t.Fatalf("%d allocations after 3 ADDs", n)
+	}
+	e.clearCache()
+	keep := pods[0]
+	e.in(func() error {
+		return e.cni.GCNetworkList(context.Background(), l, &libcni.GCArgs{
+			ValidAttachments: []types.GCAttachment{{ContainerID: keep.rt.ContainerID, IfName: "eth0"}},
+		})
+	})
+	al := e.allocations()
+	if len(al) != 1 || al[0].ContainerID != keep.rt.ContainerID {
+		t.Fatalf("allocations after GC: %+v", al)
+	}
+	v := e.hostVeths()
+	if len(v) != 1 || v[0] != podnet.HostVethName(keep.rt.ContainerID, "eth0") {
+		t.Fatalf("veths after GC: %v", v)
+	}
+	if err := e.del(l, keep); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if len(e.allocations()) != 0 || len(e.hostVeths()) != 0 {
+		t.Fatalf("left after DEL: %v %v", e.allocations(), e.hostVeths())
+	}
+}
+
+// STATUS is ready on a healthy node and reports code 50 when the bridge
+// name is taken by a non-bridge link.
+func TestStatus(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", e.weftConf("weft-ipam"))
+	e.in(func() error { return e.cni.GetStatusNetworkList(context.Background(), l) })
+	e.in(func() error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: e.bridge}, PeerName: e.bridge + "p"})
+	})
+	err := e.inErr(func() error { return e.cni.GetStatusNetworkList(context.Background(), l) })
+	var te *types.Error
+	if !errors.As(err, &te) || te.Code != types.ErrPluginNotAvailable || !strings.Contains(te.Msg, e.bridge) {
+		t.Fatalf("STATUS with bridge name taken: %v, want code 50 naming the bridge", err)
+	}
+}
+
+// Every supported spec version gets ADD, CHECK (0.4.0+), DEL, and a result
+// of that version.
+func TestSpecVersions(t *testing.T) {
+	for _, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			e := newEnv(t)
+			l := e.confList(v, e.weftConf("weft-ipam"))
+			p := e.newPod("v")
+			r, err := e.add(l, p)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if r.Version() != v {
+				t.Fatalf("result version %s, want %s", r.Version(), v)
+			}
+			if v != "0.3.1" {
+				if err := e.check(l, p); err != nil {
+					t.Fatalf("CHECK: %v", err)
+				}
+			}
+			if err := e.del(l, p); err != nil {
+				t.Fatalf("DEL: %v", err)
+			}
+			if len(e.allocations()) != 0 || len(e.hostVeths()) != 0 {
+				t.Fatalf("left after DEL: %v %v", e.allocations(), e.hostVeths())
+			}
+		})
+	}
+}
