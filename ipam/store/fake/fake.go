@@ -36,6 +36,17 @@ func (o *Opener) Get(dataDir string) *Store {
 	return s
 }
 
+// Dirs returns the data directories opened so far.
+func (o *Opener) Dirs() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]string, 0, len(o.stores))
+	for d := range o.stores {
+		out = append(out, d)
+	}
+	return out
+}
+
 // Store is an in-memory store.Store. The zero value is empty and ready.
 type Store struct {
 	mu     sync.Mutex
