@@ -1,0 +1,149 @@
+// Command nodeemu plays kubelet + container runtime for one node of the
+// local cluster. The harness starts one per node, inside the node's network
+// and mount namespaces (with the node's private /etc/cni/net.d,
+// /opt/cni/bin, /var/lib/cni, /run/weft and
+// /var/run/secrets/kubernetes.io/serviceaccount).
+//
+//	nodeemu --kubeconfig PATH --node-name NAME --node-ip IP --state-dir DIR \
+//	  [--cni-conf-dir /etc/cni/net.d] [--cni-bin-dir /opt/cni/bin] \
+//	  [--cni-cache-dir /var/lib/cni] [--netns-dir /run/netns] \
+//	  [--image-bin-dir DIR]
+//
+// Pod network namespaces are /run/netns/wlp-<first 12 hex chars of the pod
+// UID>. Logs of hostNetwork pod containers go to
+// <state-dir>/logs/<namespace>_<pod>_<container>.log. SIGINT/SIGTERM stop
+// the emulator: hostNetwork pod processes are stopped, pod netns are kept
+// (a restarted emulator adopts them).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"runtime"
+	"strings"
+	"syscall"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftnet/weft/hack/nodeemu"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "nodeemu:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	fs := flag.NewFlagSet("nodeemu", flag.ContinueOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig with this node's credentials (system:node:<name>) (required)")
+	nodeName := fs.String("node-name", "", "name of the Node to register (required)")
+	nodeIP := fs.String("node-ip", "", "the node's InternalIP on the underlay (required)")
+	stateDir := fs.String("state-dir", "", "directory for the emulator's own state and container logs (required)")
+	confDir := fs.String("cni-conf-dir", "/etc/cni/net.d", "CNI network config dir; the lexicographically first *.conf/*.conflist/*.json is used")
+	binDir := fs.String("cni-bin-dir", "/opt/cni/bin", "CNI plugin binaries (colon-separated list allowed)")
+	cacheDir := fs.String("cni-cache-dir", "/var/lib/cni", "libcni cache dir")
+	netnsDir := fs.String("netns-dir", "/run/netns", "where pod network namespaces are bind-mounted (wlp-<uid12>)")
+	imageBinDir := fs.String("image-bin-dir", "", "stands for container images of hostNetwork pods: command[0] is looked up as DIR/<command[0]>, then DIR/<basename>, then on the node; without a command the image's last path element is the binary")
+	cpu := fs.String("cpu", fmt.Sprint(runtime.NumCPU()), "node cpu capacity")
+	memory := fs.String("memory", "8Gi", "node memory capacity")
+	version := fs.String("kubelet-version", "v1.37.2", "kubelet version reported in NodeInfo")
+	logLevel := fs.String("log-level", "info", "debug|info|warn|error")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if *kubeconfig == "" || *nodeName == "" || *nodeIP == "" || *stateDir == "" {
+		fs.Usage()
+		return fmt.Errorf("--kubeconfig, --node-name, --node-ip and --state-dir are required")
+	}
+	if net.ParseIP(*nodeIP) == nil {
+		return fmt.Errorf("--node-ip %q is not an IP address", *nodeIP)
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+
+	cpuQ, err := resource.ParseQuantity(*cpu)
+	if err != nil {
+		return fmt.Errorf("--cpu: %w", err)
+	}
+	memQ, err := resource.ParseQuantity(*memory)
+	if err != nil {
+		return fmt.Errorf("--memory: %w", err)
+	}
+	restCfg, err := clientcmd.BuildConfigFromFlags("", *kubeconfig)
+	if err != nil {
+		return fmt.Errorf("load kubeconfig: %w", err)
+	}
+	restCfg.UserAgent = "nodeemu/" + *nodeName
+	host, port, err := apiHostPort(restCfg.Host)
+	if err != nil {
+		return err
+	}
+	ca, err := caPEM(restCfg)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+
+	cfg := nodeemu.Config{
+		Node: nodeemu.NodeOptions{Name: *nodeName, IP: *nodeIP, KubeletVersion: *version, CPU: cpuQ, Memory: memQ},
+		CNI: nodeemu.CNIOptions{ConfDir: *confDir, BinDirs: strings.Split(*binDir, ":"),
+			CacheDir: *cacheDir, NetnsDir: *netnsDir},
+		Proc:     nodeemu.ProcOptions{ImageBinDir: *imageBinDir},
+		StateDir: *stateDir,
+		APIHost:  host,
+		APIPort:  port,
+		CACert:   ca,
+	}
+	emu, err := nodeemu.New(cfg, client, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info("node emulator starting", "node", *nodeName, "ip", *nodeIP, "apiserver", restCfg.Host)
+	return emu.Run(ctx)
+}
+
+// apiHostPort splits the apiserver URL for KUBERNETES_SERVICE_HOST/PORT.
+func apiHostPort(server string) (string, string, error) {
+	u, err := url.Parse(server)
+	if err != nil {
+		return "", "", fmt.Errorf("apiserver URL %q: %w", server, err)
+	}
+	port := u.Port()
+	if port == "" {
+		port = "443"
+	}
+	return u.Hostname(), port, nil
+}
+
+func caPEM(c *rest.Config) ([]byte, error) {
+	if len(c.TLSClientConfig.CAData) > 0 {
+		return c.TLSClientConfig.CAData, nil
+	}
+	if c.TLSClientConfig.CAFile != "" {
+		b, err := os.ReadFile(c.TLSClientConfig.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read CA file: %w", err)
+		}
+		return b, nil
+	}
+	return nil, nil
+}
