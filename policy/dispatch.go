@@ -1,0 +1,46 @@
+package policy
+
+import "net/netip"
+
+// dispatch renders the fixed chains that steer traffic of local endpoints
+// into their per-endpoint chains, and the jump from FORWARD.
+//
+// Traffic from a local pod enters the node through its veth, a bridge port:
+// with br_netfilter, bridged and routed packets alike carry the port in
+// --physdev-in. Traffic to a local pod leaves through weft0: bridged packets
+// carry the port in --physdev-out; routed ones do not know it yet at FORWARD
+// time, so they are steered by destination address.
+func (r *renderer) dispatch(st *State, locals []*localEP) {
+	br := r.cfg.Bridge
+	m := r.cfg.AllowMark
+	st.Jumps = []BuiltinJump{{Builtin: "FORWARD", Rule: Rule{Action: Action{Verb: Jump, Target: ChainForward}, Comment: JumpComment}}}
+	r.chains[ChainForward] = []Rule{
+		{Match: Match{InIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "from local pods"},
+		{Match: Match{OutIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "to local pods"},
+	}
+	r.chains[ChainCheck] = []Rule{
+		{Match: Match{CTStates: []string{"RELATED", "ESTABLISHED"}}, Action: Action{Verb: Accept}, Comment: "replies and related"},
+		{Match: Match{CTStates: []string{"INVALID"}}, Action: Action{Verb: Drop}, Comment: "invalid"},
+		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainFrom}, Comment: "egress of the source pod"},
+		{Match: Match{OutIface: br}, Action: Action{Verb: Jump, Target: ChainTo}, Comment: "ingress of the destination pod"},
+		{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: "clear policy mark"},
+		{Action: Action{Verb: Accept}, Comment: "allowed by policy"},
+	}
+	var from, to, toRouted []Rule
+	for _, l := range locals {
+		v := l.ep.HostVeth
+		who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
+		from = append(from, Rule{Match: Match{PhysIn: v}, Action: Action{Verb: Goto, Target: fromChain(v)}, Comment: who})
+		to = append(to, Rule{Match: Match{PhysOut: v, Bridged: Yes}, Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who})
+		for _, a := range l.ips {
+			if a.Is4() {
+				toRouted = append(toRouted, Rule{Match: Match{Bridged: No, Dst: netip.PrefixFrom(a, 32)},
+					Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who + " (routed)"})
+			}
+		}
+	}
+	from = append(from, Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
+	to = append(append(to, toRouted...), Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
+	r.chains[ChainFrom] = from
+	r.chains[ChainTo] = to
+}

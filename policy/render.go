@@ -1,0 +1,468 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/weftnet/weft/internal/endpoint"
+)
+
+// Config is what the renderer needs to know about the node.
+type Config struct {
+	Bridge    string // the pod bridge, "weft0"
+	AllowMark uint32 // packet mark bit policy chains set to say "allowed"
+}
+
+// DefaultConfig is the node layout weft uses.
+func DefaultConfig() Config { return Config{Bridge: "weft0", AllowMark: 0x100000} }
+
+// Input is everything the renderer looks at.
+type Input struct {
+	Policies   []*networkingv1.NetworkPolicy
+	Pods       []*corev1.Pod
+	Namespaces []*corev1.Namespace
+	Endpoints  []endpoint.Endpoint // this node's attachments
+}
+
+type localEP struct {
+	ep  endpoint.Endpoint
+	pod *podInfo // nil: no matching pod (fail closed)
+	ips []netip.Addr
+}
+
+type renderer struct {
+	cfg      Config
+	nsLabels map[string]labels.Set
+	podsByNS map[string][]*podInfo
+	allPods  []*podInfo
+	sets     map[string]*IPSet
+	chains   map[string][]Rule
+	podSets  map[string][]*podInfo // peer key -> pods (memo)
+}
+
+// Render computes the desired dataplane for one node. It is pure: the same
+// input gives the same State.
+func Render(cfg Config, in Input) *State {
+	r := &renderer{cfg: cfg, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
+		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{}}
+	for _, ns := range in.Namespaces {
+		l := labels.Set{}
+		for k, v := range ns.Labels {
+			l[k] = v
+		}
+		l["kubernetes.io/metadata.name"] = ns.Name
+		r.nsLabels[ns.Name] = l
+	}
+	locals := r.indexPods(in)
+	st := &State{}
+	pols := make([]*compiled, 0, len(in.Policies))
+	for _, np := range in.Policies {
+		c := compile(np)
+		if c.err != nil {
+			st.Errors = append(st.Errors, c.err)
+		}
+		pols = append(pols, c)
+	}
+	sort.Slice(pols, func(i, j int) bool { return pols[i].owner() < pols[j].owner() })
+
+	for _, l := range locals {
+		st.Endpoints = append(st.Endpoints, EndpointStatus{HostVeth: l.ep.HostVeth, Namespace: l.ep.PodNamespace,
+			Name: l.ep.PodName, UID: l.ep.PodUID, Ready: l.pod != nil})
+		r.endpointChains(l, pols)
+	}
+	r.dispatch(st, locals)
+
+	names := make([]string, 0, len(r.chains))
+	for n := range r.chains {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		st.Chains = append(st.Chains, Chain{Name: n, Rules: r.chains[n]})
+	}
+	setNames := make([]string, 0, len(r.sets))
+	for n := range r.sets {
+		setNames = append(setNames, n)
+	}
+	sort.Strings(setNames)
+	for _, n := range setNames {
+		st.IPSets = append(st.IPSets, *r.sets[n])
+	}
+	return st
+}
+
+// indexPods builds pod infos (skipping host-network and finished pods) and
+// matches this node's endpoint records to them.
+func (r *renderer) indexPods(in Input) []*localEP {
+	byKey := map[string]*podInfo{}
+	for _, p := range in.Pods {
+		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		pi := newPodInfo(p)
+		byKey[pi.ns+"/"+pi.name] = pi
+	}
+	eps := append([]endpoint.Endpoint(nil), in.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].HostVeth < eps[j].HostVeth })
+	var locals []*localEP
+	for _, ep := range eps {
+		l := &localEP{ep: ep}
+		l.ips, _ = ep.Addrs()
+		pi := byKey[ep.PodNamespace+"/"+ep.PodName]
+		if pi != nil && (ep.PodUID == "" || ep.PodUID == pi.uid) {
+			l.pod = pi
+			for _, a := range l.ips { // the record knows the IP before Pod status does
+				if a.Is4() && !containsAddr(pi.ips, a) {
+					pi.ips = append(pi.ips, a)
+				}
+			}
+		}
+		locals = append(locals, l)
+	}
+	keys := make([]string, 0, len(byKey))
+	for k := range byKey {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		pi := byKey[k]
+		if len(pi.ips) == 0 {
+			continue
+		}
+		r.podsByNS[pi.ns] = append(r.podsByNS[pi.ns], pi)
+		r.allPods = append(r.allPods, pi)
+	}
+	return locals
+}
+
+func containsAddr(s []netip.Addr, a netip.Addr) bool {
+	for _, x := range s {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// endpointChains renders WEFT-TO-<veth> (ingress) and WEFT-FROM-<veth>
+// (egress) for one local endpoint.
+func (r *renderer) endpointChains(l *localEP, pols []*compiled) {
+	veth := l.ep.HostVeth
+	who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
+	if l.pod == nil {
+		drop := []Rule{{Action: Action{Verb: Drop}, Comment: who + ": pod not known, fail closed"}}
+		r.chains[toChain(veth)] = drop
+		r.chains[fromChain(veth)] = drop
+		return
+	}
+	for _, dir := range []direction{ingress, egress} {
+		name := toChain(veth)
+		if dir == egress {
+			name = fromChain(veth)
+		}
+		var selecting []*compiled
+		var broken *compiled
+		for _, c := range pols {
+			if !c.selects(l.pod) {
+				continue
+			}
+			if c.err != nil {
+				if broken == nil {
+					broken = c
+				}
+				continue
+			}
+			if c.types[dir] {
+				selecting = append(selecting, c)
+			}
+		}
+		switch {
+		case broken != nil:
+			r.chains[name] = []Rule{{Action: Action{Verb: Drop},
+				Comment: who + ": fail closed, policy " + broken.owner() + " cannot be rendered"}}
+		case len(selecting) == 0:
+			r.chains[name] = []Rule{{Action: Action{Verb: Return}, Comment: who + ": no " + dir.String() + " policy, not isolated"}}
+		default:
+			m := r.cfg.AllowMark
+			rules := []Rule{{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: who}}
+			for _, c := range selecting {
+				pc := r.policyChain(c, dir, l.pod)
+				rules = append(rules,
+					Rule{Action: Action{Verb: Jump, Target: pc}, Comment: "policy " + c.owner()},
+					Rule{Match: Match{Mark: m, MarkMask: m}, Action: Action{Verb: Return}, Comment: "allowed by " + c.owner()})
+			}
+			rules = append(rules, Rule{Action: Action{Verb: Drop}, Comment: who + ": default deny " + dir.String()})
+			r.chains[name] = rules
+		}
+	}
+}
+
+// policyChain renders (once) the chain for one policy in one direction and
+// returns its name. Ingress chains with named ports depend on the
+// destination endpoint's containerPorts and get one variant per resolution.
+func (r *renderer) policyChain(c *compiled, dir direction, ep *podInfo) string {
+	variant := ""
+	if dir == ingress {
+		variant = namedVariant(c.rules[ingress], ep)
+	}
+	name := policyChain(dir, c.ns, c.name, variant)
+	if _, done := r.chains[name]; done {
+		return name
+	}
+	var rules []Rule
+	for i, cr := range c.rules[dir] {
+		owner := fmt.Sprintf("policy %s %s[%d]", c.owner(), dir, i)
+		if dir == ingress {
+			rules = append(rules, r.ingressRules(c, cr, ep, owner)...)
+		} else {
+			rules = append(rules, r.egressRules(c, cr, owner)...)
+		}
+	}
+	if rules == nil {
+		rules = []Rule{} // an existing, empty chain: allows nothing
+	}
+	r.chains[name] = rules
+	return name
+}
+
+func namedVariant(rules []rule, ep *podInfo) string {
+	var parts []string
+	for _, cr := range rules {
+		for _, p := range cr.ports {
+			if p.name == "" {
+				continue
+			}
+			n, ok := ep.namedPort(p.name, p.proto)
+			v := "-"
+			if ok {
+				v = strconv.Itoa(int(n))
+			}
+			parts = append(parts, p.name+"/"+p.proto+"="+v)
+		}
+	}
+	return strings.Join(parts, ";")
+}
+
+func (r *renderer) allow(m Match, owner string) Rule {
+	return Rule{Match: m, Action: Action{Verb: SetMark, Mark: r.cfg.AllowMark, Mask: r.cfg.AllowMark}, Comment: owner}
+}
+
+func (r *renderer) ingressRules(c *compiled, cr rule, ep *podInfo, owner string) []Rule {
+	peers := []Match{{}}
+	if cr.peers != nil {
+		peers = peers[:0]
+		for _, p := range cr.peers {
+			peers = append(peers, Match{SrcSet: r.peerSet(c, p)})
+		}
+	}
+	ports := []Match{{}}
+	if cr.ports != nil {
+		ports = ports[:0]
+		for _, p := range cr.ports {
+			if p.name == "" {
+				ports = append(ports, Match{Proto: p.proto, DPortMin: p.min, DPortMax: p.max})
+			} else if n, ok := ep.namedPort(p.name, p.proto); ok {
+				ports = append(ports, Match{Proto: p.proto, DPortMin: n, DPortMax: n})
+			}
+		}
+	}
+	var out []Rule
+	for _, pm := range peers {
+		for _, po := range ports {
+			pm.Proto, pm.DPortMin, pm.DPortMax = po.Proto, po.DPortMin, po.DPortMax
+			out = append(out, r.allow(pm, owner))
+		}
+	}
+	return out
+}
+
+func (r *renderer) egressRules(c *compiled, cr rule, owner string) []Rule {
+	var out []Rule
+	var numeric []port
+	var named []port
+	for _, p := range cr.ports {
+		if p.name != "" {
+			named = append(named, p)
+		} else {
+			numeric = append(numeric, p)
+		}
+	}
+	if cr.ports == nil || len(numeric) > 0 {
+		dsts := []Match{{}}
+		if cr.peers != nil {
+			dsts = dsts[:0]
+			for _, p := range cr.peers {
+				dsts = append(dsts, Match{DstSet: r.peerSet(c, p)})
+			}
+		}
+		ports := []Match{{}}
+		if cr.ports != nil {
+			ports = ports[:0]
+			for _, p := range numeric {
+				ports = append(ports, Match{Proto: p.proto, DPortMin: p.min, DPortMax: p.max})
+			}
+		}
+		for _, d := range dsts {
+			for _, po := range ports {
+				d.Proto, d.DPortMin, d.DPortMax = po.Proto, po.DPortMin, po.DPortMax
+				out = append(out, r.allow(d, owner))
+			}
+		}
+	}
+	// Named ports mean a number per destination pod: one set per number.
+	for _, np := range named {
+		peers := cr.peers
+		if peers == nil {
+			peers = []peer{{nsSel: labels.Everything()}} // every pod
+		}
+		for _, p := range peers {
+			key, pods := r.peerPods(c, p)
+			byNum := map[uint16][]*podInfo{}
+			for _, pi := range pods {
+				if n, ok := pi.namedPort(np.name, np.proto); ok {
+					byNum[n] = append(byNum[n], pi)
+				}
+			}
+			nums := make([]int, 0, len(byNum))
+			for n := range byNum {
+				nums = append(nums, int(n))
+			}
+			sort.Ints(nums)
+			for _, n := range nums {
+				k := fmt.Sprintf("%s|port=%s/%s/%d", key, np.name, np.proto, n)
+				set := r.podSet(k, byNum[uint16(n)], owner)
+				out = append(out, r.allow(Match{DstSet: set, Proto: np.proto, DPortMin: uint16(n), DPortMax: uint16(n)}, owner))
+			}
+		}
+	}
+	return out
+}
+
+// peerSet returns the name of the ipset holding the peer's addresses.
+func (r *renderer) peerSet(c *compiled, p peer) string {
+	if p.block != nil {
+		key := p.block.key()
+		name := netSetName(key)
+		if _, ok := r.sets[name]; !ok {
+			r.sets[name] = &IPSet{Name: name, Type: HashNet, Members: blockMembers(p.block), Owner: "ipBlock " + key}
+		}
+		return name
+	}
+	key, pods := r.peerPods(c, p)
+	return r.podSet(key, pods, "peer "+key)
+}
+
+func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
+	name := podSetName(key)
+	if _, ok := r.sets[name]; ok {
+		return name
+	}
+	var members []string
+	seen := map[netip.Addr]bool{}
+	for _, pi := range pods {
+		for _, a := range pi.ips {
+			if !seen[a] {
+				seen[a] = true
+				members = append(members, a.String())
+			}
+		}
+	}
+	sort.Strings(members)
+	r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: members, Owner: owner}
+	return name
+}
+
+// peerPods resolves a peer to pods and a stable identity key. For an
+// ipBlock peer (used with named egress ports) it is the known pods inside
+// the block.
+func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
+	var key string
+	switch {
+	case p.block != nil:
+		key = "block=" + p.block.key()
+	case p.nsSel == nil:
+		key = "ns=" + c.ns + "|pods=" + selString(p.podSel)
+	default:
+		key = "nssel=" + selString(p.nsSel) + "|pods=" + selString(p.podSel)
+	}
+	if pods, ok := r.podSets[key]; ok {
+		return key, pods
+	}
+	var pods []*podInfo
+	switch {
+	case p.block != nil:
+		for _, pi := range r.allPods {
+			for _, a := range pi.ips {
+				if p.block.contains(a) {
+					pods = append(pods, pi)
+					break
+				}
+			}
+		}
+	case p.nsSel == nil:
+		pods = filterPods(r.podsByNS[c.ns], p.podSel)
+	default:
+		nss := make([]string, 0, len(r.podsByNS))
+		for ns := range r.podsByNS {
+			nss = append(nss, ns)
+		}
+		sort.Strings(nss)
+		for _, ns := range nss {
+			l, ok := r.nsLabels[ns]
+			if !ok {
+				l = labels.Set{"kubernetes.io/metadata.name": ns}
+			}
+			if p.nsSel.Matches(l) {
+				pods = append(pods, filterPods(r.podsByNS[ns], p.podSel)...)
+			}
+		}
+	}
+	r.podSets[key] = pods
+	return key, pods
+}
+
+func selString(s labels.Selector) string {
+	if s == nil {
+		return "*"
+	}
+	return "{" + s.String() + "}"
+}
+
+func filterPods(pods []*podInfo, sel labels.Selector) []*podInfo {
+	if sel == nil || sel.Empty() {
+		return pods
+	}
+	var out []*podInfo
+	for _, pi := range pods {
+		if sel.Matches(labels.Set(pi.labels)) {
+			out = append(out, pi)
+		}
+	}
+	return out
+}
+
+// blockMembers renders an ipBlock for a hash:net set: the CIDR (a /0 is
+// split in two /1, which ipset can store) and each except as nomatch.
+func blockMembers(b *ipBlock) []string {
+	var m []string
+	if b.cidr.Bits() == 0 {
+		if b.cidr.Addr().Is4() {
+			m = append(m, "0.0.0.0/1", "128.0.0.0/1")
+		}
+	} else if b.cidr.Addr().Is4() {
+		m = append(m, b.cidr.String())
+	}
+	for _, e := range b.except {
+		if e.Addr().Is4() {
+			m = append(m, e.String()+" nomatch")
+		}
+	}
+	return m
+}
