@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -186,5 +189,56 @@ func TestSpecVersions(t *testing.T) {
 				t.Fatalf("left after DEL: %v %v", e.allocations(), e.hostVeths())
 			}
 		})
+	}
+}
+
+// Any other IPAM type is exec'd from CNI_PATH: the reference host-local
+// works unchanged, through ADD, CHECK and DEL.
+func TestHostLocalIPAM(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", e.weftConf("host-local"))
+	p := e.newPod("hl")
+	r := e.mustAdd(l, p)
+	ip := podIP(t, r)
+	if _, err := os.Stat(filepath.Join(e.dataDir, e.netName, ip.String())); err != nil {
+		t.Fatalf("host-local holds no file for %s: %v", ip, err)
+	}
+	if err := e.check(l, p); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	if err := e.del(l, p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dataDir, e.netName, ip.String())); !os.IsNotExist(err) {
+		t.Fatalf("host-local still holds %s after DEL (%v)", ip, err)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Fatalf("veths after DEL: %v", v)
+	}
+}
+
+// ipMasq installs weft's shared masquerade rules for the pod subnet in the
+// node's nat table.
+func TestIPMasq(t *testing.T) {
+	e := newEnv(t)
+	wc := e.weftConf("weft-ipam")
+	wc["ipMasq"] = true
+	l := e.confList("1.1.0", wc)
+	p := e.newPod("m")
+	e.mustAdd(l, p)
+	e.mustAdd(l, e.newPod("m2"))
+	var out []byte
+	e.in(func() error {
+		var err error
+		out, err = exec.Command("iptables", "-w", "-t", "nat", "-S", podnet.MasqChain).CombinedOutput()
+		return err
+	})
+	rules := string(out)
+	if !strings.Contains(rules, "-s "+e.subnet+" ! -d 224.0.0.0/4") || !strings.Contains(rules, "-j MASQUERADE") ||
+		strings.Count(rules, "MASQUERADE") != 1 {
+		t.Fatalf("nat %s after two ADDs:\n%s", podnet.MasqChain, rules)
+	}
+	if err := e.del(l, p); err != nil {
+		t.Fatal(err)
 	}
 }
