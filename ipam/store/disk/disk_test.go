@@ -1,0 +1,254 @@
+package disk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/ipam/store"
+)
+
+func listDir(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func addOne(ip string) store.UpdateFunc {
+	return func(s *store.State) (bool, error) {
+		s.Allocations = append(s.Allocations, store.Allocation{IP: netip.MustParseAddr(ip), ContainerID: "c-" + ip, IfName: "eth0"})
+		s.SetLast(0, netip.MustParseAddr(ip))
+		return true, nil
+	}
+}
+
+func TestUpdateViewRoundTripAndLayout(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "net")
+	s := New(dir, Options{})
+	ctx := context.Background()
+	if err := s.Update(ctx, addOne("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(ctx, addOne("10.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	// A fresh store on the same directory (a restarted plugin) sees it all.
+	err := New(dir, Options{}).View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 2 || st.Last(0).String() != "10.0.0.3" || st.Allocations[1].ContainerID != "c-10.0.0.3" {
+			return fmt.Errorf("state %+v", st)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := listDir(t, dir); !slices.Equal(got, []string{StateFile}) {
+		t.Errorf("directory holds %v, want only %s (no lock or temp files)", got, StateFile)
+	}
+}
+
+func TestNoChangeCreatesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "net")
+	s := New(dir, Options{})
+	calls := 0
+	err := s.Update(context.Background(), func(st *store.State) (bool, error) {
+		calls++
+		return st.Release(func(store.Allocation) bool { return true }) > 0, nil
+	})
+	if err != nil || calls != 1 {
+		t.Fatalf("err %v calls %d", err, calls)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a no-op update created %s", dir)
+	}
+	if err := s.View(context.Background(), func(st *store.State) error {
+		if len(st.Allocations) != 0 {
+			return errors.New("not empty")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestFailedUpdateWritesNothing(t *testing.T) {
+	dir := t.TempDir()
+	s := New(dir, Options{Sync: true})
+	ctx := context.Background()
+	if err := s.Update(ctx, addOne("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	err := s.Update(ctx, func(st *store.State) (bool, error) {
+		st.Allocations = nil
+		return true, boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("got %v", err)
+	}
+	_ = s.View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 1 {
+			t.Errorf("failed update leaked: %+v", st.Allocations)
+		}
+		return nil
+	})
+}
+
+func TestConcurrentUpdatesSerialise(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "net")
+	ctx := context.Background()
+	const n = 100
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			// Each goroutine uses its own Store value, as separate plugin
+			// invocations would: exclusion comes from flock alone.
+			s := New(dir, Options{})
+			errs <- s.Update(ctx, func(st *store.State) (bool, error) {
+				st.Allocations = append(st.Allocations, store.Allocation{
+					IP:          netip.AddrFrom4([4]byte{10, 0, byte(i / 250), byte(i%250 + 1)}),
+					ContainerID: fmt.Sprint("c", i), IfName: "eth0",
+				})
+				return true, nil
+			})
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = New(dir, Options{}).View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != n {
+			t.Errorf("lost updates: %d of %d recorded", len(st.Allocations), n)
+		}
+		return nil
+	})
+	if got := listDir(t, dir); !slices.Equal(got, []string{StateFile}) {
+		t.Errorf("directory holds %v", got)
+	}
+}
+
+func TestLockWaitHonoursContext(t *testing.T) {
+	dir := t.TempDir()
+	s := New(dir, Options{})
+	holder, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(holder) })
+	if err := unix.Flock(holder, unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	ran := false
+	err = s.Update(ctx, func(*store.State) (bool, error) { ran = true; return true, nil })
+	if !errors.Is(err, context.DeadlineExceeded) || ran {
+		t.Fatalf("want deadline error without running fn, got %v ran=%v", err, ran)
+	}
+	// Shared readers wait as well.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel2()
+	if err := s.View(ctx2, func(*store.State) error { return nil }); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("View under exclusive lock: %v", err)
+	}
+	// Once the holder lets go, the abandoned waiter must not keep the lock.
+	unix.Close(holder)
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel3()
+	if err := s.Update(ctx3, addOne("10.0.0.9")); err != nil {
+		t.Fatalf("update after release: %v", err)
+	}
+}
+
+func TestCorruptStateMovedAside(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, StateFile), []byte(`{"allocations":[{"ip":"10.0`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A temp file left by a writer killed before its rename is ignored.
+	if err := os.WriteFile(filepath.Join(dir, tmpFile), []byte("garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := New(dir, Options{})
+	if err := s.Update(context.Background(), addOne("10.0.0.2")); err != nil {
+		t.Fatal(err)
+	}
+	names := listDir(t, dir)
+	var aside bool
+	for _, n := range names {
+		aside = aside || strings.HasPrefix(n, StateFile+".corrupt-")
+	}
+	if !aside || slices.Contains(names, tmpFile) {
+		t.Errorf("directory %v: want the corrupt file kept aside and no temp file", names)
+	}
+	_ = s.View(context.Background(), func(st *store.State) error {
+		if len(st.Allocations) != 1 {
+			t.Errorf("state %+v", st)
+		}
+		return nil
+	})
+}
+
+func TestImportHostLocal(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{
+		"10.0.0.5":           "ctr-a\r\neth0",
+		"10.0.0.6":           "ctr-b\r\nnet1",
+		"10.0.0.7":           "ctr-old", // pre-ifname format
+		"fd00::5":            "ctr-a\r\neth0",
+		"last_reserved_ip.0": "10.0.0.7",
+		"last_reserved_ip.1": "fd00::5",
+		"lock":               "",
+	}
+	for n, c := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := New(dir, Options{})
+	var seen []string
+	err := s.Update(context.Background(), func(st *store.State) (bool, error) {
+		for _, a := range st.Allocations {
+			seen = append(seen, a.IP.String()+"="+a.ContainerID+"/"+a.IfName)
+		}
+		if st.Last(0).String() != "10.0.0.7" || st.Last(1).String() != "fd00::5" {
+			return false, fmt.Errorf("last reserved %v", st.LastReserved)
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(seen)
+	want := []string{"10.0.0.5=ctr-a/eth0", "10.0.0.6=ctr-b/net1", "10.0.0.7=ctr-old/eth0", "fd00::5=ctr-a/eth0"}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("imported %v, want %v", seen, want)
+	}
+	// The import is persisted and host-local's files are gone; its lock
+	// file is not ours and stays.
+	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", StateFile}) {
+		t.Errorf("directory after import: %v", got)
+	}
+}
