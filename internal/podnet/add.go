@@ -153,8 +153,10 @@ func fillGateways(conf *NetConf, ips []*current.IPConfig) {
 		if ip.Gateway != nil {
 			continue
 		}
-		gw := make(net.IP, len(ip.Address.IP))
-		copy(gw, ip.Address.IP.Mask(ip.Address.Mask))
+		gw := append(net.IP(nil), ip.Address.IP.Mask(ip.Address.Mask)...)
+		if len(gw) == 0 {
+			continue
+		}
 		gw[len(gw)-1]++
 		ip.Gateway = gw
 	}

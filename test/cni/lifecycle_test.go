@@ -242,3 +242,50 @@ func TestIPMasq(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Dual stack: an IPv4 and an IPv6 range set; pods talk TCP over IPv6
+// through the bridge (gateway and pod addresses skip DAD), CHECK passes.
+func TestDualStack(t *testing.T) {
+	e := newEnv(t)
+	wc := e.weftConf("weft-ipam")
+	wc["ipam"].(map[string]any)["ranges"] = [][]map[string]string{{{"subnet": e.subnet}}, {{"subnet": "fd77:1::/64"}}}
+	l := e.confList("1.1.0", wc)
+	a, b := e.newPod("a6"), e.newPod("b6")
+	ra := e.mustAdd(l, a)
+	e.mustAdd(l, b)
+	var ipA6 net.IP
+	for _, ip := range ra.IPs {
+		if ip.Address.IP.To4() == nil {
+			ipA6 = ip.Address.IP
+		}
+	}
+	if ipA6 == nil {
+		t.Fatalf("no IPv6 address in %v", ra)
+	}
+	hasV6Default := false
+	for _, r := range ra.Routes {
+		if r.Dst.String() == "::/0" {
+			hasV6Default = true
+		}
+	}
+	if !hasV6Default {
+		t.Fatalf("no IPv6 default route in %v", ra.Routes)
+	}
+	addr := net.JoinHostPort(ipA6.String(), "8081")
+	tcpEcho(t, a, addr)
+	got, err := tcpDial(b, addr, "six")
+	if err != nil || got != "echo:six" {
+		t.Fatalf("pod b -> pod a over IPv6: %q %v", got, err)
+	}
+	if err := e.check(l, a); err != nil {
+		t.Fatalf("CHECK: %v", err)
+	}
+	for _, p := range []*pod{a, b} {
+		if err := e.del(l, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(e.allocations()) != 0 || len(e.hostVeths()) != 0 {
+		t.Fatalf("left after DEL: %v %v", e.allocations(), e.hostVeths())
+	}
+}
