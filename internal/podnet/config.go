@@ -33,6 +33,21 @@ type NetConf struct {
 	// Vlan exists only to reject a reference bridge config that relies on
 	// VLAN tagging, which weft does not do.
 	Vlan int `json:"vlan"`
+	// LegacyAttachments is the GC key older libcni sent instead of (or
+	// besides) cni.dev/valid-attachments.
+	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments"`
+}
+
+// GCAttachments returns the attachments GC must keep, and false when the
+// config carries neither GC key (then nothing may be collected).
+func (c *NetConf) GCAttachments() ([]types.GCAttachment, bool) {
+	switch {
+	case c.ValidAttachments != nil:
+		return c.ValidAttachments, true
+	case c.LegacyAttachments != nil:
+		return c.LegacyAttachments, true
+	}
+	return nil, false
 }
 
 // Hairpin reports whether hairpin mode is on (default true).

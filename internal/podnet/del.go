@@ -67,8 +67,13 @@ func gcVeths(conf *NetConf) error {
 	if err != nil || br == nil {
 		return err
 	}
-	valid := make(map[string]bool, len(conf.ValidAttachments))
-	for _, a := range conf.ValidAttachments {
+	keep, ok := conf.GCAttachments()
+	if !ok {
+		// Without the list every veth would look stale: collect nothing.
+		return nil
+	}
+	valid := make(map[string]bool, len(keep))
+	for _, a := range keep {
 		valid[HostVethName(a.ContainerID, a.IfName)] = true
 	}
 	links, err := node.LinkList()

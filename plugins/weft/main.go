@@ -4,6 +4,8 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"os"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
@@ -19,7 +21,9 @@ func main() {
 			GCFn: ipam.CmdGC, StatusFn: ipam.CmdStatus,
 		},
 	}
-	p := podnet.New(inproc, nil)
+	// Warnings (failed undo steps) go to stderr, which the runtime logs.
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	p := podnet.New(inproc, log)
 	skel.PluginMainFuncs(p.Funcs(context.Background()),
 		version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0"),
 		"weft: pods on the node bridge (CNI 0.3.1, 0.4.0, 1.0.0, 1.1.0)")

@@ -124,6 +124,12 @@ func TestGCReleasesInvalidAttachments(t *testing.T) {
 		t.Fatalf("%d allocations after 3 ADDs", n)
 	}
 	e.clearCache()
+	// A GC without any attachment list (libcni sends none when given no
+	// GCArgs) must not collect anything.
+	e.in(func() error { return e.cni.GCNetworkList(context.Background(), l, nil) })
+	if n, v := len(e.allocations()), len(e.hostVeths()); n != 3 || v != 3 {
+		t.Fatalf("GC without attachment list left %d allocations, %d veths; want 3, 3", n, v)
+	}
 	keep := pods[0]
 	e.in(func() error {
 		return e.cni.GCNetworkList(context.Background(), l, &libcni.GCArgs{
