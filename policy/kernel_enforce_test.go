@@ -1,0 +1,160 @@
+package policy
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/weftnet/weft/internal/iptables"
+)
+
+// TestKernelEnforcement loads rendered rules with the real Writer into a
+// node namespace's own iptables and probes real servers in pod namespaces:
+// same-node bridged traffic and routed traffic from a "remote" namespace.
+func TestKernelEnforcement(t *testing.T) {
+	for _, mode := range []iptables.Mode{iptables.Legacy, iptables.NFT} {
+		t.Run(string(mode), func(t *testing.T) { testKernelEnforcement(t, mode) })
+	}
+}
+
+func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
+	tn := newTestNode(t)
+	w, run := tn.writer(t, mode)
+	ctx := context.Background()
+	// Someone else's rules, which must survive everything we do.
+	foreign := "*filter\n:OTHER-CHAIN - [0:0]\n:WEFT-FORWARD - [0:0]\n-A OTHER-CHAIN -j RETURN\n-A WEFT-FORWARD -s 10.99.0.0/16 -j ACCEPT\n-A FORWARD -m comment --comment other-tool -j OTHER-CHAIN\nCOMMIT\n"
+	if err := run.Restore(ctx, foreign); err != nil {
+		t.Fatal(err)
+	}
+	// The node now uses this backend: detection must pick it.
+	if got, err := iptables.Detect(ctx, tn.node.Path()); err != nil || got != mode {
+		t.Fatalf("detect = %v, %v; want %v", got, err, mode)
+	}
+	t.Cleanup(func() { // the namespace goes away, but leave nothing of ours behind either
+		_, _ = w.Apply(context.Background(), &State{}, true)
+	})
+
+	apply(t, w, tn.render(), false)
+	tn.check(t, "no policy", []expect{
+		{"a", "b", "tcp", 80, true}, {"b", "c", "udp", 81, true}, {"remote", "a", "tcp", 80, true}, {"a", "remote", "tcp", 1, false},
+	})
+
+	denyAll := np("t", "deny-all", nil, tBoth)
+	allowAB := withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn),
+		in([]from{{PodSelector: ls("pod", "a")}}, pPort(corev1.ProtocolTCP, named("http")), pPort(corev1.ProtocolUDP, num(81))))
+	allowAOut := withEgress(np("t", "a-out", map[string]string{"pod": "a"}, tEg), eg([]from{{PodSelector: ls("pod", "b")}}))
+	allowRemoteC := withIngress(np("t", "c-from-remote", map[string]string{"pod": "c"}, tIn),
+		in([]from{{IPBlock: &networkingv1.IPBlock{CIDR: "10.98.0.0/16", Except: []string{"10.98.1.0/24"}}}}, pPort(corev1.ProtocolTCP, num(80), 81)))
+	st := tn.render(denyAll, allowAB, allowAOut, allowRemoteC)
+	apply(t, w, st, false)
+	all := []expect{
+		{"a", "b", "tcp", 80, true},       // named port http=80, bridged; the reply passes a's default deny
+		{"a", "b", "udp", 81, true},       // UDP, reply via conntrack
+		{"a", "b", "tcp", 81, false},      // port not allowed
+		{"c", "b", "tcp", 80, false},      // peer not selected (and c's egress is denied)
+		{"b", "a", "tcp", 80, false},      // default deny
+		{"a", "c", "tcp", 80, false},      // a's egress allows only b
+		{"remote", "c", "tcp", 80, true},  // routed, ipBlock
+		{"remote", "c", "tcp", 81, true},  // endPort range
+		{"remote", "b", "tcp", 80, false}, // routed, default deny
+		{"c", "remote", "tcp", 80, false}, // egress deny
+	}
+	tn.check(t, "policies", all)
+	// The tracer agrees with the kernel on every probe.
+	for _, e := range all {
+		if e.from == "remote" || e.to == "remote" {
+			continue
+		}
+		p := Packet{Src: addr(tn.ip[e.from]), Dst: addr(tn.ip[e.to]), Proto: e.proto, DPort: uint16(e.port),
+			InIface: tn.bridge, OutIface: tn.bridge, PhysIn: tn.veth[e.from], PhysOut: tn.veth[e.to], Bridged: true}
+		if tr := st.Trace("FORWARD", p); tr.Allowed() != e.ok {
+			t.Errorf("tracer disagrees with the kernel on %+v: %s", e, tr)
+		}
+	}
+
+	// Nothing changed: no iptables-restore, no ipset writes.
+	if s := apply(t, w, st, true); s.Restored || s.SetsSwapped+s.SetsCreated+s.SetsDeleted > 0 {
+		t.Errorf("idempotent apply wrote: %+v", s)
+	}
+
+	// A label change is an ipset swap only: c becomes an "a".
+	tn.k8sPods[2].Labels["pod"] = "a"
+	st2 := tn.render(denyAll, allowAB, allowAOut, allowRemoteC)
+	s := apply(t, w, st2, false)
+	if s.SetsSwapped == 0 {
+		t.Errorf("label change: no set swapped: %+v", s)
+	}
+	tn.check(t, "after label change", []expect{{"c", "b", "tcp", 80, true}, {"c", "remote", "tcp", 80, false}})
+	tn.k8sPods[2].Labels["pod"] = "c"
+	apply(t, w, st, false)
+
+	// Drift: someone deletes our dispatch chain and our jump by hand.
+	save, _ := run.Save(ctx, "filter")
+	d, _ := iptables.ParseSave(save, "filter")
+	for i, r := range d.Chains["FORWARD"].Rules {
+		if strings.Contains(iptables.Comment(r), JumpComment) {
+			sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-D", "FORWARD", itoa(i+1))
+		}
+	}
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-F", ChainForward)
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-X", ChainForward)
+	tn.check(t, "drifted (rules gone)", []expect{{"b", "a", "tcp", 80, true}})
+	// And empties a set: a is no longer in b's allowed peers.
+	for _, set := range st.IPSets {
+		sh(t, tn.node.Path(), "ipset", "flush", set.Name)
+	}
+	s = apply(t, w, st, true) // the periodic resync
+	if !s.JumpFixed || s.ChainsWritten != 1 || s.SetsSwapped == 0 {
+		t.Errorf("resync repaired %+v, want the jump, one chain and the sets", s)
+	}
+	tn.check(t, "after resync", all)
+
+	// SCTP: no sockets here, so read the rules back from the kernel.
+	sctp := withIngress(np("t", "sctp", map[string]string{"pod": "b"}, tIn), in(nil, pPort(corev1.ProtocolSCTP, num(9), 19)))
+	apply(t, w, tn.render(denyAll, sctp), false)
+	save, _ = run.Save(ctx, "filter")
+	if !strings.Contains(save, "-p sctp -m sctp --dport 9:19") {
+		t.Errorf("SCTP rule not in the kernel:\n%s", save)
+	}
+
+	// Foreign rules and weftd's chain are untouched; removing all policy
+	// leaves no WEFT-POL/PI/PE/FROM/TO chain or weft- set.
+	apply(t, w, &State{}, false)
+	save, _ = run.Save(ctx, "filter")
+	for _, want := range []string{"-A FORWARD -m comment --comment other-tool -j OTHER-CHAIN", "-A OTHER-CHAIN -j RETURN", "-A WEFT-FORWARD -s 10.99.0.0/16 -j ACCEPT"} {
+		if !strings.Contains(save, want) {
+			t.Errorf("foreign rule lost: %q\n%s", want, save)
+		}
+	}
+	d, _ = iptables.ParseSave(save, "filter")
+	for name := range d.Chains {
+		if OwnedChain(name) {
+			t.Errorf("chain %s left behind", name)
+		}
+	}
+	if strings.Contains(save, JumpComment) {
+		t.Errorf("jump left behind:\n%s", save)
+	}
+	sets, _ := run.IPSetSave(ctx)
+	if strings.Contains(sets, "weft-") {
+		t.Errorf("sets left behind:\n%s", sets)
+	}
+}
+
+// TestUnknownEndpointIsolated: a pod attached to the bridge without a record
+// (the plugin has not reported it yet) is cut off, both ways.
+func TestUnknownEndpointIsolated(t *testing.T) {
+	tn := newTestNode(t)
+	w, _ := tn.writer(t, "")
+	t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+	eps := tn.eps
+	tn.eps = eps[:2] // c has no record
+	apply(t, w, tn.render(), false)
+	tn.check(t, "c unknown", []expect{{"a", "b", "tcp", 80, true}, {"a", "c", "tcp", 80, false}, {"c", "a", "tcp", 80, false}, {"remote", "c", "tcp", 80, false}})
+	tn.eps = eps
+	apply(t, w, tn.render(), false)
+	tn.check(t, "c known", []expect{{"a", "c", "tcp", 80, true}, {"c", "a", "udp", 80, true}, {"remote", "c", "tcp", 80, true}})
+}

@@ -1,0 +1,340 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/weftnet/weft/internal/iptables"
+)
+
+// Dataplane converges the kernel to a rendered State. readBack makes it
+// re-read the kernel first (the periodic resync that repairs drift);
+// otherwise it trusts what it last wrote and writes only what changed.
+type Dataplane interface {
+	Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error)
+}
+
+// ApplyStats says what one Apply wrote.
+type ApplyStats struct {
+	ChainsWritten, ChainsDeleted          int
+	JumpFixed                             bool
+	SetsCreated, SetsSwapped, SetsDeleted int
+	Restored                              bool // iptables-restore ran
+}
+
+// Kernel is the exec surface the Writer needs; iptables.Runner has it.
+type Kernel interface {
+	Restore(ctx context.Context, text string) error
+	Save(ctx context.Context, table string) (string, error)
+	IPSetRestore(ctx context.Context, text string) error
+	IPSetSave(ctx context.Context) (string, error)
+}
+
+// Owned chain and set prefixes. weftd's WEFT-FORWARD / WEFT-POSTROUTING
+// and anyone else's chains are never touched.
+var (
+	ownedChainPrefixes = []string{"WEFT-POL-", "WEFT-PI-", "WEFT-PE-", "WEFT-FROM-", "WEFT-TO-"}
+	ownedSetPrefixes   = []string{"weft-p-", "weft-n-", "weft-t-"}
+)
+
+// OwnedChain reports whether the policy writer manages chain name.
+func OwnedChain(name string) bool { return hasAnyPrefix(name, ownedChainPrefixes) }
+
+// OwnedSet reports whether the policy writer manages ipset name.
+func OwnedSet(name string) bool { return hasAnyPrefix(name, ownedSetPrefixes) }
+
+func hasAnyPrefix(s string, ps []string) bool {
+	for _, p := range ps {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// view is what the Writer believes the kernel holds.
+type view struct {
+	chains map[string][]string   // owned chain -> rule hashes in order
+	jumps  map[string][][]string // built-in chain -> our jump rules as saved (args)
+	first  map[string]bool       // built-in chain -> our jump is its first rule
+	sets   map[string]setView
+}
+
+type setView struct {
+	typ     SetType
+	members []string // normalized, sorted
+}
+
+// Writer programs iptables and ipsets through a Kernel.
+type Writer struct {
+	k   Kernel
+	log *slog.Logger
+	mu  sync.Mutex
+	cur *view // nil: unknown, read the kernel on the next Apply
+}
+
+// NewWriter returns a Writer over k.
+func NewWriter(k Kernel, log *slog.Logger) *Writer {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Writer{k: k, log: log}
+}
+
+// NewNodeWriter detects the iptables backend of the namespace at netns
+// ("" = the current one) and returns a Writer using it.
+func NewNodeWriter(ctx context.Context, netns string, log *slog.Logger) (*Writer, iptables.Mode, error) {
+	mode, err := iptables.Detect(ctx, netns)
+	if err != nil {
+		return nil, "", err
+	}
+	return NewWriter(iptables.Runner{Mode: mode, NetNS: netns}, log), mode, nil
+}
+
+// Apply implements Dataplane: ipsets first, then one iptables-restore
+// transaction, then stale ipsets are destroyed.
+func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var stats ApplyStats
+	if readBack || w.cur == nil {
+		v, err := w.read(ctx, st)
+		if err != nil {
+			w.cur = nil
+			return stats, err
+		}
+		w.cur = v
+	}
+	cur := w.cur
+	w.cur = nil // until this Apply succeeds
+	next, err := w.applySets(ctx, st, cur, &stats)
+	if err != nil {
+		return stats, err
+	}
+	if err := w.applyRules(ctx, st, cur, next, &stats); err != nil {
+		return stats, err
+	}
+	if err := w.deleteStaleSets(ctx, st, next, &stats); err != nil {
+		return stats, err
+	}
+	w.cur = next
+	return stats, nil
+}
+
+// read builds a view from iptables-save and ipset save.
+func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
+	text, err := w.k.Save(ctx, "filter")
+	if err != nil {
+		return nil, fmt.Errorf("policy writer: read rules: %w", err)
+	}
+	d, err := iptables.ParseSave(text, "filter")
+	if err != nil {
+		return nil, fmt.Errorf("policy writer: parse rules: %w", err)
+	}
+	v := &view{chains: map[string][]string{}, jumps: map[string][][]string{}, first: map[string]bool{}, sets: map[string]setView{}}
+	for _, name := range d.Order {
+		c := d.Chains[name]
+		if OwnedChain(name) {
+			hs := make([]string, 0, len(c.Rules))
+			for _, r := range c.Rules {
+				hs = append(hs, HashOfArgs(r))
+			}
+			v.chains[name] = hs
+			continue
+		}
+		for i, r := range c.Rules {
+			if strings.HasSuffix(iptables.Comment(r), " "+JumpComment) {
+				v.jumps[name] = append(v.jumps[name], r)
+				if i == 0 {
+					v.first[name] = true
+				}
+			}
+		}
+	}
+	_ = st
+	stext, err := w.k.IPSetSave(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("policy writer: read ipsets: %w", err)
+	}
+	sets, err := iptables.ParseIPSetSave(stext)
+	if err != nil {
+		return nil, fmt.Errorf("policy writer: parse ipsets: %w", err)
+	}
+	for name, s := range sets {
+		if OwnedSet(name) {
+			v.sets[name] = setView{typ: SetType(s.Type), members: normMembers(s.Members)}
+		}
+	}
+	return v, nil
+}
+
+func normMembers(ms []string) []string {
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		f := strings.Fields(m)
+		if len(f) == 0 {
+			continue
+		}
+		f[0] = strings.TrimSuffix(f[0], "/32")
+		out = append(out, strings.Join(f, " "))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *ApplyStats) (*view, error) {
+	next := &view{chains: cur.chains, jumps: cur.jumps, first: cur.first, sets: map[string]setView{}}
+	for n, s := range cur.sets {
+		next.sets[n] = s
+	}
+	var b strings.Builder
+	for _, s := range st.IPSets {
+		want := setView{typ: s.Type, members: normMembers(s.Members)}
+		have, ok := cur.sets[s.Name]
+		switch {
+		case !ok:
+			writeSet(&b, s.Name, s)
+			stats.SetsCreated++
+		case have.typ != want.typ:
+			return nil, fmt.Errorf("policy writer: ipset %s has type %s, want %s", s.Name, have.typ, want.typ)
+		case !slices.Equal(have.members, want.members):
+			tmp := TempSetName(s.Name)
+			writeSet(&b, tmp, IPSet{Type: s.Type})
+			b.WriteString("flush " + tmp + "\n")
+			for _, m := range s.Members {
+				b.WriteString("add " + tmp + " " + m + " -exist\n")
+			}
+			b.WriteString("swap " + tmp + " " + s.Name + "\ndestroy " + tmp + "\n")
+			stats.SetsSwapped++
+		default:
+			continue
+		}
+		next.sets[s.Name] = want
+	}
+	if b.Len() == 0 {
+		return next, nil
+	}
+	if err := w.k.IPSetRestore(ctx, b.String()); err != nil {
+		return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
+	}
+	return next, nil
+}
+
+func chainHashes(c Chain) []string {
+	hs := make([]string, len(c.Rules))
+	for i, r := range c.Rules {
+		hs[i] = r.Hash()
+	}
+	return hs
+}
+
+func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, stats *ApplyStats) error {
+	var decl, rules, tail strings.Builder
+	newChains := map[string][]string{}
+	for _, c := range st.Chains {
+		if !OwnedChain(c.Name) {
+			return fmt.Errorf("policy writer: refusing to write chain %s it does not own", c.Name)
+		}
+		hs := chainHashes(c)
+		newChains[c.Name] = hs
+		if have, ok := cur.chains[c.Name]; ok && slices.Equal(have, hs) {
+			continue
+		}
+		decl.WriteString(":" + c.Name + " - [0:0]\n")
+		for _, r := range c.Rules {
+			rules.WriteString("-A " + c.Name + " " + r.Text() + "\n")
+		}
+		stats.ChainsWritten++
+	}
+	var stale []string
+	for name := range cur.chains {
+		if _, ok := newChains[name]; !ok {
+			stale = append(stale, name)
+		}
+	}
+	sort.Strings(stale)
+	for _, name := range stale {
+		decl.WriteString(":" + name + " - [0:0]\n") // flush, so nothing refers onwards
+		tail.WriteString("-X " + name + "\n")
+		stats.ChainsDeleted++
+	}
+	newJumps := map[string][][]string{}
+	newFirst := map[string]bool{}
+	for _, j := range st.Jumps {
+		want := j.Rule.Args()
+		have := cur.jumps[j.Builtin]
+		newJumps[j.Builtin] = [][]string{want}
+		newFirst[j.Builtin] = true
+		if len(have) == 1 && cur.first[j.Builtin] && HashOfArgs(have[0]) == j.Rule.Hash() {
+			continue
+		}
+		for _, h := range have {
+			rules.WriteString("-D " + j.Builtin + " " + quoteArgs(h) + "\n")
+		}
+		rules.WriteString("-I " + j.Builtin + " 1 " + j.Rule.Text() + "\n")
+		stats.JumpFixed = true
+	}
+	for builtin, have := range cur.jumps { // jumps no longer wanted
+		if _, ok := newJumps[builtin]; ok {
+			continue
+		}
+		for _, h := range have {
+			// Deleted first so the chains it targets can go.
+			var b strings.Builder
+			b.WriteString("-D " + builtin + " " + quoteArgs(h) + "\n")
+			rules.WriteString(b.String())
+		}
+	}
+	next.chains, next.jumps, next.first = newChains, newJumps, newFirst
+	if decl.Len() == 0 && rules.Len() == 0 && tail.Len() == 0 {
+		return nil
+	}
+	text := "*filter\n" + decl.String() + rules.String() + tail.String() + "COMMIT\n"
+	if err := w.k.Restore(ctx, text); err != nil {
+		return fmt.Errorf("policy writer: %w", err)
+	}
+	stats.Restored = true
+	return nil
+}
+
+func quoteArgs(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = iptables.Quote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+func (w *Writer) deleteStaleSets(ctx context.Context, st *State, next *view, stats *ApplyStats) error {
+	want := map[string]bool{}
+	for _, s := range st.IPSets {
+		want[s.Name] = true
+	}
+	var b strings.Builder
+	var gone []string
+	for name := range next.sets {
+		if !want[name] {
+			gone = append(gone, name)
+		}
+	}
+	sort.Strings(gone)
+	for _, name := range gone {
+		b.WriteString("destroy " + name + "\n")
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	if err := w.k.IPSetRestore(ctx, b.String()); err != nil {
+		return fmt.Errorf("policy writer: destroy stale ipsets: %w", err)
+	}
+	for _, name := range gone {
+		delete(next.sets, name)
+		stats.SetsDeleted++
+	}
+	return nil
+}
