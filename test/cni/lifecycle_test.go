@@ -71,6 +71,22 @@ func TestTwoPodsTCPCheckDel(t *testing.T) {
 		t.Fatalf("pod b -> pod a over TCP: %q, %v", got, err)
 	}
 
+	// The chained reference plugins worked from weft's prevResult:
+	// portmap forwards the gateway's hostPort 18080 to pod a (hairpin
+	// through the node, masqueraded), bandwidth shaped the host veth.
+	gw := ra.IPs[0].Gateway.String()
+	got, err = tcpDial(b, net.JoinHostPort(gw, "18080"), "via hostport")
+	if err != nil || got != "echo:via hostport" {
+		t.Fatalf("pod b -> hostPort 18080 -> pod a: %q, %v", got, err)
+	}
+	e.in(func() error {
+		out, err := exec.Command("tc", "qdisc", "show", "dev", ra.Interfaces[1].Name).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "tbf") {
+			return fmt.Errorf("bandwidth: no tbf qdisc on the host veth: %s %v", out, err)
+		}
+		return nil
+	})
+
 	if err := e.check(l, a); err != nil {
 		t.Fatalf("CHECK on a healthy pod: %v", err)
 	}
