@@ -24,7 +24,9 @@ import (
 const (
 	seqPods  = 100 // sequential ADDs then DELs per implementation
 	concPods = 20  // ADDs started at once
-	rounds   = 2   // each implementation runs this many times, interleaved
+	rounds   = 2   // fresh node netns per round; seqPods pods each
+	// concurrent batches per round and implementation
+	concRounds = 3
 )
 
 func randHex(n int) string {
@@ -119,27 +121,45 @@ func (r *runner) del(rt *libcni.RuntimeConf) time.Duration {
 	return r.timed(func(ctx context.Context) error { return r.cni.DelNetworkList(ctx, r.list, rt) })
 }
 
-// sequential: ADD seqPods pods one after another, then DEL them.
-func (r *runner) sequential(s samples) {
-	rts := make([]*libcni.RuntimeConf, seqPods)
+// newPods creates n pod netns and their runtime configs.
+func newPods(b *testing.B, n int) []*libcni.RuntimeConf {
+	rts := make([]*libcni.RuntimeConf, n)
 	for i := range rts {
-		rts[i] = rtFor(testutil.NewNS(r.b))
+		rts[i] = rtFor(testutil.NewNS(b))
 	}
-	for _, rt := range rts {
-		s.add(r.label+"/add", r.add(rt))
+	return rts
+}
+
+// inTurn calls fn for every runner, the order flipping with i, so both
+// implementations see the same background load.
+func inTurn(rs []*runner, i int, fn func(r *runner, k int)) {
+	for k := range rs {
+		if i%2 == 1 {
+			k = len(rs) - 1 - k
+		}
+		fn(rs[k], k)
 	}
-	for _, rt := range rts {
-		s.add(r.label+"/del", r.del(rt))
+}
+
+// sequential: ADD seqPods pods one after another, then DEL them; the
+// implementations take turns pod by pod.
+func sequential(b *testing.B, rs []*runner, s samples) {
+	pods := make([][]*libcni.RuntimeConf, len(rs))
+	for k := range rs {
+		pods[k] = newPods(b, seqPods)
+	}
+	for i := range seqPods {
+		inTurn(rs, i, func(r *runner, k int) { s.add(r.label+"/add", r.add(pods[k][i])) })
+	}
+	for i := range seqPods {
+		inTurn(rs, i, func(r *runner, k int) { s.add(r.label+"/del", r.del(pods[k][i])) })
 	}
 }
 
 // concurrent: concPods ADDs at once; records each ADD's latency and the
 // wall time of the batch, then deletes them.
-func (r *runner) concurrent(s samples) {
-	rts := make([]*libcni.RuntimeConf, concPods)
-	for i := range rts {
-		rts[i] = rtFor(testutil.NewNS(r.b))
-	}
+func (r *runner) concurrent(b *testing.B, s samples) {
+	rts := newPods(b, concPods)
 	var (
 		wg sync.WaitGroup
 		mu sync.Mutex
@@ -165,11 +185,14 @@ func BenchmarkCNI(b *testing.B) {
 	paths := []string{testutil.BinDir(b), testutil.RefPluginDir(b)}
 	for range b.N {
 		s := samples{}
-		for range rounds {
-			for _, im := range impls {
-				r := newRunner(b, im, paths)
-				r.sequential(s)
-				r.concurrent(s)
+		for round := range rounds {
+			rs := make([]*runner, len(impls))
+			for k, im := range impls {
+				rs[k] = newRunner(b, im, paths)
+			}
+			sequential(b, rs, s)
+			for c := range concRounds {
+				inTurn(rs, round+c, func(r *runner, _ int) { r.concurrent(b, s) })
 			}
 		}
 		report(b, s)
@@ -190,8 +213,8 @@ func report(b *testing.B, s samples) {
 	b.ReportMetric(ratio("add"), "add-p50-ratio")
 	b.ReportMetric(ratio("del"), "del-p50-ratio")
 	b.ReportMetric(ratio("cwall"), "conc20-wall-ratio")
-	b.Logf("%-5s %9s %9s %9s %9s %12s %12s (ms; %d seq pods x %d rounds, %d concurrent)",
-		"impl", "add-p50", "add-p95", "del-p50", "del-p95", "c20-add-p50", "c20-wall", seqPods, rounds, concPods)
+	b.Logf("%-5s %9s %9s %9s %9s %12s %12s (ms; %d seq pods x %d rounds, %d concurrent x %d batches)",
+		"impl", "add-p50", "add-p95", "del-p50", "del-p95", "c20-add-p50", "c20-wall", seqPods, rounds, concPods, rounds*concRounds)
 	for _, im := range []string{"ref", "weft"} {
 		b.Logf("%-5s %9.2f %9.2f %9.2f %9.2f %12.2f %12.2f", im, m(im+"/add", .5), m(im+"/add", .95),
 			m(im+"/del", .5), m(im+"/del", .95), m(im+"/cadd", .5), m(im+"/cwall", .5))
