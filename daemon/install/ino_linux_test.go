@@ -1,0 +1,8 @@
+package install
+
+import (
+	"os"
+	"syscall"
+)
+
+func sysIno(st os.FileInfo) uint64 { return st.Sys().(*syscall.Stat_t).Ino }
