@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/podnet"
 )
@@ -107,13 +108,21 @@ func TestTwoPodsTCPCheckDel(t *testing.T) {
 			t.Fatalf("DEL #%d of pod a: %v", i+1, err)
 		}
 	}
+	// Pod b's netns path is gone (the test still holds the netns open, so
+	// its veth lives on): DEL must still find and delete the host veth.
+	if err := unix.Unmount(b.ns.Path(), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(b.ns.Path()); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(l, b); err != nil {
+		t.Fatalf("DEL of pod b with its netns path gone: %v", err)
+	}
 	// containerd's second DEL comes without netns.
 	b.rt.NetNS = ""
 	if err := e.del(l, b); err != nil {
-		t.Fatalf("DEL of pod b without netns: %v", err)
-	}
-	if err := e.del(l, b); err != nil {
-		t.Fatalf("second DEL of pod b: %v", err)
+		t.Fatalf("second DEL of pod b without netns: %v", err)
 	}
 	if al := e.allocations(); len(al) != 0 {
 		t.Fatalf("allocations left after DEL: %+v", al)
