@@ -1,0 +1,187 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/weftnet/weft/internal/endpoint"
+)
+
+type recMetrics struct {
+	mu         sync.Mutex
+	syncs      int
+	errs       int
+	programmed map[string]time.Duration
+}
+
+func (m *recMetrics) SyncDone(_, _ time.Duration, err error) {
+	m.mu.Lock()
+	m.syncs++
+	m.mu.Unlock()
+}
+func (m *recMetrics) RenderErrors(n int) { m.mu.Lock(); m.errs = n; m.mu.Unlock() }
+func (m *recMetrics) EndpointProgrammed(ns, name string, d time.Duration) {
+	m.mu.Lock()
+	m.programmed[ns+"/"+name] = d
+	m.mu.Unlock()
+}
+
+// eventually polls cond for up to 10 s (a liveness bound, not a timing
+// assertion).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never happened: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestController(t *testing.T) {
+	c := newCluster()
+	client := fake.NewClientset()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, ns := range c.namespaces {
+		client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
+	}
+	for _, p := range c.pods {
+		p.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Second))
+		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
+	}
+	dir := t.TempDir()
+	fdp := NewFakeDataplane()
+	met := &recMetrics{programmed: map[string]time.Duration{}}
+	factory := informers.NewSharedInformerFactory(client, 0)
+	ctl, err := NewController(factory, ControllerConfig{NodeName: "node1", EndpointDir: dir, Dataplane: fdp,
+		ResyncInterval: 200 * time.Millisecond, MinSyncInterval: 20 * time.Millisecond, Metrics: met})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(ctx) }()
+
+	// A record appears (the plugin's ADD): the endpoint gets programmed.
+	eps := c.endpoints(1)
+	if err := endpoint.Write(dir, eps[0]); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := ctl.WaitProgrammed(wctx, eps[0].HostVeth); err != nil {
+		t.Fatal(err)
+	}
+	met.mu.Lock()
+	if _, ok := met.programmed[eps[0].PodNamespace+"/"+eps[0].PodName]; !ok {
+		t.Errorf("no programmed-latency metric: %v", met.programmed)
+	}
+	met.mu.Unlock()
+	if ctl.Programmed(eps[1].HostVeth) {
+		t.Fatal("endpoint without record reported programmed")
+	}
+
+	// A record for an unknown pod is written as fail-closed and never "programmed".
+	ghost := endpoint.Endpoint{PodNamespace: "x", PodName: "ghost", HostVeth: "wvghost", IPs: []string{"10.244.1.99/24"}}
+	endpoint.Write(dir, ghost)
+	eventually(t, "ghost endpoint rendered", func() bool {
+		st, _ := fdp.Last()
+		return st != nil && st.Chain(toChain("wvghost")) != nil
+	})
+	if ctl.Programmed("wvghost") {
+		t.Fatal("unknown pod reported programmed")
+	}
+
+	// A policy arrives: x/a's ingress chain jumps to it.
+	xa := eps[0]
+	pol := withIngress(np("x", "from-y", nil, tIn), in([]from{{NamespaceSelector: ls("ns", "y")}}))
+	client.NetworkingV1().NetworkPolicies("x").Create(ctx, pol, metav1.CreateOptions{})
+	eventually(t, "policy in the ingress chain", func() bool {
+		st, _ := fdp.Last()
+		ch := st.Chain(toChain(xa.HostVeth))
+		return ch != nil && strings.Contains(fmtRules(ch), "WEFT-PI-x.from-y")
+	})
+	// Namespace label change flows into the peer set.
+	f := flow{src: ref{"z", "b"}, dst: ref{"x", "a"}, proto: "tcp", port: 80}
+	lastAllowed := func() bool {
+		st, _ := fdp.Last()
+		ok, _ := allowed(map[int]*State{1: st, 2: c.render(2)}, f)
+		return ok
+	}
+	if lastAllowed() {
+		t.Fatal("z/b allowed before its namespace is labelled")
+	}
+	z, _ := client.CoreV1().Namespaces().Get(ctx, "z", metav1.GetOptions{})
+	z.Labels["ns"] = "y"
+	client.CoreV1().Namespaces().Update(ctx, z, metav1.UpdateOptions{})
+	eventually(t, "namespace relabel allows z/b", lastAllowed)
+
+	// A broken policy: reported, x/a fails closed.
+	bad := np("x", "bad", nil, tIn)
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("ICMP", num(1)))}
+	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
+	eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
+	eventually(t, "fail closed", func() bool { return !lastAllowed() })
+	met.mu.Lock()
+	if met.errs != 1 {
+		t.Errorf("render-error metric = %d", met.errs)
+	}
+	met.mu.Unlock()
+	client.NetworkingV1().NetworkPolicies("x").Delete(ctx, "bad", metav1.DeleteOptions{})
+	eventually(t, "recovered", lastAllowed)
+
+	// Periodic resync reads the kernel back.
+	rb := fdp.ReadBacks()
+	eventually(t, "resync with read-back", func() bool { return fdp.ReadBacks() >= rb+2 })
+
+	// Dataplane failures: nothing is reported programmed until it works.
+	fdp.SetError(errors.New("restore failed"))
+	endpoint.Write(dir, eps[1])
+	short, scancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	if err := ctl.WaitProgrammed(short, eps[1].HostVeth); err == nil {
+		t.Fatal("programmed while the dataplane fails")
+	}
+	scancel()
+	fdp.SetError(nil)
+	if err := ctl.WaitProgrammed(wctx, eps[1].HostVeth); err != nil {
+		t.Fatalf("not programmed after recovery: %v", err)
+	}
+
+	// DEL removes the record: the endpoint is no longer programmed.
+	endpoint.Remove(dir, eps[0].HostVeth)
+	eventually(t, "record removal", func() bool { return !ctl.Programmed(eps[0].HostVeth) })
+
+	// An event storm coalesces into few syncs.
+	_, before := fdp.Last()
+	for i := 0; i < 300; i++ {
+		p := c.pod(ref{"y", "c"})
+		p.Labels["gen"] = string(rune('a' + i%26))
+		client.CoreV1().Pods("y").Update(ctx, p, metav1.UpdateOptions{})
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, after := fdp.Last(); after-before > 100 {
+		t.Errorf("300 events caused %d syncs", after-before)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fmtRules(c *Chain) string {
+	var b strings.Builder
+	for _, r := range c.Rules {
+		b.WriteString(r.Text() + "\n")
+	}
+	return b.String()
+}
