@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/ipam/allocator"
@@ -106,8 +107,8 @@ func parseConfig(data []byte) (*config, error) {
 	if n.Name == "" {
 		return nil, invalid("name: missing network name")
 	}
-	if strings.ContainsAny(n.Name, "/\\") || n.Name == "." || n.Name == ".." {
-		return nil, invalid("name: %q cannot be used as a directory name", n.Name)
+	if err := utils.ValidateNetworkName(n.Name); err != nil {
+		return nil, invalid("name: %q: %s", n.Name, err.Msg)
 	}
 	if n.IPAM == nil {
 		return nil, invalid("ipam: missing section")

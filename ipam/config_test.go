@@ -77,6 +77,14 @@ func TestConfigBadCNIArgsAndEnv(t *testing.T) {
 	wantCode(t, err, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME")
 	_, err = p.Add(context.Background(), cmdArgs("", "eth0", conf))
 	wantCode(t, err, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID")
+	// Whitespace could never reach the store.
+	_, err = p.Add(context.Background(), cmdArgs("a b", "eth0", conf))
+	wantCode(t, err, types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID")
+	_, err = p.Add(context.Background(), cmdArgs("ab", "eth 0", conf))
+	wantCode(t, err, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME")
+	_, err = p.Add(context.Background(), cmdArgs("ab", "averyveryverylongifname", conf))
+	wantCode(t, err, types.ErrInvalidEnvironmentVariables, "CNI_IFNAME")
+	wantCode(t, p.Del(context.Background(), cmdArgs("a\nb", "eth0", conf)), types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID")
 }
 
 func TestConfigHostLocalShape(t *testing.T) {

@@ -53,8 +53,14 @@ func onlyStateFile(t testing.TB, dir string) {
 	for _, e := range ents {
 		names = append(names, e.Name())
 	}
-	if !slices.Equal(names, []string{disk.StateFile}) {
-		t.Errorf("data dir holds %v, want only %s: no lock or temp files may be left", names, disk.StateFile)
+	for _, n := range names {
+		if n != disk.SlotFiles[0] && n != disk.SlotFiles[1] {
+			t.Errorf("data dir holds %v, want only the state slots %v: no lock or temp files may be left", names, disk.SlotFiles)
+			return
+		}
+	}
+	if len(names) == 0 {
+		t.Errorf("data dir %s is empty", dir)
 	}
 }
 
@@ -150,9 +156,11 @@ func TestDiskCrashLeavesCleanableState(t *testing.T) {
 	if _, err := CmdAdd(cmdArgs("crashed", "eth0", conf)); err != nil {
 		t.Fatal(err)
 	}
-	// A writer killed between writing the temp file and renaming it.
-	if err := os.WriteFile(filepath.Join(dir, ".weft-ipam.json.tmp"), []byte(`{"allocations":[`), 0o644); err != nil {
-		t.Fatal(err)
+	// A writer killed while overwriting the next slot: a torn copy of a
+	// state that also holds a third allocation.
+	tearNextSlot(t, dir, "10.22.0.99 ghost eth0")
+	if st := diskState(t, dir); len(st.Allocations) != 2 || len(st.Find("ghost", "eth0")) != 0 {
+		t.Fatalf("torn slot was believed: %+v", st.Allocations)
 	}
 	gc := rename(t, netConfig(t, "1.1.0", `{"subnet":"10.22.0.0/24","dataDir":"`+filepath.Dir(dir)+`"}`,
 		map[string]any{"cni.dev/valid-attachments": []map[string]string{{"containerID": "live", "ifname": "eth0"}}}), conf)
@@ -169,6 +177,32 @@ func TestDiskCrashLeavesCleanableState(t *testing.T) {
 	}
 	if err := CmdCheck(cmdArgs("crashed", "eth0", conf)); err == nil {
 		t.Error("CHECK passes for a released attachment")
+	}
+}
+
+// tearNextSlot writes into the slot the next writer would use what a writer
+// killed midway leaves: the next generation's header over a state with an
+// extra line and no valid trailer.
+func tearNextSlot(t testing.TB, dir, extra string) {
+	t.Helper()
+	var gens [2]uint64
+	var datas [2][]byte
+	for i, name := range disk.SlotFiles {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			continue
+		}
+		datas[i] = data
+		first, _, _ := strings.Cut(string(data), "\n")
+		fmt.Sscanf(first, "weft-ipam 1 %d", &gens[i])
+	}
+	cur := 0
+	if gens[1] > gens[0] {
+		cur = 1
+	}
+	body := strings.Replace(string(datas[cur]), fmt.Sprintf("weft-ipam 1 %d", gens[cur]), fmt.Sprintf("weft-ipam 1 %d", gens[cur]+1), 1)
+	if err := os.WriteFile(filepath.Join(dir, disk.SlotFiles[1-cur]), []byte(body+extra+"\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 

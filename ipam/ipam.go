@@ -56,9 +56,16 @@
 //
 // # On-disk layout
 //
-// See package store/disk: <dataDir>/<name>/weft-ipam.json holds all
-// allocations and the last reserved address per set; it is replaced
-// atomically (write temp + rename) under a flock on the directory itself.
+// <dataDir>/<name>/ holds two state slots, weft-ipam.0 and weft-ipam.1,
+// each a full copy of the network's allocations ("<ip> <container ID>
+// <ifname>" lines, the last reserved address per set, a generation number
+// and a CRC-32C trailer). Writers flock the directory itself (no lock file),
+// read both slots and overwrite the older one in place; a writer killed
+// midway leaves a slot that fails its checksum, so readers fall back to the
+// previous generation and an allocation is either fully recorded or absent.
+// Details and the reasoning (no temp+rename: 0.6-0.9 ms on ext4) are in
+// package store/disk. Existing host-local files in the directory are
+// imported on first use.
 package ipam
 
 import (
@@ -71,6 +78,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/weftnet/weft/ipam/allocator"
@@ -130,12 +138,18 @@ func asCNIError(err error, what string) error {
 	return types.NewError(types.ErrIOFailure, what+": "+err.Error(), "")
 }
 
+// attachment validates the container ID and ifname as skel does, so that
+// in-process callers get the same checks (the store format relies on them
+// holding no whitespace).
 func attachment(args *skel.CmdArgs) error {
 	if args.ContainerID == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID: missing", "")
 	}
-	if args.IfName == "" {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "")
+	if err := utils.ValidateContainerID(args.ContainerID); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_CONTAINERID: "+err.Msg, err.Details)
+	}
+	if err := utils.ValidateInterfaceName(args.IfName); err != nil {
+		return types.NewError(err.Code, "CNI_IFNAME: "+err.Msg, err.Details)
 	}
 	return nil
 }

@@ -1,30 +1,40 @@
 // Package disk is the on-disk store.Store of weft-ipam.
 //
-// Layout: one directory per network (the data directory). It holds a single
-// state file, weft-ipam.json, with every allocation and the last reserved
-// address of each range set. Writers take an exclusive flock(2) on the
-// directory itself (so no lock file is ever created or left behind), read
-// the state file, and replace it by writing .weft-ipam.json.tmp and
-// renaming it over the old file. rename(2) is atomic, so a process killed at
-// any point leaves either the old or the new state: an allocation is fully
-// recorded or absent. Readers (CHECK, STATUS) take a shared lock.
+// Layout: one directory per network (the data directory, by default
+// /var/lib/cni/networks/<network name>). It holds two state slots,
+// weft-ipam.0 and weft-ipam.1. Each slot is a complete copy of the state
+// (every allocation and the last reserved address of each range set) with a
+// generation number and a CRC-32C trailer (format: see format.go). The valid
+// slot with the highest generation is the state.
 //
-// An operation costs one lock, one read and, when something changed, one
-// write and one rename; no directory scan. Files are not fsynced by default
-// (Options.Sync turns it on): the state must survive plugin crashes and
-// restarts, while a host crash restarts every pod anyway; ext4 orders the
-// data of a file replaced by rename before the rename itself.
+// A writer takes an exclusive flock(2) on the directory itself (so no lock
+// file is ever created or left behind), reads both slots, and overwrites the
+// older slot in place with generation+1. A writer killed midway leaves a
+// slot whose checksum fails, and readers fall back to the other slot, which
+// holds the previous state: an allocation is either fully recorded or
+// absent. Readers (CHECK, STATUS) take a shared lock.
 //
-// When the state file does not exist but the directory holds host-local's
-// files (one file per address, named by the address, holding
-// "<container ID>\r\n<ifname>", and last_reserved_ip.<N>), they are imported
-// so a network can switch from host-local to weft-ipam with running pods.
-// The host-local files are removed once the imported state is written.
+// Why not write-temp-and-rename: on ext4 creating the temporary inode and
+// renaming over the old file cost ~0.6-0.9 ms per ADD (measured on this
+// VM); overwriting an existing slot costs ~5 µs. An operation is one lock,
+// two small reads and, when something changed, one pwrite (plus ftruncate
+// when the state shrank); never a directory scan.
+//
+// Files are not fsynced by default (Options.Sync turns it on): the state
+// must survive plugin crashes and restarts, while a host crash restarts
+// every pod anyway, and a slot torn by a power loss fails its checksum.
+// When both slots are unreadable they are moved aside (*.corrupt-<time>)
+// with a warning and the store starts empty.
+//
+// When no slot exists but the directory holds host-local's files (one file
+// per address, named by the address, holding "<container ID>\r\n<ifname>",
+// and last_reserved_ip.<N>), they are imported so a network can switch from
+// host-local to weft-ipam with running pods. The host-local files are
+// removed once the imported state is written.
 package disk
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,15 +51,12 @@ import (
 	"github.com/weftnet/weft/ipam/store"
 )
 
-// File names inside a data directory.
-const (
-	StateFile = "weft-ipam.json"
-	tmpFile   = ".weft-ipam.json.tmp"
-)
+// SlotFiles are the names of the two state slots inside a data directory.
+var SlotFiles = [2]string{"weft-ipam.0", "weft-ipam.1"}
 
 // Options tune the disk store.
 type Options struct {
-	// Sync fsyncs the state file before renaming it into place.
+	// Sync fsyncs a slot after writing it.
 	Sync bool
 }
 
@@ -80,6 +87,15 @@ func New(dir string, opts Options) *Store {
 // Dir returns the data directory.
 func (s *Store) Dir() string { return s.dir }
 
+// snapshot is what read found: the state, its generation, the slot sizes
+// and host-local files to delete once the state is written.
+type snapshot struct {
+	st       *store.State
+	gen      uint64
+	sizes    [2]int64
+	imported []string
+}
+
 // Update implements store.Store.
 func (s *Store) Update(ctx context.Context, fn store.UpdateFunc) error {
 	fd, err := lockDir(ctx, s.dir, unix.LOCK_EX)
@@ -99,21 +115,21 @@ func (s *Store) Update(ctx context.Context, fn store.UpdateFunc) error {
 		return err
 	}
 	defer unix.Close(fd) // releases the lock
-	st, imported, err := s.read()
+	snap, err := s.read()
 	if err != nil {
 		return err
 	}
-	changed, err := fn(st)
+	changed, err := fn(snap.st)
 	if err != nil {
 		return err
 	}
-	if !changed && len(imported) == 0 {
+	if !changed && len(snap.imported) == 0 {
 		return nil
 	}
-	if err := s.write(st); err != nil {
+	if err := s.write(snap); err != nil {
 		return err
 	}
-	for _, name := range imported {
+	for _, name := range snap.imported {
 		_ = os.Remove(filepath.Join(s.dir, name))
 	}
 	return nil
@@ -129,11 +145,11 @@ func (s *Store) View(ctx context.Context, fn func(*store.State) error) error {
 		return err
 	}
 	defer unix.Close(fd)
-	st, _, err := s.read()
+	snap, err := s.read()
 	if err != nil {
 		return err
 	}
-	return fn(st)
+	return fn(snap.st)
 }
 
 // lockDir opens dir and flocks it. The lock lives as long as the returned
@@ -184,72 +200,139 @@ func flockRetry(fd, how int) error {
 	}
 }
 
-// read loads the state. A missing state file yields an empty state (or the
-// imported host-local state, whose file names are returned). An unreadable
-// state file is moved aside and treated as empty, with a warning.
-func (s *Store) read() (*store.State, []string, error) {
-	path := filepath.Join(s.dir, StateFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return s.importHostLocal()
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	st := &store.State{}
-	if err := json.Unmarshal(data, st); err != nil {
-		aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().UnixNano())
-		slog.Warn("weft-ipam: unreadable state file moved aside, starting empty",
-			"path", path, "movedTo", aside, "err", err)
-		if rerr := os.Rename(path, aside); rerr != nil {
-			return nil, nil, fmt.Errorf("decode %s: %w (and moving it aside failed: %v)", path, err, rerr)
+// read loads the newest valid slot. With no slot at all it imports
+// host-local's files, if any.
+func (s *Store) read() (*snapshot, error) {
+	snap := &snapshot{}
+	var datas [2][]byte
+	present := 0
+	for i, name := range SlotFiles {
+		data, err := readFile(filepath.Join(s.dir, name))
+		if errors.Is(err, unix.ENOENT) {
+			continue
 		}
-		return &store.State{}, nil, nil
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", filepath.Join(s.dir, name), err)
+		}
+		datas[i], snap.sizes[i] = data, int64(len(data))
+		present++
 	}
-	return st, nil, nil
+	if present == 0 {
+		st, names, err := s.importHostLocal()
+		if err != nil {
+			return nil, err
+		}
+		snap.st, snap.imported = st, names
+		return snap, nil
+	}
+	// Try the newer slot first; fall back to the other.
+	order := [2]int{0, 1}
+	if headerGen(datas[1]) > headerGen(datas[0]) {
+		order = [2]int{1, 0}
+	}
+	var errs []error
+	for _, i := range order {
+		if datas[i] == nil {
+			continue
+		}
+		st, gen, err := decode(datas[i])
+		if err == nil {
+			snap.st, snap.gen = st, gen
+			return snap, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles[i], err))
+	}
+	// Both slots unreadable: keep them for inspection, start empty.
+	suffix := fmt.Sprintf(".corrupt-%d", time.Now().UnixNano())
+	for i, name := range SlotFiles {
+		if datas[i] == nil {
+			continue
+		}
+		path := filepath.Join(s.dir, name)
+		if err := os.Rename(path, path+suffix); err != nil {
+			return nil, fmt.Errorf("state unreadable (%v) and moving it aside failed: %w", errors.Join(errs...), err)
+		}
+	}
+	slog.Warn("weft-ipam: unreadable state moved aside, starting empty",
+		"dir", s.dir, "suffix", suffix, "err", errors.Join(errs...))
+	return &snapshot{st: &store.State{}}, nil
 }
 
-// write replaces the state file atomically.
-func (s *Store) write(st *store.State) error {
-	data, err := json.Marshal(st)
+// write stores snap.st as generation snap.gen+1 in the slot not holding
+// snap.gen, overwriting it in place.
+func (s *Store) write(snap *snapshot) error {
+	gen := snap.gen + 1
+	i := int(gen % 2)
+	data := encode(snap.st, gen)
+	path := filepath.Join(s.dir, SlotFiles[i])
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return fmt.Errorf("encode state: %w", err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	data = append(data, '\n')
-	tmp := filepath.Join(s.dir, tmpFile)
-	fd, err := unix.Open(tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0o644)
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := writeAll(fd, data); err != nil {
+	if err := pwriteAll(fd, data); err != nil {
 		unix.Close(fd)
-		return fmt.Errorf("write %s: %w", tmp, err)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if snap.sizes[i] > int64(len(data)) {
+		if err := unix.Ftruncate(fd, int64(len(data))); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("truncate %s: %w", path, err)
+		}
 	}
 	if s.opts.Sync {
 		if err := unix.Fsync(fd); err != nil {
 			unix.Close(fd)
-			return fmt.Errorf("fsync %s: %w", tmp, err)
+			return fmt.Errorf("fsync %s: %w", path, err)
 		}
 	}
 	if err := unix.Close(fd); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
-	}
-	if err := unix.Rename(tmp, filepath.Join(s.dir, StateFile)); err != nil {
-		return fmt.Errorf("rename %s: %w", tmp, err)
+		return fmt.Errorf("close %s: %w", path, err)
 	}
 	return nil
 }
 
-func writeAll(fd int, b []byte) error {
+// readFile reads a whole file with the fewest syscalls: open, fstat, read,
+// close. Slots are only written under the exclusive lock, so the size from
+// fstat is the size to read.
+func readFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	var stat unix.Stat_t
+	if err := unix.Fstat(fd, &stat); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, stat.Size)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return buf[:n], nil
+}
+
+func pwriteAll(fd int, b []byte) error {
+	off := int64(0)
 	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
+		n, err := unix.Pwrite(fd, b, off)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
 			return err
 		}
-		b = b[n:]
+		b, off = b[n:], off+int64(n)
 	}
 	return nil
 }
@@ -291,9 +374,11 @@ func (s *Store) importHostLocal() (*store.State, []string, error) {
 		if !found {
 			ifname = "eth0" // host-local before v0.9 stored only the ID
 		}
-		st.Allocations = append(st.Allocations, store.Allocation{
-			IP: ip, ContainerID: strings.TrimSpace(id), IfName: strings.TrimSpace(ifname),
-		})
+		id, ifname = strings.TrimSpace(id), strings.TrimSpace(ifname)
+		if id == "" || ifname == "" || strings.ContainsAny(id+ifname, " \t\r\n") {
+			continue // not a host-local allocation we can represent
+		}
+		st.Allocations = append(st.Allocations, store.Allocation{IP: ip, ContainerID: id, IfName: ifname})
 		names = append(names, name)
 	}
 	return st, names, nil

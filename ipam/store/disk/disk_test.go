@@ -59,8 +59,8 @@ func TestUpdateViewRoundTripAndLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := listDir(t, dir); !slices.Equal(got, []string{StateFile}) {
-		t.Errorf("directory holds %v, want only %s (no lock or temp files)", got, StateFile)
+	if got := listDir(t, dir); !slices.Equal(got, SlotFiles[:]) {
+		t.Errorf("directory holds %v, want only %v (no lock or temp files)", got, SlotFiles)
 	}
 }
 
@@ -144,7 +144,7 @@ func TestConcurrentUpdatesSerialise(t *testing.T) {
 		}
 		return nil
 	})
-	if got := listDir(t, dir); !slices.Equal(got, []string{StateFile}) {
+	if got := listDir(t, dir); !slices.Equal(got, SlotFiles[:]) {
 		t.Errorf("directory holds %v", got)
 	}
 }
@@ -184,11 +184,10 @@ func TestLockWaitHonoursContext(t *testing.T) {
 
 func TestCorruptStateMovedAside(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, StateFile), []byte(`{"allocations":[{"ip":"10.0`), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, SlotFiles[0]), []byte("weft-ipam 1 7\n10.0"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// A temp file left by a writer killed before its rename is ignored.
-	if err := os.WriteFile(filepath.Join(dir, tmpFile), []byte("garbage"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, SlotFiles[1]), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s := New(dir, Options{})
@@ -196,12 +195,14 @@ func TestCorruptStateMovedAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := listDir(t, dir)
-	var aside bool
+	aside := 0
 	for _, n := range names {
-		aside = aside || strings.HasPrefix(n, StateFile+".corrupt-")
+		if strings.Contains(n, ".corrupt-") {
+			aside++
+		}
 	}
-	if !aside || slices.Contains(names, tmpFile) {
-		t.Errorf("directory %v: want the corrupt file kept aside and no temp file", names)
+	if aside != 2 || !slices.Contains(names, SlotFiles[1]) {
+		t.Errorf("directory %v: want both bad slots kept aside and a fresh slot", names)
 	}
 	_ = s.View(context.Background(), func(st *store.State) error {
 		if len(st.Allocations) != 1 {
@@ -209,6 +210,81 @@ func TestCorruptStateMovedAside(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+func TestTornSlotFallsBackToPrevious(t *testing.T) {
+	dir := t.TempDir()
+	s := New(dir, Options{})
+	ctx := context.Background()
+	for _, ip := range []string{"10.0.0.2", "10.0.0.3", "10.0.0.4"} {
+		if err := s.Update(ctx, addOne(ip)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Generation 3 lives in slot 1, generation 2 in slot 0. Tear slot 1 at
+	// every possible length: the reader must see generation 2 (two
+	// allocations) each time, and the next write must succeed.
+	full, err := os.ReadFile(filepath.Join(dir, SlotFiles[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(filepath.Join(dir, SlotFiles[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cut := 0; cut < len(full); cut++ {
+		// New prefix over the old slot content's tail, as an in-place
+		// overwrite killed midway leaves it.
+		torn := append([]byte{}, full[:cut]...)
+		if cut < len(old) {
+			torn = append(torn, old[cut:]...)
+		}
+		st, _, err := decode(torn)
+		if err == nil && len(st.Allocations) == 3 {
+			continue // the torn copy happens to equal the full one
+		}
+		if err := os.WriteFile(filepath.Join(dir, SlotFiles[1]), torn, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.View(ctx, func(st *store.State) error {
+			if len(st.Allocations) != 2 {
+				t.Fatalf("cut %d: read %d allocations, want the previous generation's 2", cut, len(st.Allocations))
+			}
+			return nil
+		})
+	}
+	if err := s.Update(ctx, addOne("10.0.0.9")); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 3 || st.Allocations[2].IP.String() != "10.0.0.9" {
+			t.Errorf("after rewrite: %+v", st.Allocations)
+		}
+		return nil
+	})
+}
+
+func TestFormatRoundTrip(t *testing.T) {
+	st := &store.State{}
+	st.SetLast(1, netip.MustParseAddr("fd00::9"))
+	st.Allocations = []store.Allocation{
+		{IP: netip.MustParseAddr("10.0.0.2"), ContainerID: "abc", IfName: "eth0"},
+		{IP: netip.MustParseAddr("fd00::9"), ContainerID: "abc", IfName: "eth0"},
+	}
+	got, gen, err := decode(encode(st, 42))
+	if err != nil || gen != 42 {
+		t.Fatalf("decode: %v gen %d", err, gen)
+	}
+	if !slices.Equal(got.Allocations, st.Allocations) || got.Last(1) != st.Last(1) || got.Last(0).IsValid() {
+		t.Errorf("round trip: %+v", got)
+	}
+	if headerGen(encode(st, 7)) != 7 || headerGen([]byte("junk")) != 0 {
+		t.Error("headerGen")
+	}
+	empty, _, err := decode(encode(&store.State{}, 1))
+	if err != nil || len(empty.Allocations) != 0 {
+		t.Errorf("empty: %v %+v", err, empty)
+	}
 }
 
 func TestImportHostLocal(t *testing.T) {
@@ -248,7 +324,7 @@ func TestImportHostLocal(t *testing.T) {
 	}
 	// The import is persisted and host-local's files are gone; its lock
 	// file is not ours and stays.
-	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", StateFile}) {
+	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", SlotFiles[1]}) {
 		t.Errorf("directory after import: %v", got)
 	}
 }

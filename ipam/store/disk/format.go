@@ -1,0 +1,138 @@
+package disk
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/weftnet/weft/ipam/store"
+)
+
+// A slot is line oriented, so that reading and rewriting it stays far below
+// a plugin start even with hundreds of pods:
+//
+//	weft-ipam 1 <generation>
+//	last <range set index> <address>
+//	<address> <container ID> <ifname>
+//	...
+//	end <number of allocations> <crc32c, hex, of every byte before "end">
+//
+// The trailer detects a slot torn by a killed writer (a prefix of the new
+// state over the tail of the old one). Container IDs and ifnames never hold
+// whitespace (the ipam package refuses them).
+const magic = "weft-ipam 1 "
+
+func crcTable() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
+
+// encode renders st as generation gen.
+func encode(st *store.State, gen uint64) []byte {
+	var b bytes.Buffer
+	b.Grow(64 + 80*len(st.Allocations))
+	b.WriteString(magic)
+	b.WriteString(strconv.FormatUint(gen, 10))
+	b.WriteByte('\n')
+	for i, a := range st.LastReserved {
+		if !a.IsValid() {
+			continue
+		}
+		b.WriteString("last ")
+		b.WriteString(strconv.Itoa(i))
+		b.WriteByte(' ')
+		b.WriteString(a.String())
+		b.WriteByte('\n')
+	}
+	for _, a := range st.Allocations {
+		b.WriteString(a.IP.String())
+		b.WriteByte(' ')
+		b.WriteString(a.ContainerID)
+		b.WriteByte(' ')
+		b.WriteString(a.IfName)
+		b.WriteByte('\n')
+	}
+	sum := crc32.Checksum(b.Bytes(), crcTable())
+	fmt.Fprintf(&b, "end %d %08x\n", len(st.Allocations), sum)
+	return b.Bytes()
+}
+
+// headerGen returns the generation in data's first line, or 0.
+func headerGen(data []byte) uint64 {
+	line, _, _ := bytes.Cut(data, []byte{'\n'})
+	rest, ok := bytes.CutPrefix(line, []byte(magic))
+	if !ok {
+		return 0
+	}
+	g, err := strconv.ParseUint(string(rest), 10, 64)
+	if err != nil {
+		return 0
+	}
+	return g
+}
+
+var errTorn = errors.New("slot incomplete or torn (checksum mismatch)")
+
+// decode parses and verifies a slot.
+func decode(data []byte) (*store.State, uint64, error) {
+	// Verify the trailer before parsing anything.
+	body := bytes.TrimSuffix(data, []byte{'\n'})
+	cut := bytes.LastIndexByte(body, '\n')
+	if cut < 0 || len(body) == len(data) {
+		return nil, 0, errTorn
+	}
+	body, trailer := data[:cut+1], string(data[cut+1:len(data)-1])
+	f := strings.Fields(trailer)
+	if len(f) != 3 || f[0] != "end" {
+		return nil, 0, errTorn
+	}
+	sum, err := strconv.ParseUint(f[2], 16, 32)
+	if err != nil || uint32(sum) != crc32.Checksum(body, crcTable()) {
+		return nil, 0, errTorn
+	}
+	count, err := strconv.Atoi(f[1])
+	if err != nil || count < 0 {
+		return nil, 0, errTorn
+	}
+	s := string(body)
+	line, rest, _ := strings.Cut(s, "\n")
+	genStr, ok := strings.CutPrefix(line, magic)
+	if !ok {
+		return nil, 0, fmt.Errorf("unknown header %q", line)
+	}
+	gen, err := strconv.ParseUint(genStr, 10, 64)
+	if err != nil {
+		return nil, 0, fmt.Errorf("header %q: %w", line, err)
+	}
+	st := &store.State{Allocations: make([]store.Allocation, 0, count)}
+	for n := 2; rest != ""; n++ {
+		line, rest, _ = strings.Cut(rest, "\n")
+		f0, f12, ok1 := strings.Cut(line, " ")
+		f1, f2, ok2 := strings.Cut(f12, " ")
+		if !ok1 || !ok2 || f0 == "" || f1 == "" || f2 == "" || strings.ContainsAny(f2, " \t\r") {
+			return nil, 0, fmt.Errorf("line %d: cannot parse %q", n, line)
+		}
+		if f0 == "last" {
+			i, err := strconv.Atoi(f1)
+			if err != nil || i < 0 || i > 1024 {
+				return nil, 0, fmt.Errorf("line %d: bad range set index %q", n, f1)
+			}
+			a, err := netip.ParseAddr(f2)
+			if err != nil {
+				return nil, 0, fmt.Errorf("line %d: %w", n, err)
+			}
+			st.SetLast(i, a)
+			continue
+		}
+		a, err := netip.ParseAddr(f0)
+		if err != nil {
+			return nil, 0, fmt.Errorf("line %d: %w", n, err)
+		}
+		st.Allocations = append(st.Allocations, store.Allocation{IP: a, ContainerID: f1, IfName: f2})
+	}
+	if len(st.Allocations) != count {
+		return nil, 0, fmt.Errorf("trailer says %d allocations, found %d", count, len(st.Allocations))
+	}
+	return st, gen, nil
+}
