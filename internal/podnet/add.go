@@ -54,7 +54,8 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInternal, fmt.Sprintf("ipam %s returned no addresses", conf.IPAM.Type), "")
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	res, err := p.wire(conf, args, podNS, node, br, ires, hostName, mtu)
+	at := &attachment{conf: conf, args: args, podNS: podNS, node: node, bridge: br, hostName: hostName, mtu: mtu}
+	res, err := at.wire(ires)
 	if err != nil {
 		p.undo(ctx, ipam, args, hostName)
 		return cniErr(types.ErrInternal, err, "ADD")
@@ -81,10 +82,21 @@ func (p *Plugin) undo(ctx context.Context, ipam IPAM, args *skel.CmdArgs, hostNa
 	}
 }
 
-// wire creates the veth pair and configures both ends; it returns the
-// plugin's result.
-func (p *Plugin) wire(conf *NetConf, args *skel.CmdArgs, podNS ns.NetNS, node *netlinkx.Handle,
-	br netlink.Link, ires *current.Result, hostName string, mtu int) (*current.Result, error) {
+// attachment is what ADD knows once the bridge exists.
+type attachment struct {
+	conf     *NetConf
+	args     *skel.CmdArgs
+	podNS    ns.NetNS
+	node     *netlinkx.Handle // netlink in the node (current) netns
+	bridge   netlink.Link
+	hostName string
+	mtu      int
+}
+
+// wire creates the veth pair and configures both ends from the IPAM
+// result; it returns the plugin's result.
+func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
+	conf, args, podNS, node, br, hostName, mtu := a.conf, a.args, a.podNS, a.node, a.bridge, a.hostName, a.mtu
 	fillGateways(conf, ires.IPs)
 	if conf.Gateway() {
 		if err := ensureGateways(node, br, ires.IPs); err != nil {
