@@ -12,6 +12,7 @@ type FakeDataplane struct {
 	readBack int
 	err      error
 	applied  chan struct{}
+	gate     chan struct{} // when set, Apply waits for it to close
 }
 
 // NewFakeDataplane returns an empty fake.
@@ -20,7 +21,17 @@ func NewFakeDataplane() *FakeDataplane {
 }
 
 // Apply implements Dataplane.
-func (f *FakeDataplane) Apply(_ context.Context, st *State, readBack bool) (ApplyStats, error) {
+func (f *FakeDataplane) Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error) {
+	f.mu.Lock()
+	gate := f.gate
+	f.mu.Unlock()
+	if gate != nil {
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ApplyStats{}, ctx.Err()
+		}
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if readBack {
@@ -63,3 +74,21 @@ func (f *FakeDataplane) ReadBacks() int {
 
 // Applied is signalled (coalesced) after each successful Apply.
 func (f *FakeDataplane) Applied() <-chan struct{} { return f.applied }
+
+// Hold makes Apply block until the returned release is called, so a test
+// can pile up events behind a sync in progress.
+func (f *FakeDataplane) Hold() (release func()) {
+	g := make(chan struct{})
+	f.mu.Lock()
+	f.gate = g
+	f.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			f.mu.Lock()
+			f.gate = nil
+			f.mu.Unlock()
+			close(g)
+		})
+	}
+}
