@@ -10,6 +10,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -29,6 +31,18 @@ const (
 	concRounds = 3
 )
 
+// execIPAM is a symlink to weft-ipam under another name.
+const execIPAM = "weft-ipam-exec"
+
+// aliasDir returns a directory holding execIPAM -> weft-ipam.
+func aliasDir(b *testing.B, binDir string) string {
+	d := b.TempDir()
+	if err := os.Symlink(filepath.Join(binDir, "weft-ipam"), filepath.Join(d, execIPAM)); err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -45,6 +59,13 @@ var impls = []impl{
 	{"ref", func(br, dd string) map[string]any {
 		return map[string]any{"type": "bridge", "bridge": br, "isGateway": true, "isDefaultGateway": true,
 			"hairpinMode": true, "ipam": map[string]any{"type": "host-local", "dataDir": dd,
+				"ranges": [][]map[string]string{{{"subnet": "10.78.0.0/16"}}}}}
+	}},
+	// weft with weft-ipam exec'd like any IPAM plugin (type name aliased
+	// so the in-process path is not taken): shows what in-process saves.
+	{"weft-exec", func(br, dd string) map[string]any {
+		return map[string]any{"type": "weft", "bridge": br, "isGateway": true, "isDefaultGateway": true,
+			"hairpinMode": true, "ipam": map[string]any{"type": execIPAM, "dataDir": dd,
 				"ranges": [][]map[string]string{{{"subnet": "10.78.0.0/16"}}}}}
 	}},
 	{"weft", func(br, dd string) map[string]any {
@@ -182,7 +203,8 @@ func (r *runner) concurrent(b *testing.B, s samples) {
 
 func BenchmarkCNI(b *testing.B) {
 	testutil.RequireRoot(b)
-	paths := []string{testutil.BinDir(b), testutil.RefPluginDir(b)}
+	bin := testutil.BinDir(b)
+	paths := []string{bin, testutil.RefPluginDir(b), aliasDir(b, bin)}
 	for range b.N {
 		s := samples{}
 		for round := range rounds {
@@ -201,7 +223,7 @@ func BenchmarkCNI(b *testing.B) {
 
 func report(b *testing.B, s samples) {
 	m := func(k string, p float64) float64 { return pct(s[k], p) }
-	for _, im := range []string{"ref", "weft"} {
+	for _, im := range []string{"ref", "weft-exec", "weft"} {
 		b.ReportMetric(m(im+"/add", 0.5), im+"-add-p50-ms")
 		b.ReportMetric(m(im+"/add", 0.95), im+"-add-p95-ms")
 		b.ReportMetric(m(im+"/del", 0.5), im+"-del-p50-ms")
@@ -213,12 +235,14 @@ func report(b *testing.B, s samples) {
 	b.ReportMetric(ratio("add"), "add-p50-ratio")
 	b.ReportMetric(ratio("del"), "del-p50-ratio")
 	b.ReportMetric(ratio("cwall"), "conc20-wall-ratio")
-	b.Logf("%-5s %9s %9s %9s %9s %12s %12s (ms; %d seq pods x %d rounds, %d concurrent x %d batches)",
+	b.Logf("%-9s %9s %9s %9s %9s %12s %12s (ms; %d seq pods x %d rounds, %d concurrent x %d batches)",
 		"impl", "add-p50", "add-p95", "del-p50", "del-p95", "c20-add-p50", "c20-wall", seqPods, rounds, concPods, rounds*concRounds)
-	for _, im := range []string{"ref", "weft"} {
-		b.Logf("%-5s %9.2f %9.2f %9.2f %9.2f %12.2f %12.2f", im, m(im+"/add", .5), m(im+"/add", .95),
+	for _, im := range []string{"ref", "weft-exec", "weft"} {
+		b.Logf("%-9s %9.2f %9.2f %9.2f %9.2f %12.2f %12.2f", im, m(im+"/add", .5), m(im+"/add", .95),
 			m(im+"/del", .5), m(im+"/del", .95), m(im+"/cadd", .5), m(im+"/cwall", .5))
 	}
 	b.Logf("%s", fmt.Sprintf("weft/ref: ADD p50 %.2f, DEL p50 %.2f, 20-concurrent wall %.2f",
 		ratio("add"), ratio("del"), ratio("cwall")))
+	b.Logf("%s", fmt.Sprintf("weft-exec/ref: ADD p50 %.2f, DEL p50 %.2f (weft-ipam exec'd instead of in-process)",
+		m("weft-exec/add", .5)/m("ref/add", .5), m("weft-exec/del", .5)/m("ref/del", .5)))
 }
