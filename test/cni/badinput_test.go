@@ -95,3 +95,46 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A failure after IPAM allocated (and after the veth exists) is undone:
+// the allocation is released and the veth deleted.
+func TestAddUndo(t *testing.T) {
+	e := newEnv(t)
+
+	// 1. The pod already has an eth0 (not weft's): the veth cannot be
+	// created; the allocation is released, the foreign eth0 untouched.
+	p := e.newPod("dup")
+	if err := p.ns.Do(func(ns.NetNS) error {
+		return netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "other0"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	l := e.confList("1.1.0", e.weftConf("weft-ipam"))
+	if _, err := e.add(l, p); err == nil {
+		t.Fatal("ADD succeeded although the pod already has eth0")
+	}
+	if al := e.allocations(); len(al) != 0 {
+		t.Fatalf("allocation kept after failed ADD: %+v", al)
+	}
+	if err := p.ns.Do(func(ns.NetNS) error { _, err := netlink.LinkByName("other0"); return err }); err != nil {
+		t.Fatalf("the pod's own eth0 pair was touched: %v", err)
+	}
+
+	// 2. A route the pod cannot install (gateway off-link) fails after the
+	// veth exists: veth and allocation are both undone.
+	wc := e.weftConf("weft-ipam")
+	wc["ipam"].(map[string]any)["routes"] = []map[string]string{{"dst": "192.168.0.0/16", "gw": "10.200.0.1"}}
+	l = e.confList("1.1.0", wc)
+	q := e.newPod("route")
+	if _, err := e.add(l, q); err == nil {
+		t.Fatal("ADD succeeded with an off-link route gateway")
+	} else {
+		t.Logf("ADD failed as expected: %v", err)
+	}
+	if al := e.allocations(); len(al) != 0 {
+		t.Fatalf("allocation kept after failed ADD: %+v", al)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Fatalf("veth kept after failed ADD: %v", v)
+	}
+}
