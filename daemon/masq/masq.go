@@ -201,3 +201,6 @@ func (m *Masq) Remove(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Network returns the cluster network the rules are for.
+func (m *Masq) Network() netip.Prefix { return m.network }

@@ -1,0 +1,205 @@
+// Command weftd is weft's per-node agent.
+//
+//	weftd [flags]              run the agent (the DaemonSet's main container)
+//	weftd install-cni [flags]  copy the CNI plugins into /opt/cni/bin (init container)
+//	weftd uninstall [flags]    remove weft from this node
+//
+// On SIGTERM weftd exits and leaves everything in place (conflist, subnet
+// file, VXLAN device and entries, masquerade rules), so pods keep their
+// traffic and new pods are still created across a restart or upgrade; the
+// next weftd adopts it all. `weftd uninstall` removes it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weftnet/weft/daemon/agent"
+	"github.com/weftnet/weft/daemon/api"
+	"github.com/weftnet/weft/daemon/backend"
+	"github.com/weftnet/weft/daemon/install"
+	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/subnetfile"
+	"github.com/weftnet/weft/vxlan"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "run"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var err error
+	switch cmd {
+	case "run":
+		err = run(ctx, args, log)
+	case "install-cni":
+		err = installCNI(args, log)
+	case "uninstall":
+		err = uninstall(ctx, args, log)
+	default:
+		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall)", cmd)
+	}
+	if err != nil {
+		log.Error("weftd "+cmd+" failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+type common struct {
+	node, kubeconfig, confDir, subnetFile, publicIP string
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.node, "node-name", os.Getenv("NODE_NAME"), "this node's name (env NODE_NAME)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig path; empty = in-cluster service account")
+	fs.StringVar(&c.confDir, "cni-conf-dir", install.DefaultConfDir, "where the CNI conflist is written")
+	fs.StringVar(&c.subnetFile, "subnet-file", subnetfile.DefaultPath, "node subnet file read by weft-ipam")
+	fs.StringVar(&c.publicIP, "public-ip", "", "underlay address peers send to (default: the node's InternalIP)")
+}
+
+func (c *common) options() (agent.Options, error) {
+	o := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile}
+	if c.node == "" {
+		return o, fmt.Errorf("--node-name (or NODE_NAME) is required")
+	}
+	if c.publicIP != "" {
+		ip, err := netip.ParseAddr(c.publicIP)
+		if err != nil || !ip.Is4() {
+			return o, fmt.Errorf("--public-ip %q: not an IPv4 address", c.publicIP)
+		}
+		o.PublicIP = ip
+	}
+	return o, nil
+}
+
+func (c *common) client() (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if c.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", c.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	cfg.UserAgent = "weftd"
+	return kubernetes.NewForConfig(cfg)
+}
+
+func run(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz, /readyz and /metrics")
+	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	opt, err := c.options()
+	if err != nil {
+		return err
+	}
+	opt.ResyncInterval = *resync
+	client, err := c.client()
+	if err != nil {
+		return err
+	}
+	mode, err := iptables.Detect(ctx, "")
+	if err != nil {
+		return fmt.Errorf("iptables: %w", err)
+	}
+	log.Info("iptables backend", "mode", mode)
+	k, err := vxlan.NewNetlink()
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	status, metrics := api.NewStatus(), api.NewMetrics()
+	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Log: log}}, log)
+	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
+		Status: status, Metrics: metrics, Log: log})
+	errc := make(chan error, 1)
+	go func() { errc <- api.Serve(ctx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log) }()
+	runErr := a.Run(ctx)
+	// Leave the data plane in place for the next weftd to adopt.
+	if err := mgr.Stop(context.Background(), false); err != nil {
+		log.Warn("stop backend", "err", err)
+	}
+	if runErr != nil {
+		return runErr
+	}
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(3 * time.Second):
+		return nil
+	}
+}
+
+func installCNI(args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("install-cni", flag.ContinueOnError)
+	self, _ := os.Executable()
+	src := fs.String("src-dir", filepath.Dir(self), "directory holding the plugin binaries (default: weftd's own)")
+	dst := fs.String("cni-bin-dir", install.DefaultBinDir, "where runtimes look for CNI plugins")
+	plugins := fs.String("plugins", strings.Join(install.Binaries(), ","), "plugins to copy")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	wrote, err := install.CopyBinaries(*src, *dst, strings.Split(*plugins, ","))
+	if err != nil {
+		return err
+	}
+	log.Info("CNI plugins installed", "dir", *dst, "updated", wrote)
+	return nil
+}
+
+func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
+	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+	var c common
+	c.register(fs)
+	keepLease := fs.Bool("keep-lease", false, "do not release the subnet lease and node annotations (no API access needed)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	opt := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile}
+	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}}
+	if !*keepLease {
+		client, err := c.client()
+		if err != nil {
+			return err
+		}
+		d.Client = client
+	}
+	if mode, err := iptables.Detect(ctx, ""); err == nil {
+		d.Tables = iptables.Runner{Mode: mode}
+	}
+	k, err := vxlan.NewNetlink()
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	d.Kernel = k
+	if err := agent.Uninstall(ctx, opt, d); err != nil {
+		return err
+	}
+	log.Info("weft removed from this node")
+	return nil
+}

@@ -1,0 +1,442 @@
+// Package agent wires weftd together: informers on Nodes and the weft
+// ConfigMap, the subnet lease, the backend manager, masquerade rules, the
+// subnet file and the CNI conflist, with health reported through
+// daemon/api. It is level-triggered: informer events only mark the agent
+// dirty, one sync computes and converges everything, and nothing is
+// written before the informers have synced. A periodic full resync
+// re-reads the kernel and repairs drift.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/weftnet/weft/daemon/api"
+	"github.com/weftnet/weft/daemon/backend"
+	"github.com/weftnet/weft/daemon/config"
+	"github.com/weftnet/weft/daemon/install"
+	"github.com/weftnet/weft/daemon/masq"
+	"github.com/weftnet/weft/daemon/subnet"
+	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/subnetfile"
+)
+
+// Options are weftd's node-level settings (flags and environment).
+type Options struct {
+	NodeName string
+	// PublicIP overrides the node's InternalIP as its underlay address.
+	PublicIP       netip.Addr
+	CNIConfDir     string
+	SubnetFile     string
+	ResyncInterval time.Duration
+}
+
+// Host finds the node's underlay link.
+type Host interface {
+	// UnderlayLink returns the name and MTU of the link holding ip.
+	UnderlayLink(ip netip.Addr) (name string, mtu int, err error)
+}
+
+// Deps are the agent's collaborators, real or fake.
+type Deps struct {
+	Client   kubernetes.Interface
+	Backends *backend.Manager
+	Tables   masq.Tables
+	Host     Host
+	Status   *api.Status
+	Metrics  *api.Metrics
+	Log      *slog.Logger
+}
+
+// Agent is one node's weftd.
+type Agent struct {
+	opt     Options
+	d       Deps
+	subnets *subnet.Manager
+	nodes   corelisters.NodeLister
+	cms     corelisters.ConfigMapNamespaceLister
+	dirty   chan struct{}
+	st      state
+}
+
+// state is what the agent has applied so far.
+type state struct {
+	cfg       *config.NetConf
+	lease     subnet.Assignment
+	leaseNet  netip.Prefix
+	masq      *masq.Masq
+	lastEvent string
+	others    string
+}
+
+// New returns an agent.
+func New(opt Options, d Deps) *Agent {
+	if opt.ResyncInterval <= 0 {
+		opt.ResyncInterval = 10 * time.Second
+	}
+	if opt.SubnetFile == "" {
+		opt.SubnetFile = subnetfile.DefaultPath
+	}
+	if opt.CNIConfDir == "" {
+		opt.CNIConfDir = install.DefaultConfDir
+	}
+	d.Log = d.Log.With("node", opt.NodeName)
+	return &Agent{opt: opt, d: d, subnets: subnet.New(d.Client, opt.NodeName, d.Log), dirty: make(chan struct{}, 1)}
+}
+
+func (a *Agent) markDirty() {
+	select {
+	case a.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// Run starts the informers and syncs until ctx ends. It returns only when
+// ctx is done or the informers cannot sync.
+func (a *Agent) Run(ctx context.Context) error {
+	all := informers.NewSharedInformerFactory(a.d.Client, 0)
+	cmf := informers.NewSharedInformerFactoryWithOptions(a.d.Client, 0, informers.WithNamespace(config.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + config.Name }))
+	nodeInf := all.Core().V1().Nodes()
+	cmInf := cmf.Core().V1().ConfigMaps()
+	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { a.markDirty() },
+		DeleteFunc: func(any) { a.markDirty() },
+		UpdateFunc: func(o, n any) {
+			if relevantNodeChange(o, n) {
+				a.markDirty()
+			}
+		},
+	}); err != nil {
+		return fmt.Errorf("node informer: %w", err)
+	}
+	if _, err := cmInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { a.markDirty() }, DeleteFunc: func(any) { a.markDirty() },
+		UpdateFunc: func(any, any) { a.markDirty() },
+	}); err != nil {
+		return fmt.Errorf("configmap informer: %w", err)
+	}
+	a.nodes = nodeInf.Lister()
+	a.cms = cmInf.Lister().ConfigMaps(config.Namespace)
+	all.Start(ctx.Done())
+	cmf.Start(ctx.Done())
+	defer all.Shutdown()
+	defer cmf.Shutdown()
+	a.d.Log.Info("waiting for informers to sync")
+	if !cache.WaitForCacheSync(ctx.Done(), nodeInf.Informer().HasSynced, cmInf.Informer().HasSynced) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return errors.New("informers did not sync")
+	}
+	a.d.Log.Info("informers synced")
+	tick := time.NewTicker(a.opt.ResyncInterval)
+	defer tick.Stop()
+	backoff := time.Second
+	full := true
+	for {
+		if err := a.sync(ctx, full); err != nil {
+			a.d.Metrics.SyncErrors.Inc()
+			a.d.Log.Error("sync failed; retrying", "err", err, "in", backoff)
+			time.AfterFunc(backoff, a.markDirty)
+			backoff = min(2*backoff, a.opt.ResyncInterval)
+		} else {
+			backoff = time.Second
+		}
+		ready, _ := a.d.Status.Ready()
+		a.d.Metrics.Ready.Set(map[bool]float64{true: 1, false: 0}[ready])
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-a.dirty:
+			full = false
+		case <-tick.C:
+			full = true
+		}
+	}
+}
+
+// relevantNodeChange filters out Node updates that cannot change the
+// desired state (status heartbeats, conditions).
+func relevantNodeChange(o, n any) bool {
+	on, ok1 := o.(*corev1.Node)
+	nn, ok2 := n.(*corev1.Node)
+	if !ok1 || !ok2 {
+		return true
+	}
+	if on.Spec.PodCIDR != nn.Spec.PodCIDR || strings.Join(on.Spec.PodCIDRs, ",") != strings.Join(nn.Spec.PodCIDRs, ",") {
+		return true
+	}
+	if fmt.Sprint(on.Status.Addresses) != fmt.Sprint(nn.Status.Addresses) {
+		return true
+	}
+	for k, v := range nn.Annotations {
+		if strings.HasPrefix(k, fabric.AnnoPrefix) && on.Annotations[k] != v {
+			return true
+		}
+	}
+	for k := range on.Annotations {
+		if _, ok := nn.Annotations[k]; !ok && strings.HasPrefix(k, fabric.AnnoPrefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// sync converges everything once. full additionally re-checks the
+// masquerade rules (the backend reads the kernel back on every sync).
+func (a *Agent) sync(ctx context.Context, full bool) error {
+	a.d.Status.Beat()
+	cfg, cfgErr := a.loadConfig(ctx)
+	if cfg == nil {
+		return cfgErr
+	}
+	node, err := a.nodes.Get(a.opt.NodeName)
+	if err != nil {
+		a.d.Status.Set(api.CondLease, "own Node object: "+err.Error())
+		return fmt.Errorf("own node %s: %w", a.opt.NodeName, err)
+	}
+	if err := a.ensureLease(ctx, cfg, node); err != nil {
+		a.d.Status.Set(api.CondLease, err.Error())
+		return err
+	}
+	a.d.Status.Set(api.CondLease, "")
+	local, err := a.localNode(cfg, node)
+	if err != nil {
+		a.d.Status.Set(api.CondBackend, err.Error())
+		return err
+	}
+	pub, err := a.d.Backends.Ensure(ctx, cfg.Backend, local)
+	if err != nil {
+		a.d.Status.Set(api.CondBackend, err.Error())
+		return err
+	}
+	if err := a.publish(ctx, node, local, pub); err != nil {
+		return err
+	}
+	if err := a.writeSubnetFile(cfg, pub); err != nil {
+		a.d.Status.Set(api.CondBackend, err.Error())
+		return err
+	}
+	if err := a.ensureMasq(ctx, cfg, full); err != nil {
+		a.d.Status.Set(api.CondMasq, err.Error())
+		return err
+	}
+	a.d.Status.Set(api.CondMasq, "")
+	start := time.Now()
+	res, err := a.d.Backends.Apply(ctx, a.peers())
+	a.d.Metrics.ConvergeTime.Observe(time.Since(start).Seconds())
+	a.d.Metrics.BackendChanges.Add(float64(res.Changes))
+	if err != nil {
+		a.d.Status.Set(api.CondBackend, "converge: "+err.Error())
+		return fmt.Errorf("converge backend: %w", err)
+	}
+	a.d.Metrics.Peers.Set(float64(res.Peers))
+	a.d.Status.Set(api.CondBackend, "")
+	a.d.Status.Detail("peer-problems", strings.Join(res.Problems, "; "))
+	if res.Changes > 0 {
+		a.d.Log.Info("backend converged", "peers", res.Peers, "changes", res.Changes, "problems", len(res.Problems))
+	}
+	// A device recreated by Apply has a new MAC: republish.
+	if err := a.publish(ctx, node, local, a.d.Backends.Published()); err != nil {
+		return err
+	}
+	if err := a.writeConflist(cfg, pub); err != nil {
+		a.d.Status.Set(api.CondConflist, err.Error())
+		return err
+	}
+	a.d.Status.Set(api.CondConflist, "")
+	return cfgErr
+}
+
+func (a *Agent) ensureLease(ctx context.Context, cfg *config.NetConf, node *corev1.Node) error {
+	want := subnet.NodePodCIDR(node)
+	if a.st.lease.Subnet.IsValid() && a.st.leaseNet == cfg.Network && (!want.IsValid() || want == a.st.lease.Subnet) {
+		return nil
+	}
+	asg, err := a.subnets.Acquire(ctx, cfg.Network, cfg.SubnetLen)
+	if err != nil {
+		return fmt.Errorf("subnet lease: %w", err)
+	}
+	if a.st.lease.Subnet.IsValid() && asg.Subnet != a.st.lease.Subnet {
+		a.d.Log.Warn("node subnet changed", "old", a.st.lease.Subnet, "new", asg.Subnet)
+	}
+	a.d.Log.Info("node subnet", "subnet", asg.Subnet, "source", asg.Source)
+	a.st.lease, a.st.leaseNet = asg, cfg.Network
+	return nil
+}
+
+// InternalIP returns the node's first IPv4 InternalIP.
+func InternalIP(n *corev1.Node) netip.Addr {
+	for _, ad := range n.Status.Addresses {
+		if ad.Type != corev1.NodeInternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
+
+func (a *Agent) localNode(cfg *config.NetConf, node *corev1.Node) (fabric.LocalNode, error) {
+	ip := a.opt.PublicIP
+	if !ip.IsValid() {
+		ip = InternalIP(node)
+	}
+	if !ip.IsValid() {
+		return fabric.LocalNode{}, fmt.Errorf("node %s has no IPv4 InternalIP (set --public-ip)", node.Name)
+	}
+	link, mtu, err := a.d.Host.UnderlayLink(ip)
+	if err != nil {
+		return fabric.LocalNode{}, fmt.Errorf("underlay link for %s: %w", ip, err)
+	}
+	return fabric.LocalNode{Name: a.opt.NodeName, UnderlayIP: ip, UnderlayLink: link, UnderlayMTU: mtu,
+		PodCIDR: a.st.lease.Subnet, Network: cfg.Network}, nil
+}
+
+// publish writes the node's weft.dev/* annotations when the informer's
+// copy differs.
+func (a *Agent) publish(ctx context.Context, node *corev1.Node, local fabric.LocalNode, pub fabric.Published) error {
+	want := map[string]string{
+		fabric.AnnoPodCIDR:  local.PodCIDR.String(),
+		fabric.AnnoPublicIP: local.UnderlayIP.String(),
+		fabric.AnnoBackend:  a.d.Backends.Active(),
+		fabric.AnnoBackends: strings.Join(a.d.Backends.Decapsulates(), ","),
+	}
+	for k, v := range pub.Attrs {
+		want[k] = v
+	}
+	same := true
+	for k, v := range want {
+		if node.Annotations[k] != v {
+			same = false
+		}
+	}
+	if same {
+		return nil
+	}
+	if err := a.subnets.Publish(ctx, want); err != nil {
+		return fmt.Errorf("publish node annotations: %w", err)
+	}
+	a.d.Log.Info("published node annotations", "annotations", want)
+	return nil
+}
+
+func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub fabric.Published) error {
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = pub.MTU
+	}
+	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: mtu}
+	if cur, err := subnetfile.Read(a.opt.SubnetFile); err == nil && *cur == *f {
+		return nil
+	}
+	if err := subnetfile.Write(a.opt.SubnetFile, f); err != nil {
+		return fmt.Errorf("subnet file: %w", err)
+	}
+	a.d.Log.Info("wrote subnet file", "path", a.opt.SubnetFile, "subnet", f.Subnet, "mtu", f.MTU)
+	return nil
+}
+
+func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) error {
+	if a.st.masq == nil || a.st.masq.Network() != cfg.Network {
+		a.st.masq = masq.New(a.d.Tables, cfg.Network)
+		full = true
+	}
+	if !full {
+		return nil
+	}
+	wrote, err := a.st.masq.Apply(ctx)
+	if err != nil {
+		return err
+	}
+	if wrote {
+		a.d.Log.Info("masquerade rules written", "network", cfg.Network)
+	}
+	return nil
+}
+
+func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = pub.MTU
+	}
+	data, err := install.Conflist(install.ConflistOptions{CNIVersion: cfg.CNIVersion, SubnetFile: a.opt.SubnetFile, MTU: mtu})
+	if err != nil {
+		return err
+	}
+	changed, err := install.WriteConflist(a.opt.CNIConfDir, data)
+	if err != nil {
+		return fmt.Errorf("conflist: %w", err)
+	}
+	if changed {
+		a.d.Log.Info("wrote CNI conflist", "dir", a.opt.CNIConfDir, "cniVersion", cfg.CNIVersion, "mtu", mtu)
+	}
+	others, shadow, err := install.OtherConfigs(a.opt.CNIConfDir)
+	if err != nil {
+		return err
+	}
+	desc := strings.Join(others, ", ")
+	if len(shadow) > 0 {
+		desc += " (" + strings.Join(shadow, ", ") + " sort before " + install.ConflistName + " and shadow it)"
+	}
+	if desc != a.st.others {
+		a.st.others = desc
+		if desc != "" {
+			a.d.Log.Warn("other CNI configurations present", "dir", a.opt.CNIConfDir, "files", desc)
+		}
+	}
+	a.d.Status.Detail("other-cni-configs", desc)
+	return nil
+}
+
+func (a *Agent) peers() []fabric.Peer {
+	nodes, err := a.nodes.List(everything())
+	if err != nil {
+		return nil
+	}
+	var out []fabric.Peer
+	for _, n := range nodes {
+		if n.Name == a.opt.NodeName || n.Annotations[fabric.AnnoBackends] == "" {
+			continue // ourselves, or weftd not (yet) running there
+		}
+		out = append(out, PeerFromNode(n))
+	}
+	return out
+}
+
+// PeerFromNode reads what a backend needs from a Node's annotations, with
+// its InternalIP and spec.podCIDR as fallbacks.
+func PeerFromNode(n *corev1.Node) fabric.Peer {
+	p := fabric.Peer{Name: n.Name, Attrs: map[string]string{}}
+	for k, v := range n.Annotations {
+		if strings.HasPrefix(k, fabric.AnnoPrefix) {
+			p.Attrs[k] = v
+		}
+	}
+	if ip, err := netip.ParseAddr(n.Annotations[fabric.AnnoPublicIP]); err == nil {
+		p.UnderlayIP = ip
+	} else {
+		p.UnderlayIP = InternalIP(n)
+	}
+	if c, err := netip.ParsePrefix(n.Annotations[fabric.AnnoPodCIDR]); err == nil {
+		p.PodCIDRs = []netip.Prefix{c}
+	} else if c := subnet.NodePodCIDR(n); c.IsValid() {
+		p.PodCIDRs = []netip.Prefix{c}
+	}
+	p.Backends = fabric.ParseBackends(n.Annotations[fabric.AnnoBackends])
+	return p
+}
