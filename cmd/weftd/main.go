@@ -137,7 +137,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	errc := make(chan error, 1)
-	go func() { errc <- api.Serve(ctx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log) }()
+	go func() {
+		errc <- api.Serve(ctx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log)
+	}()
 	runErr := a.Run(ctx)
 	// Leave the data plane in place for the next weftd to adopt.
 	if err := mgr.Stop(context.Background(), false); err != nil {
