@@ -1,0 +1,3 @@
+// Package manifests holds weft's deployment manifests (weft.yaml); its test
+// checks that they decode and carry what weftd relies on.
+package manifests
