@@ -1,0 +1,107 @@
+package backend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"slices"
+	"testing"
+
+	"github.com/weftnet/weft/daemon/config"
+	"github.com/weftnet/weft/internal/fabric"
+)
+
+// rec records the lifecycle calls of fake backends in order.
+type rec struct{ calls []string }
+
+type fakeBackend struct {
+	typ, id string
+	r       *rec
+	fail    bool
+}
+
+func (b *fakeBackend) Type() string { return b.typ }
+func (b *fakeBackend) Start(context.Context, fabric.LocalNode) (fabric.Published, error) {
+	b.r.calls = append(b.r.calls, "start "+b.id)
+	return fabric.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}, nil
+}
+func (b *fakeBackend) Apply(context.Context, []fabric.Peer) (fabric.ApplyResult, error) {
+	b.r.calls = append(b.r.calls, "apply "+b.id)
+	if b.fail {
+		return fabric.ApplyResult{}, errors.New("boom")
+	}
+	return fabric.ApplyResult{Published: fabric.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}}, nil
+}
+func (b *fakeBackend) Stop(_ context.Context, cleanup bool) error {
+	b.r.calls = append(b.r.calls, "stop "+b.id+map[bool]string{true: " cleanup", false: ""}[cleanup])
+	return nil
+}
+
+type fakeFactory struct {
+	typ  string
+	r    *rec
+	fail bool
+}
+
+func (f fakeFactory) Type() string                         { return f.typ }
+func (f fakeFactory) ValidateConfig(json.RawMessage) error { return nil }
+func (f fakeFactory) New(raw json.RawMessage) (Backend, error) {
+	return &fakeBackend{typ: f.typ, id: f.typ + string(raw), r: f.r, fail: f.fail}, nil
+}
+
+func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
+	ctx := context.Background()
+	r := &rec{}
+	m := NewManager([]Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r}}, slog.Default())
+	if _, ok := m.Validators()["a"]; !ok || len(m.Validators()) != 2 {
+		t.Fatal("validators")
+	}
+	if _, err := m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, fabric.LocalNode{}); err != nil {
+		t.Fatal(err)
+	}
+	if m.Converged() {
+		t.Fatal("converged before Apply")
+	}
+	_, _ = m.Apply(ctx, nil)
+	// Same section: nothing happens.
+	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(` 1 `)}, fabric.LocalNode{})
+	// Another type: the new one starts while the old keeps running; both
+	// are decapsulated until the new one converged.
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, fabric.LocalNode{})
+	if got := m.Decapsulates(); !slices.Equal(got, []string{"b", "a"}) || m.Active() != "b" {
+		t.Fatalf("during switch: active %s decap %v", m.Active(), got)
+	}
+	_, _ = m.Apply(ctx, nil)
+	if got := m.Decapsulates(); !slices.Equal(got, []string{"b"}) || !m.Converged() {
+		t.Fatalf("after switch: %v", got)
+	}
+	// Same type, new parameters: the old instance lets go without cleanup.
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`3`)}, fabric.LocalNode{})
+	_ = m.Stop(ctx, false)
+	want := []string{"start a1", "apply a1", "start b2", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
+	if !slices.Equal(r.calls, want) {
+		t.Fatalf("calls\n%v\nwant\n%v", r.calls, want)
+	}
+	if _, err := m.Ensure(ctx, config.Backend{Type: "zzz"}, fabric.LocalNode{}); err == nil {
+		t.Fatal("unknown type accepted")
+	}
+}
+
+func TestManagerKeepsOldWhileNewFails(t *testing.T) {
+	ctx := context.Background()
+	r := &rec{}
+	m := NewManager([]Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r, fail: true}}, slog.Default())
+	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, fabric.LocalNode{})
+	_, _ = m.Apply(ctx, nil)
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, fabric.LocalNode{})
+	if _, err := m.Apply(ctx, nil); err == nil {
+		t.Fatal("failing backend reported success")
+	}
+	if slices.Contains(r.calls, "stop a1 cleanup") || !slices.Equal(m.Decapsulates(), []string{"b", "a"}) {
+		t.Fatalf("old backend stopped before the new one converged: %v", r.calls)
+	}
+	if r.calls[len(r.calls)-1] != "apply a1" {
+		t.Fatalf("old backend not kept converged: %v", r.calls)
+	}
+}
