@@ -58,6 +58,8 @@ var SlotFiles = [2]string{"weft-ipam.0", "weft-ipam.1"}
 type Options struct {
 	// Sync fsyncs a slot after writing it.
 	Sync bool
+	// Log receives warnings (state moved aside); nil means slog.Default().
+	Log *slog.Logger
 }
 
 // Opener opens disk stores.
@@ -253,7 +255,11 @@ func (s *Store) read() (*snapshot, error) {
 			return nil, fmt.Errorf("state unreadable (%v) and moving it aside failed: %w", errors.Join(errs...), err)
 		}
 	}
-	slog.Warn("weft-ipam: unreadable state moved aside, starting empty",
+	log := s.opts.Log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("weft-ipam: unreadable state moved aside, starting empty",
 		"dir", s.dir, "suffix", suffix, "err", errors.Join(errs...))
 	return &snapshot{st: &store.State{}}, nil
 }
