@@ -28,7 +28,8 @@ type NetConf struct {
 	IsGateway        *bool  `json:"isGateway"`
 	IsDefaultGateway bool   `json:"isDefaultGateway"`
 	// SubnetFile is the node subnet file whose mtu is used when MTU is 0
-	// (default subnetfile.DefaultPath; a missing file is not an error).
+	// (default: ipam.subnetFile, else subnetfile.DefaultPath; a missing
+	// file is not an error).
 	SubnetFile string `json:"subnetFile"`
 	// Vlan exists only to reject a reference bridge config that relies on
 	// VLAN tagging, which weft does not do.
@@ -78,6 +79,16 @@ func LoadConf(data []byte) (*NetConf, error) {
 	}
 	if c.Bridge == "" {
 		c.Bridge = DefaultBridge
+	}
+	if c.SubnetFile == "" {
+		var aux struct {
+			IPAM struct {
+				SubnetFile string `json:"subnetFile"`
+			} `json:"ipam"`
+		}
+		if json.Unmarshal(data, &aux) == nil {
+			c.SubnetFile = aux.IPAM.SubnetFile
+		}
 	}
 	if err := c.validate(); err != nil {
 		return nil, err

@@ -27,6 +27,10 @@ func TestLoadConfDefaults(t *testing.T) {
 	if c.Bridge != "br9" || c.Hairpin() || c.Gateway() || c.MTU != 1400 || !c.IPMasq {
 		t.Fatalf("explicit: %+v", c)
 	}
+	c, err = LoadConf([]byte(`{"name":"n","ipam":{"type":"weft-ipam","subnetFile":"/x/s.json"}}`))
+	if err != nil || c.SubnetFile != "/x/s.json" {
+		t.Fatalf("subnetFile from ipam: %q, %v", c.SubnetFile, err)
+	}
 }
 
 func TestLoadConfErrors(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/podnet"
+	"github.com/weftnet/weft/internal/subnetfile"
 )
 
 // Two pods on one node talk TCP through the bridge; CHECK passes until the
@@ -318,5 +320,60 @@ func TestDualStack(t *testing.T) {
 	}
 	if len(e.allocations()) != 0 || len(e.hostVeths()) != 0 {
 		t.Fatalf("left after DEL: %v %v", e.allocations(), e.hostVeths())
+	}
+}
+
+// With mtu unset the pod MTU is the node subnet file's (what the backend
+// can carry); weft-ipam allocates from that file's subnet.
+func TestMTUFromSubnetFile(t *testing.T) {
+	e := newEnv(t)
+	path := filepath.Join(t.TempDir(), "subnet.json")
+	err := subnetfile.Write(path, &subnetfile.File{
+		Network: netip.MustParsePrefix("10.80.0.0/16"), Subnet: netip.MustParsePrefix("10.80.3.0/24"), MTU: 1400})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := e.weftConf("weft-ipam")
+	wc["ipam"] = map[string]any{"type": "weft-ipam", "subnetFile": path, "dataDir": e.dataDir}
+	l := e.confList("1.1.0", wc)
+	p := e.newPod("mtu")
+	r := e.mustAdd(l, p)
+	if ip := podIP(t, r); !netip.MustParsePrefix("10.80.3.0/24").Contains(ip) {
+		t.Fatalf("pod IP %s outside the node subnet", ip)
+	}
+	if err := p.ns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if l.Attrs().MTU != 1400 {
+			return fmt.Errorf("pod eth0 MTU %d, want 1400 from the subnet file", l.Attrs().MTU)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(l, p); err != nil {
+		t.Fatal(err)
+	}
+	// An explicit mtu wins.
+	wc["mtu"] = 1300
+	l = e.confList("1.1.0", wc)
+	q := e.newPod("mtu2")
+	e.mustAdd(l, q)
+	if err := q.ns.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if l.Attrs().MTU != 1300 {
+			return fmt.Errorf("pod eth0 MTU %d, want the configured 1300", l.Attrs().MTU)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.del(l, q); err != nil {
+		t.Fatal(err)
 	}
 }
