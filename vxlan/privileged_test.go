@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -18,36 +17,19 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
 )
 
-// node is one emulated node: a netns on the underlay bridge, a weft0
-// bridge with one pod netns behind it, and the VXLAN backend.
+// node is one emulated node (internal/nettopo) with one pod and the VXLAN
+// backend.
 type node struct {
-	name    string
-	ns, pod ns.NetNS
-	h       *netlink.Handle
-	local   fabric.LocalNode
-	podIP   netip.Addr
-	k       *vxlan.Netlink
-	b       *vxlan.Backend
-	pub     fabric.Published
-}
-
-func handleIn(t *testing.T, n ns.NetNS) *netlink.Handle {
-	t.Helper()
-	var h *netlink.Handle
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		h, err = netlink.NewHandle()
-		return err
-	})
-	if err != nil {
-		t.Fatalf("netlink handle: %v", err)
-	}
-	t.Cleanup(h.Close)
-	return h
+	*nettopo.Node
+	pod *nettopo.Pod
+	k   *vxlan.Netlink
+	b   *vxlan.Backend
+	pub fabric.Published
 }
 
 func must(t *testing.T, err error, what string) {
@@ -57,78 +39,27 @@ func must(t *testing.T, err error, what string) {
 	}
 }
 
-func addr(h *netlink.Handle, l netlink.Link, cidr string) error {
-	a, err := netlink.ParseAddr(cidr)
-	if err != nil {
-		return err
-	}
-	return h.AddrAdd(l, a)
-}
-
-func sysctl(n ns.NetNS, path, val string) error {
-	return n.Do(func(ns.NetNS) error { return os.WriteFile(path, []byte(val), 0o644) })
-}
-
-// newNode builds node i (1-based) attached to the bridge "ul" in brNS.
-func newNode(t *testing.T, brNS ns.NetNS, brH *netlink.Handle, i int) *node {
+func newNode(t *testing.T, u *nettopo.Underlay, i int) *node {
 	t.Helper()
-	n := &node{name: fmt.Sprintf("node%d", i), ns: testutil.NewNS(t), pod: testutil.NewNS(t)}
-	n.h = handleIn(t, n.ns)
-	podH := handleIn(t, n.pod)
-	br, err := brH.LinkByName("ul")
-	must(t, err, "bridge")
-	// Underlay: veth from the bridge namespace into the node as eth0.
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("u%d", i), MasterIndex: br.Attrs().Index},
-		PeerName: "eth0", PeerNamespace: netlink.NsFd(int(n.ns.Fd()))}
-	must(t, brH.LinkAdd(v), "underlay veth")
-	ul, _ := brH.LinkByName(v.Name)
-	must(t, brH.LinkSetUp(ul), "underlay up")
-	eth0, err := n.h.LinkByName("eth0")
-	must(t, err, "eth0")
-	must(t, addr(n.h, eth0, fmt.Sprintf("192.168.77.%d/24", 10+i)), "eth0 addr")
-	must(t, n.h.LinkSetUp(eth0), "eth0 up")
-	lo, _ := n.h.LinkByName("lo")
-	must(t, n.h.LinkSetUp(lo), "lo up")
-	must(t, sysctl(n.ns, "/proc/sys/net/ipv4/ip_forward", "1"), "ip_forward")
-	// weft0 and one pod.
-	wb := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "weft0"}}
-	must(t, n.h.LinkAdd(wb), "weft0")
-	wl, _ := n.h.LinkByName("weft0")
-	must(t, addr(n.h, wl, fmt.Sprintf("10.244.%d.1/24", i)), "weft0 addr")
-	must(t, n.h.LinkSetUp(wl), "weft0 up")
-	pv := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "vpod", MasterIndex: wl.Attrs().Index, MTU: 1450},
-		PeerName: "eth0", PeerNamespace: netlink.NsFd(int(n.pod.Fd()))}
-	must(t, n.h.LinkAdd(pv), "pod veth")
-	pl, _ := n.h.LinkByName("vpod")
-	must(t, n.h.LinkSetUp(pl), "pod veth up")
-	pe, err := podH.LinkByName("eth0")
-	must(t, err, "pod eth0")
-	must(t, podH.LinkSetMTU(pe, 1450), "pod mtu")
-	must(t, addr(podH, pe, fmt.Sprintf("10.244.%d.2/24", i)), "pod addr")
-	must(t, podH.LinkSetUp(pe), "pod eth0 up")
-	plo, _ := podH.LinkByName("lo")
-	must(t, podH.LinkSetUp(plo), "pod lo up")
-	must(t, podH.RouteAdd(&netlink.Route{LinkIndex: pe.Attrs().Index, Gw: net.ParseIP(fmt.Sprintf("10.244.%d.1", i))}), "pod default route")
-	n.podIP = netip.MustParseAddr(fmt.Sprintf("10.244.%d.2", i))
-	n.local = fabric.LocalNode{Name: n.name, UnderlayIP: netip.MustParseAddr(fmt.Sprintf("192.168.77.%d", 10+i)),
-		UnderlayLink: "eth0", PodCIDR: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i)), Network: netip.MustParsePrefix("10.244.0.0/16")}
+	n := &node{Node: u.AddNode(t, i)}
+	n.pod = n.AddPod(t, 1450)
 	n.start(t)
 	return n
 }
 
 func (n *node) start(t *testing.T) {
 	t.Helper()
-	k, err := vxlan.NewNetlinkAt(n.ns.Path())
+	k, err := vxlan.NewNetlinkAt(n.NS.Path())
 	must(t, err, "kernel")
 	t.Cleanup(k.Close)
 	n.k = k
-	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.Default().With("node", n.name))
-	n.pub, err = n.b.Start(context.Background(), n.local)
+	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.Default().With("node", n.Name))
+	n.pub, err = n.b.Start(context.Background(), n.Local())
 	must(t, err, "start backend")
 }
 
 func (n *node) asPeer() fabric.Peer {
-	return fabric.Peer{Name: n.name, UnderlayIP: n.local.UnderlayIP, PodCIDRs: []netip.Prefix{n.local.PodCIDR},
+	return fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
 		Backends: []string{vxlan.Type}, Attrs: n.pub.Attrs}
 }
 
@@ -148,7 +79,7 @@ func (n *node) apply(t *testing.T, peers ...*node) fabric.ApplyResult {
 
 func (n *node) vxlanLink(t *testing.T) netlink.Link {
 	t.Helper()
-	l, err := n.h.LinkByName(vxlan.DefaultDevice)
+	l, err := n.H.LinkByName(vxlan.DefaultDevice)
 	must(t, err, "weft.vxlan")
 	return l
 }
@@ -157,9 +88,9 @@ func (n *node) vxlanLink(t *testing.T) netlink.Link {
 func (n *node) serve(t *testing.T, port int) {
 	t.Helper()
 	var ln net.Listener
-	must(t, n.pod.Do(func(ns.NetNS) error {
+	must(t, n.pod.NS.Do(func(ns.NetNS) error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(n.podIP, uint16(port)).String())
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(n.pod.IP, uint16(port)).String())
 		return err
 	}), "listen")
 	t.Cleanup(func() { ln.Close() })
@@ -177,7 +108,7 @@ func (n *node) serve(t *testing.T, port int) {
 					if err != nil {
 						return
 					}
-					if _, err := io.WriteString(c, n.name+":"+line); err != nil {
+					if _, err := io.WriteString(c, n.Name+":"+line); err != nil {
 						return
 					}
 				}
@@ -189,10 +120,10 @@ func (n *node) serve(t *testing.T, port int) {
 func (n *node) dial(t *testing.T, to *node, port int) (net.Conn, error) {
 	t.Helper()
 	var c net.Conn
-	err := n.pod.Do(func(ns.NetNS) error {
+	err := n.pod.NS.Do(func(ns.NetNS) error {
 		var err error
 		d := net.Dialer{Timeout: 3 * time.Second}
-		c, err = d.Dial("tcp", netip.AddrPortFrom(to.podIP, uint16(port)).String())
+		c, err = d.Dial("tcp", netip.AddrPortFrom(to.pod.IP, uint16(port)).String())
 		return err
 	})
 	if c != nil {
@@ -226,12 +157,8 @@ func txPackets(t *testing.T, n *node) uint64 {
 
 func TestTwoNodesOverVXLAN(t *testing.T) {
 	testutil.RequireRoot(t)
-	brNS := testutil.NewNS(t)
-	brH := handleIn(t, brNS)
-	must(t, brH.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "ul"}}), "underlay bridge")
-	ul, _ := brH.LinkByName("ul")
-	must(t, brH.LinkSetUp(ul), "bridge up")
-	a, b := newNode(t, brNS, brH, 1), newNode(t, brNS, brH, 2)
+	u := nettopo.NewUnderlay(t)
+	a, b := newNode(t, u, 1), newNode(t, u, 2)
 	top := t
 
 	if mtu := a.vxlanLink(t).Attrs().MTU; mtu != 1450 {
@@ -260,9 +187,9 @@ func TestTwoNodesOverVXLAN(t *testing.T) {
 		dev := a.vxlanLink(t)
 		idx := dev.Attrs().Index
 		hw, _ := net.ParseMAC(b.pub.Attrs[vxlan.AnnoVTEPMAC])
-		must(t, a.h.RouteDel(&netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: net.IPv4(10, 244, 2, 0), Mask: net.CIDRMask(24, 32)}}), "delete route")
-		must(t, a.h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: net.IPv4(10, 244, 2, 0), HardwareAddr: hw}), "delete neigh")
-		must(t, a.h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: net.IPv4(192, 168, 77, 12), HardwareAddr: hw}), "delete fdb")
+		must(t, a.H.RouteDel(&netlink.Route{LinkIndex: idx, Dst: &net.IPNet{IP: net.IPv4(10, 244, 2, 0), Mask: net.CIDRMask(24, 32)}}), "delete route")
+		must(t, a.H.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: net.IPv4(10, 244, 2, 0), HardwareAddr: hw}), "delete neigh")
+		must(t, a.H.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF, IP: net.IPv4(192, 168, 77, 12), HardwareAddr: hw}), "delete fdb")
 		if _, err := roundTrip(c, "broken"); err == nil {
 			t.Fatal("traffic still flows with route, neighbour and FDB deleted: the test deleted nothing")
 		}
@@ -301,9 +228,9 @@ func TestTwoNodesOverVXLAN(t *testing.T) {
 	t.Run("removing a peer removes its entries", func(t *testing.T) {
 		a.apply(t)
 		dev := a.vxlanLink(t)
-		fdb, _ := a.h.NeighList(dev.Attrs().Index, unix.AF_BRIDGE)
-		neigh, _ := a.h.NeighList(dev.Attrs().Index, unix.AF_INET)
-		routes, _ := a.h.RouteList(dev, unix.AF_INET)
+		fdb, _ := a.H.NeighList(dev.Attrs().Index, unix.AF_BRIDGE)
+		neigh, _ := a.H.NeighList(dev.Attrs().Index, unix.AF_INET)
+		routes, _ := a.H.RouteList(dev, unix.AF_INET)
 		for _, e := range fdb {
 			if e.IP != nil {
 				t.Errorf("fdb entry left: %v", e)
