@@ -29,7 +29,8 @@
 // The node subnet (see internal/subnetfile) becomes the first range set,
 // with the whole subnet as range and its first host as gateway. Other range
 // sets may follow (for example IPv6). When "routes" is absent in this mode
-// the result carries a default route via the node gateway; "routes": []
+// the result carries a default route via the node gateway (for the node
+// subnet's family only; extra ranges need explicit routes); "routes": []
 // means no routes at all.
 //
 // Requested addresses: CNI_ARGS "IP=a[,b]", runtimeConfig "ips" and
@@ -65,7 +66,8 @@
 // previous generation and an allocation is either fully recorded or absent.
 // Details and the reasoning (no temp+rename: 0.6-0.9 ms on ext4) are in
 // package store/disk. Existing host-local files in the directory are
-// imported on first use.
+// imported on first use. Allocations written under an earlier kernel boot
+// ID are released on first use after a node reboot (no pod survives one).
 package ipam
 
 import (

@@ -26,6 +26,12 @@
 // When both slots are unreadable they are moved aside (*.corrupt-<time>)
 // with a warning and the store starts empty.
 //
+// Each slot records the kernel boot ID it was written under. Allocations of
+// an earlier boot are released on first use after a reboot: every network
+// namespace of that boot is gone, so no pod can still hold them, and the
+// runtime recreates sandboxes under new IDs. (host-local leaks them until
+// someone deletes files by hand.)
+//
 // When no slot exists but the directory holds host-local's files (one file
 // per address, named by the address, holding "<container ID>\r\n<ifname>",
 // and last_reserved_ip.<N>), they are imported so a network can switch from
@@ -60,6 +66,10 @@ type Options struct {
 	Sync bool
 	// Log receives warnings (state moved aside); nil means slog.Default().
 	Log *slog.Logger
+	// BootID overrides the kernel boot ID (tests). Empty means read
+	// /proc/sys/kernel/random/boot_id; if that fails, reboot detection is
+	// off.
+	BootID string
 }
 
 // Opener opens disk stores.
@@ -94,8 +104,10 @@ func (s *Store) Dir() string { return s.dir }
 type snapshot struct {
 	st       *store.State
 	gen      uint64
+	boot     string
 	sizes    [2]int64
 	imported []string
+	dirty    bool // must be written even if fn changes nothing (boot change)
 }
 
 // Update implements store.Store.
@@ -125,7 +137,7 @@ func (s *Store) Update(ctx context.Context, fn store.UpdateFunc) error {
 	if err != nil {
 		return err
 	}
-	if !changed && len(snap.imported) == 0 {
+	if !changed && len(snap.imported) == 0 && !snap.dirty {
 		return nil
 	}
 	if err := s.write(snap); err != nil {
@@ -224,7 +236,7 @@ func (s *Store) read() (*snapshot, error) {
 		if err != nil {
 			return nil, err
 		}
-		snap.st, snap.imported = st, names
+		snap.st, snap.imported, snap.boot = st, names, s.bootID()
 		return snap, nil
 	}
 	// Try the newer slot first; fall back to the other.
@@ -237,9 +249,10 @@ func (s *Store) read() (*snapshot, error) {
 		if datas[i] == nil {
 			continue
 		}
-		st, gen, err := decode(datas[i])
+		sl, err := decode(datas[i])
 		if err == nil {
-			snap.st, snap.gen = st, gen
+			snap.st, snap.gen = sl.st, sl.gen
+			s.forgetEarlierBoot(snap, sl.boot)
 			return snap, nil
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles[i], err))
@@ -255,13 +268,58 @@ func (s *Store) read() (*snapshot, error) {
 			return nil, fmt.Errorf("state unreadable (%v) and moving it aside failed: %w", errors.Join(errs...), err)
 		}
 	}
-	log := s.opts.Log
-	if log == nil {
-		log = slog.Default()
-	}
-	log.Warn("weft-ipam: unreadable state moved aside, starting empty",
+	s.log().Warn("weft-ipam: unreadable state moved aside, starting empty",
 		"dir", s.dir, "suffix", suffix, "err", errors.Join(errs...))
-	return &snapshot{st: &store.State{}}, nil
+	return &snapshot{st: &store.State{}, boot: s.bootID()}, nil
+}
+
+// forgetEarlierBoot drops allocations recorded during an earlier boot of the
+// kernel: every network namespace of that boot is gone, so no pod can still
+// hold them (containerd and kubelet recreate sandboxes with new IDs). This
+// reclaims what a node reboot would otherwise leak until a GC. The last
+// reserved addresses are kept so new pods do not reuse addresses at once.
+func (s *Store) forgetEarlierBoot(snap *snapshot, slotBoot string) {
+	cur := s.bootID()
+	snap.boot = cur
+	if cur == "" || slotBoot == "" || slotBoot == cur {
+		snap.dirty = slotBoot == "" && cur != "" // record the boot ID
+		return
+	}
+	if n := len(snap.st.Allocations); n > 0 {
+		s.log().Info("weft-ipam: node rebooted, releasing allocations of the previous boot",
+			"dir", s.dir, "released", n, "previousBoot", slotBoot)
+	}
+	snap.st.Allocations = nil
+	snap.dirty = true
+}
+
+func (s *Store) log() *slog.Logger {
+	if s.opts.Log != nil {
+		return s.opts.Log
+	}
+	return slog.Default()
+}
+
+// bootID returns the kernel boot ID, or "" when unknown.
+func (s *Store) bootID() string {
+	if s.opts.BootID != "" {
+		return s.opts.BootID
+	}
+	fd, err := unix.Open("/proc/sys/kernel/random/boot_id", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	defer unix.Close(fd)
+	var buf [64]byte
+	n, err := unix.Read(fd, buf[:])
+	if err != nil || n <= 0 {
+		return ""
+	}
+	id := strings.TrimSpace(string(buf[:n]))
+	if strings.ContainsAny(id, " \t\r\n") {
+		return ""
+	}
+	return id
 }
 
 // write stores snap.st as generation snap.gen+1 in the slot not holding
@@ -269,7 +327,7 @@ func (s *Store) read() (*snapshot, error) {
 func (s *Store) write(snap *snapshot) error {
 	gen := snap.gen + 1
 	i := int(gen % 2)
-	data := encode(snap.st, gen)
+	data := encode(slot{st: snap.st, gen: gen, boot: snap.boot})
 	path := filepath.Join(s.dir, SlotFiles[i])
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {

@@ -239,8 +239,8 @@ func TestTornSlotFallsBackToPrevious(t *testing.T) {
 		if cut < len(old) {
 			torn = append(torn, old[cut:]...)
 		}
-		st, _, err := decode(torn)
-		if err == nil && len(st.Allocations) == 3 {
+		sl, err := decode(torn)
+		if err == nil && len(sl.st.Allocations) == 3 {
 			continue // the torn copy happens to equal the full one
 		}
 		if err := os.WriteFile(filepath.Join(dir, SlotFiles[1]), torn, 0o644); err != nil {
@@ -271,19 +271,29 @@ func TestFormatRoundTrip(t *testing.T) {
 		{IP: netip.MustParseAddr("10.0.0.2"), ContainerID: "abc", IfName: "eth0"},
 		{IP: netip.MustParseAddr("fd00::9"), ContainerID: "abc", IfName: "eth0"},
 	}
-	got, gen, err := decode(encode(st, 42))
-	if err != nil || gen != 42 {
-		t.Fatalf("decode: %v gen %d", err, gen)
+	sl, err := decode(encode(slot{st: st, gen: 42, boot: "b00t"}))
+	if err != nil || sl.gen != 42 || sl.boot != "b00t" {
+		t.Fatalf("decode: %v %+v", err, sl)
 	}
+	got := sl.st
 	if !slices.Equal(got.Allocations, st.Allocations) || got.Last(1) != st.Last(1) || got.Last(0).IsValid() {
 		t.Errorf("round trip: %+v", got)
 	}
-	if headerGen(encode(st, 7)) != 7 || headerGen([]byte("junk")) != 0 {
+	if headerGen(encode(slot{st: st, gen: 7})) != 7 || headerGen([]byte("junk")) != 0 {
 		t.Error("headerGen")
 	}
-	empty, _, err := decode(encode(&store.State{}, 1))
-	if err != nil || len(empty.Allocations) != 0 {
+	empty, err := decode(encode(slot{st: &store.State{}, gen: 1}))
+	if err != nil || len(empty.st.Allocations) != 0 || empty.boot != "" {
 		t.Errorf("empty: %v %+v", err, empty)
+	}
+	// Every single-byte corruption is detected.
+	data := encode(slot{st: st, gen: 3, boot: "b"})
+	for i := range data {
+		bad := slices.Clone(data)
+		bad[i] ^= 0x20
+		if sl, err := decode(bad); err == nil && (sl.gen != 3 || !slices.Equal(sl.st.Allocations, st.Allocations)) {
+			t.Errorf("flipping byte %d went unnoticed: %+v", i, sl)
+		}
 	}
 }
 
@@ -327,4 +337,55 @@ func TestImportHostLocal(t *testing.T) {
 	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", SlotFiles[1]}) {
 		t.Errorf("directory after import: %v", got)
 	}
+}
+
+func TestRebootReleasesEarlierAllocations(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	before := New(dir, Options{BootID: "boot-1"})
+	for _, ip := range []string{"10.0.0.2", "10.0.0.3"} {
+		if err := before.Update(ctx, addOne(ip)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Same boot, new process: everything is still there.
+	_ = New(dir, Options{BootID: "boot-1"}).View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 2 {
+			t.Errorf("same boot lost allocations: %+v", st.Allocations)
+		}
+		return nil
+	})
+	after := New(dir, Options{BootID: "boot-2"})
+	_ = after.View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 0 || st.Last(0).String() != "10.0.0.3" {
+			t.Errorf("after reboot: %+v", st)
+		}
+		return nil
+	})
+	// A no-op update after the reboot persists the release.
+	if err := after.Update(ctx, func(*store.State) (bool, error) { return false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	var newest slot
+	for _, name := range SlotFiles {
+		data, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sl, err := decode(data); err == nil && sl.gen > newest.gen {
+			newest = sl
+		}
+	}
+	if newest.boot != "boot-2" || len(newest.st.Allocations) != 0 || newest.gen != 3 {
+		t.Errorf("release not persisted: gen %d boot %q allocations %+v", newest.gen, newest.boot, newest.st)
+	}
+	if err := after.Update(ctx, addOne("10.0.0.4")); err != nil {
+		t.Fatal(err)
+	}
+	_ = New(dir, Options{BootID: "boot-2"}).View(ctx, func(st *store.State) error {
+		if len(st.Allocations) != 1 || st.Allocations[0].IP.String() != "10.0.0.4" {
+			t.Errorf("state %+v", st.Allocations)
+		}
+		return nil
+	})
 }

@@ -16,6 +16,7 @@ import (
 // a plugin start even with hundreds of pods:
 //
 //	weft-ipam 1 <generation>
+//	boot <kernel boot ID when written>
 //	last <range set index> <address>
 //	<address> <container ID> <ifname>
 //	...
@@ -28,13 +29,26 @@ const magic = "weft-ipam 1 "
 
 func crcTable() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
 
-// encode renders st as generation gen.
-func encode(st *store.State, gen uint64) []byte {
+// slot is one decoded state slot.
+type slot struct {
+	st   *store.State
+	gen  uint64
+	boot string // "" when unknown
+}
+
+// encode renders a slot.
+func encode(sl slot) []byte {
+	st := sl.st
 	var b bytes.Buffer
-	b.Grow(64 + 80*len(st.Allocations))
+	b.Grow(96 + 80*len(st.Allocations))
 	b.WriteString(magic)
-	b.WriteString(strconv.FormatUint(gen, 10))
+	b.WriteString(strconv.FormatUint(sl.gen, 10))
 	b.WriteByte('\n')
+	if sl.boot != "" {
+		b.WriteString("boot ")
+		b.WriteString(sl.boot)
+		b.WriteByte('\n')
+	}
 	for i, a := range st.LastReserved {
 		if !a.IsValid() {
 			continue
@@ -75,64 +89,73 @@ func headerGen(data []byte) uint64 {
 var errTorn = errors.New("slot incomplete or torn (checksum mismatch)")
 
 // decode parses and verifies a slot.
-func decode(data []byte) (*store.State, uint64, error) {
+func decode(data []byte) (slot, error) {
+	st, gen, boot, err := decodeParts(data)
+	return slot{st: st, gen: gen, boot: boot}, err
+}
+
+func decodeParts(data []byte) (*store.State, uint64, string, error) {
 	// Verify the trailer before parsing anything.
 	body := bytes.TrimSuffix(data, []byte{'\n'})
 	cut := bytes.LastIndexByte(body, '\n')
 	if cut < 0 || len(body) == len(data) {
-		return nil, 0, errTorn
+		return nil, 0, "", errTorn
 	}
 	body, trailer := data[:cut+1], string(data[cut+1:len(data)-1])
 	f := strings.Fields(trailer)
 	if len(f) != 3 || f[0] != "end" {
-		return nil, 0, errTorn
+		return nil, 0, "", errTorn
 	}
 	sum, err := strconv.ParseUint(f[2], 16, 32)
 	if err != nil || uint32(sum) != crc32.Checksum(body, crcTable()) {
-		return nil, 0, errTorn
+		return nil, 0, "", errTorn
 	}
 	count, err := strconv.Atoi(f[1])
 	if err != nil || count < 0 {
-		return nil, 0, errTorn
+		return nil, 0, "", errTorn
 	}
 	s := string(body)
 	line, rest, _ := strings.Cut(s, "\n")
 	genStr, ok := strings.CutPrefix(line, magic)
 	if !ok {
-		return nil, 0, fmt.Errorf("unknown header %q", line)
+		return nil, 0, "", fmt.Errorf("unknown header %q", line)
 	}
 	gen, err := strconv.ParseUint(genStr, 10, 64)
 	if err != nil {
-		return nil, 0, fmt.Errorf("header %q: %w", line, err)
+		return nil, 0, "", fmt.Errorf("header %q: %w", line, err)
 	}
 	st := &store.State{Allocations: make([]store.Allocation, 0, count)}
+	boot := ""
+	if b, r, ok := strings.Cut(rest, "\n"); ok && strings.HasPrefix(b, "boot ") {
+		boot, rest = strings.TrimPrefix(b, "boot "), r
+	}
 	for n := 2; rest != ""; n++ {
 		line, rest, _ = strings.Cut(rest, "\n")
 		f0, f12, ok1 := strings.Cut(line, " ")
 		f1, f2, ok2 := strings.Cut(f12, " ")
 		if !ok1 || !ok2 || f0 == "" || f1 == "" || f2 == "" || strings.ContainsAny(f2, " \t\r") {
-			return nil, 0, fmt.Errorf("line %d: cannot parse %q", n, line)
+			return nil, 0, "", fmt.Errorf("line %d: cannot parse %q", n, line)
 		}
 		if f0 == "last" {
 			i, err := strconv.Atoi(f1)
 			if err != nil || i < 0 || i > 1024 {
-				return nil, 0, fmt.Errorf("line %d: bad range set index %q", n, f1)
+				return nil, 0, "", fmt.Errorf("line %d: bad range set index %q", n, f1)
 			}
 			a, err := netip.ParseAddr(f2)
 			if err != nil {
-				return nil, 0, fmt.Errorf("line %d: %w", n, err)
+				return nil, 0, "", fmt.Errorf("line %d: %w", n, err)
 			}
 			st.SetLast(i, a)
 			continue
 		}
 		a, err := netip.ParseAddr(f0)
 		if err != nil {
-			return nil, 0, fmt.Errorf("line %d: %w", n, err)
+			return nil, 0, "", fmt.Errorf("line %d: %w", n, err)
 		}
 		st.Allocations = append(st.Allocations, store.Allocation{IP: a, ContainerID: f1, IfName: f2})
 	}
 	if len(st.Allocations) != count {
-		return nil, 0, fmt.Errorf("trailer says %d allocations, found %d", count, len(st.Allocations))
+		return nil, 0, "", fmt.Errorf("trailer says %d allocations, found %d", count, len(st.Allocations))
 	}
-	return st, gen, nil
+	return st, gen, boot, nil
 }
