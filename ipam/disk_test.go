@@ -54,8 +54,8 @@ func onlyStateFile(t testing.TB, dir string) {
 		names = append(names, e.Name())
 	}
 	for _, n := range names {
-		if n != disk.SlotFiles[0] && n != disk.SlotFiles[1] {
-			t.Errorf("data dir holds %v, want only the state slots %v: no lock or temp files may be left", names, disk.SlotFiles)
+		if n != disk.Slot0 && n != disk.Slot1 {
+			t.Errorf("data dir holds %v, want only the state slots %v: no lock or temp files may be left", names, disk.SlotFiles())
 			return
 		}
 	}
@@ -187,7 +187,7 @@ func tearNextSlot(t testing.TB, dir, extra string) {
 	t.Helper()
 	var gens [2]uint64
 	var datas [2][]byte
-	for i, name := range disk.SlotFiles {
+	for i, name := range disk.SlotFiles() {
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			continue
@@ -201,7 +201,7 @@ func tearNextSlot(t testing.TB, dir, extra string) {
 		cur = 1
 	}
 	body := strings.Replace(string(datas[cur]), fmt.Sprintf("weft-ipam 1 %d", gens[cur]), fmt.Sprintf("weft-ipam 1 %d", gens[cur]+1), 1)
-	if err := os.WriteFile(filepath.Join(dir, disk.SlotFiles[1-cur]), []byte(body+extra+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, disk.SlotFiles()[1-cur]), []byte(body+extra+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

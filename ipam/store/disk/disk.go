@@ -57,8 +57,14 @@ import (
 	"github.com/weftnet/weft/ipam/store"
 )
 
-// SlotFiles are the names of the two state slots inside a data directory.
-var SlotFiles = [2]string{"weft-ipam.0", "weft-ipam.1"}
+// Names of the two state slots inside a data directory.
+const (
+	Slot0 = "weft-ipam.0"
+	Slot1 = "weft-ipam.1"
+)
+
+// SlotFiles returns the names of the two state slots.
+func SlotFiles() [2]string { return [2]string{Slot0, Slot1} }
 
 // Options tune the disk store.
 type Options struct {
@@ -220,7 +226,7 @@ func (s *Store) read() (*snapshot, error) {
 	snap := &snapshot{}
 	var datas [2][]byte
 	present := 0
-	for i, name := range SlotFiles {
+	for i, name := range SlotFiles() {
 		data, err := readFile(filepath.Join(s.dir, name))
 		if errors.Is(err, unix.ENOENT) {
 			continue
@@ -255,11 +261,11 @@ func (s *Store) read() (*snapshot, error) {
 			s.forgetEarlierBoot(snap, sl.boot)
 			return snap, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles[i], err))
+		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles()[i], err))
 	}
 	// Both slots unreadable: keep them for inspection, start empty.
 	suffix := fmt.Sprintf(".corrupt-%d", time.Now().UnixNano())
-	for i, name := range SlotFiles {
+	for i, name := range SlotFiles() {
 		if datas[i] == nil {
 			continue
 		}
@@ -328,7 +334,7 @@ func (s *Store) write(snap *snapshot) error {
 	gen := snap.gen + 1
 	i := int(gen % 2)
 	data := encode(slot{st: snap.st, gen: gen, boot: snap.boot})
-	path := filepath.Join(s.dir, SlotFiles[i])
+	path := filepath.Join(s.dir, SlotFiles()[i])
 	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o644)
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)

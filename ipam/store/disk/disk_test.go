@@ -59,8 +59,8 @@ func TestUpdateViewRoundTripAndLayout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := listDir(t, dir); !slices.Equal(got, SlotFiles[:]) {
-		t.Errorf("directory holds %v, want only %v (no lock or temp files)", got, SlotFiles)
+	if got := listDir(t, dir); !slices.Equal(got, []string{Slot0, Slot1}) {
+		t.Errorf("directory holds %v, want only %v (no lock or temp files)", got, SlotFiles())
 	}
 }
 
@@ -144,7 +144,7 @@ func TestConcurrentUpdatesSerialise(t *testing.T) {
 		}
 		return nil
 	})
-	if got := listDir(t, dir); !slices.Equal(got, SlotFiles[:]) {
+	if got := listDir(t, dir); !slices.Equal(got, []string{Slot0, Slot1}) {
 		t.Errorf("directory holds %v", got)
 	}
 }
@@ -184,10 +184,10 @@ func TestLockWaitHonoursContext(t *testing.T) {
 
 func TestCorruptStateMovedAside(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, SlotFiles[0]), []byte("weft-ipam 1 7\n10.0"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, Slot0), []byte("weft-ipam 1 7\n10.0"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, SlotFiles[1]), []byte("garbage"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, Slot1), []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	s := New(dir, Options{})
@@ -201,7 +201,7 @@ func TestCorruptStateMovedAside(t *testing.T) {
 			aside++
 		}
 	}
-	if aside != 2 || !slices.Contains(names, SlotFiles[1]) {
+	if aside != 2 || !slices.Contains(names, Slot1) {
 		t.Errorf("directory %v: want both bad slots kept aside and a fresh slot", names)
 	}
 	_ = s.View(context.Background(), func(st *store.State) error {
@@ -224,11 +224,11 @@ func TestTornSlotFallsBackToPrevious(t *testing.T) {
 	// Generation 3 lives in slot 1, generation 2 in slot 0. Tear slot 1 at
 	// every possible length: the reader must see generation 2 (two
 	// allocations) each time, and the next write must succeed.
-	full, err := os.ReadFile(filepath.Join(dir, SlotFiles[1]))
+	full, err := os.ReadFile(filepath.Join(dir, Slot1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err := os.ReadFile(filepath.Join(dir, SlotFiles[0]))
+	old, err := os.ReadFile(filepath.Join(dir, Slot0))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func TestTornSlotFallsBackToPrevious(t *testing.T) {
 		if err == nil && len(sl.st.Allocations) == 3 {
 			continue // the torn copy happens to equal the full one
 		}
-		if err := os.WriteFile(filepath.Join(dir, SlotFiles[1]), torn, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, Slot1), torn, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		_ = s.View(ctx, func(st *store.State) error {
@@ -334,7 +334,7 @@ func TestImportHostLocal(t *testing.T) {
 	}
 	// The import is persisted and host-local's files are gone; its lock
 	// file is not ours and stays.
-	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", SlotFiles[1]}) {
+	if got := listDir(t, dir); !slices.Equal(got, []string{"lock", Slot1}) {
 		t.Errorf("directory after import: %v", got)
 	}
 }
@@ -367,7 +367,7 @@ func TestRebootReleasesEarlierAllocations(t *testing.T) {
 		t.Fatal(err)
 	}
 	var newest slot
-	for _, name := range SlotFiles {
+	for _, name := range SlotFiles() {
 		data, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)
