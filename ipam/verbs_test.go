@@ -324,3 +324,20 @@ func TestGC(t *testing.T) {
 		}
 	})
 }
+
+func TestAddAllOrNothingAcrossSets(t *testing.T) {
+	p, o := newFake()
+	ctx := context.Background()
+	// The v6 set has a single allocatable address.
+	conf := netConfig(t, "1.0.0", `{"ranges":[[{"subnet":"10.11.0.0/24"}],[{"subnet":"fd11::/64","rangeStart":"fd11::5","rangeEnd":"fd11::5"}]]}`, nil)
+	mustAdd(t, p, cmdArgs("first", "eth0", conf))
+	_, err := p.Add(ctx, cmdArgs("second", "eth0", conf))
+	wantCode(t, err, types.ErrTryAgainLater, "ipam.ranges[1]")
+	st := o.Get(dataDirOf(t, conf)).Snapshot()
+	if len(st.Allocations) != 2 || len(st.Find("second", "eth0")) != 0 {
+		t.Fatalf("failed ADD left a partial allocation: %+v", st.Allocations)
+	}
+	if st.Last(0).String() != "10.11.0.2" {
+		t.Errorf("failed ADD moved the cursor: %v", st.LastReserved)
+	}
+}
