@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -142,6 +143,10 @@ func (c *config) resolve() (*pool, error) {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, types.NewError(types.ErrTryAgainLater,
 				fmt.Sprintf("ipam.subnetFile: %s does not exist yet (is weftd running?)", path), "")
+		}
+		var pathErr *fs.PathError
+		if errors.As(err, &pathErr) {
+			return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("ipam.subnetFile: %v", err), "")
 		}
 		if err != nil {
 			return nil, invalid("ipam.subnetFile: %v", err)

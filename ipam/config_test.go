@@ -45,6 +45,7 @@ func TestConfigErrorsCarryCodeAndField(t *testing.T) {
 		{"route without dst", netConfig(t, "1.0.0", `{"subnet":"10.0.0.0/24","routes":[{"gw":"10.0.0.1"}]}`, nil), types.ErrInvalidNetworkConfig, "ipam.routes[0].dst"},
 		{"route gw family", netConfig(t, "1.0.0", `{"subnet":"10.0.0.0/24","routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0","gw":"10.0.0.1"}]}`, nil), types.ErrInvalidNetworkConfig, "ipam.routes[1].gw"},
 		{"invalid subnet file", netConfig(t, "1.0.0", `{"subnetFile":"`+badSubnetFile+`"}`, nil), types.ErrInvalidNetworkConfig, "ipam.subnetFile"},
+		{"subnet file is a directory", netConfig(t, "1.0.0", `{"subnetFile":"`+t.TempDir()+`"}`, nil), types.ErrIOFailure, "ipam.subnetFile"},
 		{"missing subnet file", netConfig(t, "1.0.0", `{"subnetFile":"/nonexistent/weft/subnet.json"}`, nil), types.ErrTryAgainLater, "ipam.subnetFile"},
 		{"missing resolvConf", netConfig(t, "1.0.0", `{"subnet":"10.0.0.0/24","resolvConf":"/nonexistent/resolv.conf"}`, nil), types.ErrInvalidNetworkConfig, "ipam.resolvConf"},
 		{"bad runtimeConfig ip", netConfig(t, "1.0.0", `{"subnet":"10.0.0.0/24"}`, map[string]any{"runtimeConfig": map[string]any{"ips": []string{"10.0.0.x"}}}), types.ErrInvalidNetworkConfig, "runtimeConfig.ips"},

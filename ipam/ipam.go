@@ -50,7 +50,13 @@
 // missing or any range set is exhausted (per spec 50 = cannot serve ADD;
 // 51 is left to the main plugin, which knows about connectivity).
 //
-// Error codes: 1 unsupported cniVersion; 4 bad CNI_ARGS IP; 5 store I/O;
+// GC trusts the runtime's list: an attachment added after the runtime built
+// the list and before GC runs is released, so runtimes must not run GC
+// concurrently with ADDs on the same network (libcni's GCNetworkList does
+// not add any ordering of its own).
+//
+// Error codes: 1 unsupported cniVersion; 4 bad CNI_ARGS IP, container ID or
+// ifname; 5 store or subnet file I/O;
 // 6 malformed JSON; 7 invalid configuration (overlapping or invalid ranges,
 // bad routes), the message naming the field; 11 subnet file not written yet
 // or range exhausted on ADD (both clear up on their own).
