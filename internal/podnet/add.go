@@ -66,6 +66,10 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 			return cniErr(types.ErrInternal, err, "ipMasq")
 		}
 	}
+	if err := recordEndpoint(conf, args, hostName, res); err != nil {
+		p.undo(ctx, ipam, args, hostName)
+		return err
+	}
 	return types.PrintResult(res, conf.CNIVersion)
 }
 

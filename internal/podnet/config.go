@@ -31,6 +31,10 @@ type NetConf struct {
 	// (default: ipam.subnetFile, else subnetfile.DefaultPath; a missing
 	// file is not an error).
 	SubnetFile string `json:"subnetFile"`
+	// EndpointDir, when set, receives one record per attachment for
+	// weftd's policy controller (internal/endpoint); weftd's conflist sets
+	// it to /run/weft/endpoints.
+	EndpointDir string `json:"endpointDir"`
 	// Vlan exists only to reject a reference bridge config that relies on
 	// VLAN tagging, which weft does not do.
 	Vlan int `json:"vlan"`

@@ -31,6 +31,9 @@ func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	if err := p.ipamFor(conf).Del(ctx, args); err != nil {
 		return cniErr(types.ErrInternal, err, "ipam %s DEL", conf.IPAM.Type)
 	}
+	if err := forgetEndpoint(conf, hostName); err != nil {
+		return cniErr(types.ErrIOFailure, err, "endpointDir")
+	}
 	return nil
 }
 
@@ -76,11 +79,14 @@ func gcVeths(conf *NetConf) error {
 	for _, a := range keep {
 		valid[HostVethName(a.ContainerID, a.IfName)] = true
 	}
+	var errs []string
+	if err := gcEndpoints(conf, valid); err != nil {
+		errs = append(errs, err.Error())
+	}
 	links, err := node.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
 	}
-	var errs []string
 	for _, l := range links {
 		a := l.Attrs()
 		if l.Type() != "veth" || a.MasterIndex != br.Attrs().Index ||

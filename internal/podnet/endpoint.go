@@ -1,0 +1,101 @@
+package podnet
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/weftnet/weft/internal/endpoint"
+)
+
+// podIdentity is what the runtime tells about the pod in CNI_ARGS.
+type podIdentity struct {
+	Namespace, Name, UID string
+}
+
+// parsePodArgs reads the K8S_POD_* keys of CNI_ARGS ("K=V;K=V"), ignoring
+// every other key: runtimes pass IgnoreUnknown=1 and more keys than weft
+// uses, and rejecting them would break pods.
+func parsePodArgs(s string) podIdentity {
+	var id podIdentity
+	for _, kv := range strings.Split(s, ";") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "K8S_POD_NAMESPACE":
+			id.Namespace = v
+		case "K8S_POD_NAME":
+			id.Name = v
+		case "K8S_POD_UID":
+			id.UID = v
+		}
+	}
+	return id
+}
+
+// recordEndpoint writes the attachment's record for weftd's policy
+// controller when the config names an endpoint directory (weftd's conflist
+// does). Without pod identity there is nothing to police by, so ADD fails
+// rather than start a pod the policy engine cannot see.
+func recordEndpoint(conf *NetConf, args *skel.CmdArgs, hostName string, res *current.Result) error {
+	if conf.EndpointDir == "" {
+		return nil
+	}
+	id := parsePodArgs(args.Args)
+	if id.Namespace == "" || id.Name == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables,
+			"CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are required when endpointDir is set", "")
+	}
+	ep := endpoint.Endpoint{
+		ContainerID:  args.ContainerID,
+		IfName:       args.IfName,
+		PodNamespace: id.Namespace,
+		PodName:      id.Name,
+		PodUID:       id.UID,
+		HostVeth:     hostName,
+	}
+	for _, ip := range res.IPs {
+		ep.IPs = append(ep.IPs, ip.Address.String())
+	}
+	if err := endpoint.Write(conf.EndpointDir, ep); err != nil {
+		return cniErr(types.ErrIOFailure, err, "endpointDir")
+	}
+	return nil
+}
+
+// forgetEndpoint removes the attachment's record; a missing one is fine.
+func forgetEndpoint(conf *NetConf, hostName string) error {
+	if conf.EndpointDir == "" {
+		return nil
+	}
+	return endpoint.Remove(conf.EndpointDir, hostName)
+}
+
+// gcEndpoints removes the records of attachments not in valid.
+func gcEndpoints(conf *NetConf, valid map[string]bool) error {
+	if conf.EndpointDir == "" {
+		return nil
+	}
+	eps, err := endpoint.List(conf.EndpointDir)
+	var errs []string
+	if err != nil {
+		errs = append(errs, err.Error())
+	}
+	for _, ep := range eps {
+		if valid[ep.HostVeth] {
+			continue
+		}
+		if err := endpoint.Remove(conf.EndpointDir, ep.HostVeth); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("endpoint records: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
