@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
@@ -392,6 +394,58 @@ func TestDiskManyProcesses(t *testing.T) {
 	}
 	if st := diskState(t, dir); len(st.Allocations) != 0 {
 		t.Fatalf("after DEL: %+v", st.Allocations)
+	}
+	onlyStateFile(t, dir)
+}
+
+// TestDiskKilledWriters SIGKILLs exec'd ADDs at random moments (before,
+// during and after their write) while others run, then checks the store is
+// readable, holds no duplicates, still allocates, and that GC with an empty
+// list leaves nothing behind.
+func TestDiskKilledWriters(t *testing.T) {
+	bin := filepath.Join(testutil.BinDir(t), "weft-ipam")
+	conf, dir := diskConfig(t, "1.1.0", `"subnet":"10.26.0.0/24"`)
+	const n = 60
+	var wg sync.WaitGroup
+	for i := range n {
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"CNI_COMMAND=ADD", fmt.Sprintf("CNI_CONTAINERID=k-%d", i), "CNI_NETNS=/var/run/netns/weft-ipam-test-absent",
+			"CNI_IFNAME=eth0", "CNI_PATH=" + filepath.Dir(bin)}
+		cmd.Stdin = bytes.NewReader(conf)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		delay := time.Duration(rand.IntN(4000)) * time.Microsecond
+		wg.Go(func() {
+			time.Sleep(delay)
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		})
+		if i%3 == 0 {
+			// Let some overlap, serialise others.
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	st := diskState(t, dir)
+	seen := map[netip.Addr]bool{}
+	for _, a := range st.Allocations {
+		if seen[a.IP] {
+			t.Fatalf("%s recorded twice: %+v", a.IP, st.Allocations)
+		}
+		seen[a.IP] = true
+	}
+	t.Logf("%d of %d killed ADDs had recorded their allocation", len(st.Allocations), n)
+	if _, err := CmdAdd(cmdArgs("after", "eth0", conf)); err != nil {
+		t.Fatalf("ADD after the kills: %v", err)
+	}
+	gc := rename(t, netConfig(t, "1.1.0", `{"subnet":"10.26.0.0/24","dataDir":"`+filepath.Dir(dir)+`"}`,
+		map[string]any{"cni.dev/valid-attachments": []any{}}), conf)
+	if err := CmdGC(cmdArgs("", "", gc)); err != nil {
+		t.Fatal(err)
+	}
+	if st := diskState(t, dir); len(st.Allocations) != 0 {
+		t.Fatalf("after GC: %+v", st.Allocations)
 	}
 	onlyStateFile(t, dir)
 }
