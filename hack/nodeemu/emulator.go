@@ -116,6 +116,8 @@ type podRun struct {
 	procs      *podProcs
 	setupErr   string
 	stopTokens context.CancelFunc
+	wrote      v1.PodStatus // last status this node posted...
+	wroteRV    string       // ...and the resourceVersion it produced
 }
 
 // New builds an emulator; Run starts it.
