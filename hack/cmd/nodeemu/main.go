@@ -7,7 +7,7 @@
 //	nodeemu --kubeconfig PATH --node-name NAME --node-ip IP --state-dir DIR \
 //	  [--cni-conf-dir /etc/cni/net.d] [--cni-bin-dir /opt/cni/bin] \
 //	  [--cni-cache-dir /var/lib/cni] [--netns-dir /run/netns] \
-//	  [--image-bin-dir DIR]
+//	  [--image-bin-dir DIR] [--api-host H --api-port P --ca-cert FILE]
 //
 // Pod network namespaces are /run/netns/wlp-<first 12 hex chars of the pod
 // UID>. Logs of hostNetwork pod containers go to
@@ -58,6 +58,9 @@ func run() error {
 	cpu := fs.String("cpu", fmt.Sprint(runtime.NumCPU()), "node cpu capacity")
 	memory := fs.String("memory", "8Gi", "node memory capacity")
 	version := fs.String("kubelet-version", "v1.37.2", "kubelet version reported in NodeInfo")
+	apiHostFlag := fs.String("api-host", "", "KUBERNETES_SERVICE_HOST for hostNetwork pods (default: the kubeconfig's server host)")
+	apiPortFlag := fs.String("api-port", "", "KUBERNETES_SERVICE_PORT for hostNetwork pods (default: the kubeconfig's server port)")
+	caCertFlag := fs.String("ca-cert", "", "ca.crt written into ServiceAccount volumes when the kube-root-ca.crt ConfigMap is unreadable (default: the kubeconfig's CA)")
 	logLevel := fs.String("log-level", "info", "debug|info|warn|error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
@@ -92,9 +95,20 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if *apiHostFlag != "" {
+		host = *apiHostFlag
+	}
+	if *apiPortFlag != "" {
+		port = *apiPortFlag
+	}
 	ca, err := caPEM(restCfg)
 	if err != nil {
 		return err
+	}
+	if *caCertFlag != "" {
+		if ca, err = os.ReadFile(*caCertFlag); err != nil {
+			return fmt.Errorf("--ca-cert: %w", err)
+		}
 	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
