@@ -135,7 +135,7 @@ func (s *Store) Update(ctx context.Context, fn store.UpdateFunc) error {
 		return err
 	}
 	defer unix.Close(fd) // releases the lock
-	snap, err := s.read()
+	snap, err := s.read(true)
 	if err != nil {
 		return err
 	}
@@ -165,7 +165,7 @@ func (s *Store) View(ctx context.Context, fn func(*store.State) error) error {
 		return err
 	}
 	defer unix.Close(fd)
-	snap, err := s.read()
+	snap, err := s.read(false)
 	if err != nil {
 		return err
 	}
@@ -222,7 +222,10 @@ func flockRetry(fd, how int) error {
 
 // read loads the newest valid slot. With no slot at all it imports
 // host-local's files, if any.
-func (s *Store) read() (*snapshot, error) {
+//
+// When both slots are unreadable, an exclusive holder (repair) moves them
+// aside; a shared reader only reports an empty state.
+func (s *Store) read(repair bool) (*snapshot, error) {
 	snap := &snapshot{}
 	var datas [2][]byte
 	present := 0
@@ -264,6 +267,9 @@ func (s *Store) read() (*snapshot, error) {
 		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles()[i], err))
 	}
 	// Both slots unreadable: keep them for inspection, start empty.
+	if !repair {
+		return &snapshot{st: &store.State{}, boot: s.bootID()}, nil
+	}
 	suffix := fmt.Sprintf(".corrupt-%d", time.Now().UnixNano())
 	for i, name := range SlotFiles() {
 		if datas[i] == nil {

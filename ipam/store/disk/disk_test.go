@@ -191,6 +191,18 @@ func TestCorruptStateMovedAside(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := New(dir, Options{})
+	// A shared reader sees an empty state and leaves the files alone.
+	if err := s.View(context.Background(), func(st *store.State) error {
+		if len(st.Allocations) != 0 {
+			t.Errorf("state from garbage: %+v", st)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if got := listDir(t, dir); !slices.Equal(got, []string{Slot0, Slot1}) {
+		t.Fatalf("a reader changed the directory: %v", got)
+	}
 	if err := s.Update(context.Background(), addOne("10.0.0.2")); err != nil {
 		t.Fatal(err)
 	}
