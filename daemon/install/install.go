@@ -33,9 +33,15 @@ func Binaries() []string {
 	return []string{"weft", "weft-ipam", "portmap", "bandwidth", "loopback"}
 }
 
+// Own returns the plugins weft itself ships; the others in Binaries are
+// the reference plugins, which a node may already have from its runtime's
+// package.
+func Own() []string { return []string{"weft", "weft-ipam"} }
+
 // CopyBinaries copies each named file from src to dst atomically. A file
-// whose content is already in place is left alone. It returns the names it
-// wrote.
+// whose content is already in place is left alone. A reference plugin (not
+// in Own) missing from src is accepted when dst already has one. It
+// returns the names it wrote.
 func CopyBinaries(src, dst string, names []string) ([]string, error) {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", dst, err)
@@ -43,6 +49,11 @@ func CopyBinaries(src, dst string, names []string) ([]string, error) {
 	var wrote []string
 	for _, n := range names {
 		data, err := os.ReadFile(filepath.Join(src, n))
+		if errors.Is(err, fs.ErrNotExist) && !slices.Contains(Own(), n) {
+			if st, serr := os.Stat(filepath.Join(dst, n)); serr == nil && st.Mode().IsRegular() {
+				continue // the node's own copy stays
+			}
+		}
 		if err != nil {
 			return wrote, fmt.Errorf("plugin %s: %w", n, err)
 		}

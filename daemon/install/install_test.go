@@ -55,6 +55,20 @@ func TestCopyBinaries(t *testing.T) {
 	if _, err := CopyBinaries(src, dst, []string{"nope"}); err == nil || !strings.Contains(err.Error(), "plugin nope") {
 		t.Fatalf("missing source: %v", err)
 	}
+	// A reference plugin missing from the image is fine when the node has
+	// one; weft's own plugins are always required.
+	_ = os.Remove(filepath.Join(src, "portmap"))
+	if wrote, err := CopyBinaries(src, dst, Binaries()); err != nil || len(wrote) != 0 {
+		t.Fatalf("node's own portmap: %v %v", wrote, err)
+	}
+	_ = os.Remove(filepath.Join(dst, "portmap"))
+	if _, err := CopyBinaries(src, dst, Binaries()); err == nil || !strings.Contains(err.Error(), "plugin portmap") {
+		t.Fatalf("portmap nowhere: %v", err)
+	}
+	_ = os.Remove(filepath.Join(src, "weft"))
+	if _, err := CopyBinaries(src, dst, []string{"weft"}); err == nil {
+		t.Fatal("missing weft accepted because the node had one")
+	}
 }
 
 func ino(t *testing.T, p string) uint64 {
