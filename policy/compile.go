@@ -81,6 +81,11 @@ type compiled struct {
 	rules     [2][]rule
 	err       error
 	typesOkay bool
+	// Rules are compiled on first use (only policies selecting a pod on
+	// this node need them); spec is the informer's immutable object.
+	spec      *networkingv1.NetworkPolicySpec
+	rulesDone bool
+	headErrs  []error
 }
 
 func (c *compiled) owner() string { return c.ns + "/" + c.name }
@@ -92,10 +97,11 @@ func (c *compiled) selects(p *podInfo) bool {
 	return c.sel == nil || c.sel.Matches(labels.Set(p.labels))
 }
 
-// compile validates a policy and turns it into matchers. Errors are kept
-// on the result: the renderer fails closed for the pods it selects.
+// compile validates a policy's podSelector and policyTypes; its rules are
+// compiled by ensureRules when the policy selects a local pod. Errors are
+// kept on the result: the renderer fails closed for the pods it selects.
 func compile(np *networkingv1.NetworkPolicy) *compiled {
-	c := &compiled{ns: np.Namespace, name: np.Name}
+	c := &compiled{ns: np.Namespace, name: np.Name, spec: &np.Spec}
 	var errs []error
 	sel, err := metav1.LabelSelectorAsSelector(&np.Spec.PodSelector)
 	if err != nil {
@@ -119,14 +125,29 @@ func compile(np *networkingv1.NetworkPolicy) *compiled {
 			errs = append(errs, fmt.Errorf("unknown policyType %q", t))
 		}
 	}
-	for i, r := range np.Spec.Ingress {
+	c.headErrs = errs
+	if len(errs) > 0 {
+		c.err = fmt.Errorf("policy %s: %w", c.owner(), errors.Join(errs...))
+	}
+	return c
+}
+
+// ensureRules compiles the rules once and folds their errors into c.err.
+func (c *compiled) ensureRules() {
+	if c.rulesDone {
+		return
+	}
+	c.rulesDone = true
+	np := c.spec
+	errs := c.headErrs
+	for i, r := range np.Ingress {
 		cr, err := compileRule(r.From, r.Ports)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("ingress[%d]: %w", i, err))
 		}
 		c.rules[ingress] = append(c.rules[ingress], cr)
 	}
-	for i, r := range np.Spec.Egress {
+	for i, r := range np.Egress {
 		cr, err := compileRule(r.To, r.Ports)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("egress[%d]: %w", i, err))
@@ -136,7 +157,6 @@ func compile(np *networkingv1.NetworkPolicy) *compiled {
 	if len(errs) > 0 {
 		c.err = fmt.Errorf("policy %s: %w", c.owner(), errors.Join(errs...))
 	}
-	return c
 }
 
 func compileRule(peers []networkingv1.NetworkPolicyPeer, ports []networkingv1.NetworkPolicyPort) (rule, error) {

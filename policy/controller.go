@@ -51,6 +51,7 @@ type ControllerConfig struct {
 // reads the kernel back and repairs drift; failures retry with backoff.
 type Controller struct {
 	cfg      ControllerConfig
+	renderer *Renderer
 	factory  informers.SharedInformerFactory
 	pods     corelisters.PodLister
 	nss      corelisters.NamespaceLister
@@ -89,7 +90,7 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Controller{cfg: cfg, factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
+	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
 		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy")}
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
@@ -192,7 +193,7 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	if err != nil {
 		return err
 	}
-	st := Render(c.cfg.Render, in)
+	st := c.renderer.Render(in)
 	t1 := time.Now()
 	_, err = c.cfg.Dataplane.Apply(ctx, st, readBack)
 	t2 := time.Now()

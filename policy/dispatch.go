@@ -19,8 +19,8 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		{Match: Match{OutIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "to local pods"},
 	}
 	r.chains[ChainCheck] = []Rule{
-		{Match: Match{CTStates: []string{"RELATED", "ESTABLISHED"}}, Action: Action{Verb: Accept}, Comment: "replies and related"},
-		{Match: Match{CTStates: []string{"INVALID"}}, Action: Action{Verb: Drop}, Comment: "invalid"},
+		{Match: Match{CTStates: "RELATED,ESTABLISHED"}, Action: Action{Verb: Accept}, Comment: "replies and related"},
+		{Match: Match{CTStates: "INVALID"}, Action: Action{Verb: Drop}, Comment: "invalid"},
 		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainFrom}, Comment: "egress of the source pod"},
 		{Match: Match{OutIface: br}, Action: Action{Verb: Jump, Target: ChainTo}, Comment: "ingress of the destination pod"},
 		{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: "clear policy mark"},

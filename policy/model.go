@@ -58,7 +58,7 @@ type Match struct {
 	Proto             string // tcp, udp, sctp
 	DPortMin          uint16
 	DPortMax          uint16
-	CTStates          []string // e.g. RELATED,ESTABLISHED
+	CTStates          string // comma-separated, e.g. RELATED,ESTABLISHED
 	Mark, MarkMask    uint32
 }
 
@@ -229,8 +229,8 @@ func (r Rule) matchArgs() []string {
 		}
 		a = append(a, "-m", m.Proto, "--dport", p)
 	}
-	if len(m.CTStates) > 0 {
-		a = append(a, "-m", "conntrack", "--ctstate", strings.Join(m.CTStates, ","))
+	if m.CTStates != "" {
+		a = append(a, "-m", "conntrack", "--ctstate", m.CTStates)
 	}
 	if m.MarkMask != 0 {
 		a = append(a, "-m", "mark", "--mark", fmt.Sprintf("0x%x/0x%x", m.Mark, m.MarkMask))

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weftnet/weft/internal/endpoint"
 )
@@ -39,19 +41,87 @@ type localEP struct {
 
 type renderer struct {
 	cfg      Config
+	rr       *Renderer
 	nsLabels map[string]labels.Set
 	podsByNS map[string][]*podInfo
 	allPods  []*podInfo
 	sets     map[string]*IPSet
 	chains   map[string][]Rule
 	podSets  map[string][]*podInfo // peer key -> pods (memo)
+	// usedMembers replaces the Renderer's member cache after this render.
+	usedMembers map[string]cachedMembers
 }
 
 // Render computes the desired dataplane for one node. It is pure: the same
 // input gives the same State.
 func Render(cfg Config, in Input) *State {
-	r := &renderer{cfg: cfg, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
-		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{}}
+	return NewRenderer(cfg).Render(in)
+}
+
+// Renderer renders repeatedly, reusing what it compiled from objects that
+// did not change (same UID and resourceVersion, as informers guarantee).
+// Its output is exactly Render's. Not safe for concurrent use.
+type Renderer struct {
+	cfg      Config
+	policies map[types.UID]cachedPolicy
+	pods     map[types.UID]cachedPod
+	members  map[string]cachedMembers // pod set key -> members
+}
+
+type cachedMembers struct {
+	pods    []*podInfo
+	members []string
+}
+
+type cachedPolicy struct {
+	rv string
+	c  *compiled
+}
+
+type cachedPod struct {
+	rv string
+	p  *podInfo
+}
+
+// NewRenderer returns a Renderer with empty caches.
+func NewRenderer(cfg Config) *Renderer {
+	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[types.UID]cachedPod{},
+		members: map[string]cachedMembers{}}
+}
+
+func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]bool) *compiled {
+	if np.UID == "" || np.ResourceVersion == "" {
+		return compile(np)
+	}
+	seen[np.UID] = true
+	if e, ok := rr.policies[np.UID]; ok && e.rv == np.ResourceVersion {
+		return e.c
+	}
+	c := compile(np)
+	rr.policies[np.UID] = cachedPolicy{rv: np.ResourceVersion, c: c}
+	return c
+}
+
+func (rr *Renderer) podInfo(p *corev1.Pod, seen map[types.UID]bool) *podInfo {
+	if p.UID == "" || p.ResourceVersion == "" {
+		return newPodInfo(p)
+	}
+	seen[p.UID] = true
+	if e, ok := rr.pods[p.UID]; ok && e.rv == p.ResourceVersion {
+		return e.p
+	}
+	pi := newPodInfo(p)
+	rr.pods[p.UID] = cachedPod{rv: p.ResourceVersion, p: pi}
+	return pi
+}
+
+// Render computes the desired dataplane, like the package-level Render.
+func (rr *Renderer) Render(in Input) *State {
+	cfg := rr.cfg
+	r := &renderer{cfg: cfg, rr: rr, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
+		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{},
+		usedMembers: map[string]cachedMembers{}}
+	defer func() { rr.members = r.usedMembers }()
 	for _, ns := range in.Namespaces {
 		l := labels.Set{}
 		for k, v := range ns.Labels {
@@ -63,21 +133,32 @@ func Render(cfg Config, in Input) *State {
 	locals := r.indexPods(in)
 	st := &State{}
 	pols := make([]*compiled, 0, len(in.Policies))
+	seenPol := map[types.UID]bool{}
 	for _, np := range in.Policies {
-		c := compile(np)
-		if c.err != nil {
-			st.Errors = append(st.Errors, c.err)
+		pols = append(pols, rr.compile(np, seenPol))
+	}
+	for uid := range rr.policies {
+		if !seenPol[uid] {
+			delete(rr.policies, uid)
 		}
-		pols = append(pols, c)
 	}
 	sort.Slice(pols, func(i, j int) bool { return pols[i].owner() < pols[j].owner() })
+	byNS := map[string][]*compiled{}
+	for _, c := range pols {
+		byNS[c.ns] = append(byNS[c.ns], c)
+	}
 
 	for _, l := range locals {
 		st.Endpoints = append(st.Endpoints, EndpointStatus{HostVeth: l.ep.HostVeth, Namespace: l.ep.PodNamespace,
 			Name: l.ep.PodName, UID: l.ep.PodUID, Ready: l.pod != nil})
-		r.endpointChains(l, pols)
+		r.endpointChains(l, byNS[l.ep.PodNamespace])
 	}
 	r.dispatch(st, locals)
+	for _, c := range pols { // policies that select pods here (or whose podSelector is broken)
+		if c.err != nil && (c.rulesDone || c.sel == nil) {
+			st.Errors = append(st.Errors, c.err)
+		}
+	}
 
 	names := make([]string, 0, len(r.chains))
 	for n := range r.chains {
@@ -101,43 +182,54 @@ func Render(cfg Config, in Input) *State {
 // indexPods builds pod infos (skipping host-network and finished pods) and
 // matches this node's endpoint records to them.
 func (r *renderer) indexPods(in Input) []*localEP {
-	byKey := map[string]*podInfo{}
+	type nsName struct{ ns, name string }
+	eps := append([]endpoint.Endpoint(nil), in.Endpoints...)
+	sort.Slice(eps, func(i, j int) bool { return eps[i].HostVeth < eps[j].HostVeth })
+	locals := make([]*localEP, 0, len(eps))
+	byKey := map[nsName][]*localEP{}
+	for _, ep := range eps {
+		l := &localEP{ep: ep}
+		l.ips, _ = ep.Addrs()
+		locals = append(locals, l)
+		k := nsName{ep.PodNamespace, ep.PodName}
+		byKey[k] = append(byKey[k], l)
+	}
+	seen := make(map[types.UID]bool, len(in.Pods))
 	for _, p := range in.Pods {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		pi := newPodInfo(p)
-		byKey[pi.ns+"/"+pi.name] = pi
-	}
-	eps := append([]endpoint.Endpoint(nil), in.Endpoints...)
-	sort.Slice(eps, func(i, j int) bool { return eps[i].HostVeth < eps[j].HostVeth })
-	var locals []*localEP
-	for _, ep := range eps {
-		l := &localEP{ep: ep}
-		l.ips, _ = ep.Addrs()
-		pi := byKey[ep.PodNamespace+"/"+ep.PodName]
-		if pi != nil && (ep.PodUID == "" || ep.PodUID == pi.uid) {
-			l.pod = pi
-			for _, a := range l.ips { // the record knows the IP before Pod status does
-				if a.Is4() && !containsAddr(pi.ips, a) {
-					pi.ips = append(pi.ips, a)
+		pi := r.rr.podInfo(p, seen)
+		if ls, ok := byKey[nsName{p.Namespace, p.Name}]; ok {
+			var mine []*localEP
+			for _, l := range ls {
+				if l.ep.PodUID != "" && l.ep.PodUID != pi.uid {
+					continue // a record of an earlier pod with this name
+				}
+				mine = append(mine, l)
+				for _, a := range l.ips { // the record knows the IP before Pod status does
+					if a.Is4() && !containsAddr(pi.ips, a) {
+						cp := *pi // cached infos are shared: copy before changing
+						cp.ips = append(append([]netip.Addr(nil), pi.ips...), a)
+						pi = &cp
+					}
 				}
 			}
+			for _, l := range mine {
+				l.pod = pi
+			}
 		}
-		locals = append(locals, l)
-	}
-	keys := make([]string, 0, len(byKey))
-	for k := range byKey {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		pi := byKey[k]
 		if len(pi.ips) == 0 {
 			continue
 		}
+		// Order does not matter: set members are sorted.
 		r.podsByNS[pi.ns] = append(r.podsByNS[pi.ns], pi)
 		r.allPods = append(r.allPods, pi)
+	}
+	for uid := range r.rr.pods {
+		if !seen[uid] {
+			delete(r.rr.pods, uid)
+		}
 	}
 	return locals
 }
@@ -173,6 +265,7 @@ func (r *renderer) endpointChains(l *localEP, pols []*compiled) {
 			if !c.selects(l.pod) {
 				continue
 			}
+			c.ensureRules()
 			if c.err != nil {
 				if broken == nil {
 					broken = c
@@ -364,6 +457,12 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 	if _, ok := r.sets[name]; ok {
 		return name
 	}
+	// The same pod infos (cached per resourceVersion) make the same members.
+	if c, ok := r.rr.members[key]; ok && slices.Equal(c.pods, pods) {
+		r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: c.members, Owner: owner}
+		r.usedMembers[key] = c
+		return name
+	}
 	var members []string
 	seen := map[netip.Addr]bool{}
 	for _, pi := range pods {
@@ -376,6 +475,7 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 	}
 	sort.Strings(members)
 	r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: members, Owner: owner}
+	r.usedMembers[key] = cachedMembers{pods: pods, members: members}
 	return name
 }
 

@@ -150,8 +150,13 @@ func TestFailClosed(t *testing.T) {
 	badEnd := withIngress(np("y", "bad-end", map[string]string{"pod": "c"}, tIn), in(nil, pPort(corev1.ProtocolTCP, named("http"), 90)))
 	pols := []*networkingv1.NetworkPolicy{bad, allowAll, badProto, badSel, badEnd}
 	st := states(c, pols...)
-	if n := len(st[1].Errors); n != 4 {
-		t.Fatalf("want 4 errors reported, got %d: %v", n, st[1].Errors)
+	// Each node reports the broken policies selecting its pods: node 1 holds
+	// x/a (bad) and z/a (bad-sel); node 2 holds y/b, y/c and z/b, z/c.
+	if n := len(st[1].Errors); n != 2 {
+		t.Fatalf("node1: want 2 errors reported, got %d: %v", n, st[1].Errors)
+	}
+	if n := len(st[2].Errors); n != 3 {
+		t.Fatalf("node2: want 3 errors reported, got %d: %v", n, st[2].Errors)
 	}
 	// x/a is selected by the broken policy: closed both ways, even though
 	// another policy allows everything. x/b is only under allow-all.
@@ -170,7 +175,7 @@ func TestFailClosed(t *testing.T) {
 			mustAllow(t, st, flow{src: ref{"y", "a"}, dst: ref{"z", pod}, proto: p.proto, port: p.port}, false)
 		}
 	}
-	for _, err := range st[1].Errors {
+	for _, err := range append(st[1].Errors, st[2].Errors...) {
 		if !strings.Contains(err.Error(), "policy ") {
 			t.Errorf("error lacks the policy name: %v", err)
 		}
@@ -285,4 +290,50 @@ func TestRenderIsDeterministicAndCommented(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The caching Renderer must give exactly what a fresh Render gives, across
+// updates (new resourceVersions), deletions and in-place-free changes.
+func TestRendererCacheMatchesRender(t *testing.T) {
+	c := newCluster()
+	for i, p := range c.pods {
+		p.ResourceVersion = "1"
+		_ = i
+	}
+	pol := withIngress(np("x", "p", nil, tIn), in([]from{{PodSelector: ls("pod", "b")}}, pPort(corev1.ProtocolTCP, named("http"))))
+	pol.UID, pol.ResourceVersion = "pol-uid", "1"
+	rr := NewRenderer(DefaultConfig())
+	check := func(step string, pols ...*networkingv1.NetworkPolicy) {
+		t.Helper()
+		in := Input{Policies: pols, Pods: c.pods, Namespaces: c.namespaces, Endpoints: c.endpoints(1)}
+		got, want := rr.Render(in), Render(DefaultConfig(), in)
+		if got.RestoreText() != want.RestoreText() || got.IPSetRestoreText() != want.IPSetRestoreText() {
+			t.Fatalf("%s: cached render differs", step)
+		}
+	}
+	check("first", pol)
+	check("again", pol)
+	// A pod update arrives as a new object with a new resourceVersion.
+	for i, p := range c.pods {
+		if p.Namespace == "x" && p.Name == "c" {
+			q := p.DeepCopy()
+			q.Labels = map[string]string{"pod": "b"}
+			q.ResourceVersion = "2"
+			c.pods[i] = q
+		}
+	}
+	check("pod relabelled", pol)
+	pol2 := pol.DeepCopy()
+	pol2.ResourceVersion = "2"
+	pol2.Spec.Ingress[0].Ports = nil
+	check("policy updated", pol2)
+	check("policy deleted")
+	if len(rr.policies) != 0 {
+		t.Fatalf("deleted policy still cached")
+	}
+	// Record addresses must not leak into the cached pod infos.
+	p := c.pod(ref{"x", "b"})
+	p.Status.PodIP, p.Status.PodIPs, p.ResourceVersion = "", nil, "3"
+	check("record-only address", pol2)
+	check("record-only address again", pol2)
 }

@@ -152,9 +152,9 @@ func matches(m Match, p *Packet, sets map[string]*IPSet) bool {
 			return false
 		}
 	}
-	if len(m.CTStates) > 0 {
+	if m.CTStates != "" {
 		ok := false
-		for _, s := range m.CTStates {
+		for _, s := range strings.Split(m.CTStates, ",") {
 			ok = ok || s == p.CTState
 		}
 		if !ok {

@@ -72,11 +72,32 @@ type setView struct {
 
 // Writer programs iptables and ipsets through a Kernel.
 type Writer struct {
-	k   Kernel
-	log *slog.Logger
-	mu  sync.Mutex
-	cur *view // nil: unknown, read the kernel on the next Apply
+	k    Kernel
+	log  *slog.Logger
+	mu   sync.Mutex
+	cur  *view                // nil: unknown, read the kernel on the next Apply
+	memo map[string]chainMemo // rule hashes of the last desired chains
 }
+
+type chainMemo struct {
+	rules  []Rule
+	hashes []string
+}
+
+// hashes returns the rule hashes of c, reusing the last computation when
+// the chain's rules are unchanged (hashing every rule is most of an
+// incremental sync's CPU otherwise).
+func (w *Writer) hashes(c Chain, memo map[string]chainMemo) []string {
+	if m, ok := w.memo[c.Name]; ok && slices.EqualFunc(m.rules, c.Rules, ruleEqual) {
+		memo[c.Name] = m
+		return m.hashes
+	}
+	hs := chainHashes(c)
+	memo[c.Name] = chainMemo{rules: c.Rules, hashes: hs}
+	return hs
+}
+
+func ruleEqual(a, b Rule) bool { return a == b }
 
 // NewWriter returns a Writer over k.
 func NewWriter(k Kernel, log *slog.Logger) *Writer {
@@ -128,7 +149,16 @@ func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStat
 
 // read builds a view from iptables-save and ipset save.
 func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
+	// Both tools run at once: a resync costs one exec latency, not two.
+	var stext string
+	var serr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stext, serr = w.k.IPSetSave(ctx)
+	}()
 	text, err := w.k.Save(ctx, "filter")
+	<-done
 	if err != nil {
 		return nil, fmt.Errorf("policy writer: read rules: %w", err)
 	}
@@ -157,9 +187,8 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 		}
 	}
 	_ = st
-	stext, err := w.k.IPSetSave(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("policy writer: read ipsets: %w", err)
+	if serr != nil {
+		return nil, fmt.Errorf("policy writer: read ipsets: %w", serr)
 	}
 	sets, err := iptables.ParseIPSetSave(stext)
 	if err != nil {
@@ -236,11 +265,13 @@ func chainHashes(c Chain) []string {
 func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, stats *ApplyStats) error {
 	var decl, rules, tail strings.Builder
 	newChains := map[string][]string{}
+	memo := make(map[string]chainMemo, len(st.Chains))
+	defer func() { w.memo = memo }()
 	for _, c := range st.Chains {
 		if !OwnedChain(c.Name) {
 			return fmt.Errorf("policy writer: refusing to write chain %s it does not own", c.Name)
 		}
-		hs := chainHashes(c)
+		hs := w.hashes(c, memo)
 		newChains[c.Name] = hs
 		if have, ok := cur.chains[c.Name]; ok && slices.Equal(have, hs) {
 			continue

@@ -1,0 +1,47 @@
+package policybench
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/weftnet/weft/policy"
+)
+
+// nopKernel accepts everything and holds nothing.
+type nopKernel struct{}
+
+func (nopKernel) Restore(context.Context, string) error        { return nil }
+func (nopKernel) Save(context.Context, string) (string, error) { return "", nil }
+func (nopKernel) IPSetRestore(context.Context, string) error   { return nil }
+func (nopKernel) IPSetSave(context.Context) (string, error)    { return "", nil }
+
+// BenchmarkIncrementalInProcess: the CPU part of an incremental sync (render
+// with the controller's caches + the Writer's diff), with a kernel that does
+// nothing, so it is free of exec and machine load noise.
+func BenchmarkIncrementalInProcess(b *testing.B) {
+	in := workload()
+	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	rr := policy.NewRenderer(cfg)
+	w := policy.NewWriter(nopKernel{}, nil)
+	w.Apply(context.Background(), rr.Render(in), true)
+	idx := 3*podsPerNS + 17
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		pod := in.Pods[idx].DeepCopy()
+		pod.ResourceVersion = fmt.Sprint(i + 2)
+		pod.Labels["role"] = fmt.Sprintf("r%d", i%5)
+		in.Pods[idx] = pod
+		w.Apply(context.Background(), rr.Render(in), false)
+	}
+}
+
+// BenchmarkRenderFull: the render of a full sync (fresh caches).
+func BenchmarkRenderFull(b *testing.B) {
+	in := workload()
+	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		policy.Render(cfg, in)
+	}
+}
