@@ -109,6 +109,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	var c common
 	c.register(fs)
 	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz, /readyz and /metrics")
+	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where the chained plugins must be before the conflist is written")
 	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -118,6 +119,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	opt.ResyncInterval = *resync
+	opt.CNIBinDir = *binDir
 	client, err := c.client()
 	if err != nil {
 		return err

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -39,6 +41,7 @@ type Options struct {
 	// PublicIP overrides the node's InternalIP as its underlay address.
 	PublicIP       netip.Addr
 	CNIConfDir     string
+	CNIBinDir      string // checked for the chained plugins; "" skips the check
 	SubnetFile     string
 	ResyncInterval time.Duration
 }
@@ -373,6 +376,17 @@ func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = pub.MTU
+	}
+	if a.opt.CNIBinDir != "" {
+		var missing []string
+		for _, p := range []string{"weft", "weft-ipam", "portmap", "bandwidth"} {
+			if _, err := os.Stat(filepath.Join(a.opt.CNIBinDir, p)); err != nil {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)
+		}
 	}
 	data, err := install.Conflist(install.ConflistOptions{CNIVersion: cfg.CNIVersion, SubnetFile: a.opt.SubnetFile, MTU: mtu})
 	if err != nil {

@@ -269,3 +269,23 @@ func TestAgentRestartAdopts(t *testing.T) {
 		t.Fatalf("%d leases after restart", len(leases.Items))
 	}
 }
+
+func TestAgentWaitsForChainedPlugins(t *testing.T) {
+	bin := t.TempDir()
+	for _, p := range []string{"weft", "weft-ipam", "bandwidth"} {
+		_ = os.WriteFile(filepath.Join(bin, p), []byte("x"), 0o755)
+	}
+	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), status: api.NewStatus(), dir: t.TempDir()}
+	h.c = fake.NewClientset(node("n1", "172.18.0.2", "10.244.1.0/24"), netconf(goodConf))
+	h.opt = Options{NodeName: "n1", CNIConfDir: filepath.Join(h.dir, "net.d"), CNIBinDir: bin, SubnetFile: filepath.Join(h.dir, "subnet.json"), ResyncInterval: 200 * time.Millisecond}
+	h.run()
+	h.eventually("portmap reason", func() bool {
+		_, reasons := h.status.Ready()
+		return len(reasons) == 1 && strings.Contains(reasons[0], "conflist: plugins [portmap] missing")
+	})
+	if _, err := os.Stat(filepath.Join(h.opt.CNIConfDir, install.ConflistName)); !os.IsNotExist(err) {
+		t.Fatal("conflist written while portmap is missing")
+	}
+	_ = os.WriteFile(filepath.Join(bin, "portmap"), []byte("x"), 0o755)
+	h.eventually("ready", h.ready)
+}
