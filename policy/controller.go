@@ -43,6 +43,10 @@ type ControllerConfig struct {
 	MinSyncInterval time.Duration // rate limit between syncs; default 100ms
 	Metrics         Metrics       // may be nil
 	Log             *slog.Logger  // may be nil
+	// BridgeNetfilter makes Run enable bridge-nf-call-iptables in its own
+	// network namespace (weftd's: the node's), so same-node traffic is
+	// policed. A failure is logged and kept in Errors().
+	BridgeNetfilter bool
 }
 
 // Controller keeps this node's policy dataplane converged: informer and
@@ -62,6 +66,7 @@ type Controller struct {
 	ready    map[string]string // hostVeth -> pod UID, as last programmed
 	seen     map[string]bool   // pod UIDs whose latency was reported
 	errs     []error
+	brnfErr  error
 	changed  chan struct{} // closed and replaced after every successful sync
 	log      *slog.Logger
 	handlers []cache.ResourceEventHandlerRegistration
@@ -127,6 +132,14 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(c.cfg.EndpointDir, 0o755); err != nil {
 		return fmt.Errorf("policy controller: endpoint dir: %w", err)
+	}
+	if c.cfg.BridgeNetfilter {
+		if err := EnsureBridgeNetfilter(ctx); err != nil {
+			c.log.Error("bridged pod traffic bypasses policy", "err", err)
+			c.mu.Lock()
+			c.brnfErr = err
+			c.mu.Unlock()
+		}
 	}
 	go c.watchEndpoints(ctx)
 	resync := time.NewTicker(c.cfg.ResyncInterval)
@@ -292,11 +305,16 @@ func (c *Controller) WaitProgrammed(ctx context.Context, hostVeth string) error 
 	}
 }
 
-// Errors returns the policies that failed to render in the last sync.
+// Errors returns the policies that failed to render in the last sync, and
+// a bridge-netfilter failure if there was one.
 func (c *Controller) Errors() []error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]error(nil), c.errs...)
+	out := append([]error(nil), c.errs...)
+	if c.brnfErr != nil {
+		out = append(out, c.brnfErr)
+	}
+	return out
 }
 
 // watchEndpoints marks the controller dirty when records change: inotify
