@@ -17,6 +17,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
@@ -224,6 +225,10 @@ func (e *Emulator) worker(ctx context.Context) {
 		case err == nil:
 			e.queue.Forget(key)
 		case ctx.Err() != nil:
+		case apierrors.IsConflict(err):
+			// A stale informer copy: retry quietly once the cache caught up.
+			e.log.DebugContext(ctx, "pod sync conflict, will retry", "pod", key, "err", err)
+			e.queue.AddRateLimited(key)
 		default:
 			e.log.WarnContext(ctx, "pod sync failed, will retry", "pod", key, "err", err)
 			e.queue.AddRateLimited(key)

@@ -17,6 +17,8 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 )
 
+const validConflist = `{"cniVersion":"1.0.0","name":"weft","plugins":[{"type":"weft-not-installed"}]}`
+
 // A hostNetwork DaemonSet-style pod through the whole emulator (fake API):
 // ServiceAccount token volume written via a pod-bound TokenRequest, init
 // container then container run as processes with resolved env, status
@@ -75,7 +77,7 @@ while :; do sleep 0.05; done
 				}}}},
 			},
 			InitContainers: []v1.Container{{Name: "install-cni", Image: "weft:dev",
-				Command:      []string{"sh", "-c", "echo '{}' > " + cniDir + "/10-weft.conflist"},
+				Command:      []string{"sh", "-c", "sleep 0.3; echo '" + validConflist + "' > " + cniDir + "/10-weft.conflist"},
 				VolumeMounts: []v1.VolumeMount{{Name: "cni-conf", MountPath: cniDir}}}},
 			Containers: []v1.Container{{Name: "weftd", Image: "ghcr.io/weftnet/weftd:dev", // no command: the image name
 				Env: []v1.EnvVar{{Name: "NODE_NAME", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}},
@@ -107,6 +109,27 @@ while :; do sleep 0.05; done
 		<-done
 	})
 
+	// Before install-cni ran the node is NotReady and an ordinary pod gets
+	// kubelet's NetworkNotReady event.
+	waitFor(t, "node NotReady without a CNI config", 5*time.Second, func() bool {
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-h", metav1.GetOptions{})
+		return err == nil && nodeReady(n.Status) == v1.ConditionFalse
+	})
+	plain := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "plain", UID: "uid-plain"},
+		Spec: v1.PodSpec{NodeName: "node-h", Containers: []v1.Container{{Name: "c", Image: "c"}}}}
+	if _, err := client.CoreV1().Pods("kube-system").Create(ctx, plain, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "NetworkNotReady event", 5*time.Second, func() bool {
+		evs, _ := client.CoreV1().Events("kube-system").List(ctx, metav1.ListOptions{})
+		for _, ev := range evs.Items {
+			if ev.Reason == "NetworkNotReady" && ev.InvolvedObject.Name == "plain" && ev.Source.Component == "kubelet" {
+				return true
+			}
+		}
+		return false
+	})
+
 	get := func() *v1.Pod {
 		p, err := client.CoreV1().Pods("kube-system").Get(ctx, "weft-abc", metav1.GetOptions{})
 		if err != nil {
@@ -133,6 +156,10 @@ while :; do sleep 0.05; done
 	if _, err := os.Stat(filepath.Join(cniDir, "10-weft.conflist")); err != nil {
 		t.Fatalf("install-cni did not write through its hostPath: %v", err)
 	}
+	waitFor(t, "node Ready once the CNI config is installed", 5*time.Second, func() bool {
+		n, err := client.CoreV1().Nodes().Get(ctx, "node-h", metav1.GetOptions{})
+		return err == nil && nodeReady(n.Status) == v1.ConditionTrue
+	})
 	if tokenReq == nil || tokenReq.Spec.BoundObjectRef == nil || tokenReq.Spec.BoundObjectRef.Kind != "Pod" ||
 		tokenReq.Spec.BoundObjectRef.UID != "uid-weft-abc" || *tokenReq.Spec.ExpirationSeconds != 3607 {
 		t.Fatalf("token request %+v is not pod-bound", tokenReq)

@@ -147,14 +147,14 @@ func (e *Emulator) register(ctx context.Context) (*v1.Node, error) {
 	created, err := e.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	switch {
 	case err == nil:
-		e.log.InfoContext(ctx, "node registered", "node", o.Name)
+		e.log.InfoContext(ctx, "node registered")
 		node = created
 	case apierrors.IsAlreadyExists(err):
 		node, err = e.client.CoreV1().Nodes().Get(ctx, o.Name, metav1.GetOptions{})
 		if err != nil {
 			return nil, fmt.Errorf("get existing node %s: %w", o.Name, err)
 		}
-		e.log.InfoContext(ctx, "node already registered, adopting it", "node", o.Name)
+		e.log.InfoContext(ctx, "node already registered, adopting it")
 	default:
 		return nil, fmt.Errorf("register node %s: %w", o.Name, err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sort"
 
@@ -49,8 +50,9 @@ func (s *sandboxes) netnsPath(uid types.UID) string {
 // CNI error for the pod's event.
 func (s *sandboxes) setUp(ctx context.Context, pod *v1.Pod) ([]string, error) {
 	path := s.netnsPath(pod.UID)
-	if netnsExists(path) {
-		// Left over from an earlier attempt: start clean.
+	if _, err := os.Lstat(path); err == nil {
+		// Left over from an earlier attempt (or a dead mount whose
+		// namespace is gone): DEL and start clean.
 		if err := s.tearDown(ctx, pod.Namespace, pod.Name, pod.UID); err != nil {
 			return nil, fmt.Errorf("clean up previous sandbox: %w", err)
 		}

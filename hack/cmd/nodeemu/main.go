@@ -25,6 +25,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -71,6 +72,17 @@ func run() error {
 	}
 	if net.ParseIP(*nodeIP) == nil {
 		return fmt.Errorf("--node-ip %q is not an IP address", *nodeIP)
+	}
+	// Plugins get paths (CNI_NETNS, ...) verbatim: make them absolute.
+	for _, p := range []*string{stateDir, confDir, cacheDir, netnsDir, imageBinDir} {
+		if *p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(*p)
+		if err != nil {
+			return fmt.Errorf("path %s: %w", *p, err)
+		}
+		*p = abs
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*logLevel)); err != nil {
