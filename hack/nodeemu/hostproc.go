@@ -216,7 +216,18 @@ func (p *podProcs) runOnce(ctx context.Context, init bool, i int, c *v1.Containe
 		}
 		s.ContainerID = fmt.Sprintf("nodeemu://pid-%d", cmd.Process.Pid)
 		s.Running, s.StartedAt, s.Terminated, s.Waiting, s.WaitingMessage = true, started, nil, "", ""
+		s.NotReady = !init && c.ReadinessProbe != nil
 	})
+	pctx, stopProbe := context.WithCancel(ctx)
+	defer stopProbe()
+	if pr := newProber(c, p.env.nodeIP); pr != nil && !init {
+		go pr.run(pctx, func(ready bool) {
+			if pctx.Err() != nil {
+				return
+			}
+			p.update(init, i, func(s *ContainerState) { s.NotReady = !ready })
+		})
+	}
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- cmd.Wait() }()

@@ -4,14 +4,18 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -50,6 +54,22 @@ while :; do sleep 0.05; done
 	if err := chmodX(filepath.Join(bin, "weftd")); err != nil {
 		t.Fatal(err)
 	}
+	// weftd's health endpoint, failing until flipped.
+	var healthy atomic.Bool
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/readyz" && healthy.Load() {
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	healthPort := ln.Addr().(*net.TCPAddr).Port
+
 	pod := &v1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "weft-x1", UID: "uid-x1"},
 		Spec: v1.PodSpec{
@@ -60,6 +80,9 @@ while :; do sleep 0.05; done
 			},
 			Containers: []v1.Container{
 				{Name: "weftd", Command: []string{"/usr/local/bin/weftd"}, Args: []string{"--node=$(NODE_NAME)"},
+					Ports: []v1.ContainerPort{{Name: "health", ContainerPort: int32(healthPort)}},
+					ReadinessProbe: &v1.Probe{PeriodSeconds: 1, ProbeHandler: v1.ProbeHandler{HTTPGet: &v1.HTTPGetAction{
+						Host: "127.0.0.1", Path: "/readyz", Port: intstr.FromString("health")}}},
 					Env: []v1.EnvVar{{Name: "NODE_NAME", ValueFrom: &v1.EnvVarSource{FieldRef: &v1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}}}},
 				{Name: "crasher", Command: []string{"sh", "-c", "echo crash; exit 7"}},
 			},
@@ -86,6 +109,14 @@ while :; do sleep 0.05; done
 		init, ctrs, _ := p.State()
 		return init[0].Terminated != nil && init[0].Terminated.ExitCode == 0 && init[0].RestartCount == 1 &&
 			ctrs[0].Running && ctrs[1].RestartCount >= 2
+	})
+	if _, ctrs, _ := p.State(); !ctrs[0].NotReady {
+		t.Fatal("weftd counted ready while its readiness probe fails")
+	}
+	healthy.Store(true)
+	waitFor(t, "weftd ready after its probe passes", 5*time.Second, func() bool {
+		_, ctrs, _ := p.State()
+		return ctrs[0].Running && !ctrs[0].NotReady
 	})
 	if _, err := os.Stat(marker); err != nil {
 		t.Fatalf("init container did not run to completion: %v", err)

@@ -28,6 +28,7 @@ type ContainerState struct {
 	WaitingMessage string       // e.g. the last start error
 	Terminated     *Termination // current state when it ended and is not restarted
 	LastTerminated *Termination
+	NotReady       bool  // running, but its readiness probe has not passed
 	starts         int32 // process starts so far (RestartCount = starts-1)
 }
 
@@ -109,9 +110,10 @@ func ComputeStatus(pod *v1.Pod, in RunState, now time.Time) v1.PodStatus {
 		default:
 			cs = ContainerState{Name: c.Name, Waiting: "PodInitializing"}
 		}
-		allReady = allReady && cs.Running
+		ready := cs.Running && !cs.NotReady
+		allReady = allReady && ready
 		anyStarted = anyStarted || cs.Running || cs.RestartCount > 0 || cs.Terminated != nil
-		st.ContainerStatuses = append(st.ContainerStatuses, containerStatus(c, cs, cs.Running))
+		st.ContainerStatuses = append(st.ContainerStatuses, containerStatus(c, cs, ready))
 	}
 
 	switch {

@@ -71,12 +71,7 @@ func (w *volumeWriter) mount(ctx context.Context, pod *v1.Pod, v *v1.Volume, pat
 		if filepath.Clean(v.HostPath.Path) != filepath.Clean(path) {
 			return time.Time{}, fmt.Errorf("hostPath %s mounted at a different path: the node emulator runs processes in the node's mount namespace and supports only mountPath == hostPath.path", v.HostPath.Path)
 		}
-		if v.HostPath.Type != nil && (*v.HostPath.Type == v1.HostPathDirectoryOrCreate) {
-			if err := os.MkdirAll(path, 0o755); err != nil {
-				return time.Time{}, fmt.Errorf("create hostPath dir: %w", err)
-			}
-		}
-		return time.Time{}, nil
+		return time.Time{}, ensureHostPath(path, v.HostPath.Type)
 	case v.EmptyDir != nil:
 		return time.Time{}, requireDir(path)
 	}
@@ -93,6 +88,28 @@ func (w *volumeWriter) mount(ctx context.Context, pod *v1.Pod, v *v1.Volume, pat
 		}
 	}
 	return exp, nil
+}
+
+// ensureHostPath applies the hostPath type's create semantics, as kubelet.
+func ensureHostPath(path string, typ *v1.HostPathType) error {
+	if typ == nil {
+		return nil
+	}
+	switch *typ {
+	case v1.HostPathDirectoryOrCreate:
+		if err := os.MkdirAll(path, 0o755); err != nil {
+			return fmt.Errorf("create hostPath dir: %w", err)
+		}
+	case v1.HostPathFileOrCreate:
+		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("create hostPath file: %w", err)
+		}
+		_ = f.Close()
+	case v1.HostPathDirectory:
+		return requireDir(path)
+	}
+	return nil
 }
 
 func requireDir(path string) error {
