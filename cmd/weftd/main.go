@@ -135,7 +135,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	defer k.Close()
 	status, metrics := api.NewStatus(), api.NewMetrics()
-	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Log: log}}, log)
+	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Log: log.With("node", opt.NodeName)}}, log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	errc := make(chan error, 1)

@@ -331,10 +331,13 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local fabric.Loc
 	if same {
 		return nil
 	}
-	if err := a.subnets.Publish(ctx, want); err != nil {
+	wrote, err := a.subnets.Publish(ctx, want)
+	if err != nil {
 		return fmt.Errorf("publish node annotations: %w", err)
 	}
-	a.d.Log.Info("published node annotations", "annotations", want)
+	if wrote {
+		a.d.Log.Info("published node annotations", "annotations", want)
+	}
 	return nil
 }
 

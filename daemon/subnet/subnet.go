@@ -115,7 +115,7 @@ func (m *Manager) Acquire(ctx context.Context, network netip.Prefix, subnetLen i
 		}
 		a = Assignment{Subnet: s, Source: FromLease}
 	}
-	if err := m.Publish(ctx, map[string]string{fabric.AnnoPodCIDR: a.Subnet.String()}); err != nil {
+	if _, err := m.Publish(ctx, map[string]string{fabric.AnnoPodCIDR: a.Subnet.String()}); err != nil {
 		return Assignment{}, err
 	}
 	return a, nil
@@ -327,11 +327,11 @@ func (m *Manager) Release(ctx context.Context) error {
 }
 
 // Publish merges annotations into this node's Node object, skipping the
-// write when they are already there.
-func (m *Manager) Publish(ctx context.Context, annotations map[string]string) error {
+// write when they are already there. It reports whether it wrote.
+func (m *Manager) Publish(ctx context.Context, annotations map[string]string) (bool, error) {
 	node, err := m.client.CoreV1().Nodes().Get(ctx, m.node, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("get node %s: %w", m.node, err)
+		return false, fmt.Errorf("get node %s: %w", m.node, err)
 	}
 	cur := maps.Clone(node.Annotations)
 	changed := map[string]*string{}
@@ -341,9 +341,9 @@ func (m *Manager) Publish(ctx context.Context, annotations map[string]string) er
 		}
 	}
 	if len(changed) == 0 {
-		return nil
+		return false, nil
 	}
-	return m.patch(ctx, changed)
+	return true, m.patch(ctx, changed)
 }
 
 func (m *Manager) patch(ctx context.Context, annotations map[string]*string) error {

@@ -204,12 +204,12 @@ func TestPublishSkipsUnchanged(t *testing.T) {
 	c := fake.NewClientset(mkNode("n1", ""))
 	m := New(c, "n1", slog.Default())
 	anno := map[string]string{fabric.AnnoPublicIP: "172.18.0.2", fabric.AnnoBackends: "vxlan"}
-	if err := m.Publish(ctx, anno); err != nil {
-		t.Fatal(err)
+	if wrote, err := m.Publish(ctx, anno); err != nil || !wrote {
+		t.Fatal(wrote, err)
 	}
 	n := len(c.Actions())
-	if err := m.Publish(ctx, anno); err != nil {
-		t.Fatal(err)
+	if wrote, err := m.Publish(ctx, anno); err != nil || wrote {
+		t.Fatal(wrote, err)
 	}
 	for _, a := range c.Actions()[n:] {
 		if a.GetVerb() == "patch" {
