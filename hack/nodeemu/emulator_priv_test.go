@@ -3,6 +3,7 @@ package nodeemu
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -80,6 +81,7 @@ func refPluginDir(t *testing.T) string {
 
 type privEnv struct {
 	dir, confDir, netnsDir, ipamDir string
+	recLog                          string
 	subnet                          *net.IPNet
 	client                          *fake.Clientset
 	cfg                             Config
@@ -97,15 +99,24 @@ func newPrivEnv(t *testing.T) *privEnv {
 	if err := os.MkdirAll(e.confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The recorder plugin, chained last, logs what the runtime passed.
+	recBin := filepath.Join(dir, "bin")
+	build := exec.Command("go", "build", "-o", recBin+"/", "./testdata/recorder")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build recorder plugin: %v\n%s", err, out)
+	}
+	e.recLog = filepath.Join(dir, "recorder.log")
 	writeFile(t, filepath.Join(e.confDir, "10-test.conflist"), fmt.Sprintf(`{
   "cniVersion": "1.0.0", "name": "emu-test",
   "plugins": [{"type": "bridge", "bridge": "emu%d", "isGateway": true,
-    "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}}]}`,
-		r, e.ipamDir, subnet.String()))
+    "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}},
+   {"type": "recorder", "logFile": %q,
+    "capabilities": {"portMappings": true, "io.kubernetes.cri.pod-annotations": true}}]}`,
+		r, e.ipamDir, subnet.String(), e.recLog))
 	e.cfg = Config{
 		Node: NodeOptions{Name: "node-t", IP: "172.31.0.2", LeaseInterval: 100 * time.Millisecond,
 			StatusInterval: 100 * time.Millisecond},
-		CNI: CNIOptions{ConfDir: e.confDir, BinDirs: []string{refPluginDir(t)},
+		CNI: CNIOptions{ConfDir: e.confDir, BinDirs: []string{refPluginDir(t), recBin},
 			CacheDir: filepath.Join(dir, "cache"), NetnsDir: e.netnsDir},
 		StateDir:  filepath.Join(dir, "state"),
 		RetryBase: 50 * time.Millisecond,
@@ -193,10 +204,11 @@ func TestPrivilegedPodLifecycle(t *testing.T) {
 
 	uid := uuid.NewUUID()
 	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-1", UID: uid},
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web-1", UID: uid,
+			Annotations: map[string]string{annIngressBW: "1M", "team": "a"}},
 		Spec: v1.PodSpec{NodeName: "node-t", Containers: []v1.Container{{Name: "app", Image: "app:1",
 			Ports: []v1.ContainerPort{{ContainerPort: 8080}, {ContainerPort: 5353, Protocol: v1.ProtocolUDP},
-				{ContainerPort: 9999, Protocol: v1.ProtocolSCTP}}}}},
+				{ContainerPort: 9999, Protocol: v1.ProtocolSCTP}, {ContainerPort: 8443, HostPort: 30443}}}}},
 	}
 	if _, err := e.client.CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -292,6 +304,62 @@ func TestPrivilegedPodLifecycle(t *testing.T) {
 		t.Fatalf("netns %s still there after delete (stat err %v)", netnsPath, err)
 	}
 	assertReleased(t, e, uid, ip)
+	assertRuntimeCalls(t, e, uid, netnsPath)
+}
+
+type recorded struct {
+	Command       string                     `json:"command"`
+	Netns         string                     `json:"netns"`
+	Args          string                     `json:"args"`
+	Ifname        string                     `json:"ifname"`
+	ContainerID   string                     `json:"containerID"`
+	RuntimeConfig map[string]json.RawMessage `json:"runtimeConfig"`
+	PrevResult    bool                       `json:"prevResult"`
+}
+
+// assertRuntimeCalls checks what the chained recorder saw across the
+// pod's life: containerd's CNI_ARGS, only the declared capabilities, and
+// DEL twice (with netns and prevResult, then without either).
+func assertRuntimeCalls(t *testing.T, e *privEnv, uid types.UID, netnsPath string) {
+	t.Helper()
+	b, err := os.ReadFile(e.recLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []recorded
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var r recorded
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatalf("recorder line %q: %v", l, err)
+		}
+		if r.ContainerID == SandboxID(uid) {
+			calls = append(calls, r)
+		}
+	}
+	if len(calls) != 3 || calls[0].Command != "ADD" || calls[1].Command != "DEL" || calls[2].Command != "DEL" {
+		t.Fatalf("runtime calls for the pod = %+v, want ADD, DEL, DEL", calls)
+	}
+	add := calls[0]
+	wantArgs := "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=" +
+		SandboxID(uid) + ";K8S_POD_UID=" + string(uid)
+	if add.Args != wantArgs || add.Ifname != "eth0" || add.Netns != netnsPath || !add.PrevResult {
+		t.Fatalf("ADD = %+v\nwant args %s, netns %s, a prevResult", add, wantArgs, netnsPath)
+	}
+	if len(add.RuntimeConfig) != 2 {
+		t.Fatalf("runtimeConfig keys %v: want exactly the declared portMappings and pod annotations", add.RuntimeConfig)
+	}
+	if pm := string(add.RuntimeConfig["portMappings"]); pm != `[{"hostPort":30443,"containerPort":8443,"protocol":"tcp"}]` {
+		t.Fatalf("portMappings = %s", pm)
+	}
+	if ann := string(add.RuntimeConfig["io.kubernetes.cri.pod-annotations"]); !strings.Contains(ann, `"team":"a"`) {
+		t.Fatalf("pod annotations = %s", ann)
+	}
+	if calls[1].Netns != netnsPath || !calls[1].PrevResult {
+		t.Fatalf("first DEL = %+v, want netns and prevResult", calls[1])
+	}
+	if calls[2].Netns != "" || calls[2].PrevResult {
+		t.Fatalf("second DEL = %+v, want neither netns nor prevResult", calls[2])
+	}
 }
 
 // assertReleased checks that CNI DEL really ran: no libcni cache entry and

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	cnitypes "github.com/containernetworking/cni/pkg/types"
@@ -25,6 +26,10 @@ type CNIOptions struct {
 	CacheDir string   // libcni's result cache
 	NetnsDir string   // where pod netns files live (normally /run/netns)
 }
+
+// cniTimeout bounds one ADD or DEL chain (a hung plugin must not hold a
+// worker forever).
+const cniTimeout = 2 * time.Minute
 
 // sandboxes plays the container runtime's network half: pod netns + CNI.
 type sandboxes struct {
@@ -76,9 +81,11 @@ func (s *sandboxes) setUp(ctx context.Context, pod *v1.Pod) ([]string, error) {
 		Args:           CNIArgs(pod, id),
 		CapabilityArgs: caps,
 	}
-	res, err := s.cni.AddNetworkList(ctx, list, rt)
+	actx, cancel := context.WithTimeout(ctx, cniTimeout)
+	defer cancel()
+	res, err := s.cni.AddNetworkList(actx, list, rt)
 	if err != nil {
-		addErr := fmt.Errorf("plugin type=%q name=%q failed (add): %w", lastType(list), list.Name, err)
+		addErr := err // libcni says which plugin failed: plugin type="..." failed (add): ...
 		if derr := s.cni.DelNetworkList(context.WithoutCancel(ctx), list, rt); derr != nil {
 			s.log.WarnContext(ctx, "CNI DEL after failed ADD", "pod", pod.Namespace+"/"+pod.Name, "err", derr)
 		}
@@ -96,13 +103,6 @@ func (s *sandboxes) setUp(ctx context.Context, pod *v1.Pod) ([]string, error) {
 	s.log.InfoContext(ctx, "pod network set up", "pod", pod.Namespace+"/"+pod.Name,
 		"network", list.Name, "conf", file, "ips", ips, "netns", path)
 	return ips, nil
-}
-
-func lastType(list *libcni.NetworkConfigList) string {
-	if len(list.Plugins) == 0 || list.Plugins[0].Network == nil {
-		return ""
-	}
-	return list.Plugins[0].Network.Type
 }
 
 // resultIPs picks the pod's addresses: those on eth0 inside the sandbox,
@@ -170,8 +170,18 @@ func (s *sandboxes) tearDown(ctx context.Context, namespace, name string, uid ty
 		if netnsExists(path) {
 			rt.NetNS = path
 		}
-		if err := s.cni.DelNetworkList(ctx, list, rt); err != nil {
-			delErr = fmt.Errorf("plugin type=%q name=%q failed (delete): %w", lastType(list), list.Name, err)
+		dctx, cancel := context.WithTimeout(ctx, cniTimeout)
+		defer cancel()
+		// Like containerd 1.6: DEL on stop (with netns; libcni adds
+		// prevResult from its cache), netns removed, DEL again on remove
+		// (empty CNI_NETNS, no prevResult). Plugins must take both.
+		delErr = s.cni.DelNetworkList(dctx, list, rt)
+		if delErr == nil {
+			if err := removeNetns(path); err != nil {
+				return err
+			}
+			rt.NetNS = ""
+			delErr = s.cni.DelNetworkList(dctx, list, rt)
 		}
 	case att != nil || netnsExists(path):
 		delErr = fmt.Errorf("CNI DEL impossible, no network config: %w", loadErr)
@@ -179,10 +189,7 @@ func (s *sandboxes) tearDown(ctx context.Context, namespace, name string, uid ty
 	if delErr != nil {
 		return delErr
 	}
-	if err := removeNetns(path); err != nil {
-		return err
-	}
-	return nil
+	return removeNetns(path)
 }
 
 // cachedAttachment returns libcni's cache entry for a sandbox, if any.
