@@ -266,6 +266,16 @@ func TestPrivilegedPodLifecycle(t *testing.T) {
 		}
 	}
 
+	waitFor(t, "event recording the unserved SCTP port", 5*time.Second, func() bool {
+		evs, _ := e.client.CoreV1().Events("default").List(ctx, metav1.ListOptions{})
+		for _, ev := range evs.Items {
+			if ev.Reason == "PortsNotServed" && strings.Contains(ev.Message, "9999/SCTP") {
+				return true
+			}
+		}
+		return false
+	})
+
 	// Restart: the new emulator adopts the running pod and removes a stale
 	// netns whose pod is gone.
 	stop()

@@ -118,6 +118,10 @@ func (e *Emulator) start(ctx context.Context, pod *v1.Pod, prev *podRun) *podRun
 		return run
 	}
 	run.servers, run.ready = servers, true
+	if len(servers.Skipped) > 0 && !adopt {
+		e.recorder.Eventf(pod, v1.EventTypeNormal, "PortsNotServed",
+			"node emulator serves no %v: the kernel has no sockets for that protocol", servers.Skipped)
+	}
 	e.log.InfoContext(ctx, "pod running", "pod", key, "ips", run.ips, "adopted", adopt, "skippedPorts", servers.Skipped)
 	return run
 }

@@ -148,8 +148,11 @@ func pickIPs(r *current.Result) []string {
 func (s *sandboxes) tearDown(ctx context.Context, namespace, name string, uid types.UID) error {
 	path := s.netnsPath(uid)
 	id := SandboxID(uid)
-	list, _, loadErr := LoadNetwork(s.opts.ConfDir)
 	att, _ := s.cachedAttachment(id)
+	if _, err := os.Lstat(path); att == nil && errors.Is(err, os.ErrNotExist) {
+		return nil // no sandbox was ever set up (or it is gone already)
+	}
+	list, _, loadErr := LoadNetwork(s.opts.ConfDir)
 	if list == nil && att != nil {
 		// The node's config is gone (e.g. weftd removed it): DEL with the
 		// config the pod was set up with.
