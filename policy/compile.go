@@ -270,6 +270,7 @@ func compilePort(p networkingv1.NetworkPolicyPort) (port, error) {
 
 // podInfo is the part of a Pod the renderer uses.
 type podInfo struct {
+	id            uint64 // identity for order-independent cache fingerprints
 	ns, name, uid string
 	labels        map[string]string
 	ips           []netip.Addr

@@ -272,10 +272,20 @@ func (tn *testNode) writer(t *testing.T, mode iptables.Mode) (*Writer, iptables.
 			t.Fatal(err)
 		}
 		t.Logf("iptables backend detected in node netns: %s", m)
+		t.Cleanup(func() { w.Close() })
 		return w, iptables.Runner{Mode: m, NetNS: tn.node.Path()}
 	}
 	r := iptables.Runner{Mode: mode, NetNS: tn.node.Path()}
-	return NewWriter(r, nil), r
+	if mode == iptables.Legacy { // set updates through the ipset tool
+		return NewWriter(r, nil), r
+	}
+	sets, err := iptables.NewNetlinkSets(tn.node.Path()) // set swaps over netlink
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := NewWriter(nodeKernel{Runner: r, NetlinkSets: sets}, nil)
+	t.Cleanup(func() { w.Close() })
+	return w, r
 }
 
 func apply(t *testing.T, w *Writer, st *State, readBack bool) ApplyStats {

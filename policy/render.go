@@ -1,9 +1,9 @@
 package policy
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,8 +48,12 @@ type renderer struct {
 	sets     map[string]*IPSet
 	chains   map[string][]Rule
 	podSets  map[string][]*podInfo // peer key -> pods (memo)
-	// usedMembers replaces the Renderer's member cache after this render.
+	// usedMembers / usedFilters replace the Renderer's caches after this
+	// render, which drops entries no longer used.
 	usedMembers map[string]cachedMembers
+	usedFilters map[string]cachedFilter
+	usedChains  map[chainKey]cachedChain
+	nsSorted    []string // namespaces that have pods, sorted
 }
 
 // Render computes the desired dataplane for one node. It is pure: the same
@@ -64,13 +68,68 @@ func Render(cfg Config, in Input) *State {
 type Renderer struct {
 	cfg      Config
 	policies map[types.UID]cachedPolicy
-	pods     map[types.UID]cachedPod
+	pods     map[types.UID]*cachedPod
 	members  map[string]cachedMembers // pod set key -> members
+	filters  map[string]cachedFilter  // namespace|selector -> matching pods
+	chains   map[chainKey]cachedChain
+	nextID   uint64
+	gen      uint64 // render counter
 }
 
 type cachedMembers struct {
-	pods    []*podInfo
+	name    string
+	pods    fingerprint
 	members []string
+}
+
+// chainKey identifies a policy chain's content: rules of a compiled policy
+// (cached per resourceVersion) in one direction with one named-port
+// resolution. Set names in the rules are stable across membership changes.
+type chainKey struct {
+	c       *compiled
+	dir     direction
+	variant string
+}
+
+type cachedChain struct {
+	name  string
+	rules []Rule
+}
+
+type cachedFilter struct {
+	in  fingerprint
+	out []*podInfo
+}
+
+// fingerprint identifies a set of pod infos regardless of order (informer
+// listers return them in random order).
+type fingerprint struct {
+	n        int
+	sum, xor uint64
+}
+
+func fingerprintOf(pods []*podInfo) fingerprint {
+	f := fingerprint{n: len(pods)}
+	for _, p := range pods {
+		f.sum += p.id
+		f.xor ^= p.id
+	}
+	return f
+}
+
+// mix64 is SplitMix64's finalizer: spreads counters over 64 bits.
+func mix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}
+
+func (rr *Renderer) newPodInfo(p *corev1.Pod) *podInfo {
+	rr.nextID++
+	pi := newPodInfo(p)
+	pi.id = mix64(rr.nextID)
+	return pi
 }
 
 type cachedPolicy struct {
@@ -79,14 +138,15 @@ type cachedPolicy struct {
 }
 
 type cachedPod struct {
-	rv string
-	p  *podInfo
+	rv  string
+	p   *podInfo
+	gen uint64 // last render that used it
 }
 
 // NewRenderer returns a Renderer with empty caches.
 func NewRenderer(cfg Config) *Renderer {
-	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[types.UID]cachedPod{},
-		members: map[string]cachedMembers{}}
+	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[types.UID]*cachedPod{},
+		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{}}
 }
 
 func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]bool) *compiled {
@@ -102,16 +162,16 @@ func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]b
 	return c
 }
 
-func (rr *Renderer) podInfo(p *corev1.Pod, seen map[types.UID]bool) *podInfo {
+func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 	if p.UID == "" || p.ResourceVersion == "" {
-		return newPodInfo(p)
+		return rr.newPodInfo(p)
 	}
-	seen[p.UID] = true
 	if e, ok := rr.pods[p.UID]; ok && e.rv == p.ResourceVersion {
+		e.gen = rr.gen
 		return e.p
 	}
-	pi := newPodInfo(p)
-	rr.pods[p.UID] = cachedPod{rv: p.ResourceVersion, p: pi}
+	pi := rr.newPodInfo(p)
+	rr.pods[p.UID] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
 	return pi
 }
 
@@ -120,8 +180,8 @@ func (rr *Renderer) Render(in Input) *State {
 	cfg := rr.cfg
 	r := &renderer{cfg: cfg, rr: rr, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
 		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{},
-		usedMembers: map[string]cachedMembers{}}
-	defer func() { rr.members = r.usedMembers }()
+		usedMembers: map[string]cachedMembers{}, usedFilters: map[string]cachedFilter{}, usedChains: map[chainKey]cachedChain{}}
+	defer func() { rr.members, rr.filters, rr.chains = r.usedMembers, r.usedFilters, r.usedChains }()
 	for _, ns := range in.Namespaces {
 		l := labels.Set{}
 		for k, v := range ns.Labels {
@@ -194,12 +254,12 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		k := nsName{ep.PodNamespace, ep.PodName}
 		byKey[k] = append(byKey[k], l)
 	}
-	seen := make(map[types.UID]bool, len(in.Pods))
+	r.rr.gen++
 	for _, p := range in.Pods {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
-		pi := r.rr.podInfo(p, seen)
+		pi := r.rr.podInfo(p)
 		if ls, ok := byKey[nsName{p.Namespace, p.Name}]; ok {
 			var mine []*localEP
 			for _, l := range ls {
@@ -211,6 +271,8 @@ func (r *renderer) indexPods(in Input) []*localEP {
 					if a.Is4() && !containsAddr(pi.ips, a) {
 						cp := *pi // cached infos are shared: copy before changing
 						cp.ips = append(append([]netip.Addr(nil), pi.ips...), a)
+						b4 := a.As4()
+						cp.id = mix64(pi.id ^ uint64(binary.BigEndian.Uint32(b4[:]))<<32)
 						pi = &cp
 					}
 				}
@@ -226,8 +288,8 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		r.podsByNS[pi.ns] = append(r.podsByNS[pi.ns], pi)
 		r.allPods = append(r.allPods, pi)
 	}
-	for uid := range r.rr.pods {
-		if !seen[uid] {
+	for uid, e := range r.rr.pods {
+		if e.gen != r.rr.gen {
 			delete(r.rr.pods, uid)
 		}
 	}
@@ -305,6 +367,19 @@ func (r *renderer) policyChain(c *compiled, dir direction, ep *podInfo) string {
 	if dir == ingress {
 		variant = namedVariant(c.rules[ingress], ep)
 	}
+	ck := chainKey{c: c, dir: dir, variant: variant}
+	if cc, ok := r.rr.chains[ck]; ok { // same compiled policy, same rules
+		if _, done := r.chains[cc.name]; !done {
+			for _, cr := range c.rules[dir] { // the sets it uses, with current members
+				for _, p := range cr.peers {
+					r.peerSet(c, p)
+				}
+			}
+			r.chains[cc.name] = cc.rules
+		}
+		r.usedChains[ck] = cc
+		return cc.name
+	}
 	name := policyChain(dir, c.ns, c.name, variant)
 	if _, done := r.chains[name]; done {
 		return name
@@ -322,7 +397,21 @@ func (r *renderer) policyChain(c *compiled, dir direction, ep *podInfo) string {
 		rules = []Rule{} // an existing, empty chain: allows nothing
 	}
 	r.chains[name] = rules
+	if dir == ingress || !hasNamedPort(c.rules[egress]) { // named egress ports depend on pods
+		r.usedChains[ck] = cachedChain{name: name, rules: rules}
+	}
 	return name
+}
+
+func hasNamedPort(rules []rule) bool {
+	for _, cr := range rules {
+		for _, p := range cr.ports {
+			if p.name != "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func namedVariant(rules []rule, ep *podInfo) string {
@@ -453,12 +542,17 @@ func (r *renderer) peerSet(c *compiled, p peer) string {
 }
 
 func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
-	name := podSetName(key)
+	c, cached := r.rr.members[key]
+	name := c.name
+	if !cached {
+		name = podSetName(key)
+	}
 	if _, ok := r.sets[name]; ok {
 		return name
 	}
 	// The same pod infos (cached per resourceVersion) make the same members.
-	if c, ok := r.rr.members[key]; ok && slices.Equal(c.pods, pods) {
+	fp := fingerprintOf(pods)
+	if cached && c.pods == fp {
 		r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: c.members, Owner: owner}
 		r.usedMembers[key] = c
 		return name
@@ -475,7 +569,7 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 	}
 	sort.Strings(members)
 	r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: members, Owner: owner}
-	r.usedMembers[key] = cachedMembers{pods: pods, members: members}
+	r.usedMembers[key] = cachedMembers{name: name, pods: fp, members: members}
 	return name
 }
 
@@ -507,20 +601,22 @@ func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
 			}
 		}
 	case p.nsSel == nil:
-		pods = filterPods(r.podsByNS[c.ns], p.podSel)
+		pods = r.filterPods(c.ns, p.podSel)
 	default:
-		nss := make([]string, 0, len(r.podsByNS))
-		for ns := range r.podsByNS {
-			nss = append(nss, ns)
+		if r.nsSorted == nil {
+			r.nsSorted = make([]string, 0, len(r.podsByNS))
+			for ns := range r.podsByNS {
+				r.nsSorted = append(r.nsSorted, ns)
+			}
+			sort.Strings(r.nsSorted)
 		}
-		sort.Strings(nss)
-		for _, ns := range nss {
+		for _, ns := range r.nsSorted {
 			l, ok := r.nsLabels[ns]
 			if !ok {
 				l = labels.Set{"kubernetes.io/metadata.name": ns}
 			}
 			if p.nsSel.Matches(l) {
-				pods = append(pods, filterPods(r.podsByNS[ns], p.podSel)...)
+				pods = append(pods, r.filterPods(ns, p.podSel)...)
 			}
 		}
 	}
@@ -535,10 +631,28 @@ func selString(s labels.Selector) string {
 	return "{" + s.String() + "}"
 }
 
-func filterPods(pods []*podInfo, sel labels.Selector) []*podInfo {
+// filterPods returns the namespace's pods matching sel, reusing the last
+// result when the namespace holds the same pod infos as then.
+func (r *renderer) filterPods(ns string, sel labels.Selector) []*podInfo {
+	pods := r.podsByNS[ns]
 	if sel == nil || sel.Empty() {
 		return pods
 	}
+	key := ns + "|" + sel.String()
+	if f, ok := r.usedFilters[key]; ok {
+		return f.out
+	}
+	fp := fingerprintOf(pods)
+	if f, ok := r.rr.filters[key]; ok && f.in == fp {
+		r.usedFilters[key] = f
+		return f.out
+	}
+	out := filterPods(pods, sel)
+	r.usedFilters[key] = cachedFilter{in: fp, out: out}
+	return out
+}
+
+func filterPods(pods []*podInfo, sel labels.Selector) []*podInfo {
 	var out []*podInfo
 	for _, pi := range pods {
 		if sel.Matches(labels.Set(pi.labels)) {

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"testing"
@@ -323,6 +324,9 @@ func TestRendererCacheMatchesRender(t *testing.T) {
 		}
 	}
 	check("pod relabelled", pol)
+	// Informer listers return objects in random order.
+	rand.Shuffle(len(c.pods), func(i, j int) { c.pods[i], c.pods[j] = c.pods[j], c.pods[i] })
+	check("pods reordered", pol)
 	pol2 := pol.DeepCopy()
 	pol2.ResourceVersion = "2"
 	pol2.Spec.Ingress[0].Ports = nil

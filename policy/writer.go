@@ -3,7 +3,9 @@ package policy
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sort"
 	"strings"
@@ -33,6 +35,19 @@ type Kernel interface {
 	Save(ctx context.Context, table string) (string, error)
 	IPSetRestore(ctx context.Context, text string) error
 	IPSetSave(ctx context.Context) (string, error)
+}
+
+// SetSwapper is an optional Kernel capability: replace the members of a
+// hash:ip set atomically without exec'ing a tool (netlink).
+type SetSwapper interface {
+	SwapIPSet(ctx context.Context, name, temp string, members []netip.Addr) error
+}
+
+// nodeKernel is the real Kernel: the tools for rules and bulk set loads,
+// netlink for member swaps.
+type nodeKernel struct {
+	iptables.Runner
+	*iptables.NetlinkSets
 }
 
 // Owned chain and set prefixes. weftd's WEFT-FORWARD / WEFT-POSTROUTING
@@ -114,7 +129,24 @@ func NewNodeWriter(ctx context.Context, netns string, log *slog.Logger) (*Writer
 	if err != nil {
 		return nil, "", err
 	}
-	return NewWriter(iptables.Runner{Mode: mode, NetNS: netns}, log), mode, nil
+	run := iptables.Runner{Mode: mode, NetNS: netns}
+	sets, err := iptables.NewNetlinkSets(netns)
+	if err != nil {
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("ipset over netlink unavailable; updating sets with ipset restore", "err", err)
+		return NewWriter(run, log), mode, nil
+	}
+	return NewWriter(nodeKernel{Runner: run, NetlinkSets: sets}, log), mode, nil
+}
+
+// Close releases what the Kernel holds (a netlink handle).
+func (w *Writer) Close() error {
+	if c, ok := w.k.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
 }
 
 // Apply implements Dataplane: ipsets first, then one iptables-restore
@@ -222,6 +254,12 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		next.sets[n] = s
 	}
 	var b strings.Builder
+	type swap struct {
+		name    string
+		members []netip.Addr
+	}
+	var swaps []swap
+	swapper, _ := w.k.(SetSwapper)
 	for _, s := range st.IPSets {
 		want := setView{typ: s.Type, members: normMembers(s.Members)}
 		have, ok := cur.sets[s.Name]
@@ -231,6 +269,15 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 			stats.SetsCreated++
 		case have.typ != want.typ:
 			return nil, fmt.Errorf("policy writer: ipset %s has type %s, want %s", s.Name, have.typ, want.typ)
+		case !slices.Equal(have.members, want.members) && swapper != nil && s.Type == HashIP:
+			var addrs []netip.Addr
+			for _, m := range s.Members {
+				if a, err := netip.ParseAddr(m); err == nil {
+					addrs = append(addrs, a)
+				}
+			}
+			swaps = append(swaps, swap{s.Name, addrs})
+			stats.SetsSwapped++
 		case !slices.Equal(have.members, want.members):
 			tmp := TempSetName(s.Name)
 			writeSet(&b, tmp, IPSet{Type: s.Type})
@@ -245,11 +292,15 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		}
 		next.sets[s.Name] = want
 	}
-	if b.Len() == 0 {
-		return next, nil
+	if b.Len() > 0 {
+		if err := w.k.IPSetRestore(ctx, b.String()); err != nil {
+			return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
+		}
 	}
-	if err := w.k.IPSetRestore(ctx, b.String()); err != nil {
-		return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
+	for _, sw := range swaps {
+		if err := swapper.SwapIPSet(ctx, sw.name, TempSetName(sw.name), sw.members); err != nil {
+			return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
+		}
 	}
 	return next, nil
 }

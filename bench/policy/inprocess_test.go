@@ -3,6 +3,8 @@ package policybench
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/weftnet/weft/policy"
@@ -32,6 +34,10 @@ func BenchmarkIncrementalInProcess(b *testing.B) {
 		pod.ResourceVersion = fmt.Sprint(i + 2)
 		pod.Labels["role"] = fmt.Sprintf("r%d", i%5)
 		in.Pods[idx] = pod
+		b.StopTimer()
+		rand.Shuffle(len(in.Pods), func(i, j int) { in.Pods[i], in.Pods[j] = in.Pods[j], in.Pods[i] })
+		idx = slices.Index(in.Pods, pod)
+		b.StartTimer()
 		w.Apply(context.Background(), rr.Render(in), false)
 	}
 }

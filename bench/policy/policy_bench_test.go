@@ -7,7 +7,9 @@ package policybench
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -145,7 +147,12 @@ func BenchmarkFullSync(b *testing.B) {
 			b.Fatal(st.Errors)
 		}
 		n := testutil.NewNS(b)
-		w := policy.NewWriter(iptables.Runner{Mode: mode, NetNS: n.Path()}, nil)
+		w, wmode, err := policy.NewNodeWriter(ctx, n.Path(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mode = wmode
+		b.Cleanup(func() { w.Close() })
 		t1 := time.Now()
 		if _, err := w.Apply(ctx, st, true); err != nil {
 			b.Fatal(err)
@@ -174,7 +181,11 @@ func BenchmarkIncrementalLabelChange(b *testing.B) {
 		b.Fatal(err)
 	}
 	n := testutil.NewNS(b)
-	w := policy.NewWriter(iptables.Runner{Mode: mode, NetNS: n.Path()}, nil)
+	w, _, err := policy.NewNodeWriter(ctx, n.Path(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
 	rr := policy.NewRenderer(cfg) // as the controller keeps it
 	t0 := time.Now()
 	if _, err := w.Apply(ctx, rr.Render(in), true); err != nil {
@@ -194,6 +205,9 @@ func BenchmarkIncrementalLabelChange(b *testing.B) {
 			pod.Labels["role"] = "r2"
 		}
 		in.Pods[idx] = pod
+		// Listers hand out objects in random order.
+		rand.Shuffle(len(in.Pods), func(i, j int) { in.Pods[i], in.Pods[j] = in.Pods[j], in.Pods[i] })
+		idx = slices.Index(in.Pods, pod)
 		t1 := time.Now()
 		st := rr.Render(in)
 		incRender += time.Since(t1)

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -108,5 +109,41 @@ func TestRunnerInNetNS(t *testing.T) {
 	again, err := Detect(ctx, n.Path())
 	if err != nil || again != mode {
 		t.Fatalf("detect after load: %v %v (want %v)", again, err, mode)
+	}
+}
+
+// TestNetlinkSwap replaces a set's members over netlink inside a throwaway
+// namespace and reads them back with `ipset save`.
+func TestNetlinkSwap(t *testing.T) {
+	n := testutil.NewNS(t)
+	ctx := context.Background()
+	r := Runner{Mode: NFT, NetNS: n.Path()}
+	if err := r.IPSetRestore(ctx, "create weft-s hash:ip family inet hashsize 1024 maxelem 1048576\nadd weft-s 10.0.0.1\nadd weft-s 10.0.0.2\n"); err != nil {
+		t.Fatal(err)
+	}
+	s, err := NewNetlinkSets(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := []netip.Addr{netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")}
+	if err := s.SwapIPSet(ctx, "weft-s", "weft-s-tmp", want); err != nil {
+		t.Fatal(err)
+	}
+	out, err := r.IPSetSave(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets, _ := ParseIPSetSave(out)
+	got := sets["weft-s"]
+	if got == nil || len(got.Members) != 2 || !strings.Contains(strings.Join(got.Members, ","), "10.0.0.3") || strings.Contains(strings.Join(got.Members, ","), "10.0.0.1") {
+		t.Fatalf("after swap: %s", out)
+	}
+	if _, ok := sets["weft-s-tmp"]; ok {
+		t.Fatalf("temp set left: %s", out)
+	}
+	// Nothing leaked into the test's own namespace.
+	if host, _ := (Runner{}).IPSetSave(ctx); strings.Contains(host, "weft-s") {
+		t.Fatalf("set created in the wrong namespace:\n%s", host)
 	}
 }
