@@ -49,7 +49,8 @@ func (c *Cluster) start(p procSpec) error {
 	args = append(args, p.Argv...)
 	cmd := exec.Command("nsenter", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), p.Env...)
+	// The marker lets tests find the cluster's processes (and only them).
+	cmd.Env = append(append(os.Environ(), "WEFT_LOCALCLUSTER="+c.opt.StateDir), p.Env...)
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
