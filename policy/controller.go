@@ -202,6 +202,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // sync renders the whole desired state and applies it.
 func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	t0 := time.Now()
+	if p, ok := c.cfg.Dataplane.(interface{ Prefetch(context.Context) }); ok && readBack {
+		p.Prefetch(ctx) // read the kernel while rendering
+	}
 	in, created, err := c.input()
 	if err != nil {
 		return err

@@ -106,6 +106,7 @@ func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
 	for _, set := range st.IPSets {
 		sh(t, tn.node.Path(), "ipset", "flush", set.Name)
 	}
+	w.Prefetch(ctx)           // as the controller does: read while rendering
 	s = apply(t, w, st, true) // the periodic resync
 	if !s.JumpFixed || s.ChainsWritten != 1 || s.SetsSwapped == 0 {
 		t.Errorf("resync repaired %+v, want the jump, one chain and the sets", s)

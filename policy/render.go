@@ -255,6 +255,8 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		byKey[k] = append(byKey[k], l)
 	}
 	r.rr.gen++
+	byNS := map[string]*[]*podInfo{} // appends without a map assignment per pod
+	r.allPods = make([]*podInfo, 0, len(in.Pods))
 	for _, p := range in.Pods {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
@@ -285,8 +287,16 @@ func (r *renderer) indexPods(in Input) []*localEP {
 			continue
 		}
 		// Order does not matter: set members are sorted.
-		r.podsByNS[pi.ns] = append(r.podsByNS[pi.ns], pi)
+		sl := byNS[pi.ns]
+		if sl == nil {
+			sl = &[]*podInfo{}
+			byNS[pi.ns] = sl
+		}
+		*sl = append(*sl, pi)
 		r.allPods = append(r.allPods, pi)
+	}
+	for ns, sl := range byNS {
+		r.podsByNS[ns] = *sl
 	}
 	for uid, e := range r.rr.pods {
 		if e.gen != r.rr.gen {

@@ -92,6 +92,30 @@ type Writer struct {
 	mu   sync.Mutex
 	cur  *view                // nil: unknown, read the kernel on the next Apply
 	memo map[string]chainMemo // rule hashes of the last desired chains
+	pre  *prefetch
+}
+
+// prefetch is a kernel read started before the State was ready.
+type prefetch struct {
+	done chan struct{}
+	v    *view
+	err  error
+}
+
+// Prefetch starts reading the kernel in the background so that the next
+// Apply with readBack overlaps that read with the caller's render.
+func (w *Writer) Prefetch(ctx context.Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.pre != nil {
+		return
+	}
+	p := &prefetch{done: make(chan struct{})}
+	w.pre = p
+	go func() {
+		defer close(p.done)
+		p.v, p.err = w.read(ctx, nil)
+	}()
 }
 
 type chainMemo struct {
@@ -155,7 +179,20 @@ func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStat
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var stats ApplyStats
-	if readBack || w.cur == nil {
+	pre := w.pre
+	w.pre = nil
+	if pre != nil && (readBack || w.cur == nil) {
+		select {
+		case <-pre.done:
+		case <-ctx.Done():
+			return stats, ctx.Err()
+		}
+		if pre.err != nil {
+			w.cur = nil
+			return stats, pre.err
+		}
+		w.cur = pre.v
+	} else if readBack || w.cur == nil {
 		v, err := w.read(ctx, st)
 		if err != nil {
 			w.cur = nil
