@@ -192,7 +192,7 @@ func BenchmarkIncrementalLabelChange(b *testing.B) {
 	}
 	defer w.Close()
 	rr := policy.NewRenderer(cfg) // as the controller keeps it
-	t0 := time.Now()             // the full sync, as in BenchmarkFullSync
+	t0 := time.Now()              // the full sync, as in BenchmarkFullSync
 	w.Prefetch(ctx)
 	if _, err := w.Apply(ctx, rr.Render(in), true); err != nil {
 		b.Fatal(err)
