@@ -68,9 +68,9 @@ func Render(cfg Config, in Input) *State {
 type Renderer struct {
 	cfg      Config
 	policies map[types.UID]cachedPolicy
-	pods     map[types.UID]*cachedPod
-	members  map[string]cachedMembers // pod set key -> members
-	filters  map[string]cachedFilter  // namespace|selector -> matching pods
+	pods     map[*corev1.Pod]*cachedPod // informer objects are immutable
+	members  map[string]cachedMembers   // pod set key -> members
+	filters  map[string]cachedFilter    // namespace|selector -> matching pods
 	chains   map[chainKey]cachedChain
 	nextID   uint64
 	gen      uint64 // render counter
@@ -145,7 +145,7 @@ type cachedPod struct {
 
 // NewRenderer returns a Renderer with empty caches.
 func NewRenderer(cfg Config) *Renderer {
-	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[types.UID]*cachedPod{},
+	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[*corev1.Pod]*cachedPod{},
 		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{}}
 }
 
@@ -166,12 +166,12 @@ func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 	if p.UID == "" || p.ResourceVersion == "" {
 		return rr.newPodInfo(p)
 	}
-	if e, ok := rr.pods[p.UID]; ok && e.rv == p.ResourceVersion {
+	if e, ok := rr.pods[p]; ok && e.rv == p.ResourceVersion {
 		e.gen = rr.gen
 		return e.p
 	}
 	pi := rr.newPodInfo(p)
-	rr.pods[p.UID] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
+	rr.pods[p] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
 	return pi
 }
 
@@ -298,9 +298,9 @@ func (r *renderer) indexPods(in Input) []*localEP {
 	for ns, sl := range byNS {
 		r.podsByNS[ns] = *sl
 	}
-	for uid, e := range r.rr.pods {
+	for p, e := range r.rr.pods {
 		if e.gen != r.rr.gen {
-			delete(r.rr.pods, uid)
+			delete(r.rr.pods, p)
 		}
 	}
 	return locals
