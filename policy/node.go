@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"k8s.io/client-go/informers"
 )
 
 // NodeOptions configures NewNodeController.
 type NodeOptions struct {
 	NodeName       string
+	NetNS          string        // network namespace path; "" = the caller's (weftd: the node's)
 	EndpointDir    string        // "" = endpoint.DefaultDir
 	ResyncInterval time.Duration // "" = 30s
 	Metrics        Metrics       // may be nil
@@ -27,16 +29,37 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 	if log == nil {
 		log = slog.Default()
 	}
-	w, mode, err := NewNodeWriter(ctx, "", log)
+	w, mode, err := NewNodeWriter(ctx, opt.NetNS, log)
 	if err != nil {
 		return nil, nil, fmt.Errorf("policy: dataplane: %w", err)
 	}
 	log.Info("network policy dataplane", "iptables", mode, "node", opt.NodeName)
+	if opt.NetNS != "" { // the controller switches it on only in its own namespace
+		err := ns.WithNetNSPath(opt.NetNS, func(ns.NetNS) error { return EnsureBridgeNetfilter(ctx) })
+		if err != nil {
+			log.Error("bridged pod traffic bypasses policy", "err", err)
+		}
+	}
 	c, err = NewController(factory, ControllerConfig{NodeName: opt.NodeName, EndpointDir: opt.EndpointDir, Dataplane: w,
-		Render: DefaultConfig(), ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: true})
+		Render: DefaultConfig(), ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == ""})
 	if err != nil {
 		w.Close()
 		return nil, nil, err
 	}
 	return c, w.Close, nil
+}
+
+// Uninstall removes every chain, jump and ipset the policy engine owns from
+// the network namespace at netns ("" = the caller's). Nothing else is
+// touched. Pods lose their isolation: for weftd's uninstall only.
+func Uninstall(ctx context.Context, netns string) error {
+	w, _, err := NewNodeWriter(ctx, netns, nil)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	if _, err := w.Apply(ctx, &State{}, true); err != nil {
+		return fmt.Errorf("policy: uninstall: %w", err)
+	}
+	return nil
 }
