@@ -289,3 +289,32 @@ func TestAgentWaitsForChainedPlugins(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(bin, "portmap"), []byte("x"), 0o755)
 	h.eventually("ready", h.ready)
 }
+
+func TestUninstall(t *testing.T) {
+	h := start(t, node("n1", "172.18.0.2", ""), netconf(goodConf))
+	h.eventually("ready", h.ready)
+	h.stop()
+	tables := &fakeTables{}
+	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()}, Kernel: h.k})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(h.opt.CNIConfDir, install.ConflistName)); !os.IsNotExist(err) {
+		t.Fatal("conflist left")
+	}
+	if _, err := os.Stat(h.opt.SubnetFile); !os.IsNotExist(err) {
+		t.Fatal("subnet file left")
+	}
+	if h.k.HasDevice() {
+		t.Fatal("vxlan device left")
+	}
+	for k := range h.annotations("n1") {
+		if strings.HasPrefix(k, fabric.AnnoPrefix) {
+			t.Fatalf("annotation %s left", k)
+		}
+	}
+	leases, _ := h.c.CoordinationV1().Leases("kube-system").List(context.Background(), metav1.ListOptions{})
+	if len(leases.Items) != 0 {
+		t.Fatalf("lease left: %v", leases.Items[0].Name)
+	}
+}
