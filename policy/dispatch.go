@@ -1,6 +1,9 @@
 package policy
 
-import "net/netip"
+import (
+	"net/netip"
+	"strings"
+)
 
 // dispatch renders the fixed chains that steer traffic of local endpoints
 // into their per-endpoint chains, and the jump from FORWARD.
@@ -26,6 +29,18 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: "clear policy mark"},
 		{Action: Action{Verb: Accept}, Comment: "allowed by policy"},
 	}
+	var sig strings.Builder // the per-endpoint dispatch depends only on this
+	for _, l := range locals {
+		sig.WriteString(l.ep.HostVeth + "|" + l.ep.PodNamespace + "/" + l.ep.PodName)
+		for _, a := range l.ips {
+			sig.WriteString("|" + a.String())
+		}
+		sig.WriteByte(';')
+	}
+	if d := r.rr.dispatch; d != nil && d.sig == sig.String() && d.bridge == br {
+		r.chains[ChainFrom], r.chains[ChainTo] = d.from, d.to
+		return
+	}
 	var from, to, toRouted []Rule
 	for _, l := range locals {
 		v := l.ep.HostVeth
@@ -43,4 +58,10 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 	to = append(append(to, toRouted...), Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
 	r.chains[ChainFrom] = from
 	r.chains[ChainTo] = to
+	r.rr.dispatch = &cachedDispatch{sig: sig.String(), bridge: br, from: from, to: to}
+}
+
+type cachedDispatch struct {
+	sig, bridge string
+	from, to    []Rule
 }

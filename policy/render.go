@@ -50,10 +50,11 @@ type renderer struct {
 	podSets  map[string][]*podInfo // peer key -> pods (memo)
 	// usedMembers / usedFilters replace the Renderer's caches after this
 	// render, which drops entries no longer used.
-	usedMembers map[string]cachedMembers
-	usedFilters map[string]cachedFilter
-	usedChains  map[chainKey]cachedChain
-	nsSorted    []string // namespaces that have pods, sorted
+	usedMembers  map[string]cachedMembers
+	usedFilters  map[string]cachedFilter
+	usedChains   map[chainKey]cachedChain
+	usedEPChains map[string][]Rule
+	nsSorted     []string // namespaces that have pods, sorted
 }
 
 // Render computes the desired dataplane for one node. It is pure: the same
@@ -72,6 +73,8 @@ type Renderer struct {
 	members  map[string]cachedMembers   // pod set key -> members
 	filters  map[string]cachedFilter    // namespace|selector -> matching pods
 	chains   map[chainKey]cachedChain
+	epChains map[string][]Rule // endpoint chain name + signature -> rules
+	dispatch *cachedDispatch
 	nextID   uint64
 	gen      uint64 // render counter
 }
@@ -146,7 +149,8 @@ type cachedPod struct {
 // NewRenderer returns a Renderer with empty caches.
 func NewRenderer(cfg Config) *Renderer {
 	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[*corev1.Pod]*cachedPod{},
-		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{}}
+		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{},
+		epChains: map[string][]Rule{}}
 }
 
 func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]bool) *compiled {
@@ -180,8 +184,11 @@ func (rr *Renderer) Render(in Input) *State {
 	cfg := rr.cfg
 	r := &renderer{cfg: cfg, rr: rr, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
 		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{},
-		usedMembers: map[string]cachedMembers{}, usedFilters: map[string]cachedFilter{}, usedChains: map[chainKey]cachedChain{}}
-	defer func() { rr.members, rr.filters, rr.chains = r.usedMembers, r.usedFilters, r.usedChains }()
+		usedMembers: map[string]cachedMembers{}, usedFilters: map[string]cachedFilter{}, usedChains: map[chainKey]cachedChain{},
+		usedEPChains: map[string][]Rule{}}
+	defer func() {
+		rr.members, rr.filters, rr.chains, rr.epChains = r.usedMembers, r.usedFilters, r.usedChains, r.usedEPChains
+	}()
 	for _, ns := range in.Namespaces {
 		l := labels.Set{}
 		for k, v := range ns.Labels {
@@ -326,45 +333,61 @@ func (r *renderer) endpointChains(l *localEP, pols []*compiled) {
 		r.chains[fromChain(veth)] = drop
 		return
 	}
+	var selecting [2][]*compiled
+	var broken *compiled
+	for _, c := range pols {
+		if !c.selects(l.pod) {
+			continue
+		}
+		c.ensureRules()
+		if c.err != nil {
+			if broken == nil {
+				broken = c
+			}
+			continue
+		}
+		for _, dir := range []direction{ingress, egress} {
+			if c.types[dir] {
+				selecting[dir] = append(selecting[dir], c)
+			}
+		}
+	}
 	for _, dir := range []direction{ingress, egress} {
 		name := toChain(veth)
 		if dir == egress {
 			name = fromChain(veth)
 		}
-		var selecting []*compiled
-		var broken *compiled
-		for _, c := range pols {
-			if !c.selects(l.pod) {
-				continue
-			}
-			c.ensureRules()
-			if c.err != nil {
-				if broken == nil {
-					broken = c
-				}
-				continue
-			}
-			if c.types[dir] {
-				selecting = append(selecting, c)
-			}
-		}
 		switch {
 		case broken != nil:
 			r.chains[name] = []Rule{{Action: Action{Verb: Drop},
 				Comment: who + ": fail closed, policy " + broken.owner() + " cannot be rendered"}}
-		case len(selecting) == 0:
+		case len(selecting[dir]) == 0:
 			r.chains[name] = []Rule{{Action: Action{Verb: Return}, Comment: who + ": no " + dir.String() + " policy, not isolated"}}
 		default:
+			var sig strings.Builder // what the rules are made of
+			sig.WriteString(who)
+			pcs := make([]string, len(selecting[dir]))
+			for i, c := range selecting[dir] {
+				pcs[i] = r.policyChain(c, dir, l.pod)
+				sig.WriteString("|" + pcs[i] + "|" + c.owner())
+			}
+			key := name + "|" + sig.String()
+			if cached, ok := r.rr.epChains[key]; ok {
+				r.usedEPChains[key] = cached
+				r.chains[name] = cached
+				continue
+			}
 			m := r.cfg.AllowMark
-			rules := []Rule{{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: who}}
-			for _, c := range selecting {
-				pc := r.policyChain(c, dir, l.pod)
+			rules := make([]Rule, 0, 2+2*len(pcs))
+			rules = append(rules, Rule{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: who})
+			for i, c := range selecting[dir] {
 				rules = append(rules,
-					Rule{Action: Action{Verb: Jump, Target: pc}, Comment: "policy " + c.owner()},
+					Rule{Action: Action{Verb: Jump, Target: pcs[i]}, Comment: "policy " + c.owner()},
 					Rule{Match: Match{Mark: m, MarkMask: m}, Action: Action{Verb: Return}, Comment: "allowed by " + c.owner()})
 			}
 			rules = append(rules, Rule{Action: Action{Verb: Drop}, Comment: who + ": default deny " + dir.String()})
 			r.chains[name] = rules
+			r.usedEPChains[key] = rules
 		}
 	}
 }

@@ -93,6 +93,27 @@ type Writer struct {
 	cur  *view                // nil: unknown, read the kernel on the next Apply
 	memo map[string]chainMemo // rule hashes of the last desired chains
 	pre  *prefetch
+	// setMemo keeps normalized members per set while the renderer hands
+	// over the same (cached) member slice.
+	setMemo map[string]setMemo
+}
+
+type setMemo struct {
+	src, norm []string
+}
+
+func sameSlice(a, b []string) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+func (w *Writer) normalized(s IPSet, memo map[string]setMemo) []string {
+	if m, ok := w.setMemo[s.Name]; ok && sameSlice(m.src, s.Members) {
+		memo[s.Name] = m
+		return m.norm
+	}
+	n := normMembers(s.Members)
+	memo[s.Name] = setMemo{src: s.Members, norm: n}
+	return n
 }
 
 // prefetch is a kernel read started before the State was ready.
@@ -297,8 +318,10 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 	}
 	var swaps []swap
 	swapper, _ := w.k.(SetSwapper)
+	memo := make(map[string]setMemo, len(st.IPSets))
+	defer func() { w.setMemo = memo }()
 	for _, s := range st.IPSets {
-		want := setView{typ: s.Type, members: normMembers(s.Members)}
+		want := setView{typ: s.Type, members: w.normalized(s, memo)}
 		have, ok := cur.sets[s.Name]
 		switch {
 		case !ok:
