@@ -168,7 +168,7 @@ func handBuilt(b *testing.B, nodes []*nettopo.Node) {
 
 // rounds of (underlay, weft, hand-built), interleaved so that load from
 // elsewhere on the machine hits all three alike; the median is reported.
-const rounds = 3
+const rounds = 5
 
 func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 	b.Helper()
