@@ -202,9 +202,12 @@ func relevantNodeChange(o, n any) bool {
 // masquerade rules (the backend reads the kernel back on every sync).
 func (a *Agent) sync(ctx context.Context, full bool) error {
 	a.d.Status.Beat()
-	cfg, cfgErr := a.loadConfig(ctx)
+	// A configuration problem is reported by loadConfig (log, Event,
+	// readiness) and needs no retry: a change of the ConfigMap or of the
+	// nodes marks the agent dirty again.
+	cfg, _ := a.loadConfig(ctx)
 	if cfg == nil {
-		return cfgErr
+		return nil
 	}
 	node, err := a.nodes.Get(a.opt.NodeName)
 	if err != nil {
@@ -261,7 +264,7 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 		return err
 	}
 	a.d.Status.Set(api.CondConflist, "")
-	return cfgErr
+	return nil
 }
 
 func (a *Agent) ensureLease(ctx context.Context, cfg *config.NetConf, node *corev1.Node) error {
