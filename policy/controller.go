@@ -220,25 +220,29 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range st.Errors {
-		c.log.Error("network policy not enforceable; selected pods fail closed", "err", e)
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if fmt.Sprint(st.Errors) != fmt.Sprint(c.errs) { // log changes, not every sync
+		for _, e := range st.Errors {
+			c.log.Error("network policy not enforceable; selected pods fail closed", "err", e)
+		}
+	}
 	c.errs = st.Errors
 	c.ready = map[string]string{}
+	seen := map[string]bool{} // only endpoints still here: no growth over time
 	for _, e := range st.Endpoints {
 		if !e.Ready {
 			continue
 		}
 		c.ready[e.HostVeth] = e.UID
+		seen[e.UID] = true
 		if ct, ok := created[e.Namespace+"/"+e.Name]; ok && !c.seen[e.UID] {
-			c.seen[e.UID] = true
 			if m := c.cfg.Metrics; m != nil {
 				m.EndpointProgrammed(e.Namespace, e.Name, t2.Sub(ct))
 			}
 		}
 	}
+	c.seen = seen
 	close(c.changed)
 	c.changed = make(chan struct{})
 	return nil

@@ -83,7 +83,14 @@ func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
 	// A label change is an ipset swap only: c becomes an "a".
 	tn.k8sPods[2].Labels["pod"] = "a"
 	st2 := tn.render(denyAll, allowAB, allowAOut, allowRemoteC)
-	s := apply(t, w, st2, false)
+	// Scratch sets left by an interrupted update do not block the next one.
+	for _, set := range st.IPSets {
+		sh(t, tn.node.Path(), "ipset", "create", TempSetName(set.Name), string(set.Type), "family", "inet")
+	}
+	s := apply(t, w, st2, true)
+	if sets, _ := run.IPSetSave(ctx); strings.Contains(sets, "weft-t-") {
+		t.Errorf("scratch sets left:\n%s", sets)
+	}
 	if s.SetsSwapped == 0 {
 		t.Errorf("label change: no set swapped: %+v", s)
 	}
@@ -112,6 +119,24 @@ func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
 		t.Errorf("resync repaired %+v, want the jump, one chain and the sets", s)
 	}
 	tn.check(t, "after resync", all)
+
+	// Another tool inserts its rule above ours: the resync moves our jump
+	// back to the top (deleting the old one by its saved spec) and keeps theirs.
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-I", "FORWARD", "1", "-m", "comment", "--comment", "docker-like", "-j", "ACCEPT")
+	if s := apply(t, w, st, true); !s.JumpFixed || s.Restored != true {
+		t.Errorf("jump not moved back to the top: %+v", s)
+	}
+	save, _ = run.Save(ctx, "filter")
+	d, _ = iptables.ParseSave(save, "filter")
+	fwd := d.Chains["FORWARD"].Rules
+	if len(fwd) < 2 || !strings.Contains(iptables.Comment(fwd[0]), JumpComment) || iptables.Comment(fwd[1]) != "docker-like" {
+		t.Errorf("FORWARD after resync:\n%s", save)
+	}
+	if n := strings.Count(save, JumpComment); n != 1 {
+		t.Errorf("%d jumps in FORWARD, want 1:\n%s", n, save)
+	}
+	tn.check(t, "policy still first", []expect{{"b", "a", "tcp", 80, false}})
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-D", "FORWARD", "-m", "comment", "--comment", "docker-like", "-j", "ACCEPT")
 
 	// SCTP: no sockets here, so read the rules back from the kernel.
 	sctp := withIngress(np("t", "sctp", map[string]string{"pod": "b"}, tIn), in(nil, pPort(corev1.ProtocolSCTP, num(9), 19)))

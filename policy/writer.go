@@ -337,9 +337,14 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 				}
 			}
 			swaps = append(swaps, swap{s.Name, addrs})
+			delete(next.sets, TempSetName(s.Name)) // the swap replaces any leftover
 			stats.SetsSwapped++
 		case !slices.Equal(have.members, want.members):
 			tmp := TempSetName(s.Name)
+			if _, leftover := cur.sets[tmp]; leftover { // from an interrupted update
+				b.WriteString("destroy " + tmp + "\n")
+				delete(next.sets, tmp)
+			}
 			writeSet(&b, tmp, IPSet{Type: s.Type})
 			b.WriteString("flush " + tmp + "\n")
 			for _, m := range s.Members {

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,12 +44,14 @@ func NewNetlinkSets(netnsPath string) (*NetlinkSets, error) {
 // name: a scratch set temp is created (replacing any leftover), filled,
 // swapped with name and destroyed.
 func (s *NetlinkSets) SwapIPSet(ctx context.Context, name, temp string, members []netip.Addr) error {
-	opts := netlink.IpsetCreateOptions{Replace: true, Family: unix.AF_INET, MaxElements: 1 << 20}
+	// A scratch set left by an interrupted update may have other options:
+	// start from none.
+	if err := s.h.IpsetDestroy(temp); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("ipset destroy leftover %s: %w", temp, err)
+	}
+	opts := netlink.IpsetCreateOptions{Family: unix.AF_INET, MaxElements: 1 << 20}
 	if err := s.h.IpsetCreate(temp, "hash:ip", opts); err != nil {
 		return fmt.Errorf("ipset create %s: %w", temp, err)
-	}
-	if err := s.h.IpsetFlush(temp); err != nil {
-		return fmt.Errorf("ipset flush %s: %w", temp, err)
 	}
 	for _, m := range members {
 		if err := ctx.Err(); err != nil {
