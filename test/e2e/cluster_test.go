@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -52,7 +53,11 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 			assertHostRestored(t, before, snapshot(t))
 		})
 	}
-	if _, err := localcluster(t, ctx, "up", "--nodes", fmt.Sprint(e2eNodes)); err != nil {
+	upArgs := []string{"up", "--nodes", fmt.Sprint(e2eNodes)}
+	if mode := os.Getenv("WEFT_E2E_CNI"); mode != "" { // auto (default), static, manifest
+		upArgs = append(upArgs, "--cni", mode)
+	}
+	if _, err := localcluster(t, ctx, upArgs...); err != nil {
 		t.Fatalf("up: %v", err)
 	}
 	client := adminClient(t)
@@ -63,6 +68,7 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 
 	nodes := checkNodeCIDRs(t, ctx, client)
 	checkNoWayOut(t, ctx)
+	checkCredentials(t, ctx)
 
 	ns := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
