@@ -47,5 +47,7 @@ for f in "${PODS[@]}"; do
   done
   echo
 done
-echo "(cross-node traffic needs weftd's backend; the static CNI fallback only connects pods on one node)"
+if grep -q '"cni": "static"' "$ROOT/.localcluster/state.json" 2>/dev/null; then
+  echo "(static CNI fallback, no weftd: only pods on the same node reach each other)"
+fi
 echo "kubeconfig: $ROOT/.localcluster/kubeconfig   tear down: make cluster-down"
