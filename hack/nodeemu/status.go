@@ -122,6 +122,9 @@ func ComputeStatus(pod *v1.Pod, in RunState, now time.Time) v1.PodStatus {
 	default:
 		st.Phase = v1.PodRunning
 	}
+	if p := finishedPhase(pod, in); p != "" {
+		st.Phase = p
+	}
 	sandboxReady := in.SandboxErr == ""
 	ready := allReady && initDone && sandboxReady
 	setCondition(&st, v1.PodReadyToStartContainers, sandboxReady, "", now)
@@ -130,6 +133,31 @@ func ComputeStatus(pod *v1.Pod, in RunState, now time.Time) v1.PodStatus {
 	setCondition(&st, v1.PodReady, ready, reasonIf(!ready, "ContainersNotReady"), now)
 	setCondition(&st, v1.PodScheduled, true, "", now)
 	return st
+}
+
+// finishedPhase is Succeeded or Failed when the processes of a pod that is
+// not restarted (restartPolicy Never/OnFailure) have all ended for good.
+func finishedPhase(pod *v1.Pod, in RunState) v1.PodPhase {
+	if in.Emulated || pod.Spec.RestartPolicy == v1.RestartPolicyAlways || pod.Spec.RestartPolicy == "" ||
+		len(in.Containers) == 0 {
+		return ""
+	}
+	failed := false
+	for _, c := range in.Containers {
+		if c.Terminated == nil || c.Running {
+			return ""
+		}
+		if c.Terminated.ExitCode != 0 {
+			if pod.Spec.RestartPolicy == v1.RestartPolicyOnFailure {
+				return "" // will be restarted
+			}
+			failed = true
+		}
+	}
+	if failed {
+		return v1.PodFailed
+	}
+	return v1.PodSucceeded
 }
 
 func reasonIf(b bool, reason string) string {

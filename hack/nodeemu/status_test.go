@@ -109,3 +109,29 @@ func TestStatusProcessPod(t *testing.T) {
 		t.Fatalf("running: %+v", st)
 	}
 }
+
+func TestStatusFinishedPod(t *testing.T) {
+	pod := testPod()
+	pod.Spec.HostNetwork = true
+	now := time.Now()
+	done := func(code int32) RunState {
+		return RunState{HostIP: "172.18.0.2", PodIPs: []string{"172.18.0.2"}, StartTime: now,
+			Containers: []ContainerState{{Name: "app", Terminated: &Termination{ExitCode: code}}}}
+	}
+	for _, c := range []struct {
+		policy v1.RestartPolicy
+		code   int32
+		want   v1.PodPhase
+	}{
+		{v1.RestartPolicyNever, 0, v1.PodSucceeded},
+		{v1.RestartPolicyNever, 2, v1.PodFailed},
+		{v1.RestartPolicyOnFailure, 0, v1.PodSucceeded},
+		{v1.RestartPolicyOnFailure, 2, v1.PodRunning},
+		{v1.RestartPolicyAlways, 0, v1.PodRunning},
+	} {
+		pod.Spec.RestartPolicy = c.policy
+		if got := ComputeStatus(pod, done(c.code), now).Phase; got != c.want {
+			t.Errorf("restartPolicy %s exit %d: phase %s, want %s", c.policy, c.code, got, c.want)
+		}
+	}
+}
