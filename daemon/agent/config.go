@@ -67,6 +67,12 @@ func (a *Agent) loadConfig(ctx context.Context) (*config.NetConf, error) {
 }
 
 func (a *Agent) rejectConfig(ctx context.Context, cm *corev1.ConfigMap, reason string) (*config.NetConf, error) {
+	// Readiness first: whoever sees the Event must find /readyz saying so.
+	if a.st.cfg == nil {
+		a.d.Status.Set(api.CondConfig, reason)
+	} else {
+		a.d.Status.Set(api.CondConfig, reason+" (still running the previous configuration)")
+	}
 	key := reason
 	if cm != nil {
 		key = cm.ResourceVersion + "|" + reason
@@ -79,11 +85,6 @@ func (a *Agent) rejectConfig(ctx context.Context, cm *corev1.ConfigMap, reason s
 		}
 		a.st.lastEvent = key
 	}
-	if a.st.cfg == nil {
-		a.d.Status.Set(api.CondConfig, reason)
-		return nil, fmt.Errorf("configuration: %s", reason)
-	}
-	a.d.Status.Set(api.CondConfig, reason+" (still running the previous configuration)")
 	return a.st.cfg, fmt.Errorf("configuration: %s", reason)
 }
 

@@ -577,9 +577,14 @@ func testBrokenConfigMap(t *testing.T, ctx context.Context, c kubernetes.Interfa
 			t.Fatalf("%s: no clear Event: %v", tc.name, err)
 		}
 		for _, n := range nodes {
-			code, body, err := readyz(n.Name, internalIP(n))
-			if err != nil || code != http.StatusServiceUnavailable || !strings.Contains(body, tc.want) {
-				t.Errorf("%s: %s /readyz = %d %q (%v), want 503 naming %q", tc.name, n.Name, code, body, err, tc.want)
+			// weftd sets readiness before it writes the Event; the short
+			// wait only absorbs a slow HTTP read.
+			if err := waitFor(ctx, 5*time.Second, func() (bool, error) {
+				code, body, err := readyz(n.Name, internalIP(n))
+				return err == nil && code == http.StatusServiceUnavailable && strings.Contains(body, tc.want),
+					fmt.Errorf("/readyz = %d %q (%v)", code, body, err)
+			}); err != nil {
+				t.Errorf("%s: %s: want 503 naming %q: %v", tc.name, n.Name, tc.want, err)
 			}
 			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
 				t.Errorf("%s: data plane changed: %v", tc.name, err)
