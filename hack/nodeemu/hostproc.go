@@ -220,13 +220,25 @@ func (p *podProcs) runOnce(ctx context.Context, init bool, i int, c *v1.Containe
 	})
 	pctx, stopProbe := context.WithCancel(ctx)
 	defer stopProbe()
-	if pr := newProber(c, p.env.nodeIP); pr != nil && !init {
-		go pr.run(pctx, func(ready bool) {
-			if pctx.Err() != nil {
-				return
-			}
-			p.update(init, i, func(s *ContainerState) { s.NotReady = !ready })
-		})
+	unhealthy := make(chan struct{}, 1)
+	if !init {
+		if pr := newProber(c, c.ReadinessProbe, p.env.nodeIP); pr != nil {
+			go pr.run(pctx, false, func(ready bool) {
+				if pctx.Err() == nil {
+					p.update(init, i, func(s *ContainerState) { s.NotReady = !ready })
+				}
+			})
+		}
+		if pr := newProber(c, c.LivenessProbe, p.env.nodeIP); pr != nil {
+			go pr.run(pctx, true, func(alive bool) {
+				if !alive {
+					select {
+					case unhealthy <- struct{}{}:
+					default:
+					}
+				}
+			})
+		}
 	}
 
 	waitErr := make(chan error, 1)
@@ -235,7 +247,11 @@ func (p *podProcs) runOnce(ctx context.Context, init bool, i int, c *v1.Containe
 	select {
 	case werr = <-waitErr:
 	case <-ctx.Done():
-		werr = p.kill(cmd, waitErr)
+		werr = p.kill(cmd, waitErr, p.stopGrace())
+	case <-unhealthy:
+		p.log.InfoContext(ctx, "liveness probe failed, restarting container", "container", c.Name)
+		stopProbe()
+		werr = p.kill(cmd, waitErr, p.podGrace())
 	}
 	_ = logf.Close()
 	code, reason := exitCode(cmd, werr)
@@ -247,11 +263,23 @@ func (p *podProcs) runOnce(ctx context.Context, init bool, i int, c *v1.Containe
 	return code
 }
 
+// podGrace is the pod's termination grace period, capped.
+func (p *podProcs) podGrace() time.Duration {
+	g := 30 * time.Second
+	if tg := p.pod.Spec.TerminationGracePeriodSeconds; tg != nil {
+		g = time.Duration(*tg) * time.Second
+	}
+	if p.opts.StopGraceMax > 0 && g > p.opts.StopGraceMax {
+		g = p.opts.StopGraceMax
+	}
+	return g
+}
+
 // kill sends SIGTERM to the process group, SIGKILL after the grace period.
-func (p *podProcs) kill(cmd *exec.Cmd, waitErr <-chan error) error {
+func (p *podProcs) kill(cmd *exec.Cmd, waitErr <-chan error, grace time.Duration) error {
 	pgid := -cmd.Process.Pid
 	_ = syscall.Kill(pgid, syscall.SIGTERM)
-	t := time.NewTimer(p.stopGrace())
+	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
 	case err := <-waitErr:

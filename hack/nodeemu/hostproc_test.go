@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,5 +148,47 @@ while :; do sleep 0.05; done
 	_, ctrs, _ = p.State()
 	if ctrs[0].Running || ctrs[0].Terminated == nil || ctrs[0].Terminated.ExitCode != 0 {
 		t.Fatalf("weftd after stop: %+v", ctrs[0])
+	}
+}
+
+func TestLivenessProbeRestartsContainer(t *testing.T) {
+	dir := t.TempDir()
+	alive := filepath.Join(dir, "alive")
+	writeFile(t, alive, "")
+	grace := int64(1)
+	pod := &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "live", UID: "uid-live"},
+		Spec: v1.PodSpec{
+			NodeName: "node-1", HostNetwork: true, RestartPolicy: v1.RestartPolicyAlways,
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []v1.Container{{Name: "sleeper", Command: []string{"sh", "-c", "exec sleep 60"},
+				LivenessProbe: &v1.Probe{PeriodSeconds: 1, FailureThreshold: 1, ProbeHandler: v1.ProbeHandler{
+					Exec: &v1.ExecAction{Command: []string{"test", "-e", alive}}}}}},
+		},
+	}
+	env := &envResolver{client: fake.NewClientset(), nodeName: "node-1", nodeIP: "127.0.0.1"}
+	opts := ProcOptions{LogDir: filepath.Join(dir, "logs"), BackoffBase: 20 * time.Millisecond,
+		BackoffMax: 50 * time.Millisecond, StopGraceMax: 5 * time.Second}
+	p := startPodProcs(context.Background(), pod, opts, env, quietLog(), func() {})
+	t.Cleanup(func() { p.Stop(0) })
+
+	waitFor(t, "sleeper running", 5*time.Second, func() bool {
+		_, ctrs, _ := p.State()
+		return ctrs[0].Running
+	})
+	time.Sleep(1500 * time.Millisecond) // probes pass meanwhile: no restart
+	if _, ctrs, _ := p.State(); ctrs[0].RestartCount != 0 || !ctrs[0].Running {
+		t.Fatalf("healthy container restarted: %+v", ctrs[0])
+	}
+	if err := os.Remove(alive); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restart after the liveness probe failed", 10*time.Second, func() bool {
+		_, ctrs, _ := p.State()
+		return ctrs[0].RestartCount >= 1 && ctrs[0].Running
+	})
+	_, ctrs, _ := p.State()
+	if lt := ctrs[0].LastTerminated; lt == nil || lt.ExitCode != 128+int32(syscall.SIGTERM) {
+		t.Fatalf("last termination %+v, want killed by SIGTERM", lt)
 	}
 }

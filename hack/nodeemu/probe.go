@@ -15,9 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// prober runs a container's readiness probe the way kubelet does (initial
-// delay, period, timeout, success/failure thresholds) for the processes of
-// hostNetwork pods. Liveness and startup probes are not run.
+// prober runs a container's readiness or liveness probe the way kubelet
+// does (initial delay, period, timeout, success/failure thresholds) for the
+// processes of hostNetwork pods. Startup probes are not run.
 type prober struct {
 	probe  *v1.Probe
 	c      *v1.Container
@@ -25,8 +25,7 @@ type prober struct {
 	client *http.Client
 }
 
-func newProber(c *v1.Container, host string) *prober {
-	p := c.ReadinessProbe
+func newProber(c *v1.Container, p *v1.Probe, host string) *prober {
 	if p == nil {
 		return nil
 	}
@@ -41,15 +40,16 @@ func newProber(c *v1.Container, host string) *prober {
 	}}
 }
 
-// run probes until ctx ends, calling set(ready) on every transition.
-func (pr *prober) run(ctx context.Context, set func(ready bool)) {
+// run probes until ctx ends, calling set(ok) on every transition from
+// the initial state (readiness starts failed, liveness starts alive).
+func (pr *prober) run(ctx context.Context, initial bool, set func(ok bool)) {
 	p := pr.probe
 	period := time.Duration(max(p.PeriodSeconds, 1)) * time.Second
 	succT, failT := max(p.SuccessThreshold, 1), max(p.FailureThreshold, 1)
 	if p.InitialDelaySeconds > 0 && !sleepCtx(ctx, time.Duration(p.InitialDelaySeconds)*time.Second) {
 		return
 	}
-	ready := false
+	ready := initial
 	var succ, fail int32
 	for {
 		if err := pr.once(ctx); err == nil {
