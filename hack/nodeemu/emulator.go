@@ -4,7 +4,9 @@
 // (non-hostNetwork) pod a network namespace wired by the node's CNI config
 // through libcni exactly as containerd would, "runs" the pod as tiny TCP/UDP
 // servers answering with the pod's name, and runs hostNetwork pods (weftd's
-// DaemonSet) as real processes in the node's namespaces.
+// DaemonSet) as real processes in the node's namespaces: env and volumes
+// resolved like kubelet, init containers, restarts with backoff, readiness
+// and liveness probes, logs under <state-dir>/logs.
 package nodeemu
 
 import (
@@ -108,17 +110,18 @@ type Emulator struct {
 
 // podRun is what this node is running for one pod.
 type podRun struct {
-	key        string
-	uid        types.UID
-	ready      bool // sandbox / processes started
-	ips        []string
-	started    time.Time
-	servers    *serverSet
-	procs      *podProcs
-	setupErr   string
-	stopTokens context.CancelFunc
-	wrote      v1.PodStatus // last status this node posted...
-	wroteRV    string       // ...and the resourceVersion it produced
+	key         string
+	uid         types.UID
+	hostNetwork bool
+	ready       bool // sandbox / processes started
+	ips         []string
+	started     time.Time
+	servers     *serverSet
+	procs       *podProcs
+	setupErr    string
+	stopTokens  context.CancelFunc
+	wrote       v1.PodStatus // last status this node posted...
+	wroteRV     string       // ...and the resourceVersion it produced
 }
 
 // New builds an emulator; Run starts it.

@@ -65,7 +65,7 @@ func (e *Emulator) syncPod(ctx context.Context, key string) error {
 // release stops a run whose pod object is gone or replaced.
 func (e *Emulator) release(ctx context.Context, run *podRun, key string, gone bool) error {
 	e.stopRun(run, 2*time.Second)
-	if run.procs == nil {
+	if !run.hostNetwork {
 		ns, name, _ := cache.SplitMetaNamespaceKey(key)
 		if err := e.sb.tearDown(ctx, ns, name, run.uid); err != nil {
 			return fmt.Errorf("tear down pod %s network: %w", key, err)
@@ -80,7 +80,7 @@ func (e *Emulator) release(ctx context.Context, run *podRun, key string, gone bo
 // hostNetwork pods. Failures are recorded in the returned run (not ready).
 func (e *Emulator) start(ctx context.Context, pod *v1.Pod, prev *podRun) *podRun {
 	key := pod.Namespace + "/" + pod.Name
-	run := &podRun{key: key, uid: pod.UID, started: time.Now().Truncate(time.Second)}
+	run := &podRun{key: key, uid: pod.UID, hostNetwork: pod.Spec.HostNetwork, started: time.Now().Truncate(time.Second)}
 	if pod.Spec.HostNetwork {
 		e.startHostPod(ctx, pod, run)
 		return run
