@@ -1,0 +1,91 @@
+package policy
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ProgrammedPath is where ProgrammedHandler answers, followed by the host
+// interface name: GET /v1/policy/programmed/<hostVeth>?timeout=5s answers
+// 200 once the endpoint's rules are in the kernel, 504 if the timeout
+// (default 5 s, at most 60 s) passes first.
+const ProgrammedPath = "/v1/policy/programmed/"
+
+// ProgrammedHandler serves the "isolation before start" wait for the CNI
+// plugin (endpoint.WaitProgrammed is its client).
+func ProgrammedHandler(c *Controller) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		veth := strings.TrimPrefix(r.URL.Path, ProgrammedPath)
+		if veth == "" || strings.Contains(veth, "/") || r.Method != http.MethodGet {
+			http.Error(w, "GET "+ProgrammedPath+"<hostVeth>", http.StatusBadRequest)
+			return
+		}
+		timeout := 5 * time.Second
+		if s := r.URL.Query().Get("timeout"); s != "" {
+			d, err := time.ParseDuration(s)
+			if err != nil || d <= 0 {
+				http.Error(w, "bad timeout", http.StatusBadRequest)
+				return
+			}
+			timeout = min(d, time.Minute)
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), timeout)
+		defer cancel()
+		if err := c.WaitProgrammed(ctx, veth); err != nil {
+			http.Error(w, err.Error(), http.StatusGatewayTimeout)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write([]byte("programmed\n"))
+	})
+}
+
+// PrometheusMetrics implements Metrics with Prometheus collectors.
+type PrometheusMetrics struct {
+	syncSeconds  *prometheus.HistogramVec
+	syncErrors   prometheus.Counter
+	renderErrors prometheus.Gauge
+	programmed   prometheus.Histogram
+}
+
+// NewPrometheusMetrics creates the policy metrics and registers them.
+func NewPrometheusMetrics(reg prometheus.Registerer) (*PrometheusMetrics, error) {
+	m := &PrometheusMetrics{
+		syncSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "weft_policy_sync_seconds",
+			Help: "Time of one policy sync, by phase (render, apply).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
+			[]string{"phase"}),
+		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_policy_sync_errors_total",
+			Help: "Policy syncs whose apply failed."}),
+		renderErrors: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_unenforceable",
+			Help: "NetworkPolicies selecting pods on this node that cannot be rendered (their pods fail closed)."}),
+		programmed: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_policy_pod_programmed_seconds",
+			Help: "Time from a pod's creation to its policy rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)}),
+	}
+	for _, c := range []prometheus.Collector{m.syncSeconds, m.syncErrors, m.renderErrors, m.programmed} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// SyncDone implements Metrics.
+func (m *PrometheusMetrics) SyncDone(render, apply time.Duration, err error) {
+	m.syncSeconds.WithLabelValues("render").Observe(render.Seconds())
+	m.syncSeconds.WithLabelValues("apply").Observe(apply.Seconds())
+	if err != nil {
+		m.syncErrors.Inc()
+	}
+}
+
+// RenderErrors implements Metrics.
+func (m *PrometheusMetrics) RenderErrors(n int) { m.renderErrors.Set(float64(n)) }
+
+// EndpointProgrammed implements Metrics.
+func (m *PrometheusMetrics) EndpointProgrammed(_, _ string, d time.Duration) {
+	m.programmed.Observe(d.Seconds())
+}
