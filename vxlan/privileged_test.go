@@ -254,4 +254,18 @@ func TestTwoNodesOverVXLAN(t *testing.T) {
 		must(t, err, "dial after re-adding the peer")
 		expectEcho(t, c3, "node2")
 	})
+
+	t.Run("a hand-deleted device is recreated and republished", func(t *testing.T) {
+		old := a.pub.Attrs[vxlan.AnnoVTEPMAC]
+		must(t, a.H.LinkDel(a.vxlanLink(t)), "delete weft.vxlan")
+		res := a.apply(t, b)
+		a.pub = res.Published
+		if res.Published.Attrs[vxlan.AnnoVTEPMAC] == "" || res.Published.Attrs[vxlan.AnnoVTEPMAC] == old {
+			t.Fatalf("recreated device publishes %v (old MAC %s)", res.Published.Attrs, old)
+		}
+		b.apply(t, a) // the peer learns the new VTEP MAC, as through the Node annotation
+		c4, err := a.dial(t, b, 7000)
+		must(t, err, "dial after recreation")
+		expectEcho(t, c4, "node2")
+	})
 }
