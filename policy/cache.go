@@ -1,0 +1,123 @@
+package policy
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Renderer renders repeatedly, reusing what it compiled from objects that
+// did not change (same UID and resourceVersion, as informers guarantee).
+// Its output is exactly Render's. Not safe for concurrent use.
+type Renderer struct {
+	cfg      Config
+	policies map[types.UID]cachedPolicy
+	pods     map[*corev1.Pod]*cachedPod // informer objects are immutable
+	members  map[string]cachedMembers   // pod set key -> members
+	filters  map[string]cachedFilter    // namespace|selector -> matching pods
+	chains   map[chainKey]cachedChain
+	epChains map[string][]Rule // endpoint chain name + signature -> rules
+	dispatch *cachedDispatch
+	nextID   uint64
+	gen      uint64 // render counter
+}
+
+type cachedMembers struct {
+	name    string
+	pods    fingerprint
+	members []string
+}
+
+// chainKey identifies a policy chain's content: rules of a compiled policy
+// (cached per resourceVersion) in one direction with one named-port
+// resolution. Set names in the rules are stable across membership changes.
+type chainKey struct {
+	c       *compiled
+	dir     direction
+	variant string
+}
+
+type cachedChain struct {
+	name  string
+	rules []Rule
+}
+
+type cachedFilter struct {
+	in  fingerprint
+	out []*podInfo
+}
+
+// fingerprint identifies a set of pod infos regardless of order (informer
+// listers return them in random order).
+type fingerprint struct {
+	n        int
+	sum, xor uint64
+}
+
+func fingerprintOf(pods []*podInfo) fingerprint {
+	f := fingerprint{n: len(pods)}
+	for _, p := range pods {
+		f.sum += p.id
+		f.xor ^= p.id
+	}
+	return f
+}
+
+// mix64 is SplitMix64's finalizer: spreads counters over 64 bits.
+func mix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
+}
+
+func (rr *Renderer) newPodInfo(p *corev1.Pod) *podInfo {
+	rr.nextID++
+	pi := newPodInfo(p)
+	pi.id = mix64(rr.nextID)
+	return pi
+}
+
+type cachedPolicy struct {
+	rv string
+	c  *compiled
+}
+
+type cachedPod struct {
+	rv  string
+	p   *podInfo
+	gen uint64 // last render that used it
+}
+
+// NewRenderer returns a Renderer with empty caches.
+func NewRenderer(cfg Config) *Renderer {
+	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[*corev1.Pod]*cachedPod{},
+		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{},
+		epChains: map[string][]Rule{}}
+}
+
+func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]bool) *compiled {
+	if np.UID == "" || np.ResourceVersion == "" {
+		return compile(np)
+	}
+	seen[np.UID] = true
+	if e, ok := rr.policies[np.UID]; ok && e.rv == np.ResourceVersion {
+		return e.c
+	}
+	c := compile(np)
+	rr.policies[np.UID] = cachedPolicy{rv: np.ResourceVersion, c: c}
+	return c
+}
+
+func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
+	if p.UID == "" || p.ResourceVersion == "" {
+		return rr.newPodInfo(p)
+	}
+	if e, ok := rr.pods[p]; ok && e.rv == p.ResourceVersion {
+		e.gen = rr.gen
+		return e.p
+	}
+	pi := rr.newPodInfo(p)
+	rr.pods[p] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
+	return pi
+}
