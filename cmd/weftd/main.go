@@ -7,7 +7,9 @@
 // On SIGTERM weftd exits and leaves everything in place (conflist, subnet
 // file, VXLAN device and entries, masquerade rules), so pods keep their
 // traffic and new pods are still created across a restart or upgrade; the
-// next weftd adopts it all. `weftd uninstall` removes it.
+// next weftd adopts it all. With --remove-cni-config-on-exit it removes the
+// conflist on exit (the node then reports NetworkNotReady until weftd is
+// back). `weftd uninstall` removes everything.
 package main
 
 import (
@@ -110,6 +112,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	c.register(fs)
 	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz, /readyz and /metrics")
 	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where the chained plugins must be before the conflist is written")
+	removeOnExit := fs.Bool("remove-cni-config-on-exit", false, "remove the conflist when weftd exits, so no pod is created while it is away (default: leave it, pods keep being created across a restart)")
 	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -146,6 +149,13 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	// Leave the data plane in place for the next weftd to adopt.
 	if err := mgr.Stop(context.Background(), false); err != nil {
 		log.Warn("stop backend", "err", err)
+	}
+	if *removeOnExit {
+		if err := install.RemoveConflist(opt.CNIConfDir); err != nil {
+			log.Warn("remove conflist on exit", "err", err)
+		} else {
+			log.Info("removed CNI conflist on exit", "dir", opt.CNIConfDir)
+		}
 	}
 	if runErr != nil {
 		return runErr
