@@ -202,6 +202,9 @@ func relevantNodeChange(o, n any) bool {
 // masquerade rules (the backend reads the kernel back on every sync).
 func (a *Agent) sync(ctx context.Context, full bool) error {
 	a.d.Status.Beat()
+	// No API call or exec may hang a sync (and so the agent) forever.
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
 	// A configuration problem is reported by loadConfig (log, Event,
 	// readiness) and needs no retry: a change of the ConfigMap or of the
 	// nodes marks the agent dirty again.
