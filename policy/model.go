@@ -140,15 +140,20 @@ func (s *State) Set(name string) *IPSet {
 // Args renders the rule as iptables-restore arguments (after "-A chain"),
 // its comment prefixed with the rule's hash so a read-back can tell whether
 // the kernel holds exactly this rule.
-func (r Rule) Args() []string {
+func (r Rule) Args() []string { return r.argsWithHash(r.Hash()) }
+
+func (r Rule) argsWithHash(h string) []string {
 	a := r.matchArgs()
-	a = append(a, "-m", "comment", "--comment", "weft:"+r.Hash()+" "+r.Comment)
+	a = append(a, "-m", "comment", "--comment", "weft:"+h+" "+r.Comment)
 	return append(a, r.actionArgs()...)
 }
 
 // Text renders the rule for an iptables-restore line.
-func (r Rule) Text() string {
-	args := r.Args()
+func (r Rule) Text() string { return r.textWithHash(r.Hash()) }
+
+// textWithHash is Text when the caller already knows the rule's hash.
+func (r Rule) textWithHash(h string) string {
+	args := r.argsWithHash(h)
 	q := make([]string, len(args))
 	for i, s := range args {
 		q[i] = iptables.Quote(s)

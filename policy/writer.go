@@ -393,8 +393,8 @@ func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, sta
 			continue
 		}
 		decl.WriteString(":" + c.Name + " - [0:0]\n")
-		for _, r := range c.Rules {
-			rules.WriteString("-A " + c.Name + " " + r.Text() + "\n")
+		for i, r := range c.Rules {
+			rules.WriteString("-A " + c.Name + " " + r.textWithHash(hs[i]) + "\n")
 		}
 		stats.ChainsWritten++
 	}
