@@ -14,6 +14,7 @@ import (
 type NodeOptions struct {
 	NodeName       string
 	NetNS          string        // network namespace path; "" = the caller's (weftd: the node's)
+	Bridge         string        // the pod bridge; "" = weft0
 	EndpointDir    string        // "" = endpoint.DefaultDir
 	ResyncInterval time.Duration // "" = 30s
 	Metrics        Metrics       // may be nil
@@ -40,8 +41,12 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 			log.Error("bridged pod traffic bypasses policy", "err", err)
 		}
 	}
+	rc := DefaultConfig()
+	if opt.Bridge != "" {
+		rc.Bridge = opt.Bridge
+	}
 	c, err = NewController(factory, ControllerConfig{NodeName: opt.NodeName, EndpointDir: opt.EndpointDir, Dataplane: w,
-		Render: DefaultConfig(), ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == ""})
+		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == ""})
 	if err != nil {
 		w.Close()
 		return nil, nil, err
