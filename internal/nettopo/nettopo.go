@@ -19,7 +19,6 @@ import (
 	"github.com/weftnet/weft/internal/testutil"
 )
 
-
 // PodNetwork returns the cluster pod network used by the topology.
 func PodNetwork() netip.Prefix { return netip.MustParsePrefix("10.244.0.0/16") }
 
