@@ -35,6 +35,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/subnetfile"
+	"github.com/weftnet/weft/policy"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -114,6 +115,8 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where the chained plugins must be before the conflist is written")
 	removeOnExit := fs.Bool("remove-cni-config-on-exit", false, "remove the conflist when weftd exits, so no pod is created while it is away (default: leave it, pods keep being created across a restart)")
 	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
+	pol := policyFlags{}
+	pol.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -123,6 +126,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	opt.ResyncInterval = *resync
 	opt.CNIBinDir = *binDir
+	if pol.enabled {
+		opt.EndpointDir, opt.PolicySocket = pol.endpointDir, pol.socket
+	}
 	client, err := c.client()
 	if err != nil {
 		return err
@@ -141,10 +147,17 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Log: log.With("node", opt.NodeName)}}, log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() {
 		errc <- api.Serve(ctx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log)
 	}()
+	if pol.enabled {
+		stopPolicy, err := pol.start(ctx, client, opt.NodeName, metrics.Registry, errc, log)
+		if err != nil {
+			return err
+		}
+		defer stopPolicy()
+	}
 	runErr := a.Run(ctx)
 	// Leave the data plane in place for the next weftd to adopt.
 	if err := mgr.Stop(context.Background(), false); err != nil {
@@ -212,6 +225,9 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 	defer k.Close()
 	d.Kernel = k
 	if err := agent.Uninstall(ctx, opt, d); err != nil {
+		return err
+	}
+	if err := policy.Uninstall(ctx, ""); err != nil {
 		return err
 	}
 	log.Info("weft removed from this node")

@@ -44,6 +44,11 @@ type Options struct {
 	CNIBinDir      string // checked for the chained plugins; "" skips the check
 	SubnetFile     string
 	ResyncInterval time.Duration
+	// EndpointDir and PolicySocket go into the conflist: the plugin records
+	// each attachment there and waits on the socket until its policy rules
+	// are in place ("" leaves them out).
+	EndpointDir  string
+	PolicySocket string
 }
 
 // Host finds the node's underlay link.
@@ -397,7 +402,8 @@ func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
 			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)
 		}
 	}
-	data, err := install.Conflist(install.ConflistOptions{CNIVersion: cfg.CNIVersion, SubnetFile: a.opt.SubnetFile, MTU: mtu})
+	data, err := install.Conflist(install.ConflistOptions{CNIVersion: cfg.CNIVersion, SubnetFile: a.opt.SubnetFile, MTU: mtu,
+		EndpointDir: a.opt.EndpointDir, PolicySocket: a.opt.PolicySocket})
 	if err != nil {
 		return err
 	}

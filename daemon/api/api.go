@@ -13,6 +13,8 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -148,6 +150,30 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) e
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
+	return serve(ctx, ln, addr, h, log)
+}
+
+// ServeUnix serves h on a unix socket at path (the local API the CNI plugin
+// and weftctl ask), replacing a stale socket left by an earlier weftd.
+func ServeUnix(ctx context.Context, path string, h http.Handler, log *slog.Logger) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("socket dir: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("socket %s: %w", path, err)
+	}
+	return serve(ctx, ln, path, h, log)
+}
+
+func serve(ctx context.Context, ln net.Listener, addr string, h http.Handler, log *slog.Logger) error {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -155,7 +181,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) e
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("serving health and metrics", "addr", ln.Addr().String())
+	log.Info("serving", "addr", ln.Addr().String())
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve %s: %w", addr, err)
 	}

@@ -126,6 +126,10 @@ type ConflistOptions struct {
 	// MTU for pod interfaces (the backend's); 0 leaves it to the plugin.
 	MTU    int
 	Bridge string
+	// EndpointDir and PolicySocket, when set, make the plugin record each
+	// attachment for the policy engine and wait until its rules are in.
+	EndpointDir  string
+	PolicySocket string
 }
 
 // Conflist renders the configuration list: weft (with weft-ipam reading
@@ -150,6 +154,12 @@ func Conflist(o ConflistOptions) ([]byte, error) {
 	}
 	if o.MTU > 0 {
 		weft["mtu"] = o.MTU
+	}
+	if o.EndpointDir != "" {
+		weft["endpointDir"] = o.EndpointDir
+	}
+	if o.PolicySocket != "" {
+		weft["policySocket"] = o.PolicySocket
 	}
 	list := map[string]any{
 		"cniVersion": o.CNIVersion,

@@ -70,6 +70,11 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		p.undo(ctx, ipam, args, hostName)
 		return err
 	}
+	if err := waitPolicy(ctx, conf, hostName); err != nil {
+		_ = forgetEndpoint(conf, hostName)
+		p.undo(ctx, ipam, args, hostName)
+		return err
+	}
 	return types.PrintResult(res, conf.CNIVersion)
 }
 

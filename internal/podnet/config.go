@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -35,6 +36,12 @@ type NetConf struct {
 	// weftd's policy controller (internal/endpoint); weftd's conflist sets
 	// it to /run/weft/endpoints.
 	EndpointDir string `json:"endpointDir"`
+	// PolicySocket, when set with EndpointDir, is weftd's local socket:
+	// ADD returns only once weftd has the pod's policy rules in place
+	// (isolation before start), waiting at most PolicyTimeout (default
+	// 10s); otherwise ADD fails with "try again later" and is undone.
+	PolicySocket  string `json:"policySocket"`
+	PolicyTimeout string `json:"policyTimeout"`
 	// Vlan exists only to reject a reference bridge config that relies on
 	// VLAN tagging, which weft does not do.
 	Vlan int `json:"vlan"`
@@ -118,6 +125,14 @@ func (c *NetConf) validate() error {
 	}
 	if strings.ContainsAny(c.IPAM.Type, "/\\") || c.IPAM.Type == "." || c.IPAM.Type == ".." {
 		return invalid("ipam.type %q: must be a plugin name, not a path", c.IPAM.Type)
+	}
+	if c.PolicySocket != "" && c.EndpointDir == "" {
+		return invalid("policySocket: needs endpointDir (weftd finds the pod by its record)")
+	}
+	if c.PolicyTimeout != "" {
+		if d, err := time.ParseDuration(c.PolicyTimeout); err != nil || d <= 0 {
+			return invalid("policyTimeout %q: must be a positive duration such as \"10s\"", c.PolicyTimeout)
+		}
 	}
 	if c.Vlan != 0 {
 		return types.NewError(types.ErrUnsupportedField, fmt.Sprintf("vlan %d: not supported by weft", c.Vlan), "")

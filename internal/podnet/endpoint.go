@@ -1,8 +1,10 @@
 package podnet
 
 import (
+	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -64,6 +66,26 @@ func recordEndpoint(conf *NetConf, args *skel.CmdArgs, hostName string, res *cur
 	}
 	if err := endpoint.Write(conf.EndpointDir, ep); err != nil {
 		return cniErr(types.ErrIOFailure, err, "endpointDir")
+	}
+	return nil
+}
+
+// DefaultPolicyTimeout bounds the wait for weftd to program a new pod.
+const DefaultPolicyTimeout = 10 * time.Second
+
+// waitPolicy returns once weftd reports the attachment's policy rules in
+// place. A weftd that does not answer in time fails the ADD with "try again
+// later": the runtime retries, and the pod never runs unpoliced.
+func waitPolicy(ctx context.Context, conf *NetConf, hostName string) error {
+	if conf.PolicySocket == "" {
+		return nil
+	}
+	timeout := DefaultPolicyTimeout
+	if conf.PolicyTimeout != "" {
+		timeout, _ = time.ParseDuration(conf.PolicyTimeout) // validated in LoadConf
+	}
+	if err := endpoint.WaitProgrammed(ctx, conf.PolicySocket, hostName, timeout); err != nil {
+		return types.NewError(types.ErrTryAgainLater, "waiting for weftd to program network policy: "+err.Error(), "")
 	}
 	return nil
 }

@@ -2,6 +2,12 @@ package cni
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
@@ -69,7 +75,68 @@ func TestEndpointRecords(t *testing.T) {
 	c.rt.Args = [][2]string{{"IgnoreUnknown", "1"}}
 	_, err = e.add(l, c)
 	wantCode(t, "ADD without K8S_POD_*", err, types.ErrInvalidEnvironmentVariables, "K8S_POD_NAMESPACE")
+	e.assertClean(dir)
+}
+
+// With policySocket set, ADD returns only after weftd answers that the
+// pod's rules are in; a weftd that is away or does not answer in time fails
+// the ADD with code 11 (try again later) and leaves nothing behind.
+func TestPolicyWait(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "weftd.sock")
+	wc := e.weftConf("weft-ipam")
+	wc["endpointDir"] = dir
+	wc["policySocket"] = sock
+	wc["policyTimeout"] = "300ms"
+	l := e.confList("1.0.0", wc)
+
+	// weftd away: no socket.
+	p := e.newPod("pw-away")
+	_, err := e.add(l, p)
+	wantCode(t, "ADD with weftd away", err, types.ErrTryAgainLater, "policy")
+	e.assertClean(dir)
+
+	// weftd answers for the pod's veth only once it has seen its record.
+	var asked atomic.Value
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	programmed := atomic.Bool{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		veth := strings.TrimPrefix(r.URL.Path, endpoint.ProgrammedPath)
+		asked.Store(veth)
+		if _, err := os.Stat(filepath.Join(dir, veth+".json")); err != nil || !programmed.Load() {
+			http.Error(w, "not programmed", http.StatusGatewayTimeout)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	p = e.newPod("pw-timeout")
+	_, err = e.add(l, p)
+	wantCode(t, "ADD with rules not programmed", err, types.ErrTryAgainLater, "policy")
+	e.assertClean(dir)
+
+	programmed.Store(true)
+	p = e.newPod("pw-ok")
+	e.mustAdd(l, p)
+	if got, want := asked.Load(), podnet.HostVethName(p.rt.ContainerID, "eth0"); got != want {
+		t.Fatalf("weftd asked about %v, want %s", got, want)
+	}
+	if err := e.del(l, p); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	e.assertClean(dir)
+}
+
+// assertClean fails unless no record, allocation or host veth is left.
+func (e *env) assertClean(dir string) {
+	e.t.Helper()
 	if eps, _ := endpoint.List(dir); len(eps) != 0 || len(e.allocations()) != 0 || len(e.hostVeths()) != 0 {
-		t.Fatalf("failed ADD left records %+v, allocations %v, veths %v", eps, e.allocations(), e.hostVeths())
+		e.t.Fatalf("left behind: records %+v, allocations %v, veths %v", eps, e.allocations(), e.hostVeths())
 	}
 }
