@@ -28,15 +28,33 @@ deps:
 	@hack/deps.sh
 
 # All tiers: unit (rootless), privileged (netns), end to end (local cluster).
-test: deps build ref-plugins
+# The local cluster's own module (hack/) is vetted and tested too.
+test: deps build ref-plugins cluster-build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m ./...
+	cd hack && $(GO) vet ./... && $(GO) test -count=1 ./...
+	$(GO) test -count=1 -p 1 -timeout 60m ./...
 
 test-unit:
 	$(GO) test -count=1 ./...
 
-bench: deps build ref-plugins
+bench: deps build ref-plugins cluster-build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
 
 clean:
 	rm -rf $(BIN)
+
+NODES ?= 3
+
+# Control plane (k8s v1.37.2), kubectl, etcd, node emulator, weft binaries -> .localcluster/bin (cached).
+cluster-build: ref-plugins
+	hack/localcluster build
+
+cluster-up: ref-plugins
+	hack/localcluster up --nodes $(NODES)
+
+cluster-down:
+	hack/localcluster down
+
+# From a fresh machine: installs, builds, brings up NODES nodes, runs pods, prints IPs and a probe matrix.
+demo: deps ref-plugins
+	NODES=$(NODES) hack/demo.sh
