@@ -2,15 +2,11 @@ package policybench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os/exec"
 	"sort"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -24,41 +20,6 @@ import (
 )
 
 const iperfSeconds = 3
-
-// iperf runs an iperf3 client in from against a one-off server at dst in to
-// and returns the received Gbit/s.
-func iperf(b *testing.B, from, to ns.NetNS, dst string) float64 {
-	b.Helper()
-	srv := exec.Command("nsenter", "--net="+to.Path(), "iperf3", "-s", "-1", "-B", dst, "-p", "5201")
-	if err := srv.Start(); err != nil {
-		b.Fatalf("iperf3 server: %v", err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var out []byte
-	var err error
-	for range 50 {
-		time.Sleep(100 * time.Millisecond)
-		out, err = exec.Command("nsenter", "--net="+from.Path(), "iperf3", "-c", dst, "-p", "5201",
-			"-t", fmt.Sprint(iperfSeconds), "-J").Output()
-		if err == nil || !strings.Contains(string(out), "Connection refused") {
-			break
-		}
-	}
-	if err != nil {
-		b.Fatalf("iperf3 client: %v\n%s", err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		b.Fatalf("iperf3 json: %v", err)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
-}
 
 func median(v []float64) float64 {
 	s := append([]float64(nil), v...)
@@ -111,11 +72,11 @@ func BenchmarkThroughputWithPolicies(b *testing.B) {
 			if _, err := w.Apply(ctx, &policy.State{}, true); err != nil {
 				b.Fatal(err)
 			}
-			none = append(none, iperf(b, cli.NS, srv.NS, srv.IP.String()))
+			none = append(none, nettopo.IPerf3(b, cli.NS, srv.NS, srv.IP, 1, iperfSeconds))
 			if _, err := w.Apply(ctx, st, true); err != nil {
 				b.Fatal(err)
 			}
-			with = append(with, iperf(b, cli.NS, srv.NS, srv.IP.String()))
+			with = append(with, nettopo.IPerf3(b, cli.NS, srv.NS, srv.IP, 1, iperfSeconds))
 		}
 	}
 	_, _ = w.Apply(ctx, &policy.State{}, true)

@@ -8,7 +8,6 @@ package vxlan
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,42 +32,6 @@ const (
 	iperfSeconds = 3
 	rrSeconds    = 3
 )
-
-// iperf runs an iperf3 client in from against a one-off server in to and
-// returns the received throughput in Gbit/s.
-func iperf(b *testing.B, from, to ns.NetNS, dst netip.Addr, streams int) float64 {
-	b.Helper()
-	port := "5201"
-	srv := exec.Command("nsenter", "--net="+to.Path(), "iperf3", "-s", "-1", "-B", dst.String(), "-p", port)
-	if err := srv.Start(); err != nil {
-		b.Fatalf("iperf3 server: %v", err)
-	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	var out []byte
-	var err error
-	for range 50 {
-		time.Sleep(100 * time.Millisecond)
-		out, err = exec.Command("nsenter", "--net="+from.Path(), "iperf3", "-c", dst.String(), "-p", port,
-			"-t", fmt.Sprint(iperfSeconds), "-P", fmt.Sprint(streams), "-J").Output()
-		if err == nil || !strings.Contains(string(out), "Connection refused") {
-			break
-		}
-	}
-	if err != nil {
-		b.Fatalf("iperf3 client: %v\n%s", err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		b.Fatalf("iperf3 json: %v", err)
-	}
-	return res.End.SumReceived.BitsPerSecond / 1e9
-}
 
 // rr measures 1-byte TCP request/response transactions per second.
 func rr(b *testing.B, from, to ns.NetNS, dst netip.Addr) float64 {
@@ -125,7 +88,7 @@ func rr(b *testing.B, from, to ns.NetNS, dst netip.Addr) float64 {
 type figures struct{ g1, g4, rr float64 }
 
 func measure(b *testing.B, from, to ns.NetNS, dst netip.Addr) figures {
-	return figures{g1: iperf(b, from, to, dst, 1), g4: iperf(b, from, to, dst, 4), rr: rr(b, from, to, dst)}
+	return figures{g1: nettopo.IPerf3(b, from, to, dst, 1, iperfSeconds), g4: nettopo.IPerf3(b, from, to, dst, 4, iperfSeconds), rr: rr(b, from, to, dst)}
 }
 
 func sh(b *testing.B, n ns.NetNS, args ...string) string {
