@@ -1,6 +1,3 @@
-// PENDING: rename to policy_test.go once weftd runs policy.NewNodeController
-// (see the policy helper's report). It compiles against this package
-// (checked with go vet -overlay) but fails while weftd enforces no policy.
 package e2e
 
 import (
@@ -399,6 +396,10 @@ func TestNetworkPolicy(t *testing.T) {
 		if err != nil {
 			t.Error(err)
 		}
+	}
+
+	if err := e.client.NetworkingV1().NetworkPolicies(e.ns("x")).Delete(ctx, "sctp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Drift: delete a WEFT chain by hand on node 2; the resync puts it back.
