@@ -1,5 +1,3 @@
-// PENDING: rename to cluster_latency_test.go once weftd runs
-// policy.NewNodeController; it measures kubectl-apply -> first denied probe.
 package policybench
 
 import (
@@ -69,6 +67,21 @@ func BenchmarkDenyPolicyLatency(b *testing.B) {
 				Ports: []corev1.ContainerPort{{ContainerPort: 80, Protocol: corev1.ProtocolTCP}}}}}}
 		if _, err := client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
 			b.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		list, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		running := 0
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
+				running++
+			}
+		}
+		if err == nil && running == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("pods not running: %v", err)
 		}
 	}
 	probe := func() bool {
