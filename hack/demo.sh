@@ -37,17 +37,41 @@ echo "== waiting for 6 pods"
 "${KUBECTL[@]}" -n "$NS" get pods -o wide
 
 mapfile -t PODS < <("${KUBECTL[@]}" -n "$NS" get pods -l app=web -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}')
-echo "== TCP/80 probe matrix (row: from, column: to)"
-printf '%-22s' ""; for t in "${PODS[@]}"; do printf '%-8s' "${t: -5}"; done; echo
-for f in "${PODS[@]}"; do
-  printf '%-22s' "$f"
-  for t in "${PODS[@]}"; do
-    r=$("$LC" probe --from "$NS/$f" --to "$NS/$t" --port 80 --proto tcp --timeout 1s 2>/dev/null || echo error)
-    case $r in allowed) printf '%-8s' ok ;; denied) printf '%-8s' -- ;; *) printf '%-8s' ERR ;; esac
+matrix() {
+  echo "== TCP/80 probe matrix (row: from, column: to; ok = answered, -- = denied)"
+  printf '%-22s' ""; for t in "${PODS[@]}"; do printf '%-8s' "${t: -5}"; done; echo
+  for f in "${PODS[@]}"; do
+    printf '%-22s' "$f"
+    for t in "${PODS[@]}"; do
+      r=$("$LC" probe --from "$NS/$f" --to "$NS/$t" --port 80 --proto tcp --timeout 1s 2>/dev/null || echo error)
+      case $r in allowed) printf '%-8s' ok ;; denied) printf '%-8s' -- ;; *) printf '%-8s' ERR ;; esac
+    done
+    echo
   done
-  echo
-done
+}
+matrix
 if grep -q '"cni": "static"' "$ROOT/.localcluster/state.json" 2>/dev/null; then
   echo "(static CNI fallback, no weftd: only pods on the same node reach each other)"
+fi
+if ! grep -q '"cni": "static"' "$ROOT/.localcluster/state.json" 2>/dev/null; then
+  echo "== NetworkPolicy: only pods labelled role=frontend may reach app=web on TCP/80"
+  "${KUBECTL[@]}" -n "$NS" label pod "${PODS[0]}" "${PODS[1]}" role=frontend --overwrite >/dev/null
+  "${KUBECTL[@]}" -n "$NS" apply -f - >/dev/null <<'YAML'
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-frontend}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: frontend}}}]
+    ports: [{port: 80, protocol: TCP}]
+YAML
+  echo "(frontends: ${PODS[0]} ${PODS[1]})"
+  sleep 2
+  matrix
+  "${KUBECTL[@]}" -n "$NS" delete networkpolicy web-from-frontend >/dev/null
+  "${KUBECTL[@]}" -n "$NS" label pod "${PODS[0]}" "${PODS[1]}" role- >/dev/null
+  echo "(policy deleted: every pod reaches every pod again)"
 fi
 echo "kubeconfig: $ROOT/.localcluster/kubeconfig   tear down: make cluster-down"
