@@ -102,9 +102,19 @@ func processRuns(pid int, bin string) bool {
 	if !processAlive(pid) {
 		return false
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return false
+	var cmdline []byte
+	// While nsenter execs the binary, cmdline reads empty for a moment;
+	// an empty one that stays empty is a kernel thread, not ours.
+	for try := 0; try < 10; try++ {
+		var err error
+		cmdline, err = os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil {
+			return false
+		}
+		if len(cmdline) > 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	argv0, _, _ := bytes.Cut(cmdline, []byte{0})
 	// Right after start the process may still be nsenter, about to exec.
