@@ -60,7 +60,14 @@ func (p *policyFlags) start(ctx context.Context, client kubernetes.Interface, no
 	}()
 	mux := http.NewServeMux()
 	mux.Handle(policy.ProgrammedPath, policy.ProgrammedHandler(ctl))
-	go func() { errc <- api.ServeUnix(ctx, p.socket, mux, log) }()
+	go func() {
+		err := api.ServeUnix(ctx, p.socket, mux, log)
+		if err != nil {
+			// Without the socket no pod's ADD can confirm its rules.
+			log.Error("local API socket failed: new pods cannot start", "socket", p.socket, "err", err)
+		}
+		errc <- err
+	}()
 	return func() {
 		<-done
 		if err := closeFn(); err != nil {
