@@ -69,7 +69,7 @@ func polPod(name, node string) *corev1.Pod {
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"pod": name}},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "srv", Image: "weft.dev/echo:test", Ports: ports}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "srv", Image: "weft.dev/echo:test", Ports: ports}}},
 	}
 }
 
