@@ -20,7 +20,13 @@ type Renderer struct {
 	dispatch *cachedDispatch
 	nextID   uint64
 	gen      uint64 // render counter
+	hits     int    // distinct pods cache entries used in this render
+	last     renderSizes
+	nsLen    map[string]int // pods per namespace in the last render
 }
+
+// renderSizes are the sizes of the last render's maps (capacity hints).
+type renderSizes struct{ sets, chains, podSets int }
 
 type cachedMembers struct {
 	name    string
@@ -114,10 +120,14 @@ func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 		return rr.newPodInfo(p)
 	}
 	if e, ok := rr.pods[p]; ok && e.rv == p.ResourceVersion {
-		e.gen = rr.gen
+		if e.gen != rr.gen {
+			e.gen = rr.gen
+			rr.hits++
+		}
 		return e.p
 	}
 	pi := rr.newPodInfo(p)
 	rr.pods[p] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
+	rr.hits++ // p is new, or its entry (of an earlier render) is replaced
 	return pi
 }

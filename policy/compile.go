@@ -34,6 +34,9 @@ type peer struct {
 	// namespace nsSel matches. A nil podSel with nsSel set means all pods.
 	podSel, nsSel labels.Selector
 	block         *ipBlock
+	// key and podSelStr are filled by ensureRules (renderer memo keys,
+	// so the selectors are not re-stringified on every render).
+	key, podSelStr string
 }
 
 type ipBlock struct {
@@ -153,6 +156,17 @@ func (c *compiled) ensureRules() {
 			errs = append(errs, fmt.Errorf("egress[%d]: %w", i, err))
 		}
 		c.rules[egress] = append(c.rules[egress], cr)
+	}
+	for dir := range c.rules {
+		for i := range c.rules[dir] {
+			for j := range c.rules[dir][i].peers {
+				p := &c.rules[dir][i].peers[j]
+				p.key = peerKey(c.ns, *p)
+				if p.podSel != nil {
+					p.podSelStr = p.podSel.String()
+				}
+			}
+		}
 	}
 	if len(errs) > 0 {
 		c.err = fmt.Errorf("policy %s: %w", c.owner(), errors.Join(errs...))

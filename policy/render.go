@@ -44,7 +44,7 @@ type renderer struct {
 	rr       *Renderer
 	nsLabels map[string]labels.Set
 	podsByNS map[string][]*podInfo
-	allPods  []*podInfo
+	nsFP     map[string]fingerprint // fingerprintOf(podsByNS[ns])
 	sets     map[string]*IPSet
 	chains   map[string][]Rule
 	podSets  map[string][]*podInfo // peer key -> pods (memo)
@@ -54,7 +54,8 @@ type renderer struct {
 	usedFilters  map[string]cachedFilter
 	usedChains   map[chainKey]cachedChain
 	usedEPChains map[string][]Rule
-	nsSorted     []string // namespaces that have pods, sorted
+	nsSorted     []string            // namespaces that have pods, sorted
+	nsMatch      map[string][]string // namespace selector -> nsSorted it matches
 }
 
 // Render computes the desired dataplane for one node. It is pure: the same
@@ -66,12 +67,16 @@ func Render(cfg Config, in Input) *State {
 // Render computes the desired dataplane, like the package-level Render.
 func (rr *Renderer) Render(in Input) *State {
 	cfg := rr.cfg
-	r := &renderer{cfg: cfg, rr: rr, nsLabels: map[string]labels.Set{}, podsByNS: map[string][]*podInfo{},
-		sets: map[string]*IPSet{}, chains: map[string][]Rule{}, podSets: map[string][]*podInfo{},
-		usedMembers: map[string]cachedMembers{}, usedFilters: map[string]cachedFilter{}, usedChains: map[chainKey]cachedChain{},
-		usedEPChains: map[string][]Rule{}}
+	// Sized as the last render, so the maps do not grow and rehash.
+	z := rr.last
+	r := &renderer{cfg: cfg, rr: rr, nsLabels: make(map[string]labels.Set, len(in.Namespaces)),
+		podsByNS: make(map[string][]*podInfo, len(in.Namespaces)), nsFP: make(map[string]fingerprint, len(in.Namespaces)),
+		sets: make(map[string]*IPSet, z.sets), chains: make(map[string][]Rule, z.chains), podSets: make(map[string][]*podInfo, z.podSets),
+		usedMembers: make(map[string]cachedMembers, len(rr.members)), usedFilters: make(map[string]cachedFilter, len(rr.filters)),
+		usedChains: make(map[chainKey]cachedChain, len(rr.chains)), usedEPChains: make(map[string][]Rule, len(rr.epChains))}
 	defer func() {
 		rr.members, rr.filters, rr.chains, rr.epChains = r.usedMembers, r.usedFilters, r.usedChains, r.usedEPChains
+		rr.last = renderSizes{sets: len(r.sets), chains: len(r.chains), podSets: len(r.podSets)}
 	}()
 	for _, ns := range in.Namespaces {
 		l := labels.Set{}
@@ -146,8 +151,8 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		byKey[k] = append(byKey[k], l)
 	}
 	r.rr.gen++
+	r.rr.hits = 0
 	byNS := map[string]*[]*podInfo{} // appends without a map assignment per pod
-	r.allPods = make([]*podInfo, 0, len(in.Pods))
 	for _, p := range in.Pods {
 		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
@@ -180,18 +185,26 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		// Order does not matter: set members are sorted.
 		sl := byNS[pi.ns]
 		if sl == nil {
-			sl = &[]*podInfo{}
+			s := make([]*podInfo, 0, r.rr.nsLen[pi.ns]) // as many as last time
+			sl = &s
 			byNS[pi.ns] = sl
 		}
 		*sl = append(*sl, pi)
-		r.allPods = append(r.allPods, pi)
 	}
+	nsLen := make(map[string]int, len(byNS))
 	for ns, sl := range byNS {
 		r.podsByNS[ns] = *sl
+		r.nsFP[ns] = fingerprintOf(*sl)
+		nsLen[ns] = len(*sl)
 	}
-	for p, e := range r.rr.pods {
-		if e.gen != r.rr.gen {
-			delete(r.rr.pods, p)
+	r.rr.nsLen = nsLen
+	// Drop cached pods not seen in this render; sweep only once they are
+	// more than an eighth, so one changed pod does not cost a full sweep.
+	if stale := len(r.rr.pods) - r.rr.hits; stale > 0 && stale >= r.rr.hits/8 {
+		for p, e := range r.rr.pods {
+			if e.gen != r.rr.gen {
+				delete(r.rr.pods, p)
+			}
 		}
 	}
 	return locals
@@ -494,14 +507,9 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 // ipBlock peer (used with named egress ports) it is the known pods inside
 // the block.
 func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
-	var key string
-	switch {
-	case p.block != nil:
-		key = "block=" + p.block.key()
-	case p.nsSel == nil:
-		key = "ns=" + c.ns + "|pods=" + selString(p.podSel)
-	default:
-		key = "nssel=" + selString(p.nsSel) + "|pods=" + selString(p.podSel)
+	key := p.key
+	if key == "" {
+		key = peerKey(c.ns, p)
 	}
 	if pods, ok := r.podSets[key]; ok {
 		return key, pods
@@ -509,16 +517,18 @@ func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
 	var pods []*podInfo
 	switch {
 	case p.block != nil:
-		for _, pi := range r.allPods {
-			for _, a := range pi.ips {
-				if p.block.contains(a) {
-					pods = append(pods, pi)
-					break
+		for _, nsPods := range r.podsByNS { // order does not matter: members are sorted
+			for _, pi := range nsPods {
+				for _, a := range pi.ips {
+					if p.block.contains(a) {
+						pods = append(pods, pi)
+						break
+					}
 				}
 			}
 		}
 	case p.nsSel == nil:
-		pods = r.filterPods(c.ns, p.podSel)
+		pods = r.filterPods(c.ns, p.podSel, p.podSelStr)
 	default:
 		if r.nsSorted == nil {
 			r.nsSorted = make([]string, 0, len(r.podsByNS))
@@ -527,18 +537,48 @@ func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
 			}
 			sort.Strings(r.nsSorted)
 		}
-		for _, ns := range r.nsSorted {
-			l, ok := r.nsLabels[ns]
-			if !ok {
-				l = labels.Set{"kubernetes.io/metadata.name": ns}
-			}
-			if p.nsSel.Matches(l) {
-				pods = append(pods, r.filterPods(ns, p.podSel)...)
-			}
+		for _, ns := range r.matchNamespaces(p.nsSel) {
+			pods = append(pods, r.filterPods(ns, p.podSel, p.podSelStr)...)
 		}
 	}
 	r.podSets[key] = pods
 	return key, pods
+}
+
+// peerKey is the identity of the pods a peer of a policy in ns resolves to.
+func peerKey(ns string, p peer) string {
+	switch {
+	case p.block != nil:
+		return "block=" + p.block.key()
+	case p.nsSel == nil:
+		return "ns=" + ns + "|pods=" + selString(p.podSel)
+	default:
+		return "nssel=" + selString(p.nsSel) + "|pods=" + selString(p.podSel)
+	}
+}
+
+// matchNamespaces returns the sorted namespaces with pods that nsSel
+// matches, once per selector and render (many peers share one).
+func (r *renderer) matchNamespaces(nsSel labels.Selector) []string {
+	key := nsSel.String()
+	if m, ok := r.nsMatch[key]; ok {
+		return m
+	}
+	var m []string
+	for _, ns := range r.nsSorted {
+		l, ok := r.nsLabels[ns]
+		if !ok {
+			l = labels.Set{"kubernetes.io/metadata.name": ns}
+		}
+		if nsSel.Matches(l) {
+			m = append(m, ns)
+		}
+	}
+	if r.nsMatch == nil {
+		r.nsMatch = map[string][]string{}
+	}
+	r.nsMatch[key] = m
+	return m
 }
 
 func selString(s labels.Selector) string {
@@ -550,16 +590,19 @@ func selString(s labels.Selector) string {
 
 // filterPods returns the namespace's pods matching sel, reusing the last
 // result when the namespace holds the same pod infos as then.
-func (r *renderer) filterPods(ns string, sel labels.Selector) []*podInfo {
+func (r *renderer) filterPods(ns string, sel labels.Selector, selStr string) []*podInfo {
 	pods := r.podsByNS[ns]
 	if sel == nil || sel.Empty() {
 		return pods
 	}
-	key := ns + "|" + sel.String()
+	if selStr == "" {
+		selStr = sel.String()
+	}
+	key := ns + "|" + selStr
 	if f, ok := r.usedFilters[key]; ok {
 		return f.out
 	}
-	fp := fingerprintOf(pods)
+	fp := r.nsFP[ns]
 	if f, ok := r.rr.filters[key]; ok && f.in == fp {
 		r.usedFilters[key] = f
 		return f.out

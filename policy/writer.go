@@ -380,7 +380,7 @@ func chainHashes(c Chain) []string {
 
 func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, stats *ApplyStats) error {
 	var decl, rules, tail strings.Builder
-	newChains := map[string][]string{}
+	newChains := make(map[string][]string, len(st.Chains))
 	memo := make(map[string]chainMemo, len(st.Chains))
 	defer func() { w.memo = memo }()
 	for _, c := range st.Chains {
