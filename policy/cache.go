@@ -14,7 +14,8 @@ type Renderer struct {
 	policies map[types.UID]cachedPolicy
 	pods     map[*corev1.Pod]*cachedPod // informer objects are immutable
 	members  map[string]cachedMembers   // pod set key -> members
-	filters  map[string]cachedFilter    // namespace|selector -> matching pods
+	filters  map[filterKey]cachedFilter // namespace, selector -> matching pods
+	peers    map[string]podList         // namespace-selector peer key -> pods
 	chains   map[chainKey]cachedChain
 	epChains map[string][]Rule // endpoint chain name + signature -> rules
 	dispatch *cachedDispatch
@@ -48,9 +49,11 @@ type cachedChain struct {
 	rules []Rule
 }
 
+type filterKey struct{ ns, sel string }
+
 type cachedFilter struct {
-	in  fingerprint
-	out []*podInfo
+	in  fingerprint // of the namespace's pods
+	out podList
 }
 
 // fingerprint identifies a set of pod infos regardless of order (informer
@@ -91,14 +94,19 @@ type cachedPolicy struct {
 
 type cachedPod struct {
 	rv  string
-	p   *podInfo
-	gen uint64 // last render that used it
+	p   *podInfo // nil: skipPod
+	gen uint64   // last render that used it
+}
+
+// skipPod: host-network and finished pods are neither peers nor endpoints.
+func skipPod(p *corev1.Pod) bool {
+	return p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
 // NewRenderer returns a Renderer with empty caches.
 func NewRenderer(cfg Config) *Renderer {
 	return &Renderer{cfg: cfg, policies: map[types.UID]cachedPolicy{}, pods: map[*corev1.Pod]*cachedPod{},
-		members: map[string]cachedMembers{}, filters: map[string]cachedFilter{}, chains: map[chainKey]cachedChain{},
+		members: map[string]cachedMembers{}, filters: map[filterKey]cachedFilter{}, peers: map[string]podList{}, chains: map[chainKey]cachedChain{},
 		epChains: map[string][]Rule{}}
 }
 
@@ -115,8 +123,13 @@ func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]b
 	return c
 }
 
+// podInfo returns the pod's info (nil when skipPod), cached per object
+// and resourceVersion, so unchanged pods are not looked into again.
 func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 	if p.UID == "" || p.ResourceVersion == "" {
+		if skipPod(p) {
+			return nil
+		}
 		return rr.newPodInfo(p)
 	}
 	if e, ok := rr.pods[p]; ok && e.rv == p.ResourceVersion {
@@ -126,7 +139,10 @@ func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 		}
 		return e.p
 	}
-	pi := rr.newPodInfo(p)
+	var pi *podInfo
+	if !skipPod(p) {
+		pi = rr.newPodInfo(p)
+	}
 	rr.pods[p] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}
 	rr.hits++ // p is new, or its entry (of an earlier render) is replaced
 	return pi

@@ -36,7 +36,7 @@ type peer struct {
 	block         *ipBlock
 	// key and podSelStr are filled by ensureRules (renderer memo keys,
 	// so the selectors are not re-stringified on every render).
-	key, podSelStr string
+	key, podSelStr, owner string
 }
 
 type ipBlock struct {
@@ -162,6 +162,7 @@ func (c *compiled) ensureRules() {
 			for j := range c.rules[dir][i].peers {
 				p := &c.rules[dir][i].peers[j]
 				p.key = peerKey(c.ns, *p)
+				p.owner = "peer " + p.key
 				if p.podSel != nil {
 					p.podSelStr = p.podSel.String()
 				}

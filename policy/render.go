@@ -47,11 +47,12 @@ type renderer struct {
 	nsFP     map[string]fingerprint // fingerprintOf(podsByNS[ns])
 	sets     map[string]*IPSet
 	chains   map[string][]Rule
-	podSets  map[string][]*podInfo // peer key -> pods (memo)
+	podSets  map[string]podList // peer key -> pods (memo)
 	// usedMembers / usedFilters replace the Renderer's caches after this
 	// render, which drops entries no longer used.
 	usedMembers  map[string]cachedMembers
-	usedFilters  map[string]cachedFilter
+	usedFilters  map[filterKey]cachedFilter
+	usedPeers    map[string]podList
 	usedChains   map[chainKey]cachedChain
 	usedEPChains map[string][]Rule
 	nsSorted     []string            // namespaces that have pods, sorted
@@ -71,11 +72,13 @@ func (rr *Renderer) Render(in Input) *State {
 	z := rr.last
 	r := &renderer{cfg: cfg, rr: rr, nsLabels: make(map[string]labels.Set, len(in.Namespaces)),
 		podsByNS: make(map[string][]*podInfo, len(in.Namespaces)), nsFP: make(map[string]fingerprint, len(in.Namespaces)),
-		sets: make(map[string]*IPSet, z.sets), chains: make(map[string][]Rule, z.chains), podSets: make(map[string][]*podInfo, z.podSets),
-		usedMembers: make(map[string]cachedMembers, len(rr.members)), usedFilters: make(map[string]cachedFilter, len(rr.filters)),
+		sets: make(map[string]*IPSet, z.sets), chains: make(map[string][]Rule, z.chains), podSets: make(map[string]podList, z.podSets),
+		usedMembers: make(map[string]cachedMembers, len(rr.members)), usedFilters: make(map[filterKey]cachedFilter, len(rr.filters)),
+		usedPeers:  make(map[string]podList, len(rr.peers)),
 		usedChains: make(map[chainKey]cachedChain, len(rr.chains)), usedEPChains: make(map[string][]Rule, len(rr.epChains))}
 	defer func() {
 		rr.members, rr.filters, rr.chains, rr.epChains = r.usedMembers, r.usedFilters, r.usedChains, r.usedEPChains
+		rr.peers = r.usedPeers
 		rr.last = renderSizes{sets: len(r.sets), chains: len(r.chains), podSets: len(r.podSets)}
 	}()
 	for _, ns := range in.Namespaces {
@@ -154,10 +157,10 @@ func (r *renderer) indexPods(in Input) []*localEP {
 	r.rr.hits = 0
 	byNS := map[string]*[]*podInfo{} // appends without a map assignment per pod
 	for _, p := range in.Pods {
-		if p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+		pi := r.rr.podInfo(p)
+		if pi == nil { // host-network or finished
 			continue
 		}
-		pi := r.rr.podInfo(p)
 		if ls, ok := byKey[nsName{p.Namespace, p.Name}]; ok {
 			var mine []*localEP
 			for _, l := range ls {
@@ -435,9 +438,9 @@ func (r *renderer) egressRules(c *compiled, cr rule, owner string) []Rule {
 			peers = []peer{{nsSel: labels.Everything()}} // every pod
 		}
 		for _, p := range peers {
-			key, pods := r.peerPods(c, p)
+			key, pl := r.peerPods(c, p)
 			byNum := map[uint16][]*podInfo{}
-			for _, pi := range pods {
+			for _, pi := range pl.pods {
 				if n, ok := pi.namedPort(np.name, np.proto); ok {
 					byNum[n] = append(byNum[n], pi)
 				}
@@ -449,7 +452,7 @@ func (r *renderer) egressRules(c *compiled, cr rule, owner string) []Rule {
 			sort.Ints(nums)
 			for _, n := range nums {
 				k := fmt.Sprintf("%s|port=%s/%s/%d", key, np.name, np.proto, n)
-				set := r.podSet(k, byNum[uint16(n)], owner)
+				set := r.podSet(k, listOf(byNum[uint16(n)]), owner)
 				out = append(out, r.allow(Match{DstSet: set, Proto: np.proto, DPortMin: uint16(n), DPortMax: uint16(n)}, owner))
 			}
 		}
@@ -467,11 +470,15 @@ func (r *renderer) peerSet(c *compiled, p peer) string {
 		}
 		return name
 	}
-	key, pods := r.peerPods(c, p)
-	return r.podSet(key, pods, "peer "+key)
+	key, pl := r.peerPods(c, p)
+	owner := p.owner
+	if owner == "" {
+		owner = "peer " + key
+	}
+	return r.podSet(key, pl, owner)
 }
 
-func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
+func (r *renderer) podSet(key string, pl podList, owner string) string {
 	c, cached := r.rr.members[key]
 	name := c.name
 	if !cached {
@@ -481,15 +488,14 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 		return name
 	}
 	// The same pod infos (cached per resourceVersion) make the same members.
-	fp := fingerprintOf(pods)
-	if cached && c.pods == fp {
+	if cached && c.pods == pl.fp {
 		r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: c.members, Owner: owner}
 		r.usedMembers[key] = c
 		return name
 	}
 	var members []string
 	seen := map[netip.Addr]bool{}
-	for _, pi := range pods {
+	for _, pi := range pl.pods {
 		for _, a := range pi.ips {
 			if !seen[a] {
 				seen[a] = true
@@ -499,24 +505,38 @@ func (r *renderer) podSet(key string, pods []*podInfo, owner string) string {
 	}
 	sort.Strings(members)
 	r.sets[name] = &IPSet{Name: name, Type: HashIP, Members: members, Owner: owner}
-	r.usedMembers[key] = cachedMembers{name: name, pods: fp, members: members}
+	r.usedMembers[key] = cachedMembers{name: name, pods: pl.fp, members: members}
 	return name
+}
+
+// podList is pods with their fingerprint.
+type podList struct {
+	pods []*podInfo
+	fp   fingerprint
+}
+
+func listOf(pods []*podInfo) podList { return podList{pods: pods, fp: fingerprintOf(pods)} }
+
+// add folds the fingerprint of a disjoint list into f.
+func (f fingerprint) add(g fingerprint) fingerprint {
+	return fingerprint{n: f.n + g.n, sum: f.sum + g.sum, xor: f.xor ^ g.xor}
 }
 
 // peerPods resolves a peer to pods and a stable identity key. For an
 // ipBlock peer (used with named egress ports) it is the known pods inside
 // the block.
-func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
+func (r *renderer) peerPods(c *compiled, p peer) (string, podList) {
 	key := p.key
 	if key == "" {
 		key = peerKey(c.ns, p)
 	}
-	if pods, ok := r.podSets[key]; ok {
-		return key, pods
+	if pl, ok := r.podSets[key]; ok {
+		return key, pl
 	}
-	var pods []*podInfo
+	var pl podList
 	switch {
 	case p.block != nil:
+		var pods []*podInfo
 		for _, nsPods := range r.podsByNS { // order does not matter: members are sorted
 			for _, pi := range nsPods {
 				for _, a := range pi.ips {
@@ -527,8 +547,9 @@ func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
 				}
 			}
 		}
+		pl = listOf(pods)
 	case p.nsSel == nil:
-		pods = r.filterPods(c.ns, p.podSel, p.podSelStr)
+		pl = r.filterPods(c.ns, p.podSel, p.podSelStr)
 	default:
 		if r.nsSorted == nil {
 			r.nsSorted = make([]string, 0, len(r.podsByNS))
@@ -537,12 +558,24 @@ func (r *renderer) peerPods(c *compiled, p peer) (string, []*podInfo) {
 			}
 			sort.Strings(r.nsSorted)
 		}
-		for _, ns := range r.matchNamespaces(p.nsSel) {
-			pods = append(pods, r.filterPods(ns, p.podSel, p.podSelStr)...)
+		nss := r.matchNamespaces(p.nsSel)
+		var fp fingerprint
+		for _, ns := range nss {
+			fp = fp.add(r.filterPods(ns, p.podSel, p.podSelStr).fp)
 		}
+		// The same pods as last time: reuse the list, do not concatenate.
+		if prev, ok := r.rr.peers[key]; ok && prev.fp == fp {
+			pl = prev
+		} else {
+			pl.fp = fp
+			for _, ns := range nss {
+				pl.pods = append(pl.pods, r.filterPods(ns, p.podSel, p.podSelStr).pods...)
+			}
+		}
+		r.usedPeers[key] = pl
 	}
-	r.podSets[key] = pods
-	return key, pods
+	r.podSets[key] = pl
+	return key, pl
 }
 
 // peerKey is the identity of the pods a peer of a policy in ns resolves to.
@@ -590,15 +623,15 @@ func selString(s labels.Selector) string {
 
 // filterPods returns the namespace's pods matching sel, reusing the last
 // result when the namespace holds the same pod infos as then.
-func (r *renderer) filterPods(ns string, sel labels.Selector, selStr string) []*podInfo {
+func (r *renderer) filterPods(ns string, sel labels.Selector, selStr string) podList {
 	pods := r.podsByNS[ns]
 	if sel == nil || sel.Empty() {
-		return pods
+		return podList{pods: pods, fp: r.nsFP[ns]}
 	}
 	if selStr == "" {
 		selStr = sel.String()
 	}
-	key := ns + "|" + selStr
+	key := filterKey{ns: ns, sel: selStr}
 	if f, ok := r.usedFilters[key]; ok {
 		return f.out
 	}
@@ -607,7 +640,7 @@ func (r *renderer) filterPods(ns string, sel labels.Selector, selStr string) []*
 		r.usedFilters[key] = f
 		return f.out
 	}
-	out := filterPods(pods, sel)
+	out := listOf(filterPods(pods, sel))
 	r.usedFilters[key] = cachedFilter{in: fp, out: out}
 	return out
 }
