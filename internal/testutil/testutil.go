@@ -55,7 +55,9 @@ var (
 // BinDir returns a directory holding weft's binaries (weft, weft-ipam, ...).
 // When WEFT_BIN_DIR is set (make test sets it to bin/) that directory is
 // used as is; otherwise the binaries are built once per test process into a
-// temporary directory.
+// temporary directory, which outlives the process (go test has no hook to
+// remove it from here): run through make test, or set WEFT_BIN_DIR, to
+// avoid leaving /tmp/weft-bin-* behind.
 func BinDir(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("WEFT_BIN_DIR"); d != "" {
