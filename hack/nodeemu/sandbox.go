@@ -14,6 +14,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -25,6 +26,10 @@ type CNIOptions struct {
 	BinDirs  []string // plugin binaries
 	CacheDir string   // libcni's result cache
 	NetnsDir string   // where pod netns files live (normally /run/netns)
+	// MaxResultVersion is the newest CNI result version the emulated
+	// runtime accepts; a newer one fails the pod, as containerd 1.6 fails
+	// a 1.1.0 result. "" accepts any (containerd >= 1.7, CRI-O).
+	MaxResultVersion string
 }
 
 // cniTimeout bounds one ADD or DEL chain (a hung plugin must not hold a
@@ -94,6 +99,11 @@ func (s *sandboxes) setUp(ctx context.Context, pod *v1.Pod) ([]string, error) {
 		}
 		return nil, addErr
 	}
+	if err := s.acceptVersion(res); err != nil {
+		_ = s.cni.DelNetworkList(context.WithoutCancel(ctx), list, rt)
+		_ = removeNetns(path)
+		return nil, fmt.Errorf("CNI result from %s: %w", file, err)
+	}
 	ips, err := resultIPs(res)
 	if err != nil {
 		_ = s.cni.DelNetworkList(context.WithoutCancel(ctx), list, rt)
@@ -103,6 +113,22 @@ func (s *sandboxes) setUp(ctx context.Context, pod *v1.Pod) ([]string, error) {
 	s.log.InfoContext(ctx, "pod network set up", "pod", pod.Namespace+"/"+pod.Name,
 		"network", list.Name, "conf", file, "ips", ips, "netns", path)
 	return ips, nil
+}
+
+// acceptVersion rejects a result newer than the runtime understands.
+func (s *sandboxes) acceptVersion(res cnitypes.Result) error {
+	if s.opts.MaxResultVersion == "" {
+		return nil
+	}
+	newer, err := version.GreaterThan(res.Version(), s.opts.MaxResultVersion)
+	if err != nil {
+		return fmt.Errorf("result version %q: %w", res.Version(), err)
+	}
+	if newer {
+		return fmt.Errorf("incompatible CNI result version %s: this runtime accepts up to %s (as containerd 1.6 does)",
+			res.Version(), s.opts.MaxResultVersion)
+	}
+	return nil
 }
 
 // resultIPs picks the pod's addresses: those on eth0 inside the sandbox,

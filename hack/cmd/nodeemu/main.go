@@ -63,6 +63,7 @@ func run() error {
 	apiPortFlag := fs.String("api-port", "", "KUBERNETES_SERVICE_PORT for hostNetwork pods (default: the kubeconfig's server port)")
 	caCertFlag := fs.String("ca-cert", "", "ca.crt written into ServiceAccount volumes when the kube-root-ca.crt ConfigMap is unreadable (default: the kubeconfig's CA)")
 	logLevel := fs.String("log-level", "info", "debug|info|warn|error")
+	maxResult := fs.String("max-cni-result-version", "1.0.0", "newest CNI result version accepted, like the runtime emulated (1.0.0 = containerd 1.6, the strictest in use; \"\" = any)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func run() error {
 	cfg := nodeemu.Config{
 		Node: nodeemu.NodeOptions{Name: *nodeName, IP: *nodeIP, KubeletVersion: *version, CPU: cpuQ, Memory: memQ},
 		CNI: nodeemu.CNIOptions{ConfDir: *confDir, BinDirs: strings.Split(*binDir, ":"),
-			CacheDir: *cacheDir, NetnsDir: *netnsDir},
+			CacheDir: *cacheDir, NetnsDir: *netnsDir, MaxResultVersion: *maxResult},
 		Proc:     nodeemu.ProcOptions{ImageBinDir: *imageBinDir},
 		StateDir: *stateDir,
 		APIHost:  host,
