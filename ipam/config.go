@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/utils"
 
+	"github.com/weftnet/weft/internal/cniargs"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/ipam/allocator"
 )
@@ -330,11 +331,7 @@ func (c *config) requestedIPs(cniArgs string) ([]netip.Addr, error) {
 		}
 		return nil
 	}
-	for _, pair := range strings.Split(cniArgs, ";") {
-		k, v, ok := strings.Cut(pair, "=")
-		if !ok || strings.TrimSpace(k) != "IP" {
-			continue
-		}
+	for _, v := range cniargs.Values(cniArgs, "IP") {
 		for _, s := range strings.Split(v, ",") {
 			if err := add("CNI_ARGS IP", s); err != nil {
 				return nil, types.NewError(types.ErrInvalidEnvironmentVariables, err.Error(), "")

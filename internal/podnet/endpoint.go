@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/weftnet/weft/internal/cniargs"
 	"github.com/weftnet/weft/internal/endpoint"
 )
 
@@ -18,26 +19,15 @@ type podIdentity struct {
 	Namespace, Name, UID string
 }
 
-// parsePodArgs reads the K8S_POD_* keys of CNI_ARGS ("K=V;K=V"), ignoring
-// every other key: runtimes pass IgnoreUnknown=1 and more keys than weft
-// uses, and rejecting them would break pods.
+// parsePodArgs reads the K8S_POD_* keys of CNI_ARGS, ignoring every other
+// key: runtimes pass IgnoreUnknown=1 and more keys than weft uses, and
+// rejecting them would break pods.
 func parsePodArgs(s string) podIdentity {
-	var id podIdentity
-	for _, kv := range strings.Split(s, ";") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "K8S_POD_NAMESPACE":
-			id.Namespace = v
-		case "K8S_POD_NAME":
-			id.Name = v
-		case "K8S_POD_UID":
-			id.UID = v
-		}
+	return podIdentity{
+		Namespace: cniargs.Last(s, "K8S_POD_NAMESPACE"),
+		Name:      cniargs.Last(s, "K8S_POD_NAME"),
+		UID:       cniargs.Last(s, "K8S_POD_UID"),
 	}
-	return id
 }
 
 // recordEndpoint writes the attachment's record for weftd's policy
