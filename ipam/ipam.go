@@ -72,7 +72,10 @@
 // previous generation and an allocation is either fully recorded or absent.
 // Details and the reasoning (no temp+rename: 0.6-0.9 ms on ext4) are in
 // package store/disk. Existing host-local files in the directory are
-// imported on first use. Allocations written under an earlier kernel boot
+// imported on first use. State in a format this weft-ipam does not know
+// (another format version, or an unknown record: a newer weft-ipam before a
+// rollback) fails every verb with code 5 naming the file and the version,
+// and is never ignored or moved aside. Allocations written under an earlier kernel boot
 // ID are released on first use after a node reboot (no pod survives one).
 package ipam
 

@@ -23,8 +23,12 @@
 // Files are not fsynced by default (Options.Sync turns it on): the state
 // must survive plugin crashes and restarts, while a host crash restarts
 // every pod anyway, and a slot torn by a power loss fails its checksum.
-// When both slots are unreadable they are moved aside (*.corrupt-<time>)
-// with a warning and the store starts empty.
+// When both slots are damaged (checksum or header garbage) they are moved
+// aside (*.corrupt-<time>) with a warning and the store starts empty. A
+// slot that is not damaged but written in a format this code does not know
+// (another version in the header, or an unknown record under a valid
+// checksum: a newer weft-ipam before a rollback) is never moved or ignored:
+// every operation fails with ErrUnknownFormat, naming the file and version.
 //
 // Each slot records the kernel boot ID it was written under. Allocations of
 // an earlier boot are released on first use after a reboot: every network
@@ -248,23 +252,41 @@ func (s *Store) read(repair bool) (*snapshot, error) {
 		snap.st, snap.imported, snap.boot = st, names, s.bootID()
 		return snap, nil
 	}
-	// Try the newer slot first; fall back to the other.
+	// Decode both slots: one written in an unknown format is refused even
+	// when the other decodes.
+	var slots [2]slot
+	var errs [2]error
+	for i := range datas {
+		if datas[i] != nil {
+			slots[i], errs[i] = decode(datas[i])
+		}
+	}
+	if err := s.refuseUnknown(errs); err != nil {
+		return nil, err
+	}
+	// Take the newer valid slot; fall back to the other.
 	order := [2]int{0, 1}
 	if headerGen(datas[1]) > headerGen(datas[0]) {
 		order = [2]int{1, 0}
 	}
-	var errs []error
 	for _, i := range order {
-		if datas[i] == nil {
-			continue
-		}
-		sl, err := decode(datas[i])
-		if err == nil {
-			snap.st, snap.gen = sl.st, sl.gen
-			s.forgetEarlierBoot(snap, sl.boot)
+		if datas[i] != nil && errs[i] == nil {
+			snap.st, snap.gen = slots[i].st, slots[i].gen
+			s.forgetEarlierBoot(snap, slots[i].boot)
 			return snap, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", SlotFiles()[i], err))
+	}
+	return s.moveAside(repair, datas, errs)
+}
+
+// moveAside handles two damaged slots: kept for inspection under new names
+// (only by an exclusive holder), and the store starts empty.
+func (s *Store) moveAside(repair bool, datas [2][]byte, slotErrs [2]error) (*snapshot, error) {
+	var errs []error
+	for i, err := range slotErrs {
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", SlotFiles()[i], err))
+		}
 	}
 	// Both slots unreadable: keep them for inspection, start empty.
 	if !repair {
@@ -283,6 +305,23 @@ func (s *Store) read(repair bool) (*snapshot, error) {
 	s.log().Warn("weft-ipam: unreadable state moved aside, starting empty",
 		"dir", s.dir, "suffix", suffix, "err", errors.Join(errs...))
 	return &snapshot{st: &store.State{}, boot: s.bootID()}, nil
+}
+
+// refuseUnknown fails when any present slot was written in a format this
+// weft-ipam does not know (typically by a newer weft-ipam before a
+// rollback). Neither falling back to the other, older slot nor starting
+// empty is safe: both would hand out addresses that running pods hold. The
+// files are left exactly as they are.
+func (s *Store) refuseUnknown(errs [2]error) error {
+	for i, err := range errs {
+		if errors.Is(err, ErrUnknownFormat) {
+			return fmt.Errorf("IPAM state %s: %w; refusing to read it or to start empty "+
+				"(that would re-issue addresses running pods hold): run the weft-ipam that wrote it, "+
+				"or move the state away by hand once no pod of this network is left",
+				filepath.Join(s.dir, SlotFiles()[i]), err)
+		}
+	}
+	return nil
 }
 
 // forgetEarlierBoot drops allocations recorded during an earlier boot of the

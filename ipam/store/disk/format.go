@@ -25,7 +25,36 @@ import (
 // The trailer detects a slot torn by a killed writer (a prefix of the new
 // state over the tail of the old one). Container IDs and ifnames never hold
 // whitespace (the ipam package refuses them).
+//
+// A slot whose header names another format version, or whose checksum holds
+// but which carries a record this code does not know, was written by another
+// (newer) weft-ipam: it is not damage, and decode reports ErrUnknownFormat.
 const magic = "weft-ipam 1 "
+
+// formatPrefix starts the header of every format version.
+const formatPrefix = "weft-ipam "
+
+// ErrUnknownFormat marks a slot written in a format this weft-ipam cannot
+// read although it is not damaged (another format version, or an unknown
+// record under a valid checksum). The store refuses such state: reading it
+// as empty would hand out addresses that running pods hold.
+var ErrUnknownFormat = errors.New("state written in a format this weft-ipam does not know")
+
+// otherVersion returns the format version in data's header when it is a
+// well-formed version number other than 1.
+func otherVersion(data []byte) (string, bool) {
+	line, _, _ := bytes.Cut(data, []byte{'\n'})
+	rest, ok := bytes.CutPrefix(line, []byte(formatPrefix))
+	if !ok {
+		return "", false
+	}
+	v, _, _ := bytes.Cut(rest, []byte{' '})
+	n, err := strconv.ParseUint(string(v), 10, 32)
+	if err != nil || n == 1 || len(v) > 9 || v[0] == '0' {
+		return "", false
+	}
+	return string(v), true
+}
 
 func crcTable() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
 
@@ -95,6 +124,10 @@ func decode(data []byte) (slot, error) {
 }
 
 func decodeParts(data []byte) (*store.State, uint64, string, error) {
+	// Another version's trailer may differ: look at the header first.
+	if v, ok := otherVersion(data); ok {
+		return nil, 0, "", fmt.Errorf("%w: format version %s (this weft-ipam reads version 1)", ErrUnknownFormat, v)
+	}
 	// Verify the trailer before parsing anything.
 	body := bytes.TrimSuffix(data, []byte{'\n'})
 	cut := bytes.LastIndexByte(body, '\n')
@@ -118,44 +151,55 @@ func decodeParts(data []byte) (*store.State, uint64, string, error) {
 	line, rest, _ := strings.Cut(s, "\n")
 	genStr, ok := strings.CutPrefix(line, magic)
 	if !ok {
-		return nil, 0, "", fmt.Errorf("unknown header %q", line)
+		return nil, 0, "", fmt.Errorf("%w: header %q", ErrUnknownFormat, line)
 	}
 	gen, err := strconv.ParseUint(genStr, 10, 64)
 	if err != nil {
-		return nil, 0, "", fmt.Errorf("header %q: %w", line, err)
+		return nil, 0, "", fmt.Errorf("%w: header %q: %w", ErrUnknownFormat, line, err)
 	}
+	st, boot, err := decodeRecords(rest, count)
+	if err != nil {
+		// The checksum holds, so this is no damage: another writer's record.
+		return nil, 0, "", fmt.Errorf("%w: %w", ErrUnknownFormat, err)
+	}
+	return st, gen, boot, nil
+}
+
+// decodeRecords parses the lines between header and trailer.
+func decodeRecords(rest string, count int) (*store.State, string, error) {
 	st := &store.State{Allocations: make([]store.Allocation, 0, count)}
 	boot := ""
 	if b, r, ok := strings.Cut(rest, "\n"); ok && strings.HasPrefix(b, "boot ") {
 		boot, rest = strings.TrimPrefix(b, "boot "), r
 	}
+	var line string
 	for n := 2; rest != ""; n++ {
 		line, rest, _ = strings.Cut(rest, "\n")
 		f0, f12, ok1 := strings.Cut(line, " ")
 		f1, f2, ok2 := strings.Cut(f12, " ")
 		if !ok1 || !ok2 || f0 == "" || f1 == "" || f2 == "" || strings.ContainsAny(f2, " \t\r") {
-			return nil, 0, "", fmt.Errorf("line %d: cannot parse %q", n, line)
+			return nil, "", fmt.Errorf("line %d: unknown record %q", n, line)
 		}
 		if f0 == "last" {
 			i, err := strconv.Atoi(f1)
 			if err != nil || i < 0 || i > 1024 {
-				return nil, 0, "", fmt.Errorf("line %d: bad range set index %q", n, f1)
+				return nil, "", fmt.Errorf("line %d: bad range set index %q", n, f1)
 			}
 			a, err := netip.ParseAddr(f2)
 			if err != nil {
-				return nil, 0, "", fmt.Errorf("line %d: %w", n, err)
+				return nil, "", fmt.Errorf("line %d: %w", n, err)
 			}
 			st.SetLast(i, a)
 			continue
 		}
 		a, err := netip.ParseAddr(f0)
 		if err != nil {
-			return nil, 0, "", fmt.Errorf("line %d: %w", n, err)
+			return nil, "", fmt.Errorf("line %d: %w", n, err)
 		}
 		st.Allocations = append(st.Allocations, store.Allocation{IP: a, ContainerID: f1, IfName: f2})
 	}
 	if len(st.Allocations) != count {
-		return nil, 0, "", fmt.Errorf("trailer says %d allocations, found %d", count, len(st.Allocations))
+		return nil, "", fmt.Errorf("trailer says %d allocations, found %d", count, len(st.Allocations))
 	}
-	return st, gen, boot, nil
+	return st, boot, nil
 }
