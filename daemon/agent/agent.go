@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -275,14 +276,22 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	return nil
 }
 
+// ensureLease re-checks the node's subnet on every sync (subnet.Ensure):
+// a Lease that vanished or changed holder is claimed again or given up.
 func (a *Agent) ensureLease(ctx context.Context, cfg *config.NetConf, node *corev1.Node) error {
-	want := subnet.NodePodCIDR(node)
-	if a.st.lease.Subnet.IsValid() && a.st.leaseNet == cfg.Network && (!want.IsValid() || want == a.st.lease.Subnet) {
-		return nil
-	}
-	asg, err := a.subnets.Acquire(ctx, cfg.Network, cfg.SubnetLen)
+	asg, err := a.subnets.Ensure(ctx, node, cfg.Network, cfg.SubnetLen, a.st.lease)
 	if err != nil {
+		if a.st.lease.Subnet.IsValid() && !asg.Subnet.IsValid() {
+			// Lost: no new pod may take an address of it.
+			a.st.lease = asg
+			if rerr := os.Remove(a.opt.SubnetFile); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return fmt.Errorf("subnet lease: %w", err)
+	}
+	if asg == a.st.lease && a.st.leaseNet == cfg.Network {
+		return nil
 	}
 	if a.st.lease.Subnet.IsValid() && asg.Subnet != a.st.lease.Subnet {
 		a.d.Log.Warn("node subnet changed", "old", a.st.lease.Subnet, "new", asg.Subnet)

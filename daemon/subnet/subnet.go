@@ -96,7 +96,8 @@ func NodePodCIDR(n *corev1.Node) netip.Prefix {
 
 // Acquire returns this node's subnet inside network, claiming one of
 // length subnetLen if the node has none, and records it in the node's
-// weft.dev/pod-cidr annotation.
+// weft.dev/pod-cidr annotation. A node that has spec.podCIDR gives up any
+// subnet Lease it still holds (it moved to controller-manager allocation).
 func (m *Manager) Acquire(ctx context.Context, network netip.Prefix, subnetLen int) (Assignment, error) {
 	node, err := m.client.CoreV1().Nodes().Get(ctx, m.node, metav1.GetOptions{})
 	if err != nil {
@@ -106,6 +107,9 @@ func (m *Manager) Acquire(ctx context.Context, network netip.Prefix, subnetLen i
 	if c := NodePodCIDR(node); c.IsValid() {
 		if !network.Contains(c.Addr()) || c.Bits() < network.Bits() {
 			return Assignment{}, fmt.Errorf("node %s: spec.podCIDR %s is outside the network %s", m.node, c, network)
+		}
+		if err := m.releaseLeases(ctx); err != nil {
+			return Assignment{}, err
 		}
 		a = Assignment{Subnet: c, Source: FromPodCIDR}
 	} else {
@@ -121,73 +125,119 @@ func (m *Manager) Acquire(ctx context.Context, network netip.Prefix, subnetLen i
 	return a, nil
 }
 
+// Ensure is called on every sync with the assignment in use (zero at
+// start) and node as the informer sees it. It returns cur when it still
+// holds: the same spec.podCIDR, or a Lease for cur that still exists, is
+// held by this node and fits network and subnetLen. Otherwise it acquires
+// again, re-claiming cur's subnet when it is still free. A node never keeps
+// a subnet whose Lease it lost: when re-acquiring fails after a lost Lease,
+// Ensure withdraws the node's weft.dev/pod-cidr annotation and returns a
+// zero Assignment with the error, so the caller stops using cur. Errors
+// that leave the claim unknown (API unreachable) return cur.
+func (m *Manager) Ensure(ctx context.Context, node *corev1.Node, network netip.Prefix, subnetLen int, cur Assignment) (Assignment, error) {
+	podCIDR := NodePodCIDR(node)
+	lost := false
+	switch {
+	case !cur.Subnet.IsValid():
+	case podCIDR.IsValid():
+		if cur.Source == FromPodCIDR && cur.Subnet == podCIDR && network.Contains(podCIDR.Addr()) {
+			return cur, nil
+		}
+	case cur.Source == FromLease && fits(cur.Subnet, network, subnetLen):
+		held, err := m.Holds(ctx, cur.Subnet)
+		if err != nil {
+			return cur, err
+		}
+		if held {
+			return cur, nil
+		}
+		lost = true
+		m.log.Warn("subnet lease lost (deleted or held by another node): claiming again", "subnet", cur.Subnet)
+	}
+	a, err := m.Acquire(ctx, network, subnetLen)
+	if err == nil || !lost {
+		return a, err
+	}
+	if werr := m.patch(ctx, map[string]*string{fabric.AnnoPodCIDR: nil}); werr != nil {
+		err = errors.Join(err, werr)
+	}
+	return Assignment{}, fmt.Errorf("subnet %s lost and no subnet could be claimed again, stopped advertising it: %w", cur.Subnet, err)
+}
+
+// Holds reports whether this node holds the Lease that claims subnet.
+func (m *Manager) Holds(ctx context.Context, subnet netip.Prefix) (bool, error) {
+	l, err := m.client.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(subnet), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get subnet lease %s: %w", LeaseName(subnet), err)
+	}
+	return holder(l) == m.node && l.DeletionTimestamp == nil && l.Annotations[AnnoSubnet] == subnet.String(), nil
+}
+
 func fits(p, network netip.Prefix, subnetLen int) bool {
 	return p.IsValid() && p.Bits() == subnetLen && network.Contains(p.Addr()) && p == p.Masked()
 }
 
+// claims are the subnet Leases as listed once, by subnet.
+type claims map[netip.Prefix]coordv1.Lease
+
+func (m *Manager) listClaims(ctx context.Context) (claims, error) {
+	list, err := m.client.CoordinationV1().Leases(Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelSubnet})
+	if err != nil {
+		return nil, fmt.Errorf("list subnet leases: %w", err)
+	}
+	out := claims{}
+	for _, l := range list.Items {
+		if p, err := netip.ParsePrefix(l.Annotations[AnnoSubnet]); err == nil {
+			out[p] = l
+		}
+	}
+	return out, nil
+}
+
 // claim finds or creates this node's subnet Lease.
 func (m *Manager) claim(ctx context.Context, node *corev1.Node, network netip.Prefix, subnetLen int) (netip.Prefix, error) {
-	leases := m.client.CoordinationV1().Leases(Namespace)
-	list, err := leases.List(ctx, metav1.ListOptions{LabelSelector: LabelSubnet})
+	leases, err := m.listClaims(ctx)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("list subnet leases: %w", err)
+		return netip.Prefix{}, err
 	}
-	taken := map[netip.Prefix]bool{}
-	var mine []coordv1.Lease
-	for _, l := range list.Items {
-		p, err := netip.ParsePrefix(l.Annotations[AnnoSubnet])
-		if err != nil {
-			continue
-		}
-		taken[p] = true
-		if holder(&l) == m.node {
-			mine = append(mine, l)
-		}
-	}
-	// Reuse our own claim (annotation first, then any lease we hold that fits).
 	want, _ := netip.ParsePrefix(node.Annotations[fabric.AnnoPodCIDR])
-	var reuse netip.Prefix
-	for _, l := range mine {
-		p, _ := netip.ParsePrefix(l.Annotations[AnnoSubnet])
-		if fits(p, network, subnetLen) && (!reuse.IsValid() || p == want) {
-			reuse = p
-		}
+	if reuse, err := m.reuse(ctx, leases, want, network, subnetLen); err != nil || reuse.IsValid() {
+		return reuse, err
 	}
-	for _, l := range mine {
-		p, _ := netip.ParsePrefix(l.Annotations[AnnoSubnet])
-		if p != reuse {
-			// A claim that no longer fits the network (config changed) or a
-			// duplicate left by a crash: release it.
-			m.log.Info("releasing stale subnet lease", "subnet", p, "lease", l.Name)
-			if err := m.deleteLease(ctx, &l); err != nil {
-				return netip.Prefix{}, err
-			}
-		}
-	}
-	if reuse.IsValid() {
-		m.log.Info("reusing subnet lease", "subnet", reuse)
-		return reuse, nil
-	}
-	// Subnets assigned by the controller-manager to other nodes, and other
-	// nodes' annotations, are taken too.
 	nodes, err := m.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return netip.Prefix{}, fmt.Errorf("list nodes: %w", err)
 	}
+	// Every Lease, spec.podCIDR and other node's weft.dev/pod-cidr
+	// annotation is taken, whatever its length: a node whose Lease
+	// vanished still routes its annotated subnet.
+	taken := map[netip.Prefix]bool{}
+	for p := range leases {
+		taken[p] = true
+	}
 	for _, n := range nodes.Items {
-		if c := NodePodCIDR(&n); c.IsValid() {
+		for _, c := range nodeSubnets(&n, m.node) {
 			taken[c] = true
 		}
 	}
 	total := 1 << (subnetLen - network.Bits())
 	start := int(hash(m.node) % uint32(total))
+	candidates := make([]netip.Prefix, 0, total+1)
+	if fits(want, network, subnetLen) {
+		candidates = append(candidates, want) // keep the subnet pods hold
+	}
+	for i := range total {
+		candidates = append(candidates, nth(network, subnetLen, (start+i)%total))
+	}
 	for pass := range 2 {
-		for i := range total {
-			p := nth(network, subnetLen, (start+i)%total)
+		for _, p := range candidates {
 			if pass == 0 && overlapsAny(p, taken) {
 				continue
 			}
-			if pass == 1 && !m.reclaimable(ctx, p, nodes.Items) {
+			if pass == 1 && !m.reclaimable(ctx, p, leases, nodes.Items) {
 				continue
 			}
 			ok, err := m.create(ctx, node, p)
@@ -198,9 +248,51 @@ func (m *Manager) claim(ctx context.Context, node *corev1.Node, network netip.Pr
 				m.log.Info("claimed subnet", "subnet", p, "lease", LeaseName(p))
 				return p, nil
 			}
+			taken[p] = true
 		}
 	}
 	return netip.Prefix{}, fmt.Errorf("node %s in %s (/%d): %w", m.node, network, subnetLen, ErrExhausted)
+}
+
+// nodeSubnets returns the subnets node n routes (spec.podCIDR and its
+// weft.dev/pod-cidr annotation), unless n is self.
+func nodeSubnets(n *corev1.Node, self string) []netip.Prefix {
+	if n.Name == self {
+		return nil
+	}
+	var out []netip.Prefix
+	if c := NodePodCIDR(n); c.IsValid() {
+		out = append(out, c)
+	}
+	if c, err := netip.ParsePrefix(n.Annotations[fabric.AnnoPodCIDR]); err == nil {
+		out = append(out, c.Masked())
+	}
+	return out
+}
+
+// reuse returns this node's own claim (the annotated subnet first, then any
+// Lease it holds that fits) and releases its other Leases: claims that no
+// longer fit (network or subnetLen changed) or duplicates left by a crash.
+func (m *Manager) reuse(ctx context.Context, leases claims, want, network netip.Prefix, subnetLen int) (netip.Prefix, error) {
+	var reuse netip.Prefix
+	for p, l := range leases {
+		if holder(&l) == m.node && fits(p, network, subnetLen) && (!reuse.IsValid() || p == want) {
+			reuse = p
+		}
+	}
+	for p, l := range leases {
+		if holder(&l) == m.node && p != reuse {
+			m.log.Info("releasing stale subnet lease", "subnet", p, "lease", l.Name)
+			if err := m.deleteLease(ctx, &l); err != nil {
+				return netip.Prefix{}, err
+			}
+			delete(leases, p)
+		}
+	}
+	if reuse.IsValid() {
+		m.log.Info("reusing subnet lease", "subnet", reuse)
+	}
+	return reuse, nil
 }
 
 func holder(l *coordv1.Lease) string {
@@ -236,7 +328,15 @@ func nth(network netip.Prefix, bits, i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), bits)
 }
 
-// create tries to claim p. false, nil means someone else holds it.
+// create tries to claim p. false, nil means someone else holds p or an
+// overlapping subnet.
+//
+// Lease names exclude only equal subnets: a claim of another length (after
+// subnetLen changed) can overlap under another name. So after creating its
+// Lease a node lists the claims again and backs off when any overlapping
+// Lease of another holder exists. Of two racing creators the later lister
+// sees the other's Lease, so at most one keeps an overlapping claim (both
+// backing off is safe: they move on to other subnets).
 func (m *Manager) create(ctx context.Context, node *corev1.Node, p netip.Prefix) (bool, error) {
 	holderID := m.node
 	l := &coordv1.Lease{
@@ -251,37 +351,59 @@ func (m *Manager) create(ctx context.Context, node *corev1.Node, p netip.Prefix)
 		},
 		Spec: coordv1.LeaseSpec{HolderIdentity: &holderID},
 	}
-	_, err := m.client.CoordinationV1().Leases(Namespace).Create(ctx, l, metav1.CreateOptions{})
+	created, err := m.client.CoordinationV1().Leases(Namespace).Create(ctx, l, metav1.CreateOptions{})
 	switch {
 	case err == nil:
-		return true, nil
 	case apierrors.IsAlreadyExists(err):
 		return false, nil
 	default:
 		return false, fmt.Errorf("create subnet lease %s: %w", l.Name, err)
 	}
+	leases, err := m.listClaims(ctx)
+	if err != nil {
+		return false, errors.Join(err, m.deleteLease(ctx, created))
+	}
+	for q, other := range leases {
+		if q != p && q.Overlaps(p) && holder(&other) != m.node {
+			m.log.Info("subnet overlaps another node's claim, backing off", "subnet", p, "other", q, "holder", holder(&other))
+			return false, m.deleteLease(ctx, created)
+		}
+	}
+	return true, nil
 }
 
-// reclaimable deletes the lease of p when its holder node no longer exists
-// (the garbage collector will do so too, eventually) and reports whether p
-// is now free to claim. The delete is conditional on the lease's UID, so
-// two nodes racing for it cannot both win.
-func (m *Manager) reclaimable(ctx context.Context, p netip.Prefix, nodes []corev1.Node) bool {
-	l, err := m.client.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(p), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return true
-	}
-	if err != nil {
-		return false
-	}
-	h := holder(l)
+// reclaimable deletes the Leases overlapping p whose holder node no longer
+// exists (the garbage collector will do so too, eventually) and reports
+// whether p is now free to claim: no existing node holds a Lease, a
+// spec.podCIDR or an annotated subnet overlapping it. Deletes are
+// conditional on the Lease's UID, so two nodes racing cannot both win.
+func (m *Manager) reclaimable(ctx context.Context, p netip.Prefix, leases claims, nodes []corev1.Node) bool {
+	live := map[string]bool{}
 	for _, n := range nodes {
-		if n.Name == h || NodePodCIDR(&n).Overlaps(p) {
+		live[n.Name] = true
+		for _, c := range nodeSubnets(&n, m.node) {
+			if c.Overlaps(p) {
+				return false
+			}
+		}
+	}
+	var orphans []coordv1.Lease
+	for q, l := range leases {
+		if !q.Overlaps(p) {
+			continue
+		}
+		if live[holder(&l)] {
+			return false
+		}
+		orphans = append(orphans, l)
+	}
+	for _, l := range orphans {
+		m.log.Info("reclaiming subnet of a deleted node", "subnet", l.Annotations[AnnoSubnet], "holder", holder(&l))
+		if m.deleteLease(ctx, &l) != nil {
 			return false
 		}
 	}
-	m.log.Info("reclaiming subnet of a deleted node", "subnet", p, "holder", h)
-	return m.deleteLease(ctx, l) == nil
+	return true
 }
 
 func (m *Manager) deleteLease(ctx context.Context, l *coordv1.Lease) error {
@@ -297,19 +419,26 @@ func (m *Manager) deleteLease(ctx context.Context, l *coordv1.Lease) error {
 	return nil
 }
 
-// Release gives up this node's subnet lease (weftd uninstall) and removes
-// the annotations weft published.
-func (m *Manager) Release(ctx context.Context) error {
-	list, err := m.client.CoordinationV1().Leases(Namespace).List(ctx, metav1.ListOptions{LabelSelector: LabelSubnet})
+// releaseLeases deletes every subnet Lease this node holds.
+func (m *Manager) releaseLeases(ctx context.Context) error {
+	leases, err := m.listClaims(ctx)
 	if err != nil {
-		return fmt.Errorf("list subnet leases: %w", err)
+		return err
 	}
 	var errs []error
-	for _, l := range list.Items {
+	for p, l := range leases {
 		if holder(&l) == m.node {
+			m.log.Info("releasing subnet lease", "subnet", p, "lease", l.Name)
 			errs = append(errs, m.deleteLease(ctx, &l))
 		}
 	}
+	return errors.Join(errs...)
+}
+
+// Release gives up this node's subnet lease (weftd uninstall) and removes
+// the annotations weft published.
+func (m *Manager) Release(ctx context.Context) error {
+	errs := []error{m.releaseLeases(ctx)}
 	node, err := m.client.CoreV1().Nodes().Get(ctx, m.node, metav1.GetOptions{})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("get node: %w", err))...)

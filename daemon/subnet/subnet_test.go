@@ -232,3 +232,194 @@ func TestNth(t *testing.T) {
 		t.Fatal(LeaseName(netip.MustParsePrefix("10.244.3.0/24")))
 	}
 }
+
+func leaseNames(t *testing.T, c *fake.Clientset) map[string]string {
+	t.Helper()
+	list, err := c.CoordinationV1().Leases(Namespace).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, l := range list.Items {
+		out[l.Annotations[AnnoSubnet]] = holder(&l)
+	}
+	return out
+}
+
+// TestAnnotatedSubnetIsTaken: a node that routes an annotated subnet but
+// holds no Lease for it (lost, or written by hand) keeps it: nobody else
+// claims it, in either pass.
+func TestAnnotatedSubnetIsTaken(t *testing.T) {
+	ctx := context.Background()
+	nw := netip.MustParsePrefix("10.244.0.0/23")
+	old := mkNode("old", "")
+	old.Annotations = map[string]string{fabric.AnnoPodCIDR: "10.244.0.0/24"}
+	c := fake.NewClientset(old, mkNode("n1", ""), mkNode("n2", ""))
+	a, err := New(c, "n1", slog.Default()).Acquire(ctx, nw, 24)
+	if err != nil || a.Subnet != netip.MustParsePrefix("10.244.1.0/24") {
+		t.Fatalf("n1: %+v %v, want the one subnet nobody annotates", a, err)
+	}
+	if b, err := New(c, "n2", slog.Default()).Acquire(ctx, nw, 24); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("n2 claimed %+v (%v) although 'old' annotates 10.244.0.0/24", b, err)
+	}
+}
+
+// TestEnsureRechecksLease: a sync notices a Lease that vanished or changed
+// holder. A vanished Lease is claimed again for the same subnet (its pods
+// keep their addresses); one another node holds is never kept: the node
+// moves to a free subnet, or withdraws its annotation when none is left.
+func TestEnsureRechecksLease(t *testing.T) {
+	ctx := context.Background()
+	nw := netip.MustParsePrefix("10.244.0.0/23")
+	c := fake.NewClientset(mkNode("n1", ""), mkNode("n2", ""))
+	m := New(c, "n1", slog.Default())
+	getNode := func(name string) *corev1.Node {
+		n, err := c.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	cur, err := m.Ensure(ctx, getNode("n1"), nw, 24, Assignment{})
+	if err != nil || cur.Source != FromLease {
+		t.Fatalf("first: %+v %v", cur, err)
+	}
+	// Held: nothing changes.
+	if got, err := m.Ensure(ctx, getNode("n1"), nw, 24, cur); err != nil || got != cur {
+		t.Fatalf("held: %+v %v", got, err)
+	}
+	// Vanished (deleted by hand, or by the garbage collector after the Node
+	// object was recreated): claimed again, same subnet.
+	if err := c.CoordinationV1().Leases(Namespace).Delete(ctx, LeaseName(cur.Subnet), metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := m.Ensure(ctx, getNode("n1"), nw, 24, cur); err != nil || got != cur {
+		t.Fatalf("after the lease vanished: %+v %v, want %+v again", got, err, cur)
+	}
+	if h := leaseNames(t, c)[cur.Subnet.String()]; h != "n1" {
+		t.Fatalf("lease of %s held by %q after re-claim", cur.Subnet, h)
+	}
+	// Taken over by n2 (its lease now): n1 moves to the other subnet.
+	holderN2 := "n2"
+	l, _ := c.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(cur.Subnet), metav1.GetOptions{})
+	l.Spec.HolderIdentity = &holderN2
+	if _, err := c.CoordinationV1().Leases(Namespace).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	patchAnno(t, c, "n2", fabric.AnnoPodCIDR, ptr(cur.Subnet.String()))
+	moved, err := m.Ensure(ctx, getNode("n1"), nw, 24, cur)
+	if err != nil || moved.Subnet == cur.Subnet || !moved.Subnet.IsValid() {
+		t.Fatalf("after n2 took the lease: %+v %v", moved, err)
+	}
+	if annotation(t, c, "n1", fabric.AnnoPodCIDR) != moved.Subnet.String() {
+		t.Fatal("annotation not moved")
+	}
+	// n2 takes that one too and nothing is left: n1 stops advertising.
+	l, _ = c.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(moved.Subnet), metav1.GetOptions{})
+	l.Spec.HolderIdentity = &holderN2
+	if _, err := c.CoordinationV1().Leases(Namespace).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := m.Ensure(ctx, getNode("n1"), nw, 24, moved)
+	if !errors.Is(err, ErrExhausted) || got.Subnet.IsValid() {
+		t.Fatalf("nothing left: %+v %v, want a zero assignment and ErrExhausted", got, err)
+	}
+	if a := annotation(t, c, "n1", fabric.AnnoPodCIDR); a != "" {
+		t.Fatalf("n1 still advertises %q", a)
+	}
+}
+
+func ptr(s string) *string { return &s }
+
+// TestMoveToPodCIDRReleasesLease: once the controller-manager assigns
+// spec.podCIDR, the node's Lease is given back.
+func TestMoveToPodCIDRReleasesLease(t *testing.T) {
+	ctx := context.Background()
+	c := fake.NewClientset(mkNode("n1", ""))
+	m := New(c, "n1", slog.Default())
+	n, _ := c.CoreV1().Nodes().Get(ctx, "n1", metav1.GetOptions{})
+	cur, err := m.Ensure(ctx, n, network, 24, Assignment{})
+	if err != nil || len(leaseNames(t, c)) != 1 {
+		t.Fatalf("claim: %+v %v %v", cur, err, leaseNames(t, c))
+	}
+	for _, podCIDR := range []string{cur.Subnet.String(), "10.244.200.0/24"} {
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = podCIDR, []string{podCIDR}
+		if _, err := c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := m.Ensure(ctx, n, network, 24, cur)
+		if err != nil || got.Source != FromPodCIDR || got.Subnet.String() != podCIDR {
+			t.Fatalf("podCIDR %s: %+v %v", podCIDR, got, err)
+		}
+		if l := leaseNames(t, c); len(l) != 0 {
+			t.Fatalf("podCIDR %s: leases left %v", podCIDR, l)
+		}
+		cur = Assignment{Subnet: cur.Subnet, Source: FromLease}
+	}
+}
+
+// TestSubnetLenChangeNeverOverlaps: after subnetLen changes, nodes still on
+// the old length hold Leases under other names; no new claim may overlap
+// them, also when the network looks full (the reclaim pass) and when two
+// nodes race with different lengths.
+func TestSubnetLenChangeNeverOverlaps(t *testing.T) {
+	ctx := context.Background()
+	nw := netip.MustParsePrefix("10.244.0.0/23")
+	c := fake.NewClientset(mkNode("a", ""), mkNode("b", ""), mkNode("c", ""), mkNode("d", ""))
+	if _, err := New(c, "a", slog.Default()).Acquire(ctx, nw, 24); err != nil {
+		t.Fatal(err)
+	}
+	// The config moves to /25: the other /24 splits into two /25 claims.
+	var got []netip.Prefix
+	for _, n := range []string{"b", "c", "d"} {
+		a, err := New(c, n, slog.Default()).Acquire(ctx, nw, 25)
+		if err == nil {
+			got = append(got, a.Subnet)
+		} else if !errors.Is(err, ErrExhausted) {
+			t.Fatal(err)
+		}
+	}
+	assertDisjoint(t, c)
+	if len(got) != 2 {
+		t.Fatalf("/25 claims %v, want 2 (the half 'a' does not hold)", got)
+	}
+
+	// Racing lengths: many nodes, half on /24, half on /26, in a network
+	// that cannot hold them all.
+	for round := range 20 {
+		c := fake.NewClientset()
+		var wg sync.WaitGroup
+		for i := range 8 {
+			name := fmt.Sprintf("n%d", i)
+			if _, err := c.CoreV1().Nodes().Create(ctx, mkNode(name, ""), metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				if _, err := New(c, name, slog.Default()).Acquire(ctx, nw, 24+2*(i%2)); err != nil && !errors.Is(err, ErrExhausted) {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		if !assertDisjoint(t, c) {
+			t.Fatalf("round %d", round)
+		}
+	}
+}
+
+func assertDisjoint(t *testing.T, c *fake.Clientset) bool {
+	t.Helper()
+	var ps []netip.Prefix
+	for s := range leaseNames(t, c) {
+		ps = append(ps, netip.MustParsePrefix(s))
+	}
+	for i := range ps {
+		for j := range i {
+			if ps[i].Overlaps(ps[j]) {
+				t.Errorf("overlapping claims %s and %s (all: %v)", ps[i], ps[j], leaseNames(t, c))
+				return false
+			}
+		}
+	}
+	return true
+}
