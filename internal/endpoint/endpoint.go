@@ -32,6 +32,10 @@ type Endpoint struct {
 	PodUID       string   `json:"podUID"`
 	HostVeth     string   `json:"hostVeth"`
 	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"
+	// Network is the CNI network name of the attachment, so GC of one
+	// network never removes another's records. Empty in records written
+	// before weft recorded it.
+	Network string `json:"network,omitempty"`
 }
 
 // Addrs returns the endpoint's addresses without prefix lengths.

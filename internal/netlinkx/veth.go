@@ -19,6 +19,7 @@ type VethSpec struct {
 	PeerName    string
 	PeerMAC     net.HardwareAddr // nil lets the kernel choose
 	PeerNSFd    int              // namespace of the peer; -1 for the current one
+	Group       uint32           // device group of the host end (IFLA_GROUP); 0 is the default
 }
 
 // CreateVeth creates the pair described by s in one kernel round trip.
@@ -36,6 +37,9 @@ func CreateVeth(s VethSpec) error {
 		}
 		if s.MAC != nil {
 			req.AddData(nl.NewRtAttr(unix.IFLA_ADDRESS, []byte(s.MAC)))
+		}
+		if s.Group != 0 {
+			req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(s.Group)))
 		}
 		if s.MasterIndex > 0 {
 			req.AddData(nl.NewRtAttr(unix.IFLA_MASTER, nl.Uint32Attr(uint32(s.MasterIndex))))

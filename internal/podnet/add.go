@@ -55,6 +55,14 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
 	at := &attachment{conf: conf, args: args, podNS: podNS, node: node, bridge: br, hostName: hostName, mtu: mtu}
+	if res, err := at.existing(ires); err != nil || res != nil {
+		// A duplicate ADD of a live attachment: answer from what is there,
+		// and never undo (that would tear down a running pod).
+		if err != nil {
+			return cniErr(types.ErrInternal, err, "ADD")
+		}
+		return p.finishExisting(ctx, conf, args, hostName, res)
+	}
 	res, err := at.wire(ires)
 	if err != nil {
 		p.undo(ctx, ipam, args, hostName)
@@ -73,6 +81,25 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 	if err := waitPolicy(ctx, conf, hostName); err != nil {
 		_ = forgetEndpoint(conf, hostName)
 		p.undo(ctx, ipam, args, hostName)
+		return err
+	}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// finishExisting completes a duplicate ADD of a live attachment: the
+// record and the policy wait are idempotent; failures are reported without
+// undoing anything.
+func (p *Plugin) finishExisting(ctx context.Context, conf *NetConf, args *skel.CmdArgs, hostName string, res *current.Result) error {
+	p.log.Info("ADD of an attachment that is already wired: returning its result", "container", args.ContainerID, "ifname", args.IfName, "veth", hostName)
+	if conf.IPMasq {
+		if err := ensureMasq(res.IPs); err != nil {
+			return cniErr(types.ErrInternal, err, "ipMasq")
+		}
+	}
+	if err := recordEndpoint(conf, args, hostName, res); err != nil {
+		return err
+	}
+	if err := waitPolicy(ctx, conf, hostName); err != nil {
 		return err
 	}
 	return types.PrintResult(res, conf.CNIVersion)
@@ -119,6 +146,7 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 	spec := netlinkx.VethSpec{
 		Name: hostName, MAC: hostMAC, MasterIndex: br.Attrs().Index, MTU: mtu,
 		PeerName: args.IfName, PeerMAC: podMAC, PeerNSFd: int(podNS.Fd()),
+		Group: NetworkGroup(conf.Name),
 	}
 	if err := netlinkx.CreateVeth(spec); err != nil {
 		if !errors.Is(err, unix.EEXIST) {
@@ -146,12 +174,17 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 	if err := configurePod(podNS, args.IfName, ires.IPs, routes); err != nil {
 		return nil, err
 	}
+	return a.result(ires, routes, hostMAC, podMAC, mtu), nil
+}
+
+// result is the plugin's result for the wired attachment.
+func (a *attachment) result(ires *current.Result, routes []*types.Route, hostMAC, podMAC net.HardwareAddr, mtu int) *current.Result {
 	res := &current.Result{
 		CNIVersion: current.ImplementedSpecVersion,
 		Interfaces: []*current.Interface{
-			{Name: br.Attrs().Name, Mac: br.Attrs().HardwareAddr.String()},
-			{Name: hostName, Mac: hostMAC.String(), Mtu: mtu},
-			{Name: args.IfName, Mac: podMAC.String(), Mtu: mtu, Sandbox: args.Netns},
+			{Name: a.bridge.Attrs().Name, Mac: a.bridge.Attrs().HardwareAddr.String()},
+			{Name: a.hostName, Mac: hostMAC.String(), Mtu: mtu},
+			{Name: a.args.IfName, Mac: podMAC.String(), Mtu: mtu, Sandbox: a.args.Netns},
 		},
 		Routes: routes,
 		DNS:    ires.DNS,
@@ -161,7 +194,7 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 		c.Interface = current.Int(2)
 		res.IPs = append(res.IPs, &c)
 	}
-	return res, nil
+	return res
 }
 
 // fillGateways gives every IP without a gateway the first host address of
@@ -212,14 +245,9 @@ func podRoutes(conf *NetConf, ires *current.Result) []*types.Route {
 // configurePod sets the addresses and routes on the pod's interface,
 // through a netlink socket opened inside the pod's namespace.
 func configurePod(podNS ns.NetNS, ifName string, ips []*current.IPConfig, routes []*types.Route) error {
-	var h *netlinkx.Handle
-	err := podNS.Do(func(ns.NetNS) error {
-		var err error
-		h, err = netlinkx.NewHandle()
-		return err
-	})
+	h, err := podHandle(podNS)
 	if err != nil {
-		return fmt.Errorf("netlink in pod netns: %w", err)
+		return err
 	}
 	defer h.Close()
 	link, err := h.LinkByName(ifName)
@@ -238,6 +266,11 @@ func configurePod(podNS ns.NetNS, ifName string, ips []*current.IPConfig, routes
 			return fmt.Errorf("add address %s to %s: %w", ip.Address.String(), ifName, err)
 		}
 	}
+	return addRoutes(h, link, ips, routes)
+}
+
+// addRoutes adds routes via link; routes already there are fine.
+func addRoutes(h *netlinkx.Handle, link netlink.Link, ips []*current.IPConfig, routes []*types.Route) error {
 	for _, r := range routes {
 		gw := r.GW
 		if gw == nil {

@@ -48,18 +48,17 @@ type NetConf struct {
 	// LegacyAttachments is the GC key older libcni sent instead of (or
 	// besides) cni.dev/valid-attachments.
 	LegacyAttachments []types.GCAttachment `json:"cni.dev/attachments"`
+	// gcListed: either GC key is present, even as null (libcni sends null
+	// when no attachment is left).
+	gcListed bool
 }
 
-// GCAttachments returns the attachments GC must keep, and false when the
-// config carries neither GC key (then nothing may be collected).
+// GCAttachments returns the attachments GC must keep (both keys' lists),
+// and false when the config carries neither GC key (then nothing may be
+// collected). A key present as null is an empty list, as weft-ipam reads
+// it: both halves of GC must agree on what is left.
 func (c *NetConf) GCAttachments() ([]types.GCAttachment, bool) {
-	switch {
-	case c.ValidAttachments != nil:
-		return c.ValidAttachments, true
-	case c.LegacyAttachments != nil:
-		return c.LegacyAttachments, true
-	}
-	return nil, false
+	return append(append([]types.GCAttachment(nil), c.ValidAttachments...), c.LegacyAttachments...), c.gcListed
 }
 
 // Hairpin reports whether hairpin mode is on (default true).
@@ -82,6 +81,13 @@ func LoadConf(data []byte) (*NetConf, error) {
 				fmt.Sprintf("%s: expected %s, got JSON %s", te.Field, te.Type, te.Value), "")
 		}
 		return nil, types.NewError(types.ErrDecodingFailure, "decode network config: "+err.Error(), "")
+	}
+	var gcKeys struct {
+		Valid  json.RawMessage `json:"cni.dev/valid-attachments"`
+		Legacy json.RawMessage `json:"cni.dev/attachments"`
+	}
+	if json.Unmarshal(data, &gcKeys) == nil {
+		c.gcListed = gcKeys.Valid != nil || gcKeys.Legacy != nil
 	}
 	if c.RawPrevResult != nil {
 		if err := version.ParsePrevResult(&c.PluginConf); err != nil {

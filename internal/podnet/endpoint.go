@@ -2,8 +2,6 @@ package podnet
 
 import (
 	"context"
-	"fmt"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -50,6 +48,7 @@ func recordEndpoint(conf *NetConf, args *skel.CmdArgs, hostName string, res *cur
 		PodName:      id.Name,
 		PodUID:       id.UID,
 		HostVeth:     hostName,
+		Network:      conf.Name,
 	}
 	for _, ip := range res.IPs {
 		ep.IPs = append(ep.IPs, ip.Address.String())
@@ -86,28 +85,4 @@ func forgetEndpoint(conf *NetConf, hostName string) error {
 		return nil
 	}
 	return endpoint.Remove(conf.EndpointDir, hostName)
-}
-
-// gcEndpoints removes the records of attachments not in valid.
-func gcEndpoints(conf *NetConf, valid map[string]bool) error {
-	if conf.EndpointDir == "" {
-		return nil
-	}
-	eps, err := endpoint.List(conf.EndpointDir)
-	var errs []string
-	if err != nil {
-		errs = append(errs, err.Error())
-	}
-	for _, ep := range eps {
-		if valid[ep.HostVeth] {
-			continue
-		}
-		if err := endpoint.Remove(conf.EndpointDir, ep.HostVeth); err != nil {
-			errs = append(errs, err.Error())
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("endpoint records: %s", strings.Join(errs, "; "))
-	}
-	return nil
 }
