@@ -1,17 +1,26 @@
 package cni
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/internal/testutil"
@@ -90,15 +99,64 @@ func TestConcurrent100(t *testing.T) {
 
 // crashWrapper writes an IPAM plugin "weft-ipam-crash" that runs the real
 // weft-ipam and then SIGKILLs its parent (the weft plugin) on ADD, after
-// the allocation is stored.
-func crashWrapper(t *testing.T) string {
-	dir := t.TempDir()
+// the allocation is stored. It appends "ipam-rc=<weft-ipam's exit code>
+// killing=<pid>" to the returned marker file just before the kill (after
+// it, the wrapper may not run again before libcni returns): with weft's
+// SIGKILL exit that shows the kill landed there and not elsewhere.
+func crashWrapper(t *testing.T) (dir, marker string) {
+	dir = t.TempDir()
+	marker = filepath.Join(dir, "killed")
 	script := "#!/bin/sh\nout=$(" + filepath.Join(testutil.BinDir(t), "weft-ipam") + ")\nrc=$?\n" +
-		"if [ \"$CNI_COMMAND\" = ADD ]; then kill -9 $PPID; fi\nprintf '%s' \"$out\"\nexit $rc\n"
+		"if [ \"$CNI_COMMAND\" = ADD ]; then echo \"ipam-rc=$rc killing=$PPID\" >> " + marker + "; kill -9 $PPID; fi\n" +
+		"printf '%s' \"$out\"\nexit $rc\n"
 	if err := os.WriteFile(filepath.Join(dir, "weft-ipam-crash"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return dir
+	return dir, marker
+}
+
+// sigExec runs plugins as libcni's RawExec does and remembers how the last
+// run of each plugin ended, so a test can tell a SIGKILL from any other
+// failure (an error of the plugin's own, or a deadline that passed before
+// the process started).
+type sigExec struct {
+	invoke.RawExec
+	version.PluginDecoder
+	mu     sync.Mutex
+	killed map[string]bool // plugin name -> last run ended by SIGKILL
+}
+
+func (x *sigExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env []string) ([]byte, error) {
+	var stdout, stderr bytes.Buffer
+	c := exec.CommandContext(ctx, path)
+	c.Env, c.Stdin, c.Stdout, c.Stderr = env, bytes.NewReader(stdin), &stdout, &stderr
+	err := c.Run()
+	ws, ok := c.ProcessState.Sys().(syscall.WaitStatus)
+	x.mu.Lock()
+	x.killed[filepath.Base(path)] = c.ProcessState != nil && ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	x.mu.Unlock()
+	if err == nil {
+		return stdout.Bytes(), nil
+	}
+	var te types.Error
+	if json.Unmarshal(stdout.Bytes(), &te) == nil && te.Msg != "" {
+		return nil, &te
+	}
+	return nil, fmt.Errorf("plugin %s: %w (stderr %q)", filepath.Base(path), err, stderr.String())
+}
+
+// lastKilled reports whether plugin's last run ended by SIGKILL.
+func (x *sigExec) lastKilled(plugin string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.killed[plugin]
+}
+
+// watchKills makes e's libcni run plugins through a sigExec.
+func (e *env) watchKills() *sigExec {
+	x := &sigExec{killed: map[string]bool{}}
+	e.cni = libcni.NewCNIConfigWithCacheDir(e.paths, e.cacheDir, x)
+	return x
 }
 
 // An ADD killed right after IPAM stored the allocation leaves nothing a
@@ -106,11 +164,17 @@ func crashWrapper(t *testing.T) string {
 func TestCrashAfterIPAM(t *testing.T) {
 	for _, cleanup := range []string{"del", "gc"} {
 		t.Run(cleanup, func(t *testing.T) {
-			e := newEnv(t, crashWrapper(t))
+			dir, marker := crashWrapper(t)
+			e := newEnv(t, dir)
+			x := e.watchKills()
 			l := e.confList("1.1.0", e.weftConf("weft-ipam-crash"))
 			p := e.newPod("crash")
-			if _, err := e.add(l, p); err == nil {
-				t.Fatal("ADD succeeded although the plugin was killed")
+			if _, err := e.add(l, p); err == nil || !x.lastKilled("weft") {
+				t.Fatalf("ADD: %v, want weft killed by SIGKILL", err)
+			}
+			b, rerr := os.ReadFile(marker)
+			if rerr != nil || !strings.HasPrefix(string(b), "ipam-rc=0 killing=") || strings.Count(string(b), "\n") != 1 {
+				t.Fatalf("marker %q (%v): the kill did not land right after a successful weft-ipam ADD", b, rerr)
 			}
 			if al := e.allocations(); len(al) != 1 {
 				t.Fatalf("allocations after the killed ADD: %+v, want the one IPAM stored", al)
@@ -122,15 +186,19 @@ func TestCrashAfterIPAM(t *testing.T) {
 
 // weft is SIGKILLed at random moments during ADD (libcni kills the plugin
 // when the context expires); afterwards DEL or GC leaves nothing behind.
+// Every failed ADD must be such a kill (any other error fails the test),
+// and some kills must have landed mid-ADD, leaving an allocation or a veth
+// for the cleanup to prove itself on.
 func TestRandomKillDuringAdd(t *testing.T) {
 	for _, cleanup := range []string{"del", "gc"} {
 		t.Run(cleanup, func(t *testing.T) {
 			e := newEnv(t)
+			x := e.watchKills()
 			// weft alone, so every kill lands in weft.
 			l := e.confList("1.1.0", e.weftConf("weft-ipam"))
 			l.Plugins = l.Plugins[:1]
 			var pods []*pod
-			killed := 0
+			killed, midway := 0, 0
 			for i := range 30 {
 				p := e.newPod("k")
 				pods = append(pods, p)
@@ -139,19 +207,30 @@ func TestRandomKillDuringAdd(t *testing.T) {
 				if i%10 == 9 {
 					d = 10 * time.Second // a few that complete
 				}
+				before := len(e.allocations()) + len(e.hostVeths())
+				var err error
 				e.in(func() error {
 					ctx, cancel := context.WithTimeout(context.Background(), d)
 					defer cancel()
-					if _, err := e.cni.AddNetworkList(ctx, l, p.rt); err != nil {
-						killed++
-					}
+					_, err = e.cni.AddNetworkList(ctx, l, p.rt)
 					return nil
 				})
+				switch {
+				case x.lastKilled("weft"):
+					killed++
+					if len(e.allocations())+len(e.hostVeths()) > before {
+						midway++
+					}
+				case err != nil && !errors.Is(err, context.DeadlineExceeded):
+					// DeadlineExceeded: the deadline passed before weft
+					// started, so nothing was killed.
+					t.Fatalf("ADD %d failed, and not by the kill: %v", i, err)
+				}
 			}
-			t.Logf("%d of %d ADDs killed; %d allocations and %d veths before cleanup",
-				killed, len(pods), len(e.allocations()), len(e.hostVeths()))
-			if killed == 0 {
-				t.Fatal("no ADD was interrupted; the test proves nothing")
+			t.Logf("%d of %d ADDs killed, %d of them midway; %d allocations and %d veths before cleanup",
+				killed, len(pods), midway, len(e.allocations()), len(e.hostVeths()))
+			if midway == 0 {
+				t.Fatal("no kill landed midway through an ADD; the test proves nothing")
 			}
 			e.cleanupAll(l, pods, cleanup)
 		})
