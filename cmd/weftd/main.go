@@ -203,11 +203,16 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 	var c common
 	c.register(fs)
 	keepLease := fs.Bool("keep-lease", false, "do not release the subnet lease and node annotations (no API access needed)")
+	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where weft's plugins were installed (weft and weft-ipam are removed)")
+	ipamDir := fs.String("ipam-data-dir", "/var/lib/cni/networks", "weft-ipam's state parent (its <network name> directory is removed)")
+	pol := policyFlags{}
+	pol.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	opt := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile}
-	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}}
+	opt := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile, CNIBinDir: *binDir,
+		EndpointDir: pol.endpointDir, PolicySocket: pol.socket}
+	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}, Leftovers: agent.NodeLeftovers{}, IPAMDataDir: *ipamDir}
 	if !*keepLease {
 		client, err := c.client()
 		if err != nil {
