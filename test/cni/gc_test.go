@@ -22,15 +22,20 @@ func (e *env) gc(l *libcni.NetworkConfigList, args *libcni.GCArgs) error {
 	return e.node.Do(func(ns.NetNS) error { return e.cni.GCNetworkList(context.Background(), l, args) })
 }
 
+// recordingList is a 1.1.0 conflist whose weft records endpoints in dir.
+func (e *env) recordingList(dir string) *libcni.NetworkConfigList {
+	wc := e.weftConf("weft-ipam")
+	wc["endpointDir"] = dir
+	return e.confList("1.1.0", wc)
+}
+
 // libcni sends "cni.dev/valid-attachments": null when the runtime has no
 // pod left (GCArgs with a nil list). That is an empty list, for every part
 // of GC alike: addresses, veths and endpoint records all go.
 func TestGCNullValidAttachments(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
-	wc := e.weftConf("weft-ipam")
-	wc["endpointDir"] = dir
-	l := e.confList("1.1.0", wc)
+	l := e.recordingList(dir)
 	for _, n := range []string{"n0", "n1", "n2"} {
 		e.mustAdd(l, e.newPod(n))
 	}
@@ -92,16 +97,12 @@ func TestGCDeletesVethsBeforeAddresses(t *testing.T) {
 func TestGCTwoNetworksShareBridge(t *testing.T) {
 	e := newEnv(t)
 	dir := t.TempDir()
-	wc := e.weftConf("weft-ipam")
-	wc["endpointDir"] = dir
-	l1 := e.confList("1.1.0", wc)
+	l1 := e.recordingList(dir)
 
 	other := *e
 	other.netName = "weft-other-" + randHex(6)
 	other.subnet = "10.78.0.0/24"
-	wc2 := other.weftConf("weft-ipam")
-	wc2["endpointDir"] = dir
-	l2 := other.confList("1.1.0", wc2)
+	l2 := other.recordingList(dir)
 
 	mine := e.newPod("mine")
 	e.mustAdd(l1, mine)
