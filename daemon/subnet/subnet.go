@@ -164,9 +164,11 @@ func (m *Manager) Ensure(ctx context.Context, node *corev1.Node, network netip.P
 	return Assignment{}, fmt.Errorf("subnet %s lost and no subnet could be claimed again, stopped advertising it: %w", cur.Subnet, err)
 }
 
-// Holds reports whether this node holds the Lease that claims subnet.
+// Holds reports whether this node holds the Lease that claims subnet. It
+// reads from the API server's cache (resourceVersion "0"): one cheap GET
+// per sync; a stale "lost" only costs a full Acquire, which lists quorum.
 func (m *Manager) Holds(ctx context.Context, subnet netip.Prefix) (bool, error) {
-	l, err := m.client.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(subnet), metav1.GetOptions{})
+	l, err := m.client.CoordinationV1().Leases(Namespace).Get(ctx, LeaseName(subnet), metav1.GetOptions{ResourceVersion: "0"})
 	if apierrors.IsNotFound(err) {
 		return false, nil
 	}
