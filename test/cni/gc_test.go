@@ -111,6 +111,24 @@ func TestGCTwoNetworksShareBridge(t *testing.T) {
 	other.mustAdd(l2, peer)
 	tcpEcho(t, theirs, podIP(t, r).String()+":7070")
 
+	// Records from before weft named the network: the one of a live veth
+	// (theirs, rewritten without network) stays, a dead one goes.
+	eps, err := endpoint.List(dir)
+	if err != nil || len(eps) != 3 {
+		t.Fatalf("records: %+v %v", eps, err)
+	}
+	for _, ep := range eps {
+		if ep.ContainerID == theirs.rt.ContainerID {
+			ep.Network = ""
+			if err := endpoint.Write(dir, ep); err != nil {
+				t.Fatal(err)
+			}
+			ep.HostVeth, ep.ContainerID = "wv000000000dead", "dead"
+			if err := endpoint.Write(dir, ep); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	e.clearCache()
 	if err := e.gc(l1, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{}}); err != nil {
 		t.Fatalf("GC of %s: %v", e.netName, err)
@@ -128,9 +146,16 @@ func TestGCTwoNetworksShareBridge(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("veths after GC of %s: %v, want the other network's %v", e.netName, got, want)
 	}
-	eps, err := endpoint.List(dir)
-	if err != nil || len(eps) != 2 || eps[0].Network != other.netName || eps[1].Network != other.netName {
-		t.Fatalf("records after GC: %+v %v, want the other network's two", eps, err)
+	eps, err = endpoint.List(dir)
+	var kept []string
+	for _, ep := range eps {
+		kept = append(kept, ep.ContainerID+"/"+ep.Network)
+	}
+	slices.Sort(kept)
+	wantKept := []string{peer.rt.ContainerID + "/" + other.netName, theirs.rt.ContainerID + "/"}
+	slices.Sort(wantKept)
+	if err != nil || !slices.Equal(kept, wantKept) {
+		t.Fatalf("records after GC: %v %v, want the other network's two %v", kept, err, wantKept)
 	}
 	if reply, err := tcpDial(peer, podIP(t, r).String()+":7070", "hi"); err != nil || reply != "echo:hi" {
 		t.Fatalf("other network's pod unreachable after GC: %q %v", reply, err)
