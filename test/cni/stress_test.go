@@ -131,9 +131,13 @@ func (x *sigExec) ExecPlugin(ctx context.Context, path string, stdin []byte, env
 	c := exec.CommandContext(ctx, path)
 	c.Env, c.Stdin, c.Stdout, c.Stderr = env, bytes.NewReader(stdin), &stdout, &stderr
 	err := c.Run()
-	ws, ok := c.ProcessState.Sys().(syscall.WaitStatus)
+	killed := false
+	if c.ProcessState != nil { // nil: the deadline passed before the start
+		ws, ok := c.ProcessState.Sys().(syscall.WaitStatus)
+		killed = ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	}
 	x.mu.Lock()
-	x.killed[filepath.Base(path)] = c.ProcessState != nil && ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+	x.killed[filepath.Base(path)] = killed
 	x.mu.Unlock()
 	if err == nil {
 		return stdout.Bytes(), nil
