@@ -119,4 +119,3 @@ func (e *polEnv) spoofDrops(i int) int {
 	}
 	return 0
 }
-
