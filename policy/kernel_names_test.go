@@ -28,16 +28,9 @@ func longName(n int, fill string) string {
 // namespace, 253-char pod and policy names), every rule the kernel holds
 // has exactly the comment that was rendered (none cut by the kernel), a
 // read-back resync finds nothing to restore, and the rules still enforce.
-func TestKernelLongNames(t *testing.T) {
-	for _, mode := range []iptables.Mode{iptables.Legacy, iptables.NFT} {
-		t.Run(string(mode), func(t *testing.T) { testKernelLongNames(t, mode) })
-	}
-}
+func TestKernelLongNames(t *testing.T) { onBothBackends(t, testKernelLongNames) }
 
-func testKernelLongNames(t *testing.T, mode iptables.Mode) {
-	tn := newTestNode(t)
-	w, run := tn.writer(t, mode)
-	t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+func testKernelLongNames(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
 	ns := longName(63, "n")
 	for i, p := range tn.k8sPods {
 		p.Namespace, p.Name = ns, longName(252, "p")+p.Labels["pod"]

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"context"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -20,16 +19,9 @@ import (
 // packet to b nor the routed one to the "remote" namespace arrives, even on
 // the 5-tuple of a's live flow (conntrack); a's own packets do, and the
 // anti-spoofing DROP counts the forged ones.
-func TestKernelSpoofedSource(t *testing.T) {
-	for _, mode := range []iptables.Mode{iptables.Legacy, iptables.NFT} {
-		t.Run(string(mode), func(t *testing.T) { testKernelSpoofedSource(t, mode) })
-	}
-}
+func TestKernelSpoofedSource(t *testing.T) { onBothBackends(t, testKernelSpoofedSource) }
 
-func testKernelSpoofedSource(t *testing.T, mode iptables.Mode) {
-	tn := newTestNode(t)
-	w, run := tn.writer(t, mode)
-	t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
 	onlyA := withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn), in([]from{{PodSelector: ls("pod", "a")}}))
 	apply(t, w, tn.render(onlyA), false)
 
