@@ -49,12 +49,16 @@ type probeSpec struct {
 func (s probeSpec) String() string { return fmt.Sprintf("%s/%d", s.proto, s.port) }
 
 type polEnv struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	client kubernetes.Interface
 	prefix string // namespace prefix, unique per run
 	nodes  []string
 	ips    map[pp]string
+	// probeFn replaces the real probe (tests of truth itself); converge
+	// replaces truth's 30 s propagation deadline.
+	probeFn  func(from, to pp, s probeSpec) probeResult
+	converge time.Duration
 }
 
 func (e *polEnv) ns(n string) string { return e.prefix + n }
@@ -217,7 +221,11 @@ func (e *polEnv) truth(name string, specs []probeSpec, want func(from, to pp, s 
 		}
 	}
 	expect := func(j probeJob) bool { return j.pair[0] == j.pair[1] || want(j.pair[0], j.pair[1], j.spec) }
-	deadline := time.Now().Add(30 * time.Second)
+	converge := e.converge
+	if converge == 0 {
+		converge = 30 * time.Second
+	}
+	deadline := time.Now().Add(converge)
 	start := time.Now()
 	for agreed, round := 0, 1; ; round++ {
 		wrong := e.round(jobs, expect)
@@ -233,7 +241,7 @@ func (e *polEnv) truth(name string, specs []probeSpec, want func(from, to pp, s 
 			e.report(name, fmt.Sprintf("round %d, after %d agreeing rounds", round, agreed), wrong)
 			return
 		case time.Now().After(deadline):
-			e.report(name, fmt.Sprintf("round %d, not converged after 30 s", round), wrong)
+			e.report(name, fmt.Sprintf("round %d, not converged after %s", round, converge), wrong)
 			return
 		}
 		time.Sleep(time.Second)
@@ -252,7 +260,11 @@ func (e *polEnv) round(jobs []probeJob, expect func(probeJob) bool) []probeMiss 
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			got, exp := e.probe(j.pair[0], j.pair[1], j.spec), expect(j)
+			probe := e.probe
+			if e.probeFn != nil {
+				probe = e.probeFn
+			}
+			got, exp := probe(j.pair[0], j.pair[1], j.spec), expect(j)
 			if !got.ok(j.pair[1], exp) {
 				mu.Lock()
 				wrong = append(wrong, probeMiss{j, exp, got})
