@@ -19,6 +19,8 @@ type NodeOptions struct {
 	ResyncInterval time.Duration // "" = 30s
 	Metrics        Metrics       // may be nil
 	Log            *slog.Logger  // may be nil
+	Health         Health        // readiness conditions; may be nil
+	Events         EventRecorder // Warning Events on unenforceable policies; may be nil
 }
 
 // NewNodeController is weftd's one-call wiring: the real dataplane for the
@@ -46,7 +48,8 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 		rc.Bridge = opt.Bridge
 	}
 	c, err = NewController(factory, ControllerConfig{NodeName: opt.NodeName, EndpointDir: opt.EndpointDir, Dataplane: w,
-		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == ""})
+		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == "",
+		Health: opt.Health, Events: opt.Events})
 	if err != nil {
 		w.Close()
 		return nil, nil, err
