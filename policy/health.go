@@ -52,7 +52,9 @@ type PolicyError struct {
 	Err             error
 }
 
-func (e *PolicyError) Error() string { return "policy " + e.Namespace + "/" + e.Name + ": " + e.Err.Error() }
+func (e *PolicyError) Error() string {
+	return "policy " + e.Namespace + "/" + e.Name + ": " + e.Err.Error()
+}
 func (e *PolicyError) Unwrap() error { return e.Err }
 
 // EventRepeat is how often an unchanged render error is written again as an
