@@ -51,6 +51,9 @@ type ControllerConfig struct {
 	BridgeNetfilterSysctl string        // "" = the kernel's; tests point it elsewhere
 	Health                Health        // readiness conditions; may be nil
 	Events                EventRecorder // Warning Events on unenforceable policies; may be nil
+	// Rebuild, when set, rebuilds missing endpoint records once, after the
+	// informers synced and before the first sync (rebuild.go).
+	Rebuild *EndpointRebuild
 }
 
 // Controller keeps this node's policy dataplane converged: informer and
@@ -139,6 +142,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	if err := os.MkdirAll(c.cfg.EndpointDir, 0o755); err != nil {
 		return fmt.Errorf("policy controller: endpoint dir: %w", err)
+	}
+	if c.cfg.Rebuild != nil {
+		c.rebuildEndpoints(ctx)
 	}
 	c.checkBridgeNetfilter(ctx)
 	go c.watchEndpoints(ctx)

@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/ipam"
+	"github.com/weftnet/weft/ipam/store/disk"
 	"github.com/weftnet/weft/policy"
 )
 
@@ -26,6 +30,7 @@ type policyFlags struct {
 	endpointDir string
 	socket      string
 	resync      time.Duration
+	ipamDir     string
 }
 
 func (p *policyFlags) register(fs *flag.FlagSet) {
@@ -33,6 +38,8 @@ func (p *policyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.endpointDir, "endpoint-dir", endpoint.DefaultDir, "where the CNI plugin records pod attachments")
 	fs.StringVar(&p.socket, "socket", DefaultSocket, "local API socket (the CNI plugin waits on it for a pod's policy rules)")
 	fs.DurationVar(&p.resync, "policy-resync", 10*time.Second, "period of the policy read-back that repairs rules changed by hand")
+	fs.StringVar(&p.ipamDir, "ipam-data-dir", filepath.Join(ipam.DefaultDataDir, install.NetworkName),
+		"weft-ipam's store of this node's network; missing endpoint records are rebuilt from it at start (\"\" = never)")
 }
 
 // policyDeps are what the policy engine reports to and through.
@@ -47,6 +54,14 @@ type policyDeps struct {
 	log   *slog.Logger
 }
 
+// attachments is the IPAM store records are rebuilt from (nil: none).
+func (p *policyFlags) attachments() policy.AttachmentSource {
+	if p.ipamDir == "" {
+		return nil
+	}
+	return ipamAttachments{store: disk.New(p.ipamDir, disk.Options{})}
+}
+
 // start runs the policy controller and the local socket until ctx ends.
 // The returned func releases the dataplane once the controller has stopped.
 func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
@@ -58,7 +73,7 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 	factory := informers.NewSharedInformerFactory(d.client, 0)
 	ctl, closeFn, err := policy.NewNodeController(ctx, factory, policy.NodeOptions{
 		NodeName: d.node, EndpointDir: p.endpointDir, ResyncInterval: p.resync, Metrics: m, Log: d.log,
-		Health: d.health, Events: events})
+		Health: d.health, Events: events, Attachments: p.attachments()})
 	if err != nil {
 		stopEvents()
 		return nil, err
