@@ -415,6 +415,8 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 	e.truth("egress deny after drift repair", []probeSpec{tcp80, udp80}, egressWant)
 	e.deleteAll()
+
+	e.recordsRebuilt()
 }
 
 func nodeRunner(ctx context.Context, i int) (iptables.Runner, error) {
