@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -43,14 +45,24 @@ func (e *polEnv) recordsRebuilt() {
 		t.Fatalf("kill weftd %d on %s: %v", pid, node, err)
 	}
 	t.Logf("removed %d endpoint records on %s and killed its weftd (pid %d)", len(before), node, pid)
+	n, err := e.client.CoreV1().Nodes().Get(e.ctx, node, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	err = waitFor(e.ctx, 3*time.Minute, func() (bool, error) {
 		now, err := weftdPID(node)
-		n := len(records())
-		return err == nil && now != pid && n == len(before), fmt.Errorf("weftd restarted=%v, %d of %d records back (%v)", now != pid, n, len(before), err)
+		if err != nil || now == pid {
+			return false, fmt.Errorf("weftd not restarted (%v)", err)
+		}
+		code, body, err := readyz(node, internalIP(n))
+		return code == 200, fmt.Errorf("restarted weftd not ready: %d %s %v", code, body, err)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.truth("default deny in x, after weftd rebuilt the lost records", []probeSpec{tcp80, udp80}, denyX)
+	e.truth("default deny in x, after weftd restarted without records", []probeSpec{tcp80, udp80}, denyX)
+	if got := records(); len(got) != len(before) {
+		t.Errorf("%s: %d endpoint records after the restart, want %d", node, len(got), len(before))
+	}
 	e.deleteAll()
 }
