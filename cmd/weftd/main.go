@@ -167,21 +167,26 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		defer stopPolicy()
 	}
 	runErr := a.Run(runCtx)
-	// Leave the data plane in place for the next weftd to adopt.
-	if err := mgr.Stop(context.Background(), false); err != nil {
-		log.Warn("stop backend", "err", err)
-	}
-	if *removeOnExit {
-		if err := install.RemoveConflist(opt.CNIConfDir); err != nil {
-			log.Warn("remove conflist on exit", "err", err)
-		} else {
-			log.Info("removed CNI conflist on exit", "dir", opt.CNIConfDir)
-		}
-	}
+	leave(mgr, opt.CNIConfDir, *removeOnExit, log)
 	if cause := context.Cause(runCtx); runCtx.Err() != nil && ctx.Err() == nil {
 		return cause
 	}
 	return runErr
+}
+
+// leave stops the backend but leaves the data plane in place for the next
+// weftd to adopt; with removeConflist the conflist goes.
+func leave(mgr *backend.Manager, confDir string, removeConflist bool, log *slog.Logger) {
+	if err := mgr.Stop(context.Background(), false); err != nil {
+		log.Warn("stop backend", "err", err)
+	}
+	if removeConflist {
+		if err := install.RemoveConflist(confDir); err != nil {
+			log.Warn("remove conflist on exit", "err", err)
+		} else {
+			log.Info("removed CNI conflist on exit", "dir", confDir)
+		}
+	}
 }
 
 func installCNI(args []string, log *slog.Logger) error {
