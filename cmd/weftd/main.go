@@ -167,10 +167,11 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		defer stopPolicy()
 	}
 	runErr := a.Run(runCtx)
-	leave(mgr, opt.CNIConfDir, *removeOnExit, log)
-	if cause := context.Cause(runCtx); runCtx.Err() != nil && ctx.Err() == nil {
-		return cause
+	if runCtx.Err() != nil && ctx.Err() == nil {
+		runErr = context.Cause(runCtx) // a server failed
 	}
+	fatal(nil) // the policy engine stops too, whatever ended the agent
+	leave(mgr, opt.CNIConfDir, *removeOnExit, log)
 	return runErr
 }
 
