@@ -24,8 +24,9 @@ type UninstallDeps struct {
 	// Leftovers removes the links, chains and sets weft owns by name; nil
 	// skips them.
 	Leftovers Leftovers
-	// IPAMDataDir is weft-ipam's state parent (the conflist's ipam.dataDir
-	// when it names one wins); "" leaves IPAM state alone.
+	// IPAMDataDir is weft-ipam's store of the network (by default
+	// /var/lib/cni/networks/weft; the conflist's ipam.dataDir, when it names
+	// one, adds <dataDir>/<name>); "" leaves IPAM state alone.
 	IPAMDataDir string
 }
 
@@ -124,9 +125,7 @@ func removeFiles(opt Options, c weftConflist, ipamDir string) []error {
 			paths = append(paths, filepath.Join(p.IPAM.DataDir, name))
 		}
 	}
-	if ipamDir != "" {
-		paths = append(paths, filepath.Join(ipamDir, name))
-	}
+	paths = append(paths, ipamDir)
 	if opt.CNIBinDir != "" {
 		for _, b := range install.Own() {
 			paths = append(paths, filepath.Join(opt.CNIBinDir, b))

@@ -206,7 +206,7 @@ func TestUninstallLeavesNodeAsFound(t *testing.T) {
 	}
 	weftd := filepath.Join(testutil.BinDir(t), "weftd")
 	cmd := exec.Command("nsenter", "--net="+e.node.Path(), "--", weftd, "uninstall", "--keep-lease", "--node-name", "n1",
-		"--cni-conf-dir", p.confDir, "--cni-bin-dir", p.binDir, "--ipam-data-dir", p.ipamDir,
+		"--cni-conf-dir", p.confDir, "--cni-bin-dir", p.binDir, "--ipam-data-dir", filepath.Join(p.ipamDir, "weft"),
 		"--subnet-file", filepath.Join(p.runDir, "subnet.json"), "--endpoint-dir", filepath.Join(p.runDir, "endpoints"),
 		"--socket", filepath.Join(p.runDir, "weftd.sock"))
 	if out, err := cmd.CombinedOutput(); err != nil {
