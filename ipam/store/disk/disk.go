@@ -276,6 +276,13 @@ func (s *Store) read(repair bool) (*snapshot, error) {
 			return snap, nil
 		}
 	}
+	if datas[0] == nil && errors.Is(errs[1], errTorn) {
+		// Only the very first write (generation 1, slot 1) can be torn
+		// with slot 0 absent: nothing was recorded before it, so the state
+		// is empty, and the next write overwrites the torn slot.
+		snap.st, snap.boot = &store.State{}, s.bootID()
+		return snap, nil
+	}
 	return s.moveAside(repair, datas, errs)
 }
 

@@ -401,3 +401,26 @@ func TestRebootReleasesEarlierAllocations(t *testing.T) {
 		return nil
 	})
 }
+
+// A killed first write leaves a torn slot 1 and no slot 0: that is an empty
+// store, not damage to move aside, and the next write replaces the slot.
+func TestTornFirstWriteIsEmpty(t *testing.T) {
+	dir := t.TempDir()
+	full := encode(slot{st: &store.State{Allocations: []store.Allocation{{IP: netip.MustParseAddr("10.0.0.2"), ContainerID: "c", IfName: "eth0"}}}, gen: 1})
+	if err := os.WriteFile(filepath.Join(dir, Slot1), full[:len(full)-9], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := New(dir, Options{})
+	if err := s.Update(context.Background(), addOne("10.0.0.3")); err != nil {
+		t.Fatal(err)
+	}
+	if got := listDir(t, dir); !slices.Equal(got, []string{Slot1}) {
+		t.Fatalf("directory %v, want only %s", got, Slot1)
+	}
+	_ = s.View(context.Background(), func(st *store.State) error {
+		if len(st.Allocations) != 1 || st.Allocations[0].IP.String() != "10.0.0.3" {
+			t.Errorf("state %+v", st.Allocations)
+		}
+		return nil
+	})
+}
