@@ -155,8 +155,11 @@ func (m *Manager) Ensure(ctx context.Context, node *corev1.Node, network netip.P
 		m.log.Warn("subnet lease lost (deleted or held by another node): claiming again", "subnet", cur.Subnet)
 	}
 	a, err := m.Acquire(ctx, network, subnetLen)
-	if err == nil || !lost {
-		return a, err
+	switch {
+	case err == nil:
+		return a, nil
+	case !lost:
+		return cur, err // still ours: keep it until a new claim succeeds
 	}
 	if werr := m.patch(ctx, map[string]*string{fabric.AnnoPodCIDR: nil}); werr != nil {
 		err = errors.Join(err, werr)
