@@ -47,6 +47,9 @@ type ControllerConfig struct {
 	// network namespace (weftd's: the node's), so same-node traffic is
 	// policed. A failure is logged and kept in Errors().
 	BridgeNetfilter bool
+	// Conntrack, when set, is the node's conntrack table: after a change,
+	// entries of flows the new rules deny are deleted (see flowReaper).
+	Conntrack ConntrackTable
 }
 
 // Controller keeps this node's policy dataplane converged: informer and
@@ -70,6 +73,7 @@ type Controller struct {
 	changed  chan struct{} // closed and replaced after every successful sync
 	log      *slog.Logger
 	handlers []cache.ResourceEventHandlerRegistration
+	flows    *flowReaper // nil without ControllerConfig.Conntrack
 }
 
 // NewController wires the controller to the factory's Pod, Namespace and
@@ -97,6 +101,7 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 	}
 	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
 		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy")}
+	c.flows = newFlowReaper(cfg.Conntrack, cfg.Render.Bridge, c.log, cfg.Metrics)
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
 		UpdateFunc: func(any, any) { c.markDirty() },
@@ -142,6 +147,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}
 	go c.watchEndpoints(ctx)
+	go c.flows.run(ctx)
 	resync := time.NewTicker(c.cfg.ResyncInterval)
 	defer resync.Stop()
 	readBack := true // the first sync reads whatever the kernel holds
@@ -220,6 +226,7 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	if err != nil {
 		return err
 	}
+	c.flows.applied(st, in.Endpoints)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if fmt.Sprint(st.Errors) != fmt.Sprint(c.errs) { // log changes, not every sync

@@ -63,22 +63,45 @@ func (t TraceResult) String() string {
 // Trace walks the packet through the rendered rules from the built-in chain
 // hook (e.g. "FORWARD"), with ipset membership from the State.
 func (s *State) Trace(hook string, p Packet) TraceResult {
-	if p.CTState == "" {
-		p.CTState = "NEW"
-	}
-	chains := map[string][]Rule{}
+	return s.Tracer(hook).Trace(p)
+}
+
+// Tracer indexes the State's chains and sets once, for many traces from
+// one hook (e.g. every conntrack entry after a policy change).
+type Tracer struct {
+	hook   string
+	chains map[string][]Rule
+	sets   map[string]*IPSet
+}
+
+// Tracer returns a Tracer over the State as it is now, from hook.
+func (s *State) Tracer(hook string) *Tracer {
+	chains := make(map[string][]Rule, len(s.Chains)+1)
 	for _, c := range s.Chains {
 		chains[c.Name] = c.Rules
 	}
+	var jumps []Rule // a fresh slice: never append to a chain of the State
 	for _, j := range s.Jumps {
 		if j.Builtin == hook {
-			chains[hook] = append(chains[hook], j.Rule)
+			jumps = append(jumps, j.Rule)
 		}
 	}
-	sets := map[string]*IPSet{}
+	if jumps != nil {
+		chains[hook] = jumps
+	}
+	sets := make(map[string]*IPSet, len(s.IPSets))
 	for i := range s.IPSets {
 		sets[s.IPSets[i].Name] = &s.IPSets[i]
 	}
+	return &Tracer{hook: hook, chains: chains, sets: sets}
+}
+
+// Trace walks the packet through the rules, like State.Trace.
+func (t *Tracer) Trace(p Packet) TraceResult {
+	if p.CTState == "" {
+		p.CTState = "NEW"
+	}
+	hook, chains, sets := t.hook, t.chains, t.sets
 	type frame struct {
 		chain string
 		next  int
