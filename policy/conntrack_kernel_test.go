@@ -45,19 +45,8 @@ func TestConntrackCutOnDeny(t *testing.T) {
 		client.CoreV1().Pods("t").Create(ctx, p, metav1.CreateOptions{})
 	}
 	client.NetworkingV1().NetworkPolicies("t").Create(ctx, np("t", "c-isolated", map[string]string{"pod": "c"}, tIn), metav1.CreateOptions{})
-	ctl, closeFn, err := NewNodeController(ctx, informers.NewSharedInformerFactory(client, 0), NodeOptions{
+	ctl := runNodeController(t, ctx, cancel, informers.NewSharedInformerFactory(client, 0), NodeOptions{
 		NodeName: "n1", NetNS: tn.node.Path(), Bridge: tn.bridge, EndpointDir: dir, ResyncInterval: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		closeFn()
-		_ = Uninstall(context.Background(), tn.node.Path())
-	})
 	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
 	defer wcancel()
 	for _, v := range tn.veth {
@@ -69,8 +58,8 @@ func TestConntrackCutOnDeny(t *testing.T) {
 
 	echoServer(t, tn.pods["b"], "0.0.0.0:82")
 	pushServer(t, tn.pods["b"], "0.0.0.0:83")
-	udpAB := udpFlow(t, tn.pods["a"], tn.ip["b"]+":81")
-	tcpAB := tcpEchoFlow(t, tn.pods["a"], tn.ip["b"]+":82")
+	udpAB := writeFlow(t, tn.pods["a"], "udp4", tn.ip["b"]+":81")
+	tcpAB := writeFlow(t, tn.pods["a"], "tcp4", tn.ip["b"]+":82")
 	tcpCB := tcpPushFlow(t, tn.pods["c"], tn.ip["b"]+":83")
 	alive := func(last *atomic.Int64) bool { return time.Since(time.Unix(0, last.Load())) < 400*time.Millisecond }
 	eventually(t, "all three flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(tcpCB) })
@@ -168,27 +157,10 @@ func dialIn(t *testing.T, n ns.NetNS, proto, addr string) net.Conn {
 	return c
 }
 
-// udpFlow sends a datagram every 50ms from one socket (one conntrack
-// entry) and returns the time of the last answer.
-func udpFlow(t *testing.T, n ns.NetNS, addr string) *atomic.Int64 {
-	c := dialIn(t, n, "udp4", addr)
-	var last atomic.Int64
-	go func() {
-		for {
-			if _, err := c.Write([]byte("hi")); err != nil {
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}()
-	go readLoop(c, &last)
-	return &last
-}
-
-// tcpEchoFlow writes every 50ms on one connection and returns the time of
-// the last echo.
-func tcpEchoFlow(t *testing.T, n ns.NetNS, addr string) *atomic.Int64 {
-	c := dialIn(t, n, "tcp4", addr)
+// writeFlow writes every 50ms on one socket (one conntrack entry) and
+// returns the time of the last answer.
+func writeFlow(t *testing.T, n ns.NetNS, proto, addr string) *atomic.Int64 {
+	c := dialIn(t, n, proto, addr)
 	var last atomic.Int64
 	go func() {
 		for {
@@ -223,4 +195,23 @@ func readLoop(c net.Conn, last *atomic.Int64) {
 		}
 		last.Store(time.Now().UnixNano())
 	}
+}
+
+// runNodeController runs the production wiring until the test ends, then
+// removes what it programmed in opt.NetNS.
+func runNodeController(t *testing.T, ctx context.Context, cancel func(), factory informers.SharedInformerFactory, opt NodeOptions) *Controller {
+	t.Helper()
+	ctl, closeFn, err := NewNodeController(ctx, factory, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		closeFn()
+		_ = Uninstall(context.Background(), opt.NetNS)
+	})
+	return ctl
 }
