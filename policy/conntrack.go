@@ -190,7 +190,11 @@ func (f *flowReaper) reap(st *State, eps []endpoint.Endpoint, vs map[string]bool
 			return total, err
 		}
 	}
-	f.log.Info("conntrack entries of flows the new policy denies deleted", "deleted", total,
+	lvl := slog.LevelDebug
+	if total > 0 {
+		lvl = slog.LevelInfo
+	}
+	f.log.Log(context.Background(), lvl, "conntrack entries of flows the new policy denies deleted", "deleted", total,
 		"endpoints", len(vs), "flows_traced", len(deny), "took", time.Since(t0).Round(time.Microsecond))
 	return total, nil
 }
