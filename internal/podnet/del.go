@@ -26,7 +26,7 @@ func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "")
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	if err := removeVeth(conf, hostName); err != nil {
+	if err := p.removeVeth(conf, hostName); err != nil {
 		return err
 	}
 	if err := p.ipamFor(conf).Del(ctx, args); err != nil {

@@ -32,10 +32,10 @@ import (
 // The addresses come from the endpoint record and from prevResult; with
 // neither (not weftd's conflist, and a runtime that sends no prevResult)
 // only the veth is deleted.
-func removeVeth(conf *NetConf, hostName string) error {
+func (p *Plugin) removeVeth(conf *NetConf, hostName string) error {
 	addrs, err := attachmentAddrs(conf, hostName)
-	if err != nil {
-		return cniErr(types.ErrInternal, err, "addresses of %s", hostName)
+	if err != nil { // a DEL that always fails would leak the pod: go on
+		p.log.Warn("conntrack entries of the attachment are not deleted", "veth", hostName, "err", err)
 	}
 	var ct *conntrack.Kernel
 	if len(addrs) > 0 {
@@ -79,7 +79,8 @@ func noConntrack(err error) bool {
 }
 
 // attachmentAddrs returns the attachment's addresses as its endpoint
-// record and prevResult know them (deduplicated).
+// record and prevResult know them (deduplicated). An unreadable source is
+// reported, and the other's addresses are still returned.
 func attachmentAddrs(conf *NetConf, hostName string) ([]netip.Addr, error) {
 	seen := map[netip.Addr]bool{}
 	var out []netip.Addr
@@ -91,29 +92,29 @@ func attachmentAddrs(conf *NetConf, hostName string) ([]netip.Addr, error) {
 			}
 		}
 	}
+	var errs []error
 	if conf.EndpointDir != "" {
 		ep, ok, err := endpoint.Read(conf.EndpointDir, hostName)
+		var as []netip.Addr
+		if err == nil && ok {
+			as, err = ep.Addrs()
+		}
 		if err != nil {
-			return nil, fmt.Errorf("endpoint record: %w", err)
+			errs = append(errs, fmt.Errorf("endpoint record: %w", err))
 		}
-		if ok {
-			as, err := ep.Addrs()
-			if err != nil {
-				return nil, err
-			}
-			addAll(as)
-		}
+		addAll(as)
 	}
 	if conf.PrevResult != nil {
 		prev, err := current.NewResultFromResult(conf.PrevResult)
 		if err != nil {
-			return nil, fmt.Errorf("prevResult: %w", err)
-		}
-		for _, ip := range prev.IPs {
-			if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
-				addAll([]netip.Addr{a})
+			errs = append(errs, fmt.Errorf("prevResult: %w", err))
+		} else {
+			for _, ip := range prev.IPs {
+				if a, ok := netip.AddrFromSlice(ip.Address.IP); ok {
+					addAll([]netip.Addr{a})
+				}
 			}
 		}
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
