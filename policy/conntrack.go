@@ -292,7 +292,7 @@ func (d *stateDiff) chain(name string) bool {
 	}
 	o, inOld := d.old[name]
 	c, inCur := d.cur[name]
-	v := inOld != inCur || !slices.Equal(o, c)
+	v := inOld != inCur || !sameRules(o, c) && !slices.Equal(o, c)
 	d.chains[name] = v
 	return v
 }
@@ -302,7 +302,7 @@ func (d *stateDiff) set(name string) bool {
 		return v
 	}
 	o, c := d.oldSet[name], d.curSet[name]
-	v := (o == nil) != (c == nil) || o != nil && (o.Type != c.Type || !slices.Equal(o.Members, c.Members))
+	v := (o == nil) != (c == nil) || o != nil && (o.Type != c.Type || !sameSlice(o.Members, c.Members) && !slices.Equal(o.Members, c.Members))
 	d.sets[name] = v
 	return v
 }
@@ -328,4 +328,11 @@ func (d *stateDiff) reach(name string) bool {
 	}
 	d.reached[name] = v
 	return v
+}
+
+// sameRules reports whether a and b are the same slice: the renderer's
+// caches hand unchanged chains to the next State as they are (sets'
+// members likewise, see sameSlice).
+func sameRules(a, b []Rule) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
