@@ -37,10 +37,12 @@ type ConntrackMetrics interface {
 // original direction, as FORWARD saw it, is traced through the newly
 // rendered State, and only denied ones go.
 //
-// It stays off the hot path: the controller's sync only compares the new
-// State with the last one (applied); the dump and the traces run in the
-// reaper's own goroutine (run), and only for local endpoints whose rules or
-// sets changed. An endpoint new since the last State is skipped: until its
+// It stays off the hot path: the controller's sync only queues the State
+// it applied (applied); the comparison with the previous State, the dump and
+// the traces run in the reaper's own goroutine (run), and only for local
+// endpoints whose rules or sets changed. Every applied State is compared
+// with its predecessor, none skipped, so a change and its undo (A, B, A)
+// still count. An endpoint new since the last State is skipped: until its
 // rules were in place its traffic was dropped as unknown (no entry is
 // confirmed for a dropped packet), and CNI DEL deleted the entries of its
 // address's previous holder.
@@ -49,13 +51,20 @@ type flowReaper struct {
 	bridge  string
 	log     *slog.Logger
 	metrics Metrics
-	prev    *State // last applied State; only the sync goroutine touches it
-
-	mu      sync.Mutex
-	pending map[string]bool // host veths whose rules changed since the last reap
-	st      *State
-	eps     []endpoint.Endpoint
 	kick    chan struct{}
+
+	mu    sync.Mutex
+	queue []appliedState // applied since the worker last looked
+
+	// The worker's own.
+	prev    *State          // last State compared
+	latest  appliedState    // the State now in the kernel
+	pending map[string]bool // host veths whose rules changed since the last reap
+}
+
+type appliedState struct {
+	st  *State
+	eps []endpoint.Endpoint
 }
 
 func newFlowReaper(table ConntrackTable, bridge string, log *slog.Logger, m Metrics) *flowReaper {
@@ -66,24 +75,32 @@ func newFlowReaper(table ConntrackTable, bridge string, log *slog.Logger, m Metr
 }
 
 // applied records that st is in the kernel for the local endpoints eps. It
-// is cheap (a comparison with the previous State) and never blocks.
+// never blocks.
 func (f *flowReaper) applied(st *State, eps []endpoint.Endpoint) {
 	if f == nil {
 		return
 	}
-	changed := changedEndpoints(f.prev, st, eps)
-	f.prev = st
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.st, f.eps = st, eps
-	for _, v := range changed {
-		f.pending[v] = true
+	f.queue = append(f.queue, appliedState{st, eps})
+	f.mu.Unlock()
+	select {
+	case f.kick <- struct{}{}:
+	default:
 	}
-	if len(f.pending) > 0 {
-		select {
-		case f.kick <- struct{}{}:
-		default:
+}
+
+// collect compares the queued States in order and adds the endpoints whose
+// rules changed to pending.
+func (f *flowReaper) collect() {
+	f.mu.Lock()
+	q := f.queue
+	f.queue = nil
+	f.mu.Unlock()
+	for _, a := range q {
+		for _, v := range changedEndpoints(f.prev, a.st, a.eps) {
+			f.pending[v] = true
 		}
+		f.prev, f.latest = a.st, a
 	}
 }
 
@@ -99,23 +116,19 @@ func (f *flowReaper) run(ctx context.Context) {
 			return
 		case <-f.kick:
 		}
-		f.mu.Lock()
-		st, eps, vs := f.st, f.eps, f.pending
-		f.pending = map[string]bool{}
-		f.mu.Unlock()
-		n, err := f.reap(st, eps, vs)
+		f.collect()
+		if len(f.pending) == 0 {
+			continue
+		}
+		n, err := f.reap(f.latest.st, f.latest.eps, f.pending)
 		if m, ok := f.metrics.(ConntrackMetrics); ok && n > 0 {
 			m.ConntrackFlowsDeleted(n)
 		}
 		if err == nil {
+			f.pending = map[string]bool{}
 			continue
 		}
-		f.log.Error("conntrack entries of denied flows not deleted", "err", err, "endpoints", len(vs), "deleted", n)
-		f.mu.Lock()
-		for v := range vs {
-			f.pending[v] = true
-		}
-		f.mu.Unlock()
+		f.log.Error("conntrack entries of denied flows not deleted", "err", err, "endpoints", len(f.pending), "deleted", n)
 		go func() {
 			if sleep(ctx, time.Second) {
 				select {
@@ -165,6 +178,7 @@ func (f *flowReaper) reap(st *State, eps []endpoint.Endpoint, vs map[string]bool
 		host[a] = true
 	}
 	tr := st.Tracer("FORWARD")
+	tr.VerdictOnly = true
 	deny := map[ctKey]bool{}
 	denied := func(fl conntrack.Flow) bool {
 		src, dst, dport := fl.Forwarded()
