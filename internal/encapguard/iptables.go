@@ -1,0 +1,220 @@
+package encapguard
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/weftnet/weft/internal/iptables"
+)
+
+// Tables is what the real guard needs from iptables and ipset, in the
+// node's detected iptables mode; iptables.Runner satisfies it.
+type Tables interface {
+	Restore(ctx context.Context, text string) error
+	Save(ctx context.Context, table string) (string, error)
+	SaveCounters(ctx context.Context, table string) (string, error)
+	IPSetRestore(ctx context.Context, text string) error
+	IPSetSaveNamed(ctx context.Context, names ...string) (string, error)
+}
+
+const (
+	table   = "raw"
+	builtin = "PREROUTING"
+	setOpts = "family inet hashsize 1024 maxelem 65536"
+)
+
+// IPTables is the real Guard: rules through iptables-restore --noflush in
+// the raw table, the known-nodes set through ipset restore.
+type IPTables struct {
+	t Tables
+}
+
+// NewIPTables returns a guard writing through t.
+func NewIPTables(t Tables) *IPTables { return &IPTables{t: t} }
+
+type kernelState struct {
+	raw  *iptables.Dump
+	sets map[string]*iptables.IPSet
+}
+
+func (g *IPTables) read(ctx context.Context, kind string) (kernelState, error) {
+	out, err := g.t.Save(ctx, table)
+	if err != nil {
+		return kernelState{}, fmt.Errorf("encapguard: read raw table: %w", err)
+	}
+	d, err := iptables.ParseSave(out, table)
+	if err != nil {
+		return kernelState{}, fmt.Errorf("encapguard: parse raw table: %w", err)
+	}
+	sv, err := g.t.IPSetSaveNamed(ctx, Set(kind), tempSet(kind))
+	if err != nil {
+		return kernelState{}, fmt.Errorf("encapguard: read sets: %w", err)
+	}
+	sets, err := iptables.ParseIPSetSave(sv)
+	if err != nil {
+		return kernelState{}, fmt.Errorf("encapguard: parse sets: %w", err)
+	}
+	return kernelState{raw: d, sets: sets}, nil
+}
+
+// Apply converges: the set first (the rules use it), then the chain and
+// its jump, each only when the kernel differs.
+func (g *IPTables) Apply(ctx context.Context, s Spec) (int, error) {
+	if s.PodIface == "" {
+		s.PodIface = DefaultPodIface
+	}
+	ks, err := g.read(ctx, s.Encap.Kind)
+	if err != nil {
+		return 0, err
+	}
+	setText, ruleText := render(s, ks)
+	writes := 0
+	if setText != "" {
+		if err := g.t.IPSetRestore(ctx, setText); err != nil {
+			return writes, fmt.Errorf("encapguard: %s: %w", s.Encap.Kind, err)
+		}
+		writes++
+	}
+	if ruleText != "" {
+		if err := g.t.Restore(ctx, ruleText); err != nil {
+			return writes, fmt.Errorf("encapguard: %s: %w", s.Encap.Kind, err)
+		}
+		writes++
+	}
+	return writes, nil
+}
+
+// render returns the ipset and iptables restore texts that make the kernel
+// match s ("" where nothing differs). Pure.
+func render(s Spec, ks kernelState) (setText, ruleText string) {
+	k := s.Encap.Kind
+	want := members(s)
+	if have := ks.sets[Set(k)]; have == nil || !slices.Equal(sortedMembers(have), want) || ks.sets[tempSet(k)] != nil {
+		var b strings.Builder
+		fmt.Fprintf(&b, "create %s hash:ip %s -exist\n", Set(k), setOpts)
+		fmt.Fprintf(&b, "create %s hash:ip %s -exist\nflush %s\n", tempSet(k), setOpts, tempSet(k))
+		for _, m := range want {
+			fmt.Fprintf(&b, "add %s %s\n", tempSet(k), m)
+		}
+		fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tempSet(k), Set(k), tempSet(k))
+		setText = b.String()
+	}
+	chain, j := Chain(k), jump(s.Encap)
+	var lines []string
+	haveJump := false
+	if c := ks.raw.Chains[builtin]; c != nil {
+		for _, r := range c.Rules {
+			if !jumpsTo(r, chain) {
+				continue
+			}
+			if slices.Equal(r, j) && !haveJump {
+				haveJump = true
+				continue
+			}
+			lines = append(lines, "-D "+builtin+" "+join(r)) // stale (old port) or duplicate
+		}
+	}
+	want2 := rules(s)
+	if c := ks.raw.Chains[chain]; c == nil || !slices.EqualFunc(c.Rules, want2, slices.Equal) {
+		lines = append(lines, ":"+chain+" - [0:0]")
+		for _, r := range want2 {
+			lines = append(lines, "-A "+chain+" "+join(r))
+		}
+	}
+	if !haveJump {
+		lines = append(lines, "-I "+builtin+" 1 "+join(j))
+	}
+	if len(lines) == 0 {
+		return setText, ""
+	}
+	return setText, "*" + table + "\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
+}
+
+func sortedMembers(s *iptables.IPSet) []string {
+	out := slices.Clone(s.Members)
+	slices.Sort(out)
+	return out
+}
+
+func jumpsTo(r []string, chain string) bool {
+	i := slices.Index(r, "-j")
+	return i >= 0 && i+1 < len(r) && r[i+1] == chain
+}
+
+func join(args []string) string {
+	q := make([]string, len(args))
+	for i, a := range args {
+		q[i] = iptables.Quote(a)
+	}
+	return strings.Join(q, " ")
+}
+
+// Remove deletes the jump and the chain, then the sets.
+func (g *IPTables) Remove(ctx context.Context, kind string) error {
+	ks, err := g.read(ctx, kind)
+	if err != nil {
+		return err
+	}
+	chain := Chain(kind)
+	var lines []string
+	if c := ks.raw.Chains[builtin]; c != nil {
+		for _, r := range c.Rules {
+			if jumpsTo(r, chain) {
+				lines = append(lines, "-D "+builtin+" "+join(r))
+			}
+		}
+	}
+	if ks.raw.Chains[chain] != nil {
+		lines = append(lines, "-F "+chain, "-X "+chain)
+	}
+	if len(lines) > 0 {
+		if err := g.t.Restore(ctx, "*"+table+"\n"+strings.Join(lines, "\n")+"\nCOMMIT\n"); err != nil {
+			return fmt.Errorf("encapguard: remove %s rules: %w", kind, err)
+		}
+	}
+	var b strings.Builder
+	for _, name := range []string{Set(kind), tempSet(kind)} {
+		if ks.sets[name] != nil {
+			fmt.Fprintf(&b, "destroy %s\n", name)
+		}
+	}
+	if b.Len() > 0 {
+		if err := g.t.IPSetRestore(ctx, b.String()); err != nil {
+			return fmt.Errorf("encapguard: remove %s sets: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+// Drops reads the drop rules' packet counters.
+func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, error) {
+	out, err := g.t.SaveCounters(ctx, table)
+	if err != nil {
+		return nil, fmt.Errorf("encapguard: read counters: %w", err)
+	}
+	rcs, err := iptables.ParseCounters(out, table)
+	if err != nil {
+		return nil, fmt.Errorf("encapguard: %w", err)
+	}
+	return dropsFrom(rcs, kind), nil
+}
+
+func dropsFrom(rcs []iptables.RuleCounter, kind string) map[string]uint64 {
+	drops := map[string]uint64{}
+	for _, r := range Reasons() {
+		drops[r] = 0
+	}
+	for _, rc := range rcs {
+		if rc.Chain != Chain(kind) {
+			continue
+		}
+		for _, r := range Reasons() {
+			if iptables.Comment(rc.Args) == dropComment(kind, r) {
+				drops[r] += rc.Packets
+			}
+		}
+	}
+	return drops
+}
