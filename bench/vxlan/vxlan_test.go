@@ -143,7 +143,7 @@ func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 			b.Fatal(err)
 		}
 		b.Cleanup(k.Close)
-		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		pub, err := be.Start(context.Background(), n.Local())
 		if err != nil {
 			b.Fatal(err)
