@@ -61,65 +61,6 @@ func stranger(t *testing.T, u *nettopo.Underlay, ip string) ns.NetNS {
 	return s
 }
 
-// inbox receives UDP datagrams in a pod and reports whether a token came.
-type inbox chan string
-
-func listenUDP(t *testing.T, p *nettopo.Pod, port int) inbox {
-	t.Helper()
-	var c net.PacketConn
-	must(t, p.NS.Do(func(ns.NetNS) error {
-		var err error
-		c, err = net.ListenPacket("udp4", netip.AddrPortFrom(p.IP, uint16(port)).String())
-		return err
-	}), "listen udp")
-	t.Cleanup(func() { c.Close() })
-	in := make(inbox, 64)
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, _, err := c.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			in <- string(buf[:n])
-		}
-	}()
-	return in
-}
-
-func (in inbox) got(token string, wait time.Duration) bool {
-	deadline := time.After(wait)
-	for {
-		select {
-		case m := <-in:
-			if m == token {
-				return true
-			}
-		case <-deadline:
-			return false
-		}
-	}
-}
-
-// sendFrom sends payload from inside n to dst over an ordinary UDP socket,
-// three times.
-func sendFrom(t *testing.T, n ns.NetNS, dst netip.AddrPort, payload []byte) {
-	t.Helper()
-	must(t, n.Do(func(ns.NetNS) error {
-		c, err := net.Dial("udp4", dst.String())
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		for range 3 {
-			if _, err := c.Write(payload); err != nil {
-				return err
-			}
-		}
-		return nil
-	}), "send forged frame")
-}
-
 // TestGuardDropsForgedFrames: hand-built VXLAN frames carrying an inner
 // packet to the pod on node2 reach it only from a real peer whose pod CIDR
 // holds the inner source; a host on the underlay that is no node, a peer
@@ -134,7 +75,7 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	n3.apply(t, n1, n2)
 	// node3 masquerades pod traffic leaving the pod network, as weftd does.
 	nsIPTables(t, n3.NS, "-t", "nat", "-A", "POSTROUTING", "-s", "10.244.0.0/16", "!", "-d", "10.244.0.0/16", "-j", "MASQUERADE")
-	in := listenUDP(t, n2.pod, 9999)
+	in := testutil.ListenUDP(t, n2.pod.NS, netip.AddrPortFrom(n2.pod.IP, 9999))
 	mac2, _ := net.ParseMAC(n2.pub.Attrs[vxlan.AnnoVTEPMAC])
 	mac1, _ := net.ParseMAC(n1.pub.Attrs[vxlan.AnnoVTEPMAC])
 	vtep2 := netip.AddrPortFrom(n2.UnderlayIP, vxlan.DefaultPort)
@@ -148,8 +89,8 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	// Control: the frame as a real peer would send it arrives, so the
 	// frames below are well formed and only the sender makes them fail.
 	token, frame := forge(n1.pod.IP.String())
-	sendFrom(t, n1.NS, vtep2, frame)
-	if !in.got(token, 2*time.Second) {
+	testutil.SendUDP(t, n1.NS, vtep2, frame)
+	if !in.Got(token, 2*time.Second) {
 		t.Fatal("control: a well-formed frame from node1 with its own pod's source did not arrive")
 	}
 	cases := []struct {
@@ -163,8 +104,8 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	}
 	for _, c := range cases {
 		token, frame := forge(c.src)
-		sendFrom(t, c.from, vtep2, frame)
-		if in.got(token, time.Second) {
+		testutil.SendUDP(t, c.from, vtep2, frame)
+		if in.Got(token, time.Second) {
 			t.Errorf("%s: forged frame (inner %s -> %s) reached the pod on node2", c.name, c.src, n2.pod.IP)
 		}
 	}

@@ -4,6 +4,10 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 )
 
 // VXLANFrame is a hand-built VXLAN payload carrying one IPv4/UDP packet,
@@ -56,4 +60,70 @@ func ipChecksum(h []byte) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return ^uint16(sum)
+}
+
+// Inbox receives UDP datagrams on one socket inside a network namespace.
+type Inbox chan string
+
+// ListenUDP opens a UDP socket on addr inside n (closed when the test
+// ends) and returns the datagrams it receives.
+func ListenUDP(t testing.TB, n ns.NetNS, addr netip.AddrPort) Inbox {
+	t.Helper()
+	var c net.PacketConn
+	if err := n.Do(func(ns.NetNS) error {
+		var err error
+		c, err = net.ListenPacket("udp4", addr.String())
+		return err
+	}); err != nil {
+		t.Fatalf("listen udp %s: %v", addr, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	in := make(Inbox, 64)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			in <- string(buf[:k])
+		}
+	}()
+	return in
+}
+
+// Got reports whether a datagram equal to token arrives within wait.
+func (in Inbox) Got(token string, wait time.Duration) bool {
+	deadline := time.After(wait)
+	for {
+		select {
+		case m := <-in:
+			if m == token {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// SendUDP sends payload three times from inside n to dst over an ordinary
+// UDP socket.
+func SendUDP(t testing.TB, n ns.NetNS, dst netip.AddrPort, payload []byte) {
+	t.Helper()
+	if err := n.Do(func(ns.NetNS) error {
+		c, err := net.Dial("udp4", dst.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write(payload); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("send udp to %s: %v", dst, err)
+	}
 }
