@@ -145,7 +145,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	defer k.Close()
 	status, metrics := api.NewStatus(), api.NewMetrics()
-	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Guard: encapguard.NewIPTables(iptables.Runner{Mode: mode}), Log: log.With("node", opt.NodeName)}}, log)
+	guard := encapguard.NewIPTables(iptables.Runner{Mode: mode})
+	metrics.Registry.MustRegister(encapguard.NewCollector(guard, log, vxlan.Type))
+	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Guard: guard, Log: log.With("node", opt.NodeName)}}, log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	errc := make(chan error, 2)

@@ -120,3 +120,28 @@ func TestIPTablesInNetNS(t *testing.T) {
 		})
 	}
 }
+
+// countersOnly is a Tables whose iptables-save -c output the test sets.
+type countersOnly struct {
+	Tables
+	save string
+}
+
+func (c *countersOnly) SaveCounters(context.Context, string) (string, error) { return c.save, nil }
+
+func TestDropsSurviveCounterReset(t *testing.T) {
+	dump := func(n int) string {
+		return "*raw\n:PREROUTING ACCEPT [0:0]\n:WEFT-ENC-VXLAN - [0:0]\n" +
+			"[" + strings.Repeat("1", n) + ":99] -A WEFT-ENC-VXLAN -m set ! --match-set weft-e-vxlan src -m comment --comment \"weft: vxlan drop unknown-sender\" -j DROP\nCOMMIT\n"
+	}
+	tb := &countersOnly{save: dump(2)} // 11 packets
+	g := NewIPTables(tb)
+	ctx := context.Background()
+	if d, _ := g.Drops(ctx, "vxlan"); d[ReasonUnknownSender] != 11 {
+		t.Fatalf("drops %v", d)
+	}
+	tb.save = dump(1) // chain rewritten: the kernel counts 1 again
+	if d, _ := g.Drops(ctx, "vxlan"); d[ReasonUnknownSender] != 12 || d[ReasonForgedInner] != 0 {
+		t.Fatalf("drops after reset %v, want 12", d)
+	}
+}

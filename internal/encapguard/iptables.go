@@ -3,8 +3,10 @@ package encapguard
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/weftnet/weft/internal/iptables"
 )
@@ -29,10 +31,18 @@ const (
 // the raw table, the known-nodes set through ipset restore.
 type IPTables struct {
 	t Tables
+
+	// Drop totals survive chain rewrites (which zero the kernel's rule
+	// counters): what the kernel counted is folded in before a rewrite.
+	mu    sync.Mutex
+	last  map[string]map[string]uint64 // kernel counters at the last read
+	total map[string]map[string]uint64
 }
 
 // NewIPTables returns a guard writing through t.
-func NewIPTables(t Tables) *IPTables { return &IPTables{t: t} }
+func NewIPTables(t Tables) *IPTables {
+	return &IPTables{t: t, last: map[string]map[string]uint64{}, total: map[string]map[string]uint64{}}
+}
 
 type kernelState struct {
 	raw  *iptables.Dump
@@ -78,8 +88,17 @@ func (g *IPTables) Apply(ctx context.Context, s Spec) (int, error) {
 		writes++
 	}
 	if ruleText != "" {
+		rewrite := strings.Contains(ruleText, "\n:"+Chain(s.Encap.Kind)+" ")
+		if rewrite {
+			_, _ = g.Drops(ctx, s.Encap.Kind) // fold the counters the rewrite zeroes
+		}
 		if err := g.t.Restore(ctx, ruleText); err != nil {
 			return writes, fmt.Errorf("encapguard: %s: %w", s.Encap.Kind, err)
+		}
+		if rewrite {
+			g.mu.Lock()
+			delete(g.last, s.Encap.Kind)
+			g.mu.Unlock()
 		}
 		writes++
 	}
@@ -188,7 +207,9 @@ func (g *IPTables) Remove(ctx context.Context, kind string) error {
 	return nil
 }
 
-// Drops reads the drop rules' packet counters.
+// Drops returns the packets dropped since this guard was created (or, for
+// a guard adopted from an earlier weftd, since its chain was last
+// written), read from the drop rules' counters.
 func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, error) {
 	out, err := g.t.SaveCounters(ctx, table)
 	if err != nil {
@@ -198,7 +219,24 @@ func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, e
 	if err != nil {
 		return nil, fmt.Errorf("encapguard: %w", err)
 	}
-	return dropsFrom(rcs, kind), nil
+	cur := dropsFrom(rcs, kind)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	tot := g.total[kind]
+	if tot == nil {
+		tot = map[string]uint64{}
+		g.total[kind] = tot
+	}
+	last := g.last[kind]
+	for r, v := range cur {
+		if v >= last[r] {
+			tot[r] += v - last[r]
+		} else {
+			tot[r] += v // the chain was rewritten behind our back
+		}
+	}
+	g.last[kind] = cur
+	return maps.Clone(tot), nil
 }
 
 func dropsFrom(rcs []iptables.RuleCounter, kind string) map[string]uint64 {

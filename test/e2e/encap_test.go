@@ -72,14 +72,20 @@ func testForgedVXLANDropped(t *testing.T, ctx context.Context, c kubernetes.Inte
 	}
 	defer bNS.Close()
 	in := testutil.ListenUDP(t, bNS, netip.AddrPortFrom(b.ip, guardPort))
+	// Inner MACs as node 1's VTEP would write them (the device drops a
+	// frame carrying its own MAC as source).
 	mac, err := net.ParseMAC(nodes[1].Annotations[annoVTEPMAC])
 	if err != nil {
 		t.Fatalf("node %s VTEP MAC: %v", nodes[1].Name, err)
 	}
+	srcMAC, err := net.ParseMAC(nodes[0].Annotations[annoVTEPMAC])
+	if err != nil {
+		t.Fatalf("node %s VTEP MAC: %v", nodes[0].Name, err)
+	}
 	vtep := netip.AddrPortFrom(nodeIP(t, nodes[1]), vxlanPort)
 	send := func(from string) bool {
 		token := fmt.Sprintf("forged-%d", rand.Int())
-		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: mac, Src: a.ip, Dst: b.ip, SrcPort: 40000, DstPort: guardPort, Payload: []byte(token)}
+		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: srcMAC, Src: a.ip, Dst: b.ip, SrcPort: 40000, DstPort: guardPort, Payload: []byte(token)}
 		n, err := ns.GetNS(from)
 		if err != nil {
 			t.Fatal(err)
@@ -124,8 +130,14 @@ func startGuardPod(t *testing.T, ctx context.Context, c kubernetes.Interface, ns
 	}); err != nil {
 		t.Fatalf("pod %s: %v", name, err)
 	}
+	// Pod namespaces live in their node's mount namespace, which weftd
+	// (the DaemonSet's process) shares.
+	pid, err := weftdPID(node)
+	if err != nil {
+		t.Fatal(err)
+	}
 	uid := strings.ReplaceAll(string(got.UID), "-", "")
-	return guardPod{pod: *got, ip: netip.MustParseAddr(got.Status.PodIP), netns: filepath.Join("/run/netns", "wlp-"+uid[:12])}
+	return guardPod{pod: *got, ip: netip.MustParseAddr(got.Status.PodIP), netns: fmt.Sprintf("/proc/%d/root/run/netns/wlp-%s", pid, uid[:12])}
 }
 
 func nodeIP(t *testing.T, n *corev1.Node) netip.Addr {
