@@ -34,7 +34,7 @@ func (f *Fake) Apply(_ context.Context, s Spec) (int, error) {
 	if s.PodIface == "" {
 		s.PodIface = DefaultPodIface
 	}
-	if old, ok := f.specs[s.Encap.Kind]; ok && reflect.DeepEqual(rules(old), rules(s)) && reflect.DeepEqual(members(old), members(s)) && old.Encap == s.Encap {
+	if old, ok := f.specs[s.Encap.Kind]; ok && reflect.DeepEqual(chains(old), chains(s)) && reflect.DeepEqual(members(old), members(s)) && old.Encap == s.Encap {
 		return 0, nil
 	}
 	f.specs[s.Encap.Kind] = s

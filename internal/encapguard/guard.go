@@ -131,18 +131,51 @@ func members(s Spec) []string {
 	return slices.Compact(out)
 }
 
-// rules returns the chain's rules, in iptables-save's canonical form so a
-// read-back compares equal.
-func rules(s Spec) [][]string {
+// leafSize is how many per-peer rules one chain holds before the peers
+// are split by source address range into a tree of chains, so a packet
+// walks O(log peers) rules instead of one per peer.
+const leafSize = 16
+
+// chainRules is one chain of the guard with its rules.
+type chainRules struct {
+	name  string
+	rules [][]string
+}
+
+// peerRule admits one peer's pod CIDR.
+type peerRule struct {
+	ip   netip.Addr
+	rule []string
+}
+
+func cm(c string) []string { return []string{"-m", "comment", "--comment", c} }
+
+// chains returns the guard's chains, the one jumped to from PREROUTING
+// first, in iptables-save's canonical form so a read-back compares equal.
+// Below the base chain every step is a goto, so a peer rule's RETURN goes
+// straight back to PREROUTING.
+func chains(s Spec) []chainRules {
 	k := s.Encap.Kind
-	cm := func(c string) []string { return []string{"-m", "comment", "--comment", c} }
-	out := [][]string{
+	base := chainRules{name: Chain(k), rules: [][]string{
 		slices.Concat([]string{"-i", s.PodIface}, cm(dropComment(k, ReasonFromPod)), []string{"-j", "DROP"}),
 		slices.Concat([]string{"-m", "addrtype", "!", "--dst-type", "LOCAL"}, cm(comment(k, "not for this node")), []string{"-j", "RETURN"}),
 		slices.Concat([]string{"-m", "set", "!", "--match-set", Set(k), "src"}, cm(dropComment(k, ReasonUnknownSender)), []string{"-j", "DROP"}),
+	}}
+	prs := peerRules(s)
+	if len(prs) <= leafSize {
+		base.rules = append(base.rules, leaf(k, prs)...)
+		return []chainRules{base}
 	}
+	out := []chainRules{base}
+	root := tree(k, prs, &out)
+	out[0].rules = append(out[0].rules, []string{"-g", root})
+	return out
+}
+
+func peerRules(s Spec) []peerRule {
 	peers := slices.Clone(s.Peers)
 	slices.SortFunc(peers, func(a, b Peer) int { return a.UnderlayIP.Compare(b.UnderlayIP) })
+	var out []peerRule
 	for _, p := range peers {
 		if !p.UnderlayIP.Is4() {
 			continue
@@ -153,11 +186,48 @@ func rules(s Spec) [][]string {
 			if !c.Addr().Is4() {
 				continue
 			}
-			out = append(out, slices.Concat([]string{"-s", p.UnderlayIP.String() + "/32", "-m", "u32", "--u32", u32Inner(s.Encap, c.Masked())},
-				cm(comment(k, "from "+p.UnderlayIP.String()+" pods "+c.Masked().String())), []string{"-j", "RETURN"}))
+			out = append(out, peerRule{ip: p.UnderlayIP, rule: slices.Concat(
+				[]string{"-s", p.UnderlayIP.String() + "/32", "-m", "u32", "--u32", u32Inner(s.Encap, c.Masked())},
+				cm(comment(s.Encap.Kind, "from "+p.UnderlayIP.String()+" pods "+c.Masked().String())), []string{"-j", "RETURN"})})
 		}
 	}
+	return out
+}
+
+// leaf is the peer rules followed by the drop of everything else.
+func leaf(k string, prs []peerRule) [][]string {
+	var out [][]string
+	for _, r := range prs {
+		out = append(out, r.rule)
+	}
 	return append(out, slices.Concat(cm(dropComment(k, ReasonForgedInner)), []string{"-j", "DROP"}))
+}
+
+// tree appends the chains for prs (sorted by peer) to out and returns the
+// name of the one to go to: a leaf, or a split on the source range.
+func tree(k string, prs []peerRule, out *[]chainRules) string {
+	i := len(*out)
+	name := fmt.Sprintf("%s-%d", Chain(k), i)
+	*out = append(*out, chainRules{name: name})
+	if len(prs) <= leafSize {
+		(*out)[i].rules = leaf(k, prs)
+		return name
+	}
+	mid := len(prs) / 2
+	for mid < len(prs) && prs[mid].ip == prs[mid-1].ip {
+		mid++ // one peer's CIDRs stay together
+	}
+	if mid == len(prs) {
+		(*out)[i].rules = leaf(k, prs)
+		return name
+	}
+	left := tree(k, prs[:mid], out)
+	right := tree(k, prs[mid:], out)
+	(*out)[i].rules = [][]string{
+		{"-m", "iprange", "--src-range", prs[0].ip.String() + "-" + prs[mid-1].ip.String(), "-g", left},
+		{"-g", right},
+	}
+	return name
 }
 
 // u32Inner matches an inner IPv4 packet whose source lies in c: "from the

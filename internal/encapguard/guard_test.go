@@ -34,7 +34,11 @@ func TestU32Inner(t *testing.T) {
 }
 
 func TestRenderOrder(t *testing.T) {
-	rs := rules(spec(8472, peer2, peer1))
+	cs := chains(spec(8472, peer2, peer1))
+	if len(cs) != 1 {
+		t.Fatalf("%d chains for 2 peers", len(cs))
+	}
+	rs := cs[0].rules
 	var got []string
 	for _, r := range rs {
 		got = append(got, iptables.Comment(r))
@@ -82,6 +86,21 @@ func TestIPTablesInNetNS(t *testing.T) {
 			}
 			apply(spec(8472, peer1, peer2), 2)
 			apply(spec(8472, peer1, peer2), 0)
+			var many []Peer
+			for i := range 100 {
+				many = append(many, Peer{UnderlayIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}),
+					PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(100 + i), 0}), 24)}})
+			}
+			apply(spec(8472, append(many, peer1)...), 2) // a tree of chains
+			apply(spec(8472, append(many, peer1)...), 0)
+			apply(spec(8472, peer1), 2)
+			if save, _ := r.Save(ctx, "raw"); strings.Contains(save, Chain("vxlan")+"-") {
+				t.Fatalf("sub-chains left after the peers went:\n%s", save)
+			}
+			apply(spec(8472, append(many, peer1)...), 2) // Remove must take the tree too
+			if err := g.Remove(ctx, "vxlan"); err != nil {
+				t.Fatal(err)
+			}
 			apply(spec(8472, peer1), 2)
 			apply(spec(4789, peer1), 1)
 			save, _ := r.Save(ctx, "raw")

@@ -135,13 +135,7 @@ func render(s Spec, ks kernelState) (setText, ruleText string) {
 			lines = append(lines, "-D "+builtin+" "+join(r)) // stale (old port) or duplicate
 		}
 	}
-	want2 := rules(s)
-	if c := ks.raw.Chains[chain]; c == nil || !slices.EqualFunc(c.Rules, want2, slices.Equal) {
-		lines = append(lines, ":"+chain+" - [0:0]")
-		for _, r := range want2 {
-			lines = append(lines, "-A "+chain+" "+join(r))
-		}
-	}
+	lines = append(lines, chainLines(k, chains(s), ks.raw)...)
 	if !haveJump {
 		lines = append(lines, "-I "+builtin+" 1 "+join(j))
 	}
@@ -149,6 +143,50 @@ func render(s Spec, ks kernelState) (setText, ruleText string) {
 		return setText, ""
 	}
 	return setText, "*" + table + "\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
+}
+
+// owned reports whether chain belongs to the guard of kind.
+func owned(kind, chain string) bool {
+	return chain == Chain(kind) || strings.HasPrefix(chain, Chain(kind)+"-")
+}
+
+// chainLines rewrites all the guard's chains when any differs from want,
+// and deletes the ones no longer wanted (after the rewrite dropped every
+// reference to them).
+func chainLines(k string, want []chainRules, d *iptables.Dump) []string {
+	wanted := map[string]bool{}
+	same := true
+	for _, c := range want {
+		wanted[c.name] = true
+		if have := d.Chains[c.name]; have == nil || !slices.EqualFunc(have.Rules, c.rules, slices.Equal) {
+			same = false
+		}
+	}
+	var stale []string
+	for _, name := range d.Order {
+		if owned(k, name) && !wanted[name] {
+			stale = append(stale, name)
+		}
+	}
+	if same && len(stale) == 0 {
+		return nil
+	}
+	var lines []string
+	for _, c := range want {
+		lines = append(lines, ":"+c.name+" - [0:0]")
+	}
+	for _, c := range want {
+		for _, r := range c.rules {
+			lines = append(lines, "-A "+c.name+" "+join(r))
+		}
+	}
+	for _, name := range stale {
+		lines = append(lines, "-F "+name)
+	}
+	for _, name := range stale {
+		lines = append(lines, "-X "+name)
+	}
+	return lines
 }
 
 func sortedMembers(s *iptables.IPSet) []string {
@@ -185,8 +223,15 @@ func (g *IPTables) Remove(ctx context.Context, kind string) error {
 			}
 		}
 	}
-	if ks.raw.Chains[chain] != nil {
-		lines = append(lines, "-F "+chain, "-X "+chain)
+	var mine []string
+	for _, name := range ks.raw.Order {
+		if owned(kind, name) {
+			mine = append(mine, name)
+			lines = append(lines, "-F "+name)
+		}
+	}
+	for _, name := range mine {
+		lines = append(lines, "-X "+name)
 	}
 	if len(lines) > 0 {
 		if err := g.t.Restore(ctx, "*"+table+"\n"+strings.Join(lines, "\n")+"\nCOMMIT\n"); err != nil {
@@ -245,7 +290,7 @@ func dropsFrom(rcs []iptables.RuleCounter, kind string) map[string]uint64 {
 		drops[r] = 0
 	}
 	for _, rc := range rcs {
-		if rc.Chain != Chain(kind) {
+		if !owned(kind, rc.Chain) {
 			continue
 		}
 		for _, r := range Reasons() {
