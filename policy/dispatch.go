@@ -13,11 +13,18 @@ import (
 // --physdev-in. Traffic to a local pod leaves through weft0: bridged packets
 // carry the port in --physdev-out; routed ones do not know it yet at FORWARD
 // time, so they are steered by destination address.
+//
+// Before anything can accept a packet from a local pod (conntrack included:
+// a forged packet must not ride an existing flow), WEFT-POL-SRC checks that
+// its source address is one of the addresses of the veth it came in on, and
+// drops it otherwise. That holds for every endpoint, selected by a policy or
+// not; the DROP rule's packet counter counts the forged packets.
 func (r *renderer) dispatch(st *State, locals []*localEP) {
 	br := r.cfg.Bridge
 	m := r.cfg.AllowMark
 	st.Jumps = []BuiltinJump{{Builtin: "FORWARD", Rule: Rule{Action: Action{Verb: Jump, Target: ChainForward}, Comment: JumpComment}}}
 	r.chains[ChainForward] = []Rule{
+		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainSource}, Comment: "source address of local pods"},
 		{Match: Match{InIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "from local pods"},
 		{Match: Match{OutIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "to local pods"},
 	}
@@ -38,10 +45,10 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		sig.WriteByte(';')
 	}
 	if d := r.rr.dispatch; d != nil && d.sig == sig.String() && d.bridge == br {
-		r.chains[ChainFrom], r.chains[ChainTo] = d.from, d.to
+		r.chains[ChainSource], r.chains[ChainFrom], r.chains[ChainTo] = d.src, d.from, d.to
 		return
 	}
-	var from, to, toRouted []Rule
+	var src, from, to, toRouted []Rule
 	for _, l := range locals {
 		v := l.ep.HostVeth
 		who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
@@ -49,19 +56,26 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		to = append(to, Rule{Match: Match{PhysOut: v, Bridged: Yes}, Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who})
 		for _, a := range l.ips {
 			if a.Is4() {
+				src = append(src, Rule{Match: Match{PhysIn: v, Src: netip.PrefixFrom(a, 32)}, Action: Action{Verb: Return}, Comment: who})
 				toRouted = append(toRouted, Rule{Match: Match{Bridged: No, Dst: netip.PrefixFrom(a, 32)},
 					Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who + " (routed)"})
 			}
 		}
 	}
+	// A veth without a record has no address here: its packets are dropped
+	// as well (WEFT-POL-FROM would drop them, but only after conntrack).
+	src = append(src, Rule{Action: Action{Verb: Drop}, Comment: SpoofComment})
 	from = append(from, Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
 	to = append(append(to, toRouted...), Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
+	r.chains[ChainSource] = src
 	r.chains[ChainFrom] = from
 	r.chains[ChainTo] = to
-	r.rr.dispatch = &cachedDispatch{sig: sig.String(), bridge: br, from: from, to: to}
+	r.rr.dispatch = &cachedDispatch{sig: sig.String(), bridge: br, src: src, from: from, to: to}
 }
 
+// cachedDispatch is the last render's per-endpoint dispatch chains, reused
+// while the endpoints (veth, pod, addresses) are the same.
 type cachedDispatch struct {
-	sig, bridge string
-	from, to    []Rule
+	sig, bridge   string
+	src, from, to []Rule
 }

@@ -121,6 +121,7 @@ type flow struct {
 	proto   string
 	port    uint16
 	ct      string
+	forge   netip.Addr // when set, src sends with this source address (a raw socket)
 }
 
 // allowed traces the flow on each node it crosses: the source node
@@ -136,6 +137,9 @@ func allowed(states map[int]*State, f flow) (bool, string) {
 	}
 	sn := nodeOf(f.src)
 	base.Src = ipOf(f.src)
+	if f.forge.IsValid() {
+		base.Src = f.forge
+	}
 	if sn == dn {
 		p := base
 		p.InIface, p.OutIface, p.PhysIn, p.PhysOut, p.Bridged = "weft0", "weft0", vethOf(f.src), vethOf(f.dst), true

@@ -14,16 +14,11 @@ import (
 // TestKernelEnforcement loads rendered rules with the real Writer into a
 // node namespace's own iptables and probes real servers in pod namespaces:
 // same-node bridged traffic and routed traffic from a "remote" namespace.
-func TestKernelEnforcement(t *testing.T) {
-	for _, mode := range []iptables.Mode{iptables.Legacy, iptables.NFT} {
-		t.Run(string(mode), func(t *testing.T) { testKernelEnforcement(t, mode) })
-	}
-}
+func TestKernelEnforcement(t *testing.T) { onBothBackends(t, testKernelEnforcement) }
 
-func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
-	tn := newTestNode(t)
-	w, run := tn.writer(t, mode)
+func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
 	ctx := context.Background()
+	mode := run.Mode
 	// Someone else's rules, which must survive everything we do.
 	foreign := "*filter\n:OTHER-CHAIN - [0:0]\n:WEFT-FORWARD - [0:0]\n-A OTHER-CHAIN -j RETURN\n-A WEFT-FORWARD -s 10.99.0.0/16 -j ACCEPT\n-A FORWARD -m comment --comment other-tool -j OTHER-CHAIN\nCOMMIT\n"
 	if err := run.Restore(ctx, foreign); err != nil {
@@ -33,9 +28,6 @@ func testKernelEnforcement(t *testing.T, mode iptables.Mode) {
 	if got, err := iptables.Detect(ctx, tn.node.Path()); err != nil || got != mode {
 		t.Fatalf("detect = %v, %v; want %v", got, err, mode)
 	}
-	t.Cleanup(func() { // the namespace goes away, but leave nothing of ours behind either
-		_, _ = w.Apply(context.Background(), &State{}, true)
-	})
 
 	apply(t, w, tn.render(), false)
 	tn.check(t, "no policy", []expect{

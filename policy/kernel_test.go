@@ -288,6 +288,20 @@ func (tn *testNode) writer(t *testing.T, mode iptables.Mode) (*Writer, iptables.
 	return w, r
 }
 
+// onBothBackends runs f as one subtest per iptables backend, each on a
+// fresh test node with a Writer for that backend, which leaves nothing of
+// its own behind when the subtest ends.
+func onBothBackends(t *testing.T, f func(t *testing.T, tn *testNode, w *Writer, run iptables.Runner)) {
+	for _, mode := range []iptables.Mode{iptables.Legacy, iptables.NFT} {
+		t.Run(string(mode), func(t *testing.T) {
+			tn := newTestNode(t)
+			w, run := tn.writer(t, mode)
+			t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+			f(t, tn, w, run)
+		})
+	}
+}
+
 func apply(t *testing.T, w *Writer, st *State, readBack bool) ApplyStats {
 	t.Helper()
 	stats, err := w.Apply(context.Background(), st, readBack)

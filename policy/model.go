@@ -139,13 +139,20 @@ func (s *State) Set(name string) *IPSet {
 
 // Args renders the rule as iptables-restore arguments (after "-A chain"),
 // its comment prefixed with the rule's hash so a read-back can tell whether
-// the kernel holds exactly this rule.
+// the kernel holds exactly this rule. The comment is bounded to what the
+// kernel keeps (namespace/name can be 63+253 characters), so the read-back
+// finds exactly these arguments.
 func (r Rule) Args() []string { return r.argsWithHash(r.Hash()) }
 
 func (r Rule) argsWithHash(h string) []string {
 	a := r.matchArgs()
-	a = append(a, "-m", "comment", "--comment", "weft:"+h+" "+r.Comment)
+	a = append(a, "-m", "comment", "--comment", r.commentWithHash(h))
 	return append(a, r.actionArgs()...)
+}
+
+// commentWithHash is the comment as written to the kernel.
+func (r Rule) commentWithHash(h string) string {
+	return iptables.BoundComment("weft:" + h + " " + r.Comment)
 }
 
 // Text renders the rule for an iptables-restore line.

@@ -13,6 +13,11 @@ const (
 	ChainCheck   = "WEFT-POL-CHECK" // conntrack, then from/to dispatch
 	ChainFrom    = "WEFT-POL-FROM"  // dispatch by source endpoint (egress)
 	ChainTo      = "WEFT-POL-TO"    // dispatch by destination endpoint (ingress)
+	ChainSource  = "WEFT-POL-SRC"   // anti-spoofing: the source address must be the veth's pod's
+
+	// SpoofComment is the comment of WEFT-POL-SRC's final DROP, whose packet
+	// counter counts packets from local pods with a forged source address.
+	SpoofComment = "spoofed source or unknown endpoint"
 
 	// MaxChainName is iptables' limit on chain names.
 	MaxChainName = 28

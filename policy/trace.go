@@ -37,9 +37,10 @@ func (v Verdict) String() string {
 
 // Hit is one rule that matched on the way.
 type Hit struct {
-	Chain string
-	Index int
-	Rule  string
+	Chain   string
+	Index   int
+	Rule    string
+	Comment string // the rule's own comment (without the hash)
 }
 
 // TraceResult is the verdict and the rules that matched, in order.
@@ -51,6 +52,16 @@ type TraceResult struct {
 // Allowed reports whether the packet gets through our rules.
 func (t TraceResult) Allowed() bool { return t.Verdict != Dropped }
 
+// Spoofed reports whether the anti-spoofing check dropped the packet: it
+// came in on a local pod's veth with a source that is not that pod's.
+func (t TraceResult) Spoofed() bool {
+	if t.Verdict != Dropped || len(t.Hits) == 0 {
+		return false
+	}
+	h := t.Hits[len(t.Hits)-1]
+	return h.Chain == ChainSource && h.Comment == SpoofComment
+}
+
 func (t TraceResult) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s via", t.Verdict)
@@ -61,7 +72,11 @@ func (t TraceResult) String() string {
 }
 
 // Trace walks the packet through the rendered rules from the built-in chain
-// hook (e.g. "FORWARD"), with ipset membership from the State.
+// hook (e.g. "FORWARD"), with ipset membership from the State. A packet
+// from a local pod (InIface the bridge) must carry the pod's veth in PhysIn,
+// as br_netfilter records it for bridged and routed packets alike: the
+// source-address check and the egress dispatch match on it, and Src is
+// checked against that veth's addresses before conntrack state counts.
 func (s *State) Trace(hook string, p Packet) TraceResult {
 	if p.CTState == "" {
 		p.CTState = "NEW"
@@ -103,7 +118,7 @@ func (s *State) Trace(hook string, p Packet) TraceResult {
 		if !matches(ru.Match, &p, sets) {
 			continue
 		}
-		res.Hits = append(res.Hits, Hit{Chain: top.chain, Index: i, Rule: ru.Text()})
+		res.Hits = append(res.Hits, Hit{Chain: top.chain, Index: i, Rule: ru.Text(), Comment: ru.Comment})
 		switch ru.Action.Verb {
 		case Accept:
 			res.Verdict = Accepted

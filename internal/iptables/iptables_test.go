@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -145,5 +146,24 @@ func TestNetlinkSwap(t *testing.T) {
 	// Nothing leaked into the test's own namespace.
 	if host, _ := (Runner{}).IPSetSave(ctx); strings.Contains(host, "weft-s") {
 		t.Fatalf("set created in the wrong namespace:\n%s", host)
+	}
+}
+
+func TestBoundComment(t *testing.T) {
+	short := strings.Repeat("c", MaxComment)
+	if BoundComment(short) != short {
+		t.Errorf("a comment that fits was changed")
+	}
+	long := "policy " + strings.Repeat("n", 63) + "/" + strings.Repeat("p", 253)
+	b := BoundComment(long)
+	if len(b) != MaxComment || !strings.HasPrefix(b, long[:200]) || b != BoundComment(long) {
+		t.Errorf("bounded %d bytes: %q", len(b), b)
+	}
+	if BoundComment(long+"x") == b {
+		t.Errorf("two long comments with the same head collide")
+	}
+	multi := strings.Repeat("é", 200) // 400 bytes: the cut must not split a rune
+	if m := BoundComment(multi); len(m) > MaxComment || !utf8.ValidString(m) {
+		t.Errorf("multi-byte: %d bytes, valid=%v", len(m), utf8.ValidString(m))
 	}
 }

@@ -1,9 +1,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -25,8 +28,9 @@ import (
 // cross-node); every pod serves TCP and UDP on 80 and 81. Every case probes
 // all 81 ordered pairs on the ports it is about and compares with its own
 // expected table. A pod reaching itself never leaves its namespace, so self
-// pairs are expected allowed. Probes that disagree are retried until the
-// change has propagated or 30 s passed.
+// pairs are expected allowed. Whole rounds are repeated until the change has
+// propagated (or 30 s passed), then every probe must agree in 3 rounds in a
+// row (see truth).
 
 var (
 	polNS   = []string{"x", "y", "z"}
@@ -45,12 +49,16 @@ type probeSpec struct {
 func (s probeSpec) String() string { return fmt.Sprintf("%s/%d", s.proto, s.port) }
 
 type polEnv struct {
-	t      *testing.T
+	t      testing.TB
 	ctx    context.Context
 	client kubernetes.Interface
 	prefix string // namespace prefix, unique per run
 	nodes  []string
 	ips    map[pp]string
+	// probeFn replaces the real probe (tests of truth itself); converge
+	// replaces truth's 30 s propagation deadline.
+	probeFn  func(from, to pp, s probeSpec) probeResult
+	converge time.Duration
 }
 
 func (e *polEnv) ns(n string) string { return e.prefix + n }
@@ -132,70 +140,150 @@ func allPairs() (out [][2]pp) {
 	return out
 }
 
-func (e *polEnv) probe(from, to pp, s probeSpec) bool {
-	out, err := localcluster(e.t, e.ctx, "probe", "--from", e.ns(from.ns)+"/"+from.pod, "--to", e.ns(to.ns)+"/"+to.pod,
-		"--port", fmt.Sprint(s.port), "--proto", s.proto, "--timeout", "1s")
-	if err != nil {
-		e.t.Errorf("probe %s -> %s %s: %v", from, to, s, err)
-		return false
-	}
-	return strings.TrimSpace(out) == "allowed"
+// probeResult is one probe's answer as hack/localcluster probe -v gives it.
+type probeResult struct {
+	allowed bool
+	detail  string // who answered, or why nothing did
 }
 
-// truth probes every pair on every spec and retries disagreements until
-// they agree or the deadline passes; it fails with the final table.
+// ok tells whether the answer is the expected one: an allow must come from
+// the target pod itself, and a deny must be a timeout (a refusal or an ICMP
+// error means the packet reached the pod, or a node, and came back).
+func (r probeResult) ok(to pp, allow bool) bool {
+	if allow {
+		return r.allowed && r.detail == to.pod
+	}
+	return !r.allowed && strings.Contains(r.detail, "i/o timeout")
+}
+
+func (r probeResult) String() string {
+	if r.allowed {
+		return "allowed (answered by " + r.detail + ")"
+	}
+	return "denied (" + r.detail + ")"
+}
+
+// probe runs one probe through the localcluster CLI (built by upCluster;
+// called directly, not through the script, as truth runs hundreds).
+func (e *polEnv) probe(from, to pp, s probeSpec) probeResult {
+	root := testutil.RepoRoot()
+	bin := os.Getenv("WEFT_CLUSTER_BIN")
+	if bin == "" {
+		bin = filepath.Join(root, ".localcluster", "bin")
+	}
+	cmd := exec.CommandContext(e.ctx, filepath.Join(bin, "localcluster"), "--root", root, "--bin", bin, "probe", "-v",
+		"--from", e.ns(from.ns)+"/"+from.pod, "--to", e.ns(to.ns)+"/"+to.pod,
+		"--port", fmt.Sprint(s.port), "--proto", s.proto, "--timeout", "1s")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		e.t.Errorf("probe %s -> %s %s: %v: %s", from, to, s, err, strings.TrimSpace(stderr.String()))
+		return probeResult{detail: "probe failed"}
+	}
+	res := probeResult{allowed: strings.TrimSpace(stdout.String()) == "allowed"}
+	line := strings.TrimSpace(stderr.String())
+	if res.allowed {
+		_, res.detail, _ = strings.Cut(line, " answered by ")
+	} else if _, why, ok := strings.Cut(line, ": "); ok {
+		res.detail = why
+	} else {
+		res.detail = line
+	}
+	return res
+}
+
+// stableRounds is how many rounds in a row must agree with the table.
+const stableRounds = 3
+
+type probeJob struct {
+	pair [2]pp
+	spec probeSpec
+}
+
+type probeMiss struct {
+	job  probeJob
+	want bool
+	got  probeResult
+}
+
+// truth probes every pair on every spec in rounds (all probes of a round
+// in parallel) and compares each with the table: an expected allow must
+// be answered by the target, an expected deny must time out. Rounds repeat
+// while the change propagates (up to 30 s) until one agrees on every probe;
+// then the next rounds must agree too, stableRounds in a row, with no retry
+// of anything: a pair that flaps once fails the case.
 func (e *polEnv) truth(name string, specs []probeSpec, want func(from, to pp, s probeSpec) bool) {
 	e.t.Helper()
-	type job struct {
-		pair [2]pp
-		spec probeSpec
-	}
-	var pending []job
+	var jobs []probeJob
 	for _, s := range specs {
 		for _, p := range allPairs() {
-			pending = append(pending, job{p, s})
+			jobs = append(jobs, probeJob{p, s})
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	expect := func(j probeJob) bool { return j.pair[0] == j.pair[1] || want(j.pair[0], j.pair[1], j.spec) }
+	converge := e.converge
+	if converge == 0 {
+		converge = 30 * time.Second
+	}
+	deadline := time.Now().Add(converge)
 	start := time.Now()
-	for {
-		var mu sync.Mutex
-		var wrong []job
-		sem := make(chan struct{}, 16)
-		var wg sync.WaitGroup
-		for _, j := range pending {
-			wg.Add(1)
-			sem <- struct{}{}
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				got := e.probe(j.pair[0], j.pair[1], j.spec)
-				exp := j.pair[0] == j.pair[1] || want(j.pair[0], j.pair[1], j.spec)
-				if got != exp {
-					mu.Lock()
-					wrong = append(wrong, j)
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		if len(wrong) == 0 {
-			e.t.Logf("%s: %d probes agree with the truth table (%.1fs)", name, len(specs)*81, time.Since(start).Seconds())
-			return
-		}
-		if time.Now().After(deadline) {
-			for i, j := range wrong {
-				if i == 20 {
-					e.t.Errorf("%s: ... %d disagreements in all", name, len(wrong))
-					break
-				}
-				exp := j.pair[0] == j.pair[1] || want(j.pair[0], j.pair[1], j.spec)
-				e.t.Errorf("%s: %s -> %s %s: allowed=%v, want %v", name, j.pair[0], j.pair[1], j.spec, !exp, exp)
+	for agreed, round := 0, 1; ; round++ {
+		wrong := e.round(jobs, expect)
+		switch {
+		case len(wrong) == 0:
+			if agreed++; agreed == stableRounds {
+				e.t.Logf("%s: %d probes agree with the truth table in %d rounds in a row (%d rounds, %.1fs)",
+					name, len(jobs), stableRounds, round, time.Since(start).Seconds())
+				return
 			}
+			continue
+		case agreed > 0:
+			e.report(name, fmt.Sprintf("round %d, after %d agreeing rounds", round, agreed), wrong)
+			return
+		case time.Now().After(deadline):
+			e.report(name, fmt.Sprintf("round %d, not converged after %s", round, converge), wrong)
 			return
 		}
-		pending = wrong
 		time.Sleep(time.Second)
+	}
+}
+
+// round runs every job once, in parallel, and returns the misses.
+func (e *polEnv) round(jobs []probeJob, expect func(probeJob) bool) []probeMiss {
+	var mu sync.Mutex
+	var wrong []probeMiss
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			probe := e.probe
+			if e.probeFn != nil {
+				probe = e.probeFn
+			}
+			got, exp := probe(j.pair[0], j.pair[1], j.spec), expect(j)
+			if !got.ok(j.pair[1], exp) {
+				mu.Lock()
+				wrong = append(wrong, probeMiss{j, exp, got})
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return wrong
+}
+
+func (e *polEnv) report(name, when string, wrong []probeMiss) {
+	e.t.Helper()
+	for i, m := range wrong {
+		if i == 20 {
+			e.t.Errorf("%s: ... %d disagreements in all", name, len(wrong))
+			break
+		}
+		e.t.Errorf("%s (%s): %s -> %s %s: %s, want allowed=%v", name, when, m.job.pair[0], m.job.pair[1], m.job.spec, m.got, m.want)
 	}
 }
 
@@ -415,6 +503,8 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 	e.truth("egress deny after drift repair", []probeSpec{tcp80, udp80}, egressWant)
 	e.deleteAll()
+
+	e.checkSpoofing()
 }
 
 func nodeRunner(ctx context.Context, i int) (iptables.Runner, error) {

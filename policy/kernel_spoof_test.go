@@ -1,0 +1,103 @@
+package policy
+
+import (
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/testutil"
+)
+
+// TestKernelSpoofedSource: pod c, which holds CAP_NET_RAW as pods do, sends
+// hand-built UDP packets carrying pod a's source address through a raw
+// socket. With a policy that admits only a into b, neither the bridged
+// packet to b nor the routed one to the "remote" namespace arrives, even on
+// the 5-tuple of a's live flow (conntrack); a's own packets do, and the
+// anti-spoofing DROP counts the forged ones.
+func TestKernelSpoofedSource(t *testing.T) { onBothBackends(t, testKernelSpoofedSource) }
+
+func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
+	onlyA := withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn), in([]from{{PodSelector: ls("pod", "a")}}))
+	apply(t, w, tn.render(onlyA), false)
+
+	const port, sport = 9999, 40000
+	atB := testutil.ListenUDP(t, tn.pods["b"], port)
+	atRemote := testutil.ListenUDP(t, tn.remote, port)
+	a, b, remote := addr(tn.ip["a"]), addr(tn.ip["b"]), addr(tn.ip["remote"])
+	// Positive controls through the same raw-socket path: a's real packets
+	// arrive, bridged to b and routed to remote (and open conntrack entries).
+	for _, dst := range []struct {
+		ip netip.Addr
+		l  *testutil.UDPLog
+	}{{b, atB}, {remote, atRemote}} {
+		if !sendUntil(t, tn.pods["a"], a, dst.ip, sport, port, "real-"+dst.ip.String(), dst.l) {
+			t.Fatalf("a's own packet to %s never arrived", dst.ip)
+		}
+	}
+	// c forges a's address, on the same ports as a's flows.
+	for i := 0; i < 3; i++ {
+		rawUDP(t, tn.pods["c"], a, b, sport, port, "forged-b")
+		rawUDP(t, tn.pods["c"], a, remote, sport, port, "forged-remote")
+	}
+	// And an unforged packet from c to remote, which its policy allows,
+	// shows c's packets do leave when honest.
+	if !sendUntil(t, tn.pods["c"], addr(tn.ip["c"]), remote, sport, port, "c-honest", atRemote) {
+		t.Fatal("c's unforged packet to remote never arrived")
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, l := range []*testutil.UDPLog{atB, atRemote} {
+		if got := l.Received("forged-"); len(got) > 0 {
+			t.Errorf("forged packets arrived: %v", got)
+		}
+	}
+	if n := dropCount(t, tn, run, ChainSource, SpoofComment); n < 6 {
+		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSource, n)
+	}
+}
+
+// sendUntil sends one raw packet a second until l has received it (the first
+// ones may wait for ARP), for up to 5 s.
+func sendUntil(t *testing.T, n ns.NetNS, src, dst netip.Addr, sport, dport uint16, payload string, l *testutil.UDPLog) bool {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+		rawUDP(t, n, src, dst, sport, dport, payload)
+		for i := 0; i < 10; i++ {
+			if len(l.Received(payload+" ")) > 0 {
+				return true
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return false
+}
+
+// rawUDP sends one hand-built packet (any source) from namespace n.
+func rawUDP(t *testing.T, n ns.NetNS, src, dst netip.Addr, sport, dport uint16, payload string) {
+	t.Helper()
+	if err := testutil.SendRawUDP(n, src, dst, sport, dport, payload); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// dropCount reads the packet counter of the rule in chain whose comment
+// ends with comment.
+func dropCount(t *testing.T, tn *testNode, run iptables.Runner, chain, comment string) int {
+	t.Helper()
+	out := sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-w", "-t", "filter", "-L", chain, "-v", "-x", "-n")
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) > 0 && strings.Contains(line, "/* weft:") && strings.HasSuffix(strings.TrimSpace(line), comment+" */") {
+			n, err := strconv.Atoi(f[0])
+			if err != nil {
+				t.Fatalf("counter in %q: %v", line, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no rule %q in %s:\n%s", comment, chain, out)
+	return 0
+}
