@@ -75,7 +75,7 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	n3.apply(t, n1, n2)
 	// node3 masquerades pod traffic leaving the pod network, as weftd does.
 	nsIPTables(t, n3.NS, "-t", "nat", "-A", "POSTROUTING", "-s", "10.244.0.0/16", "!", "-d", "10.244.0.0/16", "-j", "MASQUERADE")
-	in := testutil.ListenUDP(t, n2.pod.NS, netip.AddrPortFrom(n2.pod.IP, 9999))
+	in := testutil.ListenUDP(t, n2.pod.NS, 9999)
 	mac2, _ := net.ParseMAC(n2.pub.Attrs[vxlan.AnnoVTEPMAC])
 	mac1, _ := net.ParseMAC(n1.pub.Attrs[vxlan.AnnoVTEPMAC])
 	vtep2 := netip.AddrPortFrom(n2.UnderlayIP, vxlan.DefaultPort)
@@ -90,7 +90,7 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	// frames below are well formed and only the sender makes them fail.
 	token, frame := forge(n1.pod.IP.String())
 	testutil.SendUDP(t, n1.NS, vtep2, frame)
-	if !in.Got(token, 2*time.Second) {
+	if !in.Await(token+" from ", 2*time.Second) {
 		t.Fatal("control: a well-formed frame from node1 with its own pod's source did not arrive")
 	}
 	cases := []struct {
@@ -105,7 +105,7 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	for _, c := range cases {
 		token, frame := forge(c.src)
 		testutil.SendUDP(t, c.from, vtep2, frame)
-		if in.Got(token, time.Second) {
+		if in.Await(token+" from ", time.Second) {
 			t.Errorf("%s: forged frame (inner %s -> %s) reached the pod on node2", c.name, c.src, n2.pod.IP)
 		}
 	}
