@@ -2,10 +2,13 @@ package encapguard
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
@@ -162,5 +165,30 @@ func TestDropsSurviveCounterReset(t *testing.T) {
 	tb.save = dump(1) // chain rewritten: the kernel counts 1 again
 	if d, _ := g.Drops(ctx, "vxlan"); d[ReasonUnknownSender] != 12 || d[ReasonForgedInner] != 0 {
 		t.Fatalf("drops after reset %v, want 12", d)
+	}
+}
+
+func TestCollector(t *testing.T) {
+	f := NewFake()
+	f.SetDrops("vxlan", map[string]uint64{ReasonUnknownSender: 7, ReasonForgedInner: 2})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(f, slog.Default(), "vxlan"))
+	mfs, err := reg.Gather()
+	if err != nil || len(mfs) != 1 || mfs[0].GetName() != "weft_encap_dropped_packets_total" {
+		t.Fatalf("gathered %v %v", mfs, err)
+	}
+	got := map[string]float64{}
+	for _, m := range mfs[0].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["encap"] != "vxlan" {
+			t.Fatalf("labels %v", labels)
+		}
+		got[labels["reason"]] = m.GetCounter().GetValue()
+	}
+	if got[ReasonUnknownSender] != 7 || got[ReasonForgedInner] != 2 || got[ReasonFromPod] != 0 || len(got) != 3 {
+		t.Fatalf("metric values %v", got)
 	}
 }
