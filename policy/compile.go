@@ -130,7 +130,7 @@ func compile(np *networkingv1.NetworkPolicy) *compiled {
 	}
 	c.headErrs = errs
 	if len(errs) > 0 {
-		c.err = fmt.Errorf("policy %s: %w", c.owner(), errors.Join(errs...))
+		c.err = &PolicyError{Namespace: c.ns, Name: c.name, Err: errors.Join(errs...)}
 	}
 	return c
 }
@@ -170,7 +170,7 @@ func (c *compiled) ensureRules() {
 		}
 	}
 	if len(errs) > 0 {
-		c.err = fmt.Errorf("policy %s: %w", c.owner(), errors.Join(errs...))
+		c.err = &PolicyError{Namespace: c.ns, Name: c.name, Err: errors.Join(errs...)}
 	}
 }
 

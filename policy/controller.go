@@ -45,8 +45,15 @@ type ControllerConfig struct {
 	Log             *slog.Logger  // may be nil
 	// BridgeNetfilter makes Run enable bridge-nf-call-iptables in its own
 	// network namespace (weftd's: the node's), so same-node traffic is
-	// policed. A failure is logged and kept in Errors().
-	BridgeNetfilter bool
+	// policed. A failure is logged, kept in Errors() and reported as
+	// CondBridgeNetfilter; it is re-checked on every resync.
+	BridgeNetfilter       bool
+	BridgeNetfilterSysctl string        // "" = the kernel's; tests point it elsewhere
+	Health                Health        // readiness conditions; may be nil
+	Events                EventRecorder // Warning Events on unenforceable policies; may be nil
+	// Rebuild, when set, rebuilds missing endpoint records once, after the
+	// informers synced and before the first sync (rebuild.go).
+	Rebuild *EndpointRebuild
 }
 
 // Controller keeps this node's policy dataplane converged: informer and
@@ -70,6 +77,8 @@ type Controller struct {
 	changed  chan struct{} // closed and replaced after every successful sync
 	log      *slog.Logger
 	handlers []cache.ResourceEventHandlerRegistration
+	health   syncHealth
+	events   map[string]eventState // policy ns/name -> last Event (sync goroutine only)
 }
 
 // NewController wires the controller to the factory's Pod, Namespace and
@@ -96,7 +105,7 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 		log = slog.Default()
 	}
 	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
-		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy")}
+		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy"), events: map[string]eventState{}}
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
 		UpdateFunc: func(any, any) { c.markDirty() },
@@ -126,6 +135,7 @@ func (c *Controller) markDirty() {
 
 // Run syncs until ctx ends. Nothing is written before the informers synced.
 func (c *Controller) Run(ctx context.Context) error {
+	c.setHealth(CondSync, "not yet synced")
 	c.factory.Start(ctx.Done())
 	if !cache.WaitForCacheSync(ctx.Done(), c.synced...) {
 		return fmt.Errorf("policy controller: informers did not sync: %w", ctx.Err())
@@ -133,14 +143,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := os.MkdirAll(c.cfg.EndpointDir, 0o755); err != nil {
 		return fmt.Errorf("policy controller: endpoint dir: %w", err)
 	}
-	if c.cfg.BridgeNetfilter {
-		if err := EnsureBridgeNetfilter(ctx); err != nil {
-			c.log.Error("bridged pod traffic bypasses policy", "err", err)
-			c.mu.Lock()
-			c.brnfErr = err
-			c.mu.Unlock()
-		}
+	if c.cfg.Rebuild != nil {
+		c.rebuildEndpoints(ctx)
 	}
+	c.checkBridgeNetfilter(ctx)
 	go c.watchEndpoints(ctx)
 	resync := time.NewTicker(c.cfg.ResyncInterval)
 	defer resync.Stop()
@@ -155,6 +161,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case <-c.dirty:
 		case <-resync.C:
 			readBack = true
+			c.checkBridgeNetfilter(ctx)
 		}
 		if wait := c.cfg.MinSyncInterval - time.Since(last); wait > 0 {
 			if !sleep(ctx, wait) { // events meanwhile coalesce into this sync
@@ -166,7 +173,9 @@ func (c *Controller) Run(ctx context.Context) error {
 		default:
 		}
 		last = time.Now()
-		if err := c.sync(ctx, readBack); err != nil {
+		err := c.sync(ctx, readBack)
+		c.syncDone(err)
+		if err != nil {
 			c.log.Error("policy sync failed", "err", err, "retry_in", nextBackoff(backoff))
 			backoff = nextBackoff(backoff)
 			readBack = true
@@ -207,6 +216,9 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	}
 	in, created, err := c.input()
 	if err != nil {
+		if m := c.cfg.Metrics; m != nil {
+			m.SyncDone(time.Since(t0), 0, err)
+		}
 		return err
 	}
 	st := c.renderer.Render(in)
@@ -220,6 +232,7 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	if err != nil {
 		return err
 	}
+	c.reportPolicyErrors(st.Errors)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if fmt.Sprint(st.Errors) != fmt.Sprint(c.errs) { // log changes, not every sync

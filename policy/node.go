@@ -19,6 +19,11 @@ type NodeOptions struct {
 	ResyncInterval time.Duration // "" = 30s
 	Metrics        Metrics       // may be nil
 	Log            *slog.Logger  // may be nil
+	Health         Health        // readiness conditions; may be nil
+	Events         EventRecorder // Warning Events on unenforceable policies; may be nil
+	// Attachments, when set, is the node's IPAM store: missing endpoint
+	// records are rebuilt from it and the bridge's veths at start.
+	Attachments AttachmentSource
 }
 
 // NewNodeController is weftd's one-call wiring: the real dataplane for the
@@ -45,8 +50,13 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 	if opt.Bridge != "" {
 		rc.Bridge = opt.Bridge
 	}
+	var rb *EndpointRebuild
+	if opt.Attachments != nil {
+		rb = &EndpointRebuild{Attachments: opt.Attachments, Veths: BridgeVeths{NetNS: opt.NetNS, Bridge: rc.Bridge}}
+	}
 	c, err = NewController(factory, ControllerConfig{NodeName: opt.NodeName, EndpointDir: opt.EndpointDir, Dataplane: w,
-		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == ""})
+		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == "",
+		Health: opt.Health, Events: opt.Events, Rebuild: rb})
 	if err != nil {
 		w.Close()
 		return nil, nil, err

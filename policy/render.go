@@ -164,7 +164,7 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		if ls, ok := byKey[nsName{p.Namespace, p.Name}]; ok {
 			var mine []*localEP
 			for _, l := range ls {
-				if l.ep.PodUID != "" && l.ep.PodUID != pi.uid {
+				if !recordOf(l.ep, pi.uid, p) {
 					continue // a record of an earlier pod with this name
 				}
 				mine = append(mine, l)
@@ -211,6 +211,20 @@ func (r *renderer) indexPods(in Input) []*localEP {
 		}
 	}
 	return locals
+}
+
+// MirrorAnnotation is set by kubelet on the mirror Pod of a static pod; its
+// value is the static pod's UID, which kubelet passes to CNI as
+// K8S_POD_UID while the mirror Pod has a UID of its own.
+const MirrorAnnotation = "kubernetes.io/config.mirror"
+
+// recordOf reports whether a record (matched by namespace/name already)
+// belongs to pod p: no UID in the record, the Pod's UID, or for a mirror
+// Pod the static pod's UID. Each record is one sandbox (infra container
+// ID and ifname, hence its own host veth), so two sandboxes of one Pod
+// are both matched and waited on separately.
+func recordOf(ep endpoint.Endpoint, uid string, p *corev1.Pod) bool {
+	return ep.PodUID == "" || ep.PodUID == uid || (p.Annotations[MirrorAnnotation] != "" && ep.PodUID == p.Annotations[MirrorAnnotation])
 }
 
 func containsAddr(s []netip.Addr, a netip.Addr) bool {

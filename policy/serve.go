@@ -15,6 +15,22 @@ import (
 // (default 5 s, at most 60 s) passes first.
 const ProgrammedPath = "/v1/policy/programmed/"
 
+// StatusPath is where StatusHandler answers: 200 when the controller can
+// program new pods (it has synced and syncs are not failing), 503 with the
+// reason otherwise. The plugin's CNI STATUS asks it (endpoint.Status).
+const StatusPath = "/v1/status"
+
+// StatusHandler serves the policy engine's readiness on the local socket.
+func StatusHandler(c *Controller) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		if ok, reason := c.Healthy(); !ok {
+			http.Error(w, "policy engine not ready: "+reason, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+}
+
 // ProgrammedHandler serves the "isolation before start" wait for the CNI
 // plugin (endpoint.WaitProgrammed is its client).
 func ProgrammedHandler(c *Controller) http.Handler {
@@ -59,7 +75,7 @@ func NewPrometheusMetrics(reg prometheus.Registerer) (*PrometheusMetrics, error)
 			Help: "Time of one policy sync, by phase (render, apply).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
 			[]string{"phase"}),
 		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_policy_sync_errors_total",
-			Help: "Policy syncs whose apply failed."}),
+			Help: "Policy syncs that failed (reading the informers' state or applying it to the kernel)."}),
 		renderErrors: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_unenforceable",
 			Help: "NetworkPolicies selecting pods on this node that cannot be rendered (their pods fail closed)."}),
 		programmed: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_policy_pod_programmed_seconds",

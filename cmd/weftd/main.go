@@ -150,37 +150,46 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Guard: guard, Log: log.With("node", opt.NodeName)}}, log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
-	errc := make(chan error, 2)
+	// A server that fails stops weftd at once (not when the agent returns):
+	// kubelet restarts it and the failure is visible, instead of a weftd
+	// that looks healthy while no pod can start.
+	runCtx, fatal := context.WithCancelCause(ctx)
+	defer fatal(nil)
 	go func() {
-		errc <- api.Serve(ctx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log)
+		if err := api.Serve(runCtx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log); err != nil {
+			fatal(fmt.Errorf("health server: %w", err))
+		}
 	}()
 	if pol.enabled {
-		stopPolicy, err := pol.start(ctx, client, opt.NodeName, metrics.Registry, errc, log)
+		status.Set(policy.CondSync, "not yet synced")
+		stopPolicy, err := pol.start(runCtx, policyDeps{client: client, node: opt.NodeName, reg: metrics.Registry,
+			health: status, fatal: fatal, log: log})
 		if err != nil {
 			return err
 		}
 		defer stopPolicy()
 	}
-	runErr := a.Run(ctx)
-	// Leave the data plane in place for the next weftd to adopt.
+	runErr := a.Run(runCtx)
+	if runCtx.Err() != nil && ctx.Err() == nil {
+		runErr = context.Cause(runCtx) // a server failed
+	}
+	fatal(nil) // the policy engine stops too, whatever ended the agent
+	leave(mgr, opt.CNIConfDir, *removeOnExit, log)
+	return runErr
+}
+
+// leave stops the backend but leaves the data plane in place for the next
+// weftd to adopt; with removeConflist the conflist goes.
+func leave(mgr *backend.Manager, confDir string, removeConflist bool, log *slog.Logger) {
 	if err := mgr.Stop(context.Background(), false); err != nil {
 		log.Warn("stop backend", "err", err)
 	}
-	if *removeOnExit {
-		if err := install.RemoveConflist(opt.CNIConfDir); err != nil {
+	if removeConflist {
+		if err := install.RemoveConflist(confDir); err != nil {
 			log.Warn("remove conflist on exit", "err", err)
 		} else {
-			log.Info("removed CNI conflist on exit", "dir", opt.CNIConfDir)
+			log.Info("removed CNI conflist on exit", "dir", confDir)
 		}
-	}
-	if runErr != nil {
-		return runErr
-	}
-	select {
-	case err := <-errc:
-		return err
-	case <-time.After(3 * time.Second):
-		return nil
 	}
 }
 

@@ -44,16 +44,7 @@ func TestConflistOnExit(t *testing.T) {
 	testutil.RequireRoot(t) // weftd opens netlink and probes iptables
 	bin := testutil.BinDir(t)
 	dir := t.TempDir()
-	kc := filepath.Join(dir, "kubeconfig")
-	if err := os.WriteFile(kc, []byte(`apiVersion: v1
-kind: Config
-clusters: [{name: x, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: x, user: {token: t}}]
-contexts: [{name: x, context: {cluster: x, user: x}}]
-current-context: x
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kc := deadKubeconfig(t, dir)
 	for _, remove := range []bool{false, true} {
 		conf := filepath.Join(dir, "net.d")
 		_ = os.MkdirAll(conf, 0o755)
@@ -61,7 +52,8 @@ current-context: x
 			t.Fatal(err)
 		}
 		args := []string{"--node-name", "n1", "--kubeconfig", kc, "--health-addr", "127.0.0.1:0", "--cni-conf-dir", conf,
-			"--subnet-file", filepath.Join(dir, "subnet.json")}
+			"--subnet-file", filepath.Join(dir, "subnet.json"),
+			"--socket", filepath.Join(dir, "weftd.sock"), "--endpoint-dir", filepath.Join(dir, "endpoints")}
 		if remove {
 			args = append(args, "--remove-cni-config-on-exit")
 		}
@@ -90,5 +82,54 @@ current-context: x
 		if remove != os.IsNotExist(err) {
 			t.Fatalf("remove=%v: conflist present=%v\n%s", remove, err == nil, out.String())
 		}
+	}
+}
+
+// deadKubeconfig writes a kubeconfig whose API server never answers.
+func deadKubeconfig(t *testing.T, dir string) string {
+	t.Helper()
+	kc := filepath.Join(dir, "kubeconfig")
+	if err := os.WriteFile(kc, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: x, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: x, user: {token: t}}]
+contexts: [{name: x, context: {cluster: x, user: x}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kc
+}
+
+// A local socket that cannot be served stops weftd with an error at once,
+// while the agent is still waiting for the API server (it used to be
+// logged and weftd stayed up, looking healthy, with no pod able to start).
+func TestSocketFailureStopsWeftd(t *testing.T) {
+	testutil.RequireRoot(t) // weftd opens netlink and probes iptables
+	bin := testutil.BinDir(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "not-a-dir")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "weftd"), "--node-name", "n1", "--kubeconfig", deadKubeconfig(t, dir),
+		"--health-addr", "127.0.0.1:0", "--cni-conf-dir", filepath.Join(dir, "net.d"), "--subnet-file", filepath.Join(dir, "subnet.json"),
+		"--socket", filepath.Join(file, "weftd.sock"), "--endpoint-dir", filepath.Join(dir, "endpoints"))
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(out.String(), "local API socket") {
+			t.Fatalf("weftd exited with %v:\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("weftd still running 20s after its socket failed:\n%s", out.String())
 	}
 }

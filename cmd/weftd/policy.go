@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/weftnet/weft/daemon/api"
+	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/ipam"
+	"github.com/weftnet/weft/ipam/store/disk"
 	"github.com/weftnet/weft/policy"
 )
 
@@ -27,6 +30,7 @@ type policyFlags struct {
 	endpointDir string
 	socket      string
 	resync      time.Duration
+	ipamDir     string
 }
 
 func (p *policyFlags) register(fs *flag.FlagSet) {
@@ -34,44 +38,69 @@ func (p *policyFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.endpointDir, "endpoint-dir", endpoint.DefaultDir, "where the CNI plugin records pod attachments")
 	fs.StringVar(&p.socket, "socket", DefaultSocket, "local API socket (the CNI plugin waits on it for a pod's policy rules)")
 	fs.DurationVar(&p.resync, "policy-resync", 10*time.Second, "period of the policy read-back that repairs rules changed by hand")
+	fs.StringVar(&p.ipamDir, "ipam-data-dir", filepath.Join(ipam.DefaultDataDir, install.NetworkName),
+		"weft-ipam's store of this node's network; missing endpoint records are rebuilt from it at start (\"\" = never)")
 }
 
-// start runs the policy controller and the local socket until ctx ends;
-// errors of the socket server go to errc. The returned func releases the
-// dataplane once the controller has stopped.
-func (p *policyFlags) start(ctx context.Context, client kubernetes.Interface, node string, reg prometheus.Registerer,
-	errc chan<- error, log *slog.Logger) (func(), error) {
-	m, err := policy.NewPrometheusMetrics(reg)
+// policyDeps are what the policy engine reports to and through.
+type policyDeps struct {
+	client kubernetes.Interface
+	node   string
+	reg    prometheus.Registerer
+	health policy.Health
+	// fatal stops weftd with err: a local socket that cannot be served
+	// means no pod can start, and must not wait for the agent to return.
+	fatal func(error)
+	log   *slog.Logger
+}
+
+// attachments is the IPAM store records are rebuilt from (nil: none).
+func (p *policyFlags) attachments() policy.AttachmentSource {
+	if p.ipamDir == "" {
+		return nil
+	}
+	return ipamAttachments{store: disk.New(p.ipamDir, disk.Options{})}
+}
+
+// start runs the policy controller and the local socket until ctx ends.
+// The returned func releases the dataplane once the controller has stopped.
+func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
+	m, err := policy.NewPrometheusMetrics(d.reg)
 	if err != nil {
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
-	factory := informers.NewSharedInformerFactory(client, 0)
+	events, stopEvents := policy.NewEventRecorder(d.client, d.node)
+	factory := informers.NewSharedInformerFactory(d.client, 0)
 	ctl, closeFn, err := policy.NewNodeController(ctx, factory, policy.NodeOptions{
-		NodeName: node, EndpointDir: p.endpointDir, ResyncInterval: p.resync, Metrics: m, Log: log})
+		NodeName: d.node, EndpointDir: p.endpointDir, ResyncInterval: p.resync, Metrics: m, Log: d.log,
+		Health: d.health, Events: events, Attachments: p.attachments()})
 	if err != nil {
+		stopEvents()
 		return nil, err
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		if err := ctl.Run(ctx); err != nil && ctx.Err() == nil {
-			log.Error("policy controller stopped", "err", err)
+			d.log.Error("policy controller stopped", "err", err)
+			d.fatal(fmt.Errorf("policy controller: %w", err))
 		}
 	}()
 	mux := http.NewServeMux()
 	mux.Handle(policy.ProgrammedPath, policy.ProgrammedHandler(ctl))
+	mux.Handle(policy.StatusPath, policy.StatusHandler(ctl))
+	sock := &localSocket{path: p.socket, handler: mux, health: d.health, period: min(p.resync, 10*time.Second), log: d.log}
 	go func() {
-		err := api.ServeUnix(ctx, p.socket, mux, log)
-		if err != nil {
-			// Without the socket no pod's ADD can confirm its rules.
-			log.Error("local API socket failed: new pods cannot start", "socket", p.socket, "err", err)
+		if err := sock.run(ctx); err != nil {
+			d.log.Error("local API socket failed: new pods cannot start", "socket", p.socket, "err", err)
+			d.fatal(err)
 		}
-		errc <- err
 	}()
 	return func() {
 		<-done
+		stopEvents()
 		if err := closeFn(); err != nil {
-			log.Warn("policy dataplane close", "err", err)
+			d.log.Warn("policy dataplane close", "err", err)
 		}
 	}, nil
 }

@@ -1,8 +1,8 @@
 // Package api serves weftd's HTTP endpoints: /healthz (the agent's loop is
 // alive), /readyz (the node can carry pod traffic: lease held, backend
 // converged, conflist written; otherwise the reasons) and /metrics
-// (Prometheus). The default address is 0.0.0.0:9412. A local unix socket
-// for the plugins and weftctl can be served from the same Status later.
+// (Prometheus). The default address is 0.0.0.0:9412. ServeUnix serves the
+// local socket the plugins ask (weftd's policy engine mounts its handlers).
 package api
 
 import (
@@ -34,6 +34,10 @@ const (
 	CondBackend  = "backend"
 	CondConflist = "conflist"
 	CondMasq     = "masquerade"
+	// CondSocket: the local API socket (the plugin's ADD waits on it for
+	// a pod's policy rules) does not answer. The policy engine adds its
+	// own conditions (policy.CondSync, policy.CondBridgeNetfilter).
+	CondSocket = "policy-socket"
 )
 
 // Status is the agent's shared view of its health, safe for concurrent use.

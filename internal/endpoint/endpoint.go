@@ -3,7 +3,9 @@
 // host-side veth, in a directory (DefaultDir on a node). The plugin writes a
 // record on ADD before it returns and removes it on DEL; weftd lists and
 // watches the directory and matches records to Pods by namespace, name and
-// UID.
+// UID (for a static pod, the mirror Pod's kubernetes.io/config.mirror
+// annotation). weftd rebuilds missing records at start from the IPAM store,
+// the host veth names and the node's Pods (policy/rebuild.go).
 package endpoint
 
 import (
@@ -31,7 +33,7 @@ type Endpoint struct {
 	PodName      string   `json:"podName"`
 	PodUID       string   `json:"podUID"`
 	HostVeth     string   `json:"hostVeth"`
-	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"
+	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"; bare addresses in rebuilt records
 }
 
 // Addrs returns the endpoint's addresses without prefix lengths.

@@ -25,12 +25,7 @@ func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.D
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
-	client := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
+	client := unixClient(socket)
 	u := "http://weftd" + ProgrammedPath + url.PathEscape(hostVeth) + "?timeout=" + url.QueryEscape(timeout.String())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -46,4 +41,47 @@ func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.D
 		return fmt.Errorf("endpoint %s: policy not programmed: %s: %s", hostVeth, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return nil
+}
+
+// StatusPath mirrors policy.StatusPath.
+const StatusPath = "/v1/status"
+
+// NotReadyError is weftd's answer that it cannot program new pods now.
+type NotReadyError struct{ Reason string }
+
+func (e *NotReadyError) Error() string { return "weftd not ready: " + e.Reason }
+
+// Status asks weftd, over its unix socket, whether it can program new pods
+// (the plugin's CNI STATUS). It returns nil if so, a *NotReadyError with
+// weftd's reason if weftd answered no, and another error if the socket did
+// not answer within timeout (no weftd, or a stuck one).
+func Status(ctx context.Context, socket string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://weftd"+StatusPath, nil)
+	if err != nil {
+		return err
+	}
+	client := unixClient(socket)
+	defer client.CloseIdleConnections()
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("weftd socket %s does not answer: %w", socket, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return &NotReadyError{Reason: resp.Status + ": " + strings.TrimSpace(string(body))}
+	}
+	return nil
+}
+
+// unixClient is an HTTP client whose every connection goes to socket.
+func unixClient(socket string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+	}}
 }

@@ -104,7 +104,8 @@ func gcVeths(conf *NetConf) error {
 }
 
 // Status reports whether ADD can be served: the bridge name must not be
-// taken by another kind of link, and the IPAM must be ready.
+// taken by another kind of link, the IPAM must be ready, and weftd must
+// answer on its policy socket when the config names one (policyStatus).
 func (p *Plugin) Status(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := LoadConf(args.StdinData)
 	if err != nil {
@@ -121,5 +122,5 @@ func (p *Plugin) Status(ctx context.Context, args *skel.CmdArgs) error {
 	if err := p.ipamFor(conf).Status(ctx, args); err != nil {
 		return cniErr(types.ErrPluginNotAvailable, err, "ipam %s STATUS", conf.IPAM.Type)
 	}
-	return nil
+	return policyStatus(ctx, conf)
 }

@@ -505,6 +505,7 @@ func TestNetworkPolicy(t *testing.T) {
 	e.deleteAll()
 
 	e.checkSpoofing()
+	e.recordsRebuilt()
 }
 
 func nodeRunner(ctx context.Context, i int) (iptables.Runner, error) {
