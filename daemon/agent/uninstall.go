@@ -11,6 +11,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/daemon/subnet"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -18,6 +19,7 @@ import (
 type UninstallDeps struct {
 	Deps
 	Kernel vxlan.Kernel
+	Guard  encapguard.Guard
 }
 
 // Uninstall removes weft from the node: the conflist first (so no new pod
@@ -33,6 +35,9 @@ func Uninstall(ctx context.Context, opt Options, d UninstallDeps) error {
 	errs = append(errs, install.RemoveConflist(opt.CNIConfDir))
 	if d.Kernel != nil {
 		errs = append(errs, d.Kernel.DeleteDevice(vxlan.DefaultDevice))
+	}
+	if d.Guard != nil {
+		errs = append(errs, d.Guard.Remove(ctx, vxlan.Type))
 	}
 	if d.Tables != nil {
 		errs = append(errs, masq.New(d.Tables, netip.Prefix{}).Remove(ctx))
