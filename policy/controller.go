@@ -54,6 +54,9 @@ type ControllerConfig struct {
 	// Rebuild, when set, rebuilds missing endpoint records once, after the
 	// informers synced and before the first sync (rebuild.go).
 	Rebuild *EndpointRebuild
+	// Conntrack, when set, is the node's conntrack table: after a change,
+	// entries of flows the new rules deny are deleted (see flowReaper).
+	Conntrack ConntrackTable
 }
 
 // Controller keeps this node's policy dataplane converged: informer and
@@ -79,6 +82,7 @@ type Controller struct {
 	handlers []cache.ResourceEventHandlerRegistration
 	health   syncHealth
 	events   map[string]eventState // policy ns/name -> last Event (sync goroutine only)
+	flows    *flowReaper           // nil without ControllerConfig.Conntrack
 }
 
 // NewController wires the controller to the factory's Pod, Namespace and
@@ -106,6 +110,7 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 	}
 	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
 		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy"), events: map[string]eventState{}}
+	c.flows = newFlowReaper(cfg.Conntrack, cfg.Render.Bridge, c.log, cfg.Metrics)
 	h := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.markDirty() },
 		UpdateFunc: func(any, any) { c.markDirty() },
@@ -148,6 +153,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	c.checkBridgeNetfilter(ctx)
 	go c.watchEndpoints(ctx)
+	go c.flows.run(ctx)
 	resync := time.NewTicker(c.cfg.ResyncInterval)
 	defer resync.Stop()
 	readBack := true // the first sync reads whatever the kernel holds
@@ -232,6 +238,7 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	if err != nil {
 		return err
 	}
+	c.flows.applied(st, in.Endpoints)
 	c.reportPolicyErrors(st.Errors)
 	c.mu.Lock()
 	defer c.mu.Unlock()

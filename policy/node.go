@@ -8,6 +8,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"k8s.io/client-go/informers"
+
+	"github.com/weftnet/weft/internal/conntrack"
 )
 
 // NodeOptions configures NewNodeController.
@@ -46,6 +48,10 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 			log.Error("bridged pod traffic bypasses policy", "err", err)
 		}
 	}
+	ct, err := conntrack.OpenAt(opt.NetNS)
+	if err != nil { // policy still works; established flows outlive a deny
+		log.Error("conntrack unavailable: flows a policy change denies are not cut", "err", err)
+	}
 	rc := DefaultConfig()
 	if opt.Bridge != "" {
 		rc.Bridge = opt.Bridge
@@ -56,12 +62,18 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 	}
 	c, err = NewController(factory, ControllerConfig{NodeName: opt.NodeName, EndpointDir: opt.EndpointDir, Dataplane: w,
 		Render: rc, ResyncInterval: opt.ResyncInterval, Metrics: opt.Metrics, Log: log, BridgeNetfilter: opt.NetNS == "",
-		Health: opt.Health, Events: opt.Events, Rebuild: rb})
+		Health: opt.Health, Events: opt.Events, Rebuild: rb, Conntrack: conntrackOrNil(ct)})
+	closeAll := func() error {
+		if ct != nil {
+			ct.Close()
+		}
+		return w.Close()
+	}
 	if err != nil {
-		w.Close()
+		_ = closeAll()
 		return nil, nil, err
 	}
-	return c, w.Close, nil
+	return c, closeAll, nil
 }
 
 // Uninstall removes every chain, jump and ipset the policy engine owns from
@@ -77,4 +89,13 @@ func Uninstall(ctx context.Context, netns string) error {
 		return fmt.Errorf("policy: uninstall: %w", err)
 	}
 	return nil
+}
+
+// conntrackOrNil keeps a nil *conntrack.Kernel from becoming a non-nil
+// interface.
+func conntrackOrNil(k *conntrack.Kernel) ConntrackTable {
+	if k == nil {
+		return nil
+	}
+	return k
 }

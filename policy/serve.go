@@ -66,6 +66,7 @@ type PrometheusMetrics struct {
 	syncErrors   prometheus.Counter
 	renderErrors prometheus.Gauge
 	programmed   prometheus.Histogram
+	ctDeleted    prometheus.Counter
 }
 
 // NewPrometheusMetrics creates the policy metrics and registers them.
@@ -80,8 +81,10 @@ func NewPrometheusMetrics(reg prometheus.Registerer) (*PrometheusMetrics, error)
 			Help: "NetworkPolicies selecting pods on this node that cannot be rendered (their pods fail closed)."}),
 		programmed: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_policy_pod_programmed_seconds",
 			Help: "Time from a pod's creation to its policy rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)}),
+		ctDeleted: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_policy_conntrack_deleted_total",
+			Help: "Conntrack entries deleted because a policy change denies their flow."}),
 	}
-	for _, c := range []prometheus.Collector{m.syncSeconds, m.syncErrors, m.renderErrors, m.programmed} {
+	for _, c := range []prometheus.Collector{m.syncSeconds, m.syncErrors, m.renderErrors, m.programmed, m.ctDeleted} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -105,3 +108,6 @@ func (m *PrometheusMetrics) RenderErrors(n int) { m.renderErrors.Set(float64(n))
 func (m *PrometheusMetrics) EndpointProgrammed(_, _ string, d time.Duration) {
 	m.programmed.Observe(d.Seconds())
 }
+
+// ConntrackFlowsDeleted implements ConntrackMetrics.
+func (m *PrometheusMetrics) ConntrackFlowsDeleted(n int) { m.ctDeleted.Add(float64(n)) }

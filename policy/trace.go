@@ -78,22 +78,50 @@ func (t TraceResult) String() string {
 // source-address check and the egress dispatch match on it, and Src is
 // checked against that veth's addresses before conntrack state counts.
 func (s *State) Trace(hook string, p Packet) TraceResult {
-	if p.CTState == "" {
-		p.CTState = "NEW"
-	}
-	chains := map[string][]Rule{}
+	return s.Tracer(hook).Trace(p)
+}
+
+// Tracer indexes the State's chains and sets once, for many traces from
+// one hook (e.g. every conntrack entry after a policy change), and
+// remembers set memberships it looked up. Not safe for concurrent use.
+type Tracer struct {
+	hook   string
+	chains map[string][]Rule
+	sets   map[string]*IPSet
+	member map[setAddr]bool
+	// VerdictOnly skips recording the rules that matched (rendering each
+	// costs a hash): for callers that only need the verdict.
+	VerdictOnly bool
+}
+
+// Tracer returns a Tracer over the State as it is now, from hook.
+func (s *State) Tracer(hook string) *Tracer {
+	chains := make(map[string][]Rule, len(s.Chains)+1)
 	for _, c := range s.Chains {
 		chains[c.Name] = c.Rules
 	}
+	var jumps []Rule // a fresh slice: never append to a chain of the State
 	for _, j := range s.Jumps {
 		if j.Builtin == hook {
-			chains[hook] = append(chains[hook], j.Rule)
+			jumps = append(jumps, j.Rule)
 		}
 	}
-	sets := map[string]*IPSet{}
+	if jumps != nil {
+		chains[hook] = jumps
+	}
+	sets := make(map[string]*IPSet, len(s.IPSets))
 	for i := range s.IPSets {
 		sets[s.IPSets[i].Name] = &s.IPSets[i]
 	}
+	return &Tracer{hook: hook, chains: chains, sets: sets, member: map[setAddr]bool{}}
+}
+
+// Trace walks the packet through the rules, like State.Trace.
+func (t *Tracer) Trace(p Packet) TraceResult {
+	if p.CTState == "" {
+		p.CTState = "NEW"
+	}
+	hook, chains := t.hook, t.chains
 	type frame struct {
 		chain string
 		next  int
@@ -115,10 +143,12 @@ func (s *State) Trace(hook string, p Packet) TraceResult {
 		i := top.next
 		top.next++
 		ru := rules[i]
-		if !matches(ru.Match, &p, sets) {
+		if !matches(ru.Match, &p, t.inSet) {
 			continue
 		}
-		res.Hits = append(res.Hits, Hit{Chain: top.chain, Index: i, Rule: ru.Text(), Comment: ru.Comment})
+		if !t.VerdictOnly {
+			res.Hits = append(res.Hits, Hit{Chain: top.chain, Index: i, Rule: ru.Text(), Comment: ru.Comment})
+		}
 		switch ru.Action.Verb {
 		case Accept:
 			res.Verdict = Accepted
@@ -142,7 +172,23 @@ func (s *State) Trace(hook string, p Packet) TraceResult {
 	return res
 }
 
-func matches(m Match, p *Packet, sets map[string]*IPSet) bool {
+type setAddr struct {
+	set  string
+	addr netip.Addr
+}
+
+// inSet reports whether a is a member of the set called name.
+func (t *Tracer) inSet(name string, a netip.Addr) bool {
+	k := setAddr{name, a}
+	v, ok := t.member[k]
+	if !ok {
+		v = inSet(t.sets[name], a)
+		t.member[k] = v
+	}
+	return v
+}
+
+func matches(m Match, p *Packet, in func(set string, a netip.Addr) bool) bool {
 	if m.InIface != "" && m.InIface != p.InIface || m.OutIface != "" && m.OutIface != p.OutIface {
 		return false
 	}
@@ -155,7 +201,7 @@ func matches(m Match, p *Packet, sets map[string]*IPSet) bool {
 	if !physdevMatches(m, p) {
 		return false
 	}
-	if m.SrcSet != "" && !inSet(sets[m.SrcSet], p.Src) || m.DstSet != "" && !inSet(sets[m.DstSet], p.Dst) {
+	if m.SrcSet != "" && !in(m.SrcSet, p.Src) || m.DstSet != "" && !in(m.DstSet, p.Dst) {
 		return false
 	}
 	if m.Proto != "" && m.DPortMin != 0 {

@@ -8,14 +8,16 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/fabric"
 )
 
 // Backend is the VXLAN backend. It satisfies daemon/backend.Backend.
 type Backend struct {
-	cfg Config
-	k   Kernel
-	log *slog.Logger
+	cfg   Config
+	k     Kernel
+	guard encapguard.Guard // nil: the port is left open (tests of the bare data path only)
+	log   *slog.Logger
 
 	mu    sync.Mutex
 	local fabric.LocalNode
@@ -24,9 +26,12 @@ type Backend struct {
 	up    bool
 }
 
-// New returns a backend that programs k.
-func New(cfg Config, k Kernel, log *slog.Logger) *Backend {
-	return &Backend{cfg: cfg, k: k, log: log.With("backend", Type)}
+// New returns a backend that programs k and keeps the VXLAN port closed
+// to all but the peers through guard (see internal/encapguard). A nil
+// guard leaves the port open to anyone; only tests of the bare data path
+// pass nil.
+func New(cfg Config, k Kernel, guard encapguard.Guard, log *slog.Logger) *Backend {
+	return &Backend{cfg: cfg, k: k, guard: guard, log: log.With("backend", Type)}
 }
 
 // Type returns "vxlan".
@@ -123,13 +128,22 @@ func (b *Backend) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyR
 		return fabric.ApplyResult{}, err
 	}
 	want, probs := Desired(b.local, peers)
-	res := fabric.ApplyResult{Peers: len(want.FDB)}
+	res := fabric.ApplyResult{Peers: len(want.FDB), Published: b.published()}
 	for _, p := range probs {
 		res.Problems = append(res.Problems, p.String())
 	}
+	// The guard first: a new peer's packets are admitted before our routes
+	// make it answer; a removed peer's routes go below, its admission now.
+	if b.guard != nil {
+		n, err := b.guard.Apply(ctx, guardSpec(b.spec.Port, want))
+		changes += n
+		if err != nil {
+			res.Changes = changes
+			return res, fmt.Errorf("vxlan: %w", err)
+		}
+	}
 	n, err := b.converge(ctx, want)
 	res.Changes = changes + n
-	res.Published = b.published()
 	return res, err
 }
 
@@ -216,8 +230,14 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	if !cleanup {
 		return nil
 	}
+	var errs []error
 	if err := b.k.DeleteDevice(DefaultDevice); err != nil {
-		return fmt.Errorf("vxlan: %w", err)
+		errs = append(errs, fmt.Errorf("vxlan: %w", err))
 	}
-	return nil
+	if b.guard != nil {
+		if err := b.guard.Remove(ctx, Type); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }

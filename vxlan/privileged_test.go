@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
@@ -29,6 +30,7 @@ type node struct {
 	pod *nettopo.Pod
 	k   *vxlan.Netlink
 	b   *vxlan.Backend
+	g   *encapguard.IPTables
 	pub fabric.Published
 }
 
@@ -53,7 +55,8 @@ func (n *node) start(t *testing.T) {
 	must(t, err, "kernel")
 	t.Cleanup(k.Close)
 	n.k = k
-	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.Default().With("node", n.Name))
+	n.g = newGuard(t, n.NS.Path())
+	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, n.g, slog.Default().With("node", n.Name))
 	n.pub, err = n.b.Start(context.Background(), n.Local())
 	must(t, err, "start backend")
 }

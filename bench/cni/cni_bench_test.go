@@ -24,9 +24,9 @@ import (
 )
 
 const (
-	seqPods  = 100 // sequential ADDs then DELs per implementation
-	concPods = 20  // ADDs started at once
-	rounds   = 2   // fresh node netns per round; seqPods pods each
+	seqPods  = 40 // sequential ADDs then DELs per implementation and round
+	concPods = 20 // ADDs started at once
+	rounds   = 3  // fresh node netns per round; seqPods pods each
 	// concurrent batches per round and implementation
 	concRounds = 3
 )
@@ -163,8 +163,9 @@ func inTurn(rs []*runner, i int, fn func(r *runner, k int)) {
 }
 
 // sequential: ADD seqPods pods one after another, then DEL them; the
-// implementations take turns pod by pod.
-func sequential(b *testing.B, rs []*runner, s samples) {
+// implementations take turns pod by pod. DELs are also kept per round
+// (key "<impl>/del/r<round>"): rounds differ more than the pods in one.
+func sequential(b *testing.B, rs []*runner, s samples, round int) {
 	pods := make([][]*libcni.RuntimeConf, len(rs))
 	for k := range rs {
 		pods[k] = newPods(b, seqPods)
@@ -173,7 +174,11 @@ func sequential(b *testing.B, rs []*runner, s samples) {
 		inTurn(rs, i, func(r *runner, k int) { s.add(r.label+"/add", r.add(pods[k][i])) })
 	}
 	for i := range seqPods {
-		inTurn(rs, i, func(r *runner, k int) { s.add(r.label+"/del", r.del(pods[k][i])) })
+		inTurn(rs, i, func(r *runner, k int) {
+			d := r.del(pods[k][i])
+			s.add(r.label+"/del", d)
+			s.add(fmt.Sprintf("%s/del/r%d", r.label, round), d)
+		})
 	}
 }
 
@@ -212,7 +217,7 @@ func BenchmarkCNI(b *testing.B) {
 			for k, im := range impls {
 				rs[k] = newRunner(b, im, paths)
 			}
-			sequential(b, rs, s)
+			sequential(b, rs, s, round)
 			for c := range concRounds {
 				inTurn(rs, round+c, func(r *runner, _ int) { r.concurrent(b, s) })
 			}
@@ -245,4 +250,20 @@ func report(b *testing.B, s samples) {
 		ratio("add"), ratio("del"), ratio("cwall")))
 	b.Logf("%s", fmt.Sprintf("weft-exec/ref: ADD p50 %.2f, DEL p50 %.2f (weft-ipam exec'd instead of in-process)",
 		m("weft-exec/add", .5)/m("ref/add", .5), m("weft-exec/del", .5)/m("ref/del", .5)))
+	reportRounds(b, m)
+}
+
+// reportRounds reports the DEL median of each round and its weft/ref
+// ratio; the target (<= 1.0) must hold in every round, not only overall.
+func reportRounds(b *testing.B, m func(string, float64) float64) {
+	worst := 0.0
+	for round := range rounds {
+		w, r := m(fmt.Sprintf("weft/del/r%d", round), .5), m(fmt.Sprintf("ref/del/r%d", round), .5)
+		b.ReportMetric(w, fmt.Sprintf("weft-del-p50-r%d-ms", round))
+		b.ReportMetric(r, fmt.Sprintf("ref-del-p50-r%d-ms", round))
+		b.ReportMetric(w/r, fmt.Sprintf("del-p50-ratio-r%d", round))
+		worst = max(worst, w/r)
+		b.Logf("round %d: DEL p50 weft %.2f ms, reference %.2f ms, weft/ref %.2f (%d pods each)", round, w, r, w/r, seqPods)
+	}
+	b.ReportMetric(worst, "del-p50-ratio-worst-round")
 }

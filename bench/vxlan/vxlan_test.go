@@ -22,7 +22,9 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
@@ -133,6 +135,9 @@ func handBuilt(b *testing.B, nodes []*nettopo.Node) {
 // elsewhere on the machine hits all three alike; the median is reported.
 const rounds = 5
 
+// guardPeers is how many extra peers the encapsulation guard holds.
+const guardPeers = 100
+
 func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 	b.Helper()
 	var backends []*vxlan.Backend
@@ -143,7 +148,12 @@ func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 			b.Fatal(err)
 		}
 		b.Cleanup(k.Close)
-		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		mode, err := iptables.Detect(context.Background(), n.NS.Path())
+		if err != nil {
+			b.Fatal(err)
+		}
+		guard := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: n.NS.Path()})
+		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, guard, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		pub, err := be.Start(context.Background(), n.Local())
 		if err != nil {
 			b.Fatal(err)
@@ -151,6 +161,13 @@ func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 		backends = append(backends, be)
 		peers = append(peers, fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
 			Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
+	}
+	// Peers that exist only on paper, sorted before the real one, so every
+	// VXLAN packet walks the guard's longest path (one u32 rule per peer).
+	for i := range guardPeers {
+		peers = append(peers, fabric.Peer{Name: fmt.Sprintf("paper%d", i), UnderlayIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}),
+			PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(100 + i), 0}), 24)},
+			Backends: []string{vxlan.Type}, Attrs: map[string]string{vxlan.AnnoVTEPMAC: fmt.Sprintf("02:00:00:00:01:%02x", i)}})
 	}
 	for _, be := range backends {
 		if _, err := be.Apply(context.Background(), peers); err != nil {

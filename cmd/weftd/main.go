@@ -33,6 +33,7 @@ import (
 	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/daemon/backend"
 	"github.com/weftnet/weft/daemon/install"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/policy"
@@ -144,7 +145,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	defer k.Close()
 	status, metrics := api.NewStatus(), api.NewMetrics()
-	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Log: log.With("node", opt.NodeName)}}, log)
+	guard := encapguard.NewIPTables(iptables.Runner{Mode: mode})
+	metrics.Registry.MustRegister(encapguard.NewCollector(guard, log, vxlan.Type))
+	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Guard: guard, Log: log.With("node", opt.NodeName)}}, log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	// A server that fails stops weftd at once (not when the agent returns):
@@ -230,6 +233,7 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	if mode, err := iptables.Detect(ctx, ""); err == nil {
 		d.Tables = iptables.Runner{Mode: mode}
+		d.Guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
 	}
 	k, err := vxlan.NewNetlink()
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/weftnet/weft/daemon/backend"
 	"github.com/weftnet/weft/daemon/config"
 	"github.com/weftnet/weft/daemon/install"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/vxlan"
@@ -66,6 +67,7 @@ type harness struct {
 	t      *testing.T
 	c      *fake.Clientset
 	k      *vxlan.Fake
+	g      *encapguard.Fake
 	status *api.Status
 	dir    string
 	opt    Options
@@ -75,7 +77,7 @@ type harness struct {
 
 func start(t *testing.T, objs ...any) *harness {
 	t.Helper()
-	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), status: api.NewStatus(), dir: t.TempDir(), done: make(chan error, 1)}
+	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), g: encapguard.NewFake(), status: api.NewStatus(), dir: t.TempDir(), done: make(chan error, 1)}
 	var rt []any
 	rt = append(rt, objs...)
 	h.c = fake.NewClientset()
@@ -94,7 +96,7 @@ func start(t *testing.T, objs ...any) *harness {
 
 func (h *harness) run() {
 	log := slog.Default()
-	mgr := backend.NewManager([]backend.Factory{VXLANFactory{Kernel: h.k, Log: log}}, log)
+	mgr := backend.NewManager([]backend.Factory{VXLANFactory{Kernel: h.k, Guard: h.g, Log: log}}, log)
 	a := New(h.opt, Deps{Client: h.c, Backends: mgr, Tables: &fakeTables{}, Host: fakeHost{}, Status: h.status, Metrics: api.NewMetrics(), Log: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -275,7 +277,7 @@ func TestAgentWaitsForChainedPlugins(t *testing.T) {
 	for _, p := range []string{"weft", "weft-ipam", "bandwidth"} {
 		_ = os.WriteFile(filepath.Join(bin, p), []byte("x"), 0o755)
 	}
-	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), status: api.NewStatus(), dir: t.TempDir()}
+	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), g: encapguard.NewFake(), status: api.NewStatus(), dir: t.TempDir()}
 	h.c = fake.NewClientset(node("n1", "172.18.0.2", "10.244.1.0/24"), netconf(goodConf))
 	h.opt = Options{NodeName: "n1", CNIConfDir: filepath.Join(h.dir, "net.d"), CNIBinDir: bin, SubnetFile: filepath.Join(h.dir, "subnet.json"), ResyncInterval: 200 * time.Millisecond}
 	h.run()
@@ -295,7 +297,7 @@ func TestUninstall(t *testing.T) {
 	h.eventually("ready", h.ready)
 	h.stop()
 	tables := &fakeTables{}
-	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()}, Kernel: h.k})
+	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()}, Kernel: h.k, Guard: h.g})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,6 +309,9 @@ func TestUninstall(t *testing.T) {
 	}
 	if h.k.HasDevice() {
 		t.Fatal("vxlan device left")
+	}
+	if _, ok := h.g.Spec(vxlan.Type); ok {
+		t.Fatal("encapsulation guard left")
 	}
 	for k := range h.annotations("n1") {
 		if strings.HasPrefix(k, fabric.AnnoPrefix) {

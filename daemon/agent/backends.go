@@ -2,15 +2,19 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"log/slog"
 
 	"github.com/weftnet/weft/daemon/backend"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/vxlan"
 )
 
-// VXLANFactory builds vxlan backends over one kernel.
+// VXLANFactory builds vxlan backends over one kernel, each guarding its
+// port with Guard (required: weft never opens the port unguarded).
 type VXLANFactory struct {
 	Kernel vxlan.Kernel
+	Guard  encapguard.Guard
 	Log    *slog.Logger
 }
 
@@ -29,5 +33,8 @@ func (f VXLANFactory) New(raw json.RawMessage) (backend.Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	return vxlan.New(cfg, f.Kernel, f.Log), nil
+	if f.Guard == nil {
+		return nil, errors.New("vxlan: no encapsulation guard")
+	}
+	return vxlan.New(cfg, f.Kernel, f.Guard, f.Log), nil
 }

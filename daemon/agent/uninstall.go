@@ -14,6 +14,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/daemon/subnet"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -21,6 +22,7 @@ import (
 type UninstallDeps struct {
 	Deps
 	Kernel vxlan.Kernel
+	Guard  encapguard.Guard
 	// Leftovers removes the links, chains and sets weft owns by name; nil
 	// skips them.
 	Leftovers Leftovers
@@ -61,6 +63,9 @@ func Uninstall(ctx context.Context, opt Options, d UninstallDeps) error {
 	}
 	if d.Kernel != nil {
 		errs = append(errs, d.Kernel.DeleteDevice(vxlan.DefaultDevice))
+	}
+	if d.Guard != nil {
+		errs = append(errs, d.Guard.Remove(ctx, vxlan.Type))
 	}
 	if d.Tables != nil {
 		errs = append(errs, masq.New(d.Tables, netip.Prefix{}).Remove(ctx))

@@ -81,7 +81,7 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(k.Close)
-		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, slog.Default())
+		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
 		pub, err := b.Start(ctx, n.Local())
 		if err != nil {
 			t.Fatal(err)

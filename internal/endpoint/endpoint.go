@@ -172,3 +172,22 @@ func List(dir string) ([]Endpoint, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].HostVeth < out[j].HostVeth })
 	return out, errors.Join(errs...)
 }
+
+// Read returns the record for hostVeth, and false when there is none.
+func Read(dir, hostVeth string) (Endpoint, bool, error) {
+	var ep Endpoint
+	if err := validName(hostVeth); err != nil {
+		return ep, false, err
+	}
+	data, err := os.ReadFile(filepath.Join(dir, hostVeth+".json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return ep, false, nil
+	}
+	if err != nil {
+		return ep, false, fmt.Errorf("endpoint: read %s: %w", hostVeth, err)
+	}
+	if err := json.Unmarshal(data, &ep); err != nil {
+		return ep, false, fmt.Errorf("endpoint: decode %s: %w", hostVeth, err)
+	}
+	return ep, true, nil
+}

@@ -103,3 +103,20 @@ func DelLinkByName(name string) error {
 		return err
 	})
 }
+
+// SetDownByName clears IFF_UP of the link called name in the calling
+// thread's network namespace in one round trip. When it returns the link
+// passes no more packets (dev_close waits for those in flight). A missing
+// link returns an error for which IsNotFound is true.
+func SetDownByName(name string) error {
+	return Do(func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+		msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+		msg.Change = unix.IFF_UP
+		msg.Flags = 0
+		req.AddData(msg)
+		req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+}

@@ -13,7 +13,8 @@ import (
 // link or a container never added all succeed. The host veth is found by
 // its deterministic name, so the pod's netns is never needed; deleting it
 // removes the pod end too. The veth goes before the address is released,
-// so the address is never handed out while still configured.
+// so the address is never handed out while still configured, and so do
+// the address's conntrack entries (see removeVeth).
 func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	conf, err := LoadConf(args.StdinData)
 	if err != nil {
@@ -23,8 +24,8 @@ func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: missing", "")
 	}
 	hostName := HostVethName(args.ContainerID, args.IfName)
-	if err := netlinkx.DelLinkByName(hostName); err != nil && !netlinkx.IsNotFound(err) {
-		return cniErr(types.ErrInternal, err, "delete veth %s", hostName)
+	if err := p.removeVeth(conf, hostName); err != nil {
+		return err
 	}
 	if err := p.ipamFor(conf).Del(ctx, args); err != nil {
 		return cniErr(types.ErrInternal, err, "ipam %s DEL", conf.IPAM.Type)

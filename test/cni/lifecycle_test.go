@@ -62,8 +62,14 @@ func TestTwoPodsTCPCheckDel(t *testing.T) {
 		if hv.Attrs().MasterIndex != br.Attrs().Index {
 			return fmt.Errorf("host veth not on bridge")
 		}
-		if pi := hv.Attrs().Protinfo; pi != nil && !pi.Hairpin {
-			return fmt.Errorf("hairpin off")
+		// LinkByName never fills Protinfo: ask for the bridge port's
+		// flags (IFLA_PROTINFO of an AF_BRIDGE link dump).
+		pi, err := netlink.LinkGetProtinfo(hv)
+		if err != nil {
+			return fmt.Errorf("bridge port flags of %s: %w", hv.Attrs().Name, err)
+		}
+		if !pi.Hairpin {
+			return fmt.Errorf("hairpin off on bridge port %s (flags: %s)", hv.Attrs().Name, pi.String())
 		}
 		return nil
 	})

@@ -418,6 +418,10 @@ func TestVXLANMesh(t *testing.T) {
 		}
 	})
 
+	t.Run("forged VXLAN frames do not reach a pod", func(t *testing.T) {
+		testForgedVXLANDropped(t, ctx, c, nsName, nodes)
+	})
+
 	t.Run("stream survives weftd being killed", func(t *testing.T) {
 		testStreamSurvivesKill(t, ctx, c, nodes, remote[0])
 	})

@@ -1,0 +1,33 @@
+package vxlan
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/weftnet/weft/internal/encapguard"
+)
+
+// guardSpec turns the desired entries into the encapsulation guard's
+// state: every peer the backend programs is a known sender, owning exactly
+// the pod CIDRs routed to it. Pure.
+func guardSpec(port int, st State) encapguard.Spec {
+	byIP := map[netip.Addr]*encapguard.Peer{}
+	for c, gw := range st.Routes {
+		ip, ok := st.FDB[st.Neigh[gw]]
+		if !ok {
+			continue
+		}
+		p := byIP[ip]
+		if p == nil {
+			p = &encapguard.Peer{Name: ip.String(), UnderlayIP: ip}
+			byIP[ip] = p
+		}
+		p.PodCIDRs = append(p.PodCIDRs, c)
+	}
+	s := encapguard.Spec{Encap: encapguard.VXLAN(port), PodIface: encapguard.DefaultPodIface}
+	for _, p := range byIP {
+		s.Peers = append(s.Peers, *p)
+	}
+	slices.SortFunc(s.Peers, func(a, b encapguard.Peer) int { return a.UnderlayIP.Compare(b.UnderlayIP) })
+	return s
+}
