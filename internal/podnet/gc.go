@@ -41,7 +41,7 @@ func (p *Plugin) GC(ctx context.Context, args *skel.CmdArgs) error {
 	}
 	defer node.Close()
 	var errs []string
-	if err := gcVeths(node, conf, valid); err != nil {
+	if err := p.gcVeths(node, conf, valid); err != nil {
 		errs = append(errs, err.Error(), "addresses not released until the stale veths are gone")
 	} else if err := p.ipamFor(conf).GC(ctx, args); err != nil {
 		errs = append(errs, fmt.Sprintf("ipam %s GC: %v", conf.IPAM.Type, err))
@@ -55,8 +55,9 @@ func (p *Plugin) GC(ctx context.Context, args *skel.CmdArgs) error {
 	return nil
 }
 
-// gcVeths deletes this network's stale host veths on conf's bridge.
-func gcVeths(node *netlinkx.Handle, conf *NetConf, valid map[string]bool) error {
+// gcVeths deletes this network's stale host veths on conf's bridge, with
+// their addresses' conntrack entries, as DEL does (removeVeth).
+func (p *Plugin) gcVeths(node *netlinkx.Handle, conf *NetConf, valid map[string]bool) error {
 	br, err := lookupBridge(node, conf.Bridge)
 	if err != nil || br == nil {
 		return err
@@ -73,7 +74,7 @@ func gcVeths(node *netlinkx.Handle, conf *NetConf, valid map[string]bool) error 
 			!strings.HasPrefix(a.Name, HostVethPrefix) || valid[a.Name] {
 			continue
 		}
-		if err := netlinkx.DelLinkByName(a.Name); err != nil && !netlinkx.IsNotFound(err) {
+		if err := p.removeVeth(conf, a.Name); err != nil {
 			errs = append(errs, fmt.Sprintf("delete stale veth %s: %v", a.Name, err))
 		}
 	}
