@@ -115,20 +115,9 @@ func TestRebuildAfterUpgrade(t *testing.T) {
 	}
 
 	// weftd with policy starts.
-	ctl, closeFn, err := NewNodeController(ctx, informers.NewSharedInformerFactory(client, 0), NodeOptions{
+	ctl := runNodeController(t, ctx, cancel, informers.NewSharedInformerFactory(client, 0), NodeOptions{
 		NodeName: "n1", NetNS: node.Path(), Bridge: bridge, EndpointDir: dir, ResyncInterval: time.Second,
 		Attachments: diskAttachments{disk.New(filepath.Join(dataDir, netName), disk.Options{})}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		closeFn()
-		_ = Uninstall(context.Background(), node.Path())
-	})
 	eventually(t, "first sync", func() bool { ok, _ := ctl.Healthy(); return ok })
 	// The first sync already carries the rebuilt records: no window of drops.
 	if got := probeOnce(t, pods["a"].ns, "tcp", pods["b"].ip, 80); !got {
