@@ -55,8 +55,8 @@ func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables
 			t.Errorf("forged packets arrived: %v", got)
 		}
 	}
-	if n := dropCount(t, tn, run, ChainSource, SpoofComment); n < 6 {
-		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSource, n)
+	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 6 {
+		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSpoof, n)
 	}
 }
 
@@ -100,4 +100,34 @@ func dropCount(t *testing.T, tn *testNode, run iptables.Runner, chain, comment s
 	}
 	t.Fatalf("no rule %q in %s:\n%s", comment, chain, out)
 	return 0
+}
+
+// TestKernelSpoofedSourceToNode: packets a pod sends to its own node
+// (INPUT: node services, hostNetwork pods) get the same source check. Pod
+// c's raw-socket packets forged with a's source do not reach a listener in
+// the node namespace; c's and a's honest ones do, and the anti-spoofing
+// DROP counts the forged ones. No policy is needed for the check.
+func TestKernelSpoofedSourceToNode(t *testing.T) { onBothBackends(t, testKernelSpoofedSourceToNode) }
+
+func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
+	apply(t, w, tn.render(), false)
+	const port, sport = 9998, 40001
+	atNode := testutil.ListenUDP(t, tn.node, port)
+	a, c, node := addr(tn.ip["a"]), addr(tn.ip["c"]), addr("10.99.0.1")
+	for i := 0; i < 3; i++ {
+		rawUDP(t, tn.pods["c"], a, node, sport, port, "forged-node")
+	}
+	if !sendUntil(t, tn.pods["c"], c, node, sport, port, "c-honest", atNode) {
+		t.Fatal("c's unforged packet to the node never arrived")
+	}
+	if !sendUntil(t, tn.pods["a"], a, node, sport, port, "a-honest", atNode) {
+		t.Fatal("a's own packet to the node never arrived")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := atNode.Received("forged-"); len(got) > 0 {
+		t.Errorf("forged packets reached the node: %v", got)
+	}
+	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 3 {
+		t.Errorf("%s DROP counted %d packets, want >= 3", ChainSpoof, n)
+	}
 }

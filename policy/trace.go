@@ -47,6 +47,9 @@ type Hit struct {
 type TraceResult struct {
 	Verdict Verdict
 	Hits    []Hit
+	// Evaluated counts the rules the packet was tested against on the way:
+	// the per-packet cost of the walk.
+	Evaluated int
 }
 
 // Allowed reports whether the packet gets through our rules.
@@ -59,7 +62,7 @@ func (t TraceResult) Spoofed() bool {
 		return false
 	}
 	h := t.Hits[len(t.Hits)-1]
-	return h.Chain == ChainSource && h.Comment == SpoofComment
+	return h.Chain == ChainSpoof && h.Comment == SpoofComment
 }
 
 func (t TraceResult) String() string {
@@ -115,6 +118,7 @@ func (s *State) Trace(hook string, p Packet) TraceResult {
 		i := top.next
 		top.next++
 		ru := rules[i]
+		res.Evaluated++
 		if !matches(ru.Match, &p, sets) {
 			continue
 		}
@@ -143,7 +147,7 @@ func (s *State) Trace(hook string, p Packet) TraceResult {
 }
 
 func matches(m Match, p *Packet, sets map[string]*IPSet) bool {
-	if m.InIface != "" && m.InIface != p.InIface || m.OutIface != "" && m.OutIface != p.OutIface {
+	if !ifaceMatches(m.InIface, p.InIface) || !ifaceMatches(m.OutIface, p.OutIface) {
 		return false
 	}
 	if m.Src.IsValid() && !m.Src.Contains(p.Src) || m.Dst.IsValid() && !m.Dst.Contains(p.Dst) {
@@ -194,13 +198,19 @@ func physdevMatches(m Match, p *Packet) bool {
 	if m.Bridged == Yes && !p.Bridged || m.Bridged == No && p.Bridged {
 		return false
 	}
-	if m.PhysIn != "" && m.PhysIn != p.PhysIn {
-		return false
+	return ifaceMatches(m.PhysIn, p.PhysIn) && ifaceMatches(m.PhysOut, p.PhysOut)
+}
+
+// ifaceMatches follows iptables' interface names: "" matches any, a
+// trailing "+" matches every name with that prefix.
+func ifaceMatches(pattern, name string) bool {
+	if pattern == "" {
+		return true
 	}
-	if m.PhysOut != "" && m.PhysOut != p.PhysOut {
-		return false
+	if prefix, ok := strings.CutSuffix(pattern, "+"); ok {
+		return strings.HasPrefix(name, prefix)
 	}
-	return true
+	return pattern == name
 }
 
 // inSet follows ipset: hash:ip is exact; hash:net picks the most specific
