@@ -51,6 +51,10 @@ func (p *policyFlags) start(ctx context.Context, client kubernetes.Interface, no
 	if err != nil {
 		return nil, err
 	}
+	if err := policy.RegisterSpoofedPackets(reg, ctl); err != nil {
+		_ = closeFn()
+		return nil, fmt.Errorf("policy metrics: %w", err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
