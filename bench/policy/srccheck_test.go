@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"testing"
 	"time"
 
@@ -31,8 +32,9 @@ const srcCheckRounds = 7
 // default pod limit; 108 more endpoints with veth names like the plugin's).
 // The client's veth sorts last, the worst place in a list walked in order.
 // Per round: one TCP stream (Gbit/s) and 1-byte UDP request/response
-// (thousands of transactions/s: one packet each way, so the per-packet cost
-// is not amortised); 7 interleaved rounds, medians reported.
+// (thousands of transactions/s and the 10th percentile RTT: one packet each
+// way, so the per-packet cost is not amortised); 7 interleaved rounds,
+// medians reported.
 func BenchmarkSourceCheck(b *testing.B) {
 	for _, tool := range []string{"iperf3"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -78,22 +80,26 @@ func BenchmarkSourceCheck(b *testing.B) {
 		rulesIn(states[2], "WEFT-POL-SRC"), chainsIn(states[2], "WEFT-POL-SRC"))
 	tcp := make([][]float64, len(states))
 	udp := make([][]float64, len(states))
+	rtt := make([][]float64, len(states))
 	for round := 0; round < max(srcCheckRounds, b.N); round++ {
 		for i, st := range states {
 			if _, err := w.Apply(ctx, st, true); err != nil {
 				b.Fatal(err)
 			}
 			tcp[i] = append(tcp[i], nettopo.IPerf3(b, cli.NS, srv.NS, srv.IP, 1, iperfSeconds))
-			udp[i] = append(udp[i], udpRR(b, cli.NS, srv.NS, srv.IP, iperfSeconds))
+			k, p10 := udpRR(b, cli.NS, srv.NS, srv.IP, iperfSeconds)
+			udp[i], rtt[i] = append(udp[i], k), append(rtt[i], p10)
 		}
 	}
 	for i, n := range names {
 		b.ReportMetric(median(tcp[i]), n+"-Gbit/s")
 		b.ReportMetric(median(udp[i]), n+"-udp-rr-k/s")
-		b.Logf("%s: TCP %v Gbit/s, UDP RR %v k/s", n, tcp[i], udp[i])
+		b.ReportMetric(median(rtt[i]), n+"-rtt-p10-µs")
+		b.Logf("%s: TCP %.2f Gbit/s, UDP RR %.1f k/s, RTT p10 %.1f µs", n, tcp[i], udp[i], rtt[i])
 	}
 	b.ReportMetric(median(tcp[2])/median(tcp[1]), "tcp-110/2")
 	b.ReportMetric(median(udp[2])/median(udp[1]), "udp-rr-110/2")
+	b.ReportMetric(median(rtt[2])-median(rtt[1]), "rtt-p10-110-minus-2-µs")
 }
 
 // srcCheckInput is two real pods (veth -> address) and extra endpoints
@@ -137,10 +143,12 @@ func chainsIn(st *policy.State, prefix string) (n int) {
 }
 
 // udpRR is UDP request/response with 1-byte payloads between two
-// namespaces for the given seconds: transactions per second, in thousands.
-// Every transaction is one packet each way, so per-packet costs show in
-// full (a TCP stream amortises them over 64 KB GSO segments).
-func udpRR(b *testing.B, from, to ns.NetNS, dst netip.Addr, seconds int) float64 {
+// namespaces for the given seconds: thousands of transactions per second,
+// and the 10th percentile of the round-trip times in µs. Every transaction
+// is one packet each way, so per-packet costs show in full (a TCP stream
+// amortises them over 64 KB GSO segments), and a low percentile of the
+// RTT is what a loaded machine disturbs least.
+func udpRR(b *testing.B, from, to ns.NetNS, dst netip.Addr, seconds int) (kps, p10 float64) {
 	b.Helper()
 	var srv, cli net.PacketConn
 	if err := to.Do(func(ns.NetNS) error {
@@ -171,17 +179,23 @@ func udpRR(b *testing.B, from, to ns.NetNS, dst netip.Addr, seconds int) float64
 	defer cli.Close()
 	to4 := net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 7200))
 	buf := []byte{'x'}
-	n := 0
+	var rtts []time.Duration
 	start := time.Now()
 	for time.Since(start) < time.Duration(seconds)*time.Second {
 		_ = cli.SetReadDeadline(time.Now().Add(time.Second))
+		t0 := time.Now()
 		if _, err := cli.WriteTo(buf, to4); err != nil {
 			b.Fatalf("udp rr write: %v", err)
 		}
 		if _, _, err := cli.ReadFrom(buf); err != nil {
 			continue // lost (first packets wait for ARP): send again
 		}
-		n++
+		rtts = append(rtts, time.Since(t0))
 	}
-	return float64(n) / time.Since(start).Seconds() / 1e3
+	if len(rtts) == 0 {
+		b.Fatal("udp rr: no answer")
+	}
+	kps = float64(len(rtts)) / time.Since(start).Seconds() / 1e3
+	slices.Sort(rtts)
+	return kps, float64(rtts[len(rtts)/10].Nanoseconds()) / 1e3
 }
