@@ -157,9 +157,10 @@ func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run ip
 }
 
 // TestKernelSpoofedSourceManyEndpoints: the same checks with 24 more
-// endpoint records on the node, so the source check branches on veth-name
-// prefixes (`--physdev-in wvX+` into chains of their own) and the three
-// pods' veths sit two branches deep: the kernel matches as the tracer does.
+// endpoint records on the node (10.99.1.2-25), so the source check branches
+// on address prefixes (`-s 10.99.0.0/27 -g ...` into chains of their own)
+// and the three pods' rules sit in a branch: the kernel matches as the
+// tracer does.
 func TestKernelSpoofedSourceManyEndpoints(t *testing.T) {
 	onBothBackends(t, func(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
 		sfx := strings.TrimSuffix(strings.TrimPrefix(tn.veth["a"], "wv"), "a")

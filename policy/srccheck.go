@@ -1,8 +1,11 @@
 package policy
 
 import (
+	"encoding/binary"
+	"fmt"
+	"math/bits"
 	"net/netip"
-	"strings"
+	"sort"
 )
 
 // The source-address check (WEFT-POL-SRC) is walked by every packet a
@@ -16,14 +19,20 @@ import (
 // kernel's physdev flag, which no iptables option sets (verified on
 // iptables-legacy and -nft 1.8.9 here: such a set never matches, and the
 // same set with the bridge's name does). So the check is a prefix tree on
-// the veth name instead, the way Calico dispatches on interface names:
-// a chain holding at most srcLeafMax leaf rules is walked as is, a bigger
-// one branches on the next character of the names (`--physdev-in wv3+`)
-// into a chain per branch. With the plugin's hex names, 110 endpoints walk
-// at most 16 branch rules and a short leaf. A leaf rule RETURNs (the
-// source is the port's own); anything else goes to WEFT-POL-SPOOF, whose
-// one DROP rule counts the forged packets.
-const srcLeafMax = 8
+// the source address instead: a chain holding at most srcLeafMax leaf
+// rules is walked as is, a bigger one branches on the next 4 bits of the
+// addresses (`-s 10.244.1.16/28 -g ...`) into a chain per branch. Branch
+// rules test only the address, which both backends compare natively
+// before any match extension runs; a branch on veth names would call the
+// physdev match in every branch rule, and measured slower than the list
+// (BENCHMARKS.md). With 110 pods a packet is tested against at most ~20
+// rules. A leaf rule (address and veth) RETURNs: the source is the port's
+// own; anything else goes to WEFT-POL-SPOOF, whose one DROP rule counts the
+// forged packets.
+const (
+	srcLeafMax = 8
+	srcFanout  = 4 // address bits per branch level: up to 16 branches
+)
 
 // srcLeaf is one (veth, address) pair the check accepts.
 type srcLeaf struct {
@@ -32,7 +41,7 @@ type srcLeaf struct {
 }
 
 // sourceCheck renders WEFT-POL-SRC, its branch chains and WEFT-POL-SPOOF
-// for the local endpoints (sorted by veth).
+// for the local endpoints.
 func sourceCheck(locals []*localEP) map[string][]Rule {
 	var leaves []srcLeaf
 	for _, l := range locals {
@@ -43,46 +52,40 @@ func sourceCheck(locals []*localEP) map[string][]Rule {
 			}
 		}
 	}
+	sort.SliceStable(leaves, func(i, j int) bool { return leaves[i].addr.Less(leaves[j].addr) })
 	out := map[string][]Rule{
 		// A veth without a record has no address here: its packets are
 		// dropped as well (WEFT-POL-FROM would drop them, but only after
 		// conntrack, and INPUT has no such chain).
 		ChainSpoof: {{Action: Action{Verb: Drop}, Comment: SpoofComment}},
 	}
-	srcTree(out, ChainSource, "", leaves)
+	srcTree(out, ChainSource, leaves)
 	return out
 }
 
-// srcTree renders the chain name for leaves, whose veths all start with
-// prefix, into out (and its branch chains, recursively).
-func srcTree(out map[string][]Rule, name, prefix string, leaves []srcLeaf) {
+// srcTree renders the chain name for leaves (sorted by address) into out,
+// and its branch chains, recursively.
+func srcTree(out map[string][]Rule, name string, leaves []srcLeaf) {
 	var rules []Rule
-	if len(leaves) <= srcLeafMax {
+	common := commonBits(leaves)
+	if len(leaves) <= srcLeafMax || common == 32 {
 		rules = leafRules(leaves)
 	} else {
-		prefix = commonPrefix(leaves, prefix)
+		next := min(common+srcFanout, 32)
 		for i := 0; i < len(leaves); {
+			pfx := netip.PrefixFrom(leaves[i].addr, next).Masked()
 			j := i + 1
-			if len(leaves[i].veth) == len(prefix) { // the prefix is this veth's whole name
-				for j < len(leaves) && leaves[j].veth == leaves[i].veth {
-					j++
-				}
-				rules = append(rules, leafRules(leaves[i:j])...)
-				i = j
-				continue
-			}
-			c := leaves[i].veth[len(prefix)]
-			for j < len(leaves) && len(leaves[j].veth) > len(prefix) && leaves[j].veth[len(prefix)] == c {
+			for j < len(leaves) && pfx.Contains(leaves[j].addr) {
 				j++
 			}
-			if group := leaves[i:j]; group[0].veth == group[len(group)-1].veth {
-				rules = append(rules, leafRules(group)...) // one veth: no branch
+			if group := leaves[i:j]; len(group) == 1 {
+				rules = append(rules, leafRules(group)...) // no branch for one
 			} else {
-				sub := prefix + string(c)
-				branch := chainName("WEFT-POL-SRC-", sub, "")
-				rules = append(rules, Rule{Match: Match{PhysIn: sub + "+"}, Action: Action{Verb: Goto, Target: branch},
-					Comment: "veths " + sub + "*"})
-				srcTree(out, branch, sub, group)
+				a4 := pfx.Addr().As4()
+				branch := fmt.Sprintf("WEFT-POL-SRC-%x-%d", a4[:], next)
+				rules = append(rules, Rule{Match: Match{Src: pfx}, Action: Action{Verb: Goto, Target: branch},
+					Comment: "sources in " + pfx.String()})
+				srcTree(out, branch, group)
 			}
 			i = j
 		}
@@ -99,16 +102,13 @@ func leafRules(leaves []srcLeaf) []Rule {
 	return rules
 }
 
-// commonPrefix extends prefix to the longest prefix of every leaf's veth
-// (leaves are sorted by veth).
-func commonPrefix(leaves []srcLeaf, prefix string) string {
-	first, last := leaves[0].veth, leaves[len(leaves)-1].veth
-	n := len(prefix)
-	for n < len(first) && n < len(last) && first[n] == last[n] {
-		n++
+// commonBits is the length of the longest prefix shared by every leaf's
+// address (leaves sorted: the first and last decide), 0 without leaves.
+func commonBits(leaves []srcLeaf) int {
+	if len(leaves) == 0 {
+		return 0
 	}
-	if !strings.HasPrefix(first, prefix) {
-		return prefix
-	}
-	return first[:n]
+	a, b := leaves[0].addr.As4(), leaves[len(leaves)-1].addr.As4()
+	x := binary.BigEndian.Uint32(a[:]) ^ binary.BigEndian.Uint32(b[:])
+	return bits.LeadingZeros32(x)
 }
