@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"testing"
@@ -34,7 +35,8 @@ const srcCheckRounds = 7
 // Per round: one TCP stream (Gbit/s) and 1-byte UDP request/response
 // (thousands of transactions/s and the 10th percentile RTT: one packet each
 // way, so the per-packet cost is not amortised); 7 interleaved rounds,
-// medians reported.
+// medians reported. WEFT_BENCH_IPTABLES=legacy|nft picks the backend
+// (default: what the namespace detects).
 func BenchmarkSourceCheck(b *testing.B) {
 	for _, tool := range []string{"iperf3"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -71,6 +73,9 @@ func BenchmarkSourceCheck(b *testing.B) {
 	mode, err := iptables.Detect(ctx, node.NS.Path())
 	if err != nil {
 		b.Fatal(err)
+	}
+	if m := os.Getenv("WEFT_BENCH_IPTABLES"); m != "" { // legacy or nft
+		mode = iptables.Mode(m)
 	}
 	w := policy.NewWriter(iptables.Runner{Mode: mode, NetNS: node.NS.Path()}, nil)
 	defer func() { _, _ = w.Apply(ctx, &policy.State{}, true) }()
