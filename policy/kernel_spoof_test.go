@@ -140,6 +140,9 @@ func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run ip
 	if s := apply(t, w, tn.render(), true); !s.JumpFixed {
 		t.Errorf("resync did not restore the INPUT jump: %+v", s)
 	}
+	if n := w.SpoofedPackets(); n < 3 { // read back with the rules (iptables-save -c)
+		t.Errorf("writer counted %d spoofed packets at the read-back, want >= 3", n)
+	}
 	d, err := iptables.ParseSave(sh(t, tn.node.Path(), ipt+"-save", "-t", "filter"), "filter")
 	if err != nil {
 		t.Fatal(err)
