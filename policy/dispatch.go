@@ -6,7 +6,7 @@ import (
 )
 
 // dispatch renders the fixed chains that steer traffic of local endpoints
-// into their per-endpoint chains, and the jump from FORWARD.
+// into their per-endpoint chains, and the jumps from FORWARD and INPUT.
 //
 // Traffic from a local pod enters the node through its veth, a bridge port:
 // with br_netfilter, bridged and routed packets alike carry the port in
@@ -18,11 +18,20 @@ import (
 // a forged packet must not ride an existing flow), WEFT-POL-SRC checks that
 // its source address is one of the addresses of the veth it came in on, and
 // drops it otherwise. That holds for every endpoint, selected by a policy or
-// not; the DROP rule's packet counter counts the forged packets.
+// not, and for packets to the node itself (INPUT) as for forwarded ones;
+// the DROP rule in WEFT-POL-SPOOF counts the forged packets.
 func (r *renderer) dispatch(st *State, locals []*localEP) {
 	br := r.cfg.Bridge
 	m := r.cfg.AllowMark
-	st.Jumps = []BuiltinJump{{Builtin: "FORWARD", Rule: Rule{Action: Action{Verb: Jump, Target: ChainForward}, Comment: JumpComment}}}
+	st.Jumps = []BuiltinJump{
+		{Builtin: "FORWARD", Rule: Rule{Action: Action{Verb: Jump, Target: ChainForward}, Comment: JumpComment}},
+		{Builtin: "INPUT", Rule: Rule{Action: Action{Verb: Jump, Target: ChainInput}, Comment: JumpComment}},
+	}
+	// Packets from local pods to the node itself (node services, hostNetwork
+	// pods) get the same source check; the rest of INPUT is not ours.
+	r.chains[ChainInput] = []Rule{
+		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainSource}, Comment: "source address of local pods"},
+	}
 	r.chains[ChainForward] = []Rule{
 		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainSource}, Comment: "source address of local pods"},
 		{Match: Match{InIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "from local pods"},
@@ -45,10 +54,13 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		sig.WriteByte(';')
 	}
 	if d := r.rr.dispatch; d != nil && d.sig == sig.String() && d.bridge == br {
-		r.chains[ChainSource], r.chains[ChainFrom], r.chains[ChainTo] = d.src, d.from, d.to
+		for name, rules := range d.src {
+			r.chains[name] = rules
+		}
+		r.chains[ChainFrom], r.chains[ChainTo] = d.from, d.to
 		return
 	}
-	var src, from, to, toRouted []Rule
+	var from, to, toRouted []Rule
 	for _, l := range locals {
 		v := l.ep.HostVeth
 		who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
@@ -56,18 +68,17 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		to = append(to, Rule{Match: Match{PhysOut: v, Bridged: Yes}, Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who})
 		for _, a := range l.ips {
 			if a.Is4() {
-				src = append(src, Rule{Match: Match{PhysIn: v, Src: netip.PrefixFrom(a, 32)}, Action: Action{Verb: Return}, Comment: who})
 				toRouted = append(toRouted, Rule{Match: Match{Bridged: No, Dst: netip.PrefixFrom(a, 32)},
 					Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who + " (routed)"})
 			}
 		}
 	}
-	// A veth without a record has no address here: its packets are dropped
-	// as well (WEFT-POL-FROM would drop them, but only after conntrack).
-	src = append(src, Rule{Action: Action{Verb: Drop}, Comment: SpoofComment})
+	src := sourceCheck(locals)
 	from = append(from, Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
 	to = append(append(to, toRouted...), Rule{Action: Action{Verb: Drop}, Comment: "unknown local endpoint"})
-	r.chains[ChainSource] = src
+	for name, rules := range src {
+		r.chains[name] = rules
+	}
 	r.chains[ChainFrom] = from
 	r.chains[ChainTo] = to
 	r.rr.dispatch = &cachedDispatch{sig: sig.String(), bridge: br, src: src, from: from, to: to}
@@ -76,6 +87,7 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 // cachedDispatch is the last render's per-endpoint dispatch chains, reused
 // while the endpoints (veth, pod, addresses) are the same.
 type cachedDispatch struct {
-	sig, bridge   string
-	src, from, to []Rule
+	sig, bridge string
+	src         map[string][]Rule // the source check's chains (srccheck.go)
+	from, to    []Rule
 }

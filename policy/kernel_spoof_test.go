@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -55,8 +58,8 @@ func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables
 			t.Errorf("forged packets arrived: %v", got)
 		}
 	}
-	if n := dropCount(t, tn, run, ChainSource, SpoofComment); n < 6 {
-		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSource, n)
+	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 6 {
+		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSpoof, n)
 	}
 }
 
@@ -100,4 +103,88 @@ func dropCount(t *testing.T, tn *testNode, run iptables.Runner, chain, comment s
 	}
 	t.Fatalf("no rule %q in %s:\n%s", comment, chain, out)
 	return 0
+}
+
+// TestKernelSpoofedSourceToNode: packets a pod sends to its own node
+// (INPUT: node services, hostNetwork pods) get the same source check. Pod
+// c's raw-socket packets forged with a's source do not reach a listener in
+// the node namespace; c's and a's honest ones do, and the anti-spoofing
+// DROP counts the forged ones. No policy is needed for the check.
+func TestKernelSpoofedSourceToNode(t *testing.T) { onBothBackends(t, testKernelSpoofedSourceToNode) }
+
+func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
+	apply(t, w, tn.render(), false)
+	const port, sport = 9998, 40001
+	atNode := testutil.ListenUDP(t, tn.node, port)
+	a, c, node := addr(tn.ip["a"]), addr(tn.ip["c"]), addr("10.99.0.1")
+	for i := 0; i < 3; i++ {
+		rawUDP(t, tn.pods["c"], a, node, sport, port, "forged-node")
+	}
+	if !sendUntil(t, tn.pods["c"], c, node, sport, port, "c-honest", atNode) {
+		t.Fatal("c's unforged packet to the node never arrived")
+	}
+	if !sendUntil(t, tn.pods["a"], a, node, sport, port, "a-honest", atNode) {
+		t.Fatal("a's own packet to the node never arrived")
+	}
+	time.Sleep(300 * time.Millisecond)
+	if got := atNode.Received("forged-"); len(got) > 0 {
+		t.Errorf("forged packets reached the node: %v", got)
+	}
+	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 3 {
+		t.Errorf("%s DROP counted %d packets, want >= 3", ChainSpoof, n)
+	}
+	// Drift: our INPUT jump deleted by hand, another tool's accept on top.
+	ipt := "iptables-" + string(run.Mode)
+	sh(t, tn.node.Path(), ipt, "-D", "INPUT", "1")
+	sh(t, tn.node.Path(), ipt, "-I", "INPUT", "1", "-m", "comment", "--comment", "host-firewall", "-j", "ACCEPT")
+	if s := apply(t, w, tn.render(), true); !s.JumpFixed {
+		t.Errorf("resync did not restore the INPUT jump: %+v", s)
+	}
+	if n := w.SpoofedPackets(); n < 3 { // read back with the rules (iptables-save -c)
+		t.Errorf("writer counted %d spoofed packets at the read-back, want >= 3", n)
+	}
+	d, err := iptables.ParseSave(sh(t, tn.node.Path(), ipt+"-save", "-t", "filter"), "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in := d.Chains["INPUT"].Rules; len(in) != 2 || !strings.HasSuffix(iptables.Comment(in[0]), " "+JumpComment) {
+		t.Fatalf("INPUT after resync: %v", in)
+	}
+	rawUDP(t, tn.pods["c"], a, node, sport, port, "forged-again")
+	if !sendUntil(t, tn.pods["c"], c, node, sport, port, "c-again", atNode) {
+		t.Fatal("c's unforged packet to the node never arrived after the resync")
+	}
+	if got := atNode.Received("forged-"); len(got) > 0 {
+		t.Errorf("forged packets reached the node: %v", got)
+	}
+}
+
+// TestKernelSpoofedSourceManyEndpoints: the same checks with 24 more
+// endpoint records on the node (10.99.1.2-25), so the source check branches
+// on address prefixes (`-s 10.99.0.0/27 -g ...` into chains of their own)
+// and the three pods' rules sit in a branch: the kernel matches as the
+// tracer does.
+func TestKernelSpoofedSourceManyEndpoints(t *testing.T) {
+	onBothBackends(t, func(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
+		sfx := strings.TrimSuffix(strings.TrimPrefix(tn.veth["a"], "wv"), "a")
+		for i := 0; i < 24; i++ {
+			veth := fmt.Sprintf("wv%s%02d", sfx, i) // beside a, b and c
+			if i >= 12 {
+				veth = fmt.Sprintf("wv%x", sha256.Sum256([]byte(veth)))[:13] // elsewhere
+			}
+			tn.eps = append(tn.eps, endpoint.Endpoint{PodNamespace: "t", PodName: fmt.Sprint("ghost", i), PodUID: fmt.Sprint("g", i),
+				HostVeth: veth, IfName: "eth0", IPs: []string{fmt.Sprintf("10.99.1.%d/24", i+2)}})
+		}
+		branches := 0
+		for _, c := range tn.render().Chains {
+			if strings.HasPrefix(c.Name, ChainSource+"-") {
+				branches++
+			}
+		}
+		if branches < 2 {
+			t.Fatalf("source check has %d branch chains, want a tree", branches)
+		}
+		testKernelSpoofedSource(t, tn, w, run)
+		testKernelSpoofedSourceToNode(t, tn, w, run)
+	})
 }

@@ -13,10 +13,13 @@ const (
 	ChainCheck   = "WEFT-POL-CHECK" // conntrack, then from/to dispatch
 	ChainFrom    = "WEFT-POL-FROM"  // dispatch by source endpoint (egress)
 	ChainTo      = "WEFT-POL-TO"    // dispatch by destination endpoint (ingress)
+	ChainInput   = "WEFT-POL-IN"    // jumped to from INPUT: the source check for packets to the node
 	ChainSource  = "WEFT-POL-SRC"   // anti-spoofing: the source address must be the veth's pod's
+	ChainSpoof   = "WEFT-POL-SPOOF" // the source check's one DROP
 
-	// SpoofComment is the comment of WEFT-POL-SRC's final DROP, whose packet
-	// counter counts packets from local pods with a forged source address.
+	// SpoofComment is the comment of the source check's DROP (in
+	// WEFT-POL-SPOOF), whose packet counter counts packets from local pods
+	// with a forged source address.
 	SpoofComment = "spoofed source or unknown endpoint"
 
 	// MaxChainName is iptables' limit on chain names.

@@ -1,7 +1,17 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/weftnet/weft/internal/endpoint"
 )
 
 // TestSpoofedSourceDropped: with a policy that admits only x/a into x/b, a
@@ -90,4 +100,71 @@ func TestSourceCheckFollowsEndpoints(t *testing.T) {
 			t.Errorf("%s: new address dropped: %s", name, tr)
 		}
 	}
+}
+
+// TestSourceCheckScales: with 110 endpoints (the kubelet's default pod
+// limit) named as the plugin names veths, every endpoint's own address
+// passes on its own veth, any other endpoint's address (or an unknown
+// veth) is dropped as spoofed, and no packet is tested against more than
+// 32 of the check's rules on the way (one rule per endpoint walked in order
+// would test up to 111 on the way to the last veth's).
+func TestSourceCheckScales(t *testing.T) {
+	const n, maxWalk = 110, 32
+	in := Input{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "s"}}}}
+	veths := make([]string, n)
+	ips := make([]netip.Addr, n)
+	for i := range n {
+		h := sha256.Sum256([]byte(fmt.Sprint("pod", i)))
+		veths[i], ips[i] = "wv"+hex.EncodeToString(h[:])[:13], netip.AddrFrom4([4]byte{10, 244, 1, byte(2 + i)})
+		name := fmt.Sprint("p", i)
+		in.Pods = append(in.Pods, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "s", Name: name, UID: types.UID(name)},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ips[i].String()}})
+		in.Endpoints = append(in.Endpoints, endpoint.Endpoint{PodNamespace: "s", PodName: name, PodUID: name,
+			HostVeth: veths[i], IPs: []string{ips[i].String() + "/24"}})
+	}
+	for name, st := range map[string]*State{"fresh": Render(DefaultConfig(), in), "cached": cachedRender(in)} {
+		worst, sum, count := 0, 0, 0
+		for i := range n {
+			for _, j := range []int{i, (i + 1) % n, (i + 37) % n} {
+				for _, hook := range []string{"FORWARD", "INPUT"} {
+					p := Packet{Src: ips[j], Dst: netip.MustParseAddr("10.244.2.9"), Proto: "udp", DPort: 53,
+						InIface: "weft0", OutIface: "weft.vxlan", PhysIn: veths[i], CTState: "ESTABLISHED"}
+					if hook == "INPUT" {
+						p.Dst, p.OutIface = netip.MustParseAddr("10.244.1.1"), ""
+					}
+					tr := st.Trace(hook, p)
+					if spoofed := i != j; tr.Spoofed() != spoofed || tr.Allowed() == spoofed {
+						t.Fatalf("%s %s: %s sending from %s: spoofed=%v\n%s", name, hook, veths[i], ips[j], tr.Spoofed(), tr)
+					}
+					e := srcEvaluated(st, p)
+					worst, sum, count = max(worst, e), sum+e, count+1
+				}
+			}
+		}
+		p := Packet{Src: ips[0], Dst: ips[1], Proto: "tcp", DPort: 80, InIface: "weft0", OutIface: "weft0",
+			PhysIn: "wv0000000000000", PhysOut: veths[1], Bridged: true}
+		if tr := st.Trace("FORWARD", p); !tr.Spoofed() {
+			t.Errorf("%s: unknown veth not dropped as spoofed: %s", name, tr)
+		}
+		if worst > maxWalk {
+			t.Errorf("%s: a packet is tested against %d rules of the source check, want <= %d", name, worst, maxWalk)
+		}
+		t.Logf("%s: %d endpoints: at most %d source-check rules per packet, %.1f on average", name, n, worst, float64(sum)/float64(count))
+	}
+}
+
+// cachedRender renders in twice with one Renderer: the second render
+// reuses the cached dispatch.
+func cachedRender(in Input) *State {
+	rr := NewRenderer(DefaultConfig())
+	rr.Render(in)
+	return rr.Render(in)
+}
+
+// srcEvaluated is how many rules of the source check a packet from a pod
+// is tested against: the walk from WEFT-POL-SRC on.
+func srcEvaluated(st *State, p Packet) int {
+	only := &State{Chains: st.Chains, IPSets: st.IPSets,
+		Jumps: []BuiltinJump{{Builtin: "SRC", Rule: Rule{Action: Action{Verb: Jump, Target: ChainSource}}}}}
+	return only.Trace("SRC", p).Evaluated - 1
 }

@@ -47,6 +47,9 @@ type Hit struct {
 type TraceResult struct {
 	Verdict Verdict
 	Hits    []Hit
+	// Evaluated counts the rules the packet was tested against on the way:
+	// the per-packet cost of the walk.
+	Evaluated int
 }
 
 // Allowed reports whether the packet gets through our rules.
@@ -59,7 +62,7 @@ func (t TraceResult) Spoofed() bool {
 		return false
 	}
 	h := t.Hits[len(t.Hits)-1]
-	return h.Chain == ChainSource && h.Comment == SpoofComment
+	return h.Chain == ChainSpoof && h.Comment == SpoofComment
 }
 
 func (t TraceResult) String() string {
@@ -143,6 +146,7 @@ func (t *Tracer) Trace(p Packet) TraceResult {
 		i := top.next
 		top.next++
 		ru := rules[i]
+		res.Evaluated++
 		if !matches(ru.Match, &p, t.inSet) {
 			continue
 		}
@@ -189,7 +193,7 @@ func (t *Tracer) inSet(name string, a netip.Addr) bool {
 }
 
 func matches(m Match, p *Packet, in func(set string, a netip.Addr) bool) bool {
-	if m.InIface != "" && m.InIface != p.InIface || m.OutIface != "" && m.OutIface != p.OutIface {
+	if !ifaceMatches(m.InIface, p.InIface) || !ifaceMatches(m.OutIface, p.OutIface) {
 		return false
 	}
 	if m.Src.IsValid() && !m.Src.Contains(p.Src) || m.Dst.IsValid() && !m.Dst.Contains(p.Dst) {
@@ -240,13 +244,19 @@ func physdevMatches(m Match, p *Packet) bool {
 	if m.Bridged == Yes && !p.Bridged || m.Bridged == No && p.Bridged {
 		return false
 	}
-	if m.PhysIn != "" && m.PhysIn != p.PhysIn {
-		return false
+	return ifaceMatches(m.PhysIn, p.PhysIn) && ifaceMatches(m.PhysOut, p.PhysOut)
+}
+
+// ifaceMatches follows iptables' interface names: "" matches any, a
+// trailing "+" matches every name with that prefix.
+func ifaceMatches(pattern, name string) bool {
+	if pattern == "" {
+		return true
 	}
-	if m.PhysOut != "" && m.PhysOut != p.PhysOut {
-		return false
+	if prefix, ok := strings.CutSuffix(pattern, "+"); ok {
+		return strings.HasPrefix(name, prefix)
 	}
-	return true
+	return pattern == name
 }
 
 // inSet follows ipset: hash:ip is exact; hash:net picks the most specific

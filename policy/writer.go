@@ -78,6 +78,10 @@ type view struct {
 	jumps  map[string][][]string // built-in chain -> our jump rules as saved (args)
 	first  map[string]bool       // built-in chain -> our jump is its first rule
 	sets   map[string]setView
+	// spoofed is the packet counter of WEFT-POL-SPOOF's DROP, when the read
+	// had counters and found the rule.
+	spoofed      uint64
+	spoofedKnown bool
 }
 
 type setView struct {
@@ -96,6 +100,7 @@ type Writer struct {
 	// setMemo keeps normalized members per set while the renderer hands
 	// over the same (cached) member slice.
 	setMemo map[string]setMemo
+	spoofed spoofCounter // forged packets dropped, summed over read-backs
 }
 
 type setMemo struct {
@@ -213,6 +218,7 @@ func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStat
 			return stats, pre.err
 		}
 		w.cur = pre.v
+		w.spoofed.observe(pre.v)
 	} else if readBack || w.cur == nil {
 		v, err := w.read(ctx, st)
 		if err != nil {
@@ -220,6 +226,7 @@ func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStat
 			return stats, err
 		}
 		w.cur = v
+		w.spoofed.observe(v)
 	}
 	cur := w.cur
 	w.cur = nil // until this Apply succeeds
@@ -247,7 +254,11 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 		defer close(done)
 		stext, serr = w.k.IPSetSave(ctx)
 	}()
-	text, err := w.k.Save(ctx, "filter")
+	save := w.k.Save
+	if cs, ok := w.k.(counterSaver); ok { // the same read, with counters
+		save = cs.SaveCounters
+	}
+	text, err := save(ctx, "filter")
 	<-done
 	if err != nil {
 		return nil, fmt.Errorf("policy writer: read rules: %w", err)
@@ -265,6 +276,9 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 				hs = append(hs, HashOfArgs(r))
 			}
 			v.chains[name] = hs
+			if name == ChainSpoof {
+				v.spoofed, v.spoofedKnown = spoofDrops(c)
+			}
 			continue
 		}
 		for i, r := range c.Rules {

@@ -78,6 +78,11 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		stopEvents()
 		return nil, err
 	}
+	if err := policy.RegisterSpoofedPackets(d.reg, ctl); err != nil {
+		stopEvents()
+		_ = closeFn()
+		return nil, fmt.Errorf("policy metrics: %w", err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -16,20 +16,6 @@ type RuleCounter struct {
 	Bytes   uint64
 }
 
-// SaveCounters returns `iptables-save -c -t table`: every rule prefixed by
-// its [packets:bytes] counters.
-func (r Runner) SaveCounters(ctx context.Context, table string) (string, error) {
-	bin, err := r.tool("save")
-	if err != nil {
-		return "", err
-	}
-	out, err := r.run(ctx, "", bin, "-c", "-t", table)
-	if err != nil {
-		return "", fmt.Errorf("iptables save -c (%s): %w", r.Mode, err)
-	}
-	return out, nil
-}
-
 // ParseCounters returns the rules of table in an `iptables-save -c` dump,
 // in order, with their counters.
 func ParseCounters(text, table string) ([]RuleCounter, error) {

@@ -78,11 +78,21 @@ func (r Runner) Restore(ctx context.Context, text string) error {
 
 // Save returns `iptables-save -t table`.
 func (r Runner) Save(ctx context.Context, table string) (string, error) {
+	return r.save(ctx, "-t", table)
+}
+
+// SaveCounters returns `iptables-save -c -t table`: each rule line starts
+// with its "[packets:bytes]" counters (ParseSave reads them).
+func (r Runner) SaveCounters(ctx context.Context, table string) (string, error) {
+	return r.save(ctx, "-c", "-t", table)
+}
+
+func (r Runner) save(ctx context.Context, args ...string) (string, error) {
 	bin, err := r.tool("save")
 	if err != nil {
 		return "", err
 	}
-	out, err := r.run(ctx, "", bin, "-t", table)
+	out, err := r.run(ctx, "", bin, args...)
 	if err != nil {
 		return "", fmt.Errorf("iptables save (%s): %w", r.Mode, err)
 	}

@@ -167,3 +167,23 @@ func TestBoundComment(t *testing.T) {
 		t.Errorf("multi-byte: %d bytes, valid=%v", len(m), utf8.ValidString(m))
 	}
 }
+
+// TestParseSaveCounters: `iptables-save -c` prefixes each rule with its
+// counters; the rules parse as without them and the packet counts are kept.
+func TestParseSaveCounters(t *testing.T) {
+	text := "*filter\n:INPUT ACCEPT [5:300]\n:WEFT-A - [0:0]\n[12:720] -A INPUT -j WEFT-A\n[0:0] -A WEFT-A -s 10.0.0.1/32 -j RETURN\n[18446744073709551615:1] -A WEFT-A -m comment --comment \"a b\" -j DROP\nCOMMIT\n"
+	d, err := ParseSave(text, "filter")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := d.Chains["WEFT-A"]
+	if !reflect.DeepEqual(a.Rules[1], []string{"-m", "comment", "--comment", "a b", "-j", "DROP"}) || !reflect.DeepEqual(a.Packets, []uint64{0, 1<<64 - 1}) {
+		t.Fatalf("%+v", a)
+	}
+	if p := d.Chains["INPUT"].Packets; !reflect.DeepEqual(p, []uint64{12}) {
+		t.Fatalf("INPUT packets %v", p)
+	}
+	if _, err := ParseSave("*filter\n[x:0] -A INPUT -j DROP\nCOMMIT\n", "filter"); err == nil {
+		t.Fatal("bad counters accepted")
+	}
+}

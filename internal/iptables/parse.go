@@ -3,6 +3,7 @@ package iptables
 import (
 	"bufio"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -12,6 +13,9 @@ type Chain struct {
 	Name    string
 	Builtin bool
 	Rules   [][]string
+	// Packets holds each rule's packet counter when the dump was made with
+	// `iptables-save -c` (lines "[packets:bytes] -A ..."), else nil.
+	Packets []uint64
 }
 
 // Dump is one table of an iptables-save output.
@@ -44,7 +48,11 @@ func ParseSave(text, table string) (*Dump, error) {
 			c := &Chain{Name: f[0], Builtin: len(f) > 1 && f[1] != "-"}
 			d.Chains[c.Name] = c
 			d.Order = append(d.Order, c.Name)
-		case strings.HasPrefix(line, "-A "):
+		case strings.HasPrefix(line, "-A ") || strings.HasPrefix(line, "["):
+			pkts, line, counted, err := cutCounters(line)
+			if err != nil {
+				return nil, err
+			}
 			args, err := SplitArgs(line)
 			if err != nil {
 				return nil, err
@@ -58,10 +66,33 @@ func ParseSave(text, table string) (*Dump, error) {
 				d.Chains[c.Name] = c
 				d.Order = append(d.Order, c.Name)
 			}
+			if counted {
+				for len(c.Packets) < len(c.Rules) {
+					c.Packets = append(c.Packets, 0)
+				}
+				c.Packets = append(c.Packets, pkts)
+			}
 			c.Rules = append(c.Rules, args[2:])
 		}
 	}
 	return d, sc.Err()
+}
+
+// cutCounters splits "[packets:bytes] -A ..." (iptables-save -c) into the
+// packet count and the rule; lines without counters pass unchanged.
+func cutCounters(line string) (pkts uint64, rest string, counted bool, err error) {
+	if !strings.HasPrefix(line, "[") {
+		return 0, line, false, nil
+	}
+	head, rest, ok := strings.Cut(line[1:], "] ")
+	p, _, ok2 := strings.Cut(head, ":")
+	if ok && ok2 {
+		pkts, err = strconv.ParseUint(p, 10, 64)
+	}
+	if !ok || !ok2 || err != nil || !strings.HasPrefix(rest, "-A ") {
+		return 0, "", false, fmt.Errorf("iptables-save: bad counted rule %q", line)
+	}
+	return pkts, rest, true, nil
 }
 
 // SplitArgs splits a rule line the way iptables-restore does: on spaces,

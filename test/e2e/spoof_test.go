@@ -112,7 +112,7 @@ func (e *polEnv) spoofDrops(i int) int {
 		e.t.Fatal(err)
 	}
 	out, _ := exec.CommandContext(e.ctx, "nsenter", "--net="+nodeNetns(i), "--", "iptables-"+string(r.Mode),
-		"-w", "-t", "filter", "-L", "WEFT-POL-SRC", "-v", "-x", "-n").Output()
+		"-w", "-t", "filter", "-L", "WEFT-POL-SPOOF", "-v", "-x", "-n").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(line); len(f) > 0 && strings.Contains(line, "spoofed source") {
 			n, _ := strconv.Atoi(f[0])
