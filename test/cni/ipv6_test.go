@@ -75,27 +75,30 @@ func TestIPv4OnlyPodHasNoIPv6(t *testing.T) {
 	})
 }
 
-func disableIPv6Value(ifName string) (string, error) {
+// ipv6State reads, in the calling thread's netns, ifName's disable_ipv6
+// sysctl and its IPv6 addresses.
+func ipv6State(ifName string) (string, []netlink.Addr, error) {
 	b, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv6/conf", ifName, "disable_ipv6"))
-	return strings.TrimSpace(string(b)), err
-}
-
-// wantNoIPv6 checks, in the calling thread's netns, that IPv6 is disabled
-// on ifName and that it holds no IPv6 address.
-func wantNoIPv6(ifName string) error {
-	if v, err := disableIPv6Value(ifName); err != nil || v != "1" {
-		return fmt.Errorf("%s: disable_ipv6 = %q (%v), want 1", ifName, v, err)
+	if err != nil {
+		return "", nil, err
 	}
 	l, err := netlink.LinkByName(ifName)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	return strings.TrimSpace(string(b)), addrs, err
+}
+
+// wantNoIPv6 checks that IPv6 is disabled on ifName and that it holds no
+// IPv6 address.
+func wantNoIPv6(ifName string) error {
+	v, addrs, err := ipv6State(ifName)
 	if err != nil {
 		return err
 	}
-	if len(addrs) != 0 {
-		return fmt.Errorf("%s holds IPv6 addresses %v", ifName, addrs)
+	if v != "1" || len(addrs) != 0 {
+		return fmt.Errorf("%s: disable_ipv6 = %s, IPv6 addresses %v; want 1 and none", ifName, v, addrs)
 	}
 	return nil
 }
@@ -103,23 +106,16 @@ func wantNoIPv6(ifName string) error {
 // wantIPv6 checks that IPv6 is on for ifName and that it holds a global
 // IPv6 address.
 func wantIPv6(ifName string) error {
-	if v, err := disableIPv6Value(ifName); err != nil || v != "0" {
-		return fmt.Errorf("%s: disable_ipv6 = %q (%v), want 0", ifName, v, err)
-	}
-	l, err := netlink.LinkByName(ifName)
-	if err != nil {
-		return err
-	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V6)
+	v, addrs, err := ipv6State(ifName)
 	if err != nil {
 		return err
 	}
 	for _, a := range addrs {
-		if a.IP.IsGlobalUnicast() {
+		if v == "0" && a.IP.IsGlobalUnicast() {
 			return nil
 		}
 	}
-	return fmt.Errorf("%s: no global IPv6 address in %v", ifName, addrs)
+	return fmt.Errorf("%s: disable_ipv6 = %s, IPv6 addresses %v; want 0 and a global address", ifName, v, addrs)
 }
 
 // udpReceive listens on addr in p's netns, calls send every 100ms until
