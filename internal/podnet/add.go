@@ -161,6 +161,14 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 			return nil, err
 		}
 	}
+	v6 := hasIPv6(ires.IPs)
+	if !v6 {
+		// Before the pod end goes up (carrier), so the host end never
+		// gets a link-local address either.
+		if err := disableIPv6(hostName); err != nil {
+			return nil, err
+		}
+	}
 	if conf.Hairpin() {
 		hl, err := node.LinkByName(hostName)
 		if err != nil {
@@ -171,7 +179,7 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 		}
 	}
 	routes := podRoutes(conf, ires)
-	if err := configurePod(podNS, args.IfName, ires.IPs, routes); err != nil {
+	if err := configurePod(podNS, args.IfName, ires.IPs, routes, v6); err != nil {
 		return nil, err
 	}
 	return a.result(ires, routes, hostMAC, podMAC, mtu), nil
@@ -243,8 +251,16 @@ func podRoutes(conf *NetConf, ires *current.Result) []*types.Route {
 }
 
 // configurePod sets the addresses and routes on the pod's interface,
-// through a netlink socket opened inside the pod's namespace.
-func configurePod(podNS ns.NetNS, ifName string, ips []*current.IPConfig, routes []*types.Route) error {
+// through a netlink socket opened inside the pod's namespace. Without v6,
+// IPv6 is disabled on the interface before it goes up: no link-local
+// address ever exists, and the interface drops every IPv6 packet (policy
+// only polices IPv4, so a link-local path would bypass it).
+func configurePod(podNS ns.NetNS, ifName string, ips []*current.IPConfig, routes []*types.Route, v6 bool) error {
+	if !v6 {
+		if err := podNS.Do(func(ns.NetNS) error { return disableIPv6(ifName) }); err != nil {
+			return fmt.Errorf("in pod netns: %w", err)
+		}
+	}
 	h, err := podHandle(podNS)
 	if err != nil {
 		return err

@@ -3,8 +3,10 @@ package podnet
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -122,6 +124,41 @@ func sysctlOn(path string) error {
 	}
 	if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
 		return fmt.Errorf("enable forwarding (%s): %w", path, err)
+	}
+	return nil
+}
+
+// hasIPv6 reports whether ips holds an IPv6 address.
+func hasIPv6(ips []*current.IPConfig) bool {
+	for _, ip := range ips {
+		if ip.Address.IP.To4() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// disableIPv6 sets net.ipv6.conf.<ifName>.disable_ipv6=1 in the calling
+// thread's netns. The path is built by hand: a dotted interface name must
+// not become a sysctl path separator. A kernel without IPv6 (booted with
+// ipv6.disable=1: no /proc/sys/net/ipv6) needs nothing.
+func disableIPv6(ifName string) error {
+	path := filepath.Join("/proc/sys/net/ipv6/conf", ifName, "disable_ipv6")
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat("/proc/sys/net/ipv6"); errors.Is(serr, fs.ErrNotExist) {
+			return nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("disable IPv6 on %s: %w", ifName, err)
+	}
+	_, err = f.Write([]byte("1"))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("disable IPv6 on %s: %w", ifName, err)
 	}
 	return nil
 }
