@@ -20,11 +20,13 @@ import (
 // TestConntrackCutOnDeny runs the production controller wiring
 // (NewNodeController: real iptables, ipsets and conntrack of a node
 // namespace) over three pods. Pod c is isolated for ingress from the start.
-// While a steady UDP flow a -> b, an established TCP connection a -> b and
-// a TCP connection c -> b (on which only b sends, c's ingress would refuse
-// b as a peer) run, a policy lets only c reach b. The two flows from a
-// stop: their conntrack entries are deleted, so their next packets are
-// NEW and denied. The c -> b connection lives on: its original direction
+// While a steady UDP flow a -> b, an established TCP connection a -> b,
+// a TCP connection a -> b on which only b sends, and a TCP connection
+// c -> b (on which only b sends, c's ingress would refuse b as a peer) run,
+// a policy lets only c reach b. The three flows from a stop: their
+// conntrack entries are deleted, so their next packets are NEW and denied.
+// On the connection where b pushes, b's next segment (no SYN) must not be
+// taken for a new connection b -> a, which a's open ingress would admit. The c -> b connection lives on: its original direction
 // is still allowed, and flushing all of b's entries would have cut it (b's
 // next segment would be a NEW b -> c, which c's ingress policy drops).
 func TestConntrackCutOnDeny(t *testing.T) {
@@ -60,15 +62,16 @@ func TestConntrackCutOnDeny(t *testing.T) {
 	pushServer(t, tn.pods["b"], "0.0.0.0:83")
 	udpAB := writeFlow(t, tn.pods["a"], "udp4", tn.ip["b"]+":81")
 	tcpAB := writeFlow(t, tn.pods["a"], "tcp4", tn.ip["b"]+":82")
+	pushAB := tcpPushFlow(t, tn.pods["a"], tn.ip["b"]+":83")
 	tcpCB := tcpPushFlow(t, tn.pods["c"], tn.ip["b"]+":83")
 	alive := func(last *atomic.Int64) bool { return time.Since(time.Unix(0, last.Load())) < 400*time.Millisecond }
-	eventually(t, "all three flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(tcpCB) })
+	eventually(t, "all four flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(pushAB) && alive(tcpCB) })
 
 	client.NetworkingV1().NetworkPolicies("t").Create(ctx, withIngress(np("t", "b-from-c", map[string]string{"pod": "b"}, tIn),
 		in([]from{{PodSelector: ls("pod", "c")}})), metav1.CreateOptions{})
 	eventually(t, "policy programmed", func() bool { return !probeOnce(t, tn.pods["a"], "tcp", tn.ip["b"], 80) })
 	deadline := time.Now().Add(5 * time.Second)
-	for (alive(udpAB) || alive(tcpAB)) && time.Now().Before(deadline) {
+	for (alive(udpAB) || alive(tcpAB) || alive(pushAB)) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	if alive(udpAB) {
@@ -76,6 +79,9 @@ func TestConntrackCutOnDeny(t *testing.T) {
 	}
 	if alive(tcpAB) {
 		t.Errorf("established TCP connection a -> b still echoes 5s after a policy denied it")
+	}
+	if alive(pushAB) {
+		t.Errorf("established TCP connection a -> b on which b pushes still delivers 5s after a policy denied it")
 	}
 	time.Sleep(time.Second) // the one-way connection must survive, not just outlast a check
 	if !alive(tcpCB) {

@@ -40,6 +40,9 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 	r.chains[ChainCheck] = []Rule{
 		{Match: Match{CTStates: "RELATED,ESTABLISHED"}, Action: Action{Verb: Accept}, Comment: "replies and related"},
 		{Match: Match{CTStates: "INVALID"}, Action: Action{Verb: Drop}, Comment: "invalid"},
+		// The rest of a connection whose entry is gone (deleted when a policy
+		// denied it) must not open a new one, in either direction.
+		{Match: Match{Proto: "tcp", NotSYN: true, CTStates: "NEW"}, Action: Action{Verb: Drop}, Comment: "new TCP without SYN"},
 		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainFrom}, Comment: "egress of the source pod"},
 		{Match: Match{OutIface: br}, Action: Action{Verb: Jump, Target: ChainTo}, Comment: "ingress of the destination pod"},
 		{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: "clear policy mark"},

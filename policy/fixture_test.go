@@ -122,13 +122,14 @@ type flow struct {
 	port    uint16
 	ct      string
 	forge   netip.Addr // when set, src sends with this source address (a raw socket)
+	notSYN  bool       // a TCP segment other than the opening SYN
 }
 
 // allowed traces the flow on each node it crosses: the source node
 // (egress) and the destination node (ingress); on one node, one trace.
 func allowed(states map[int]*State, f flow) (bool, string) {
 	dn := nodeOf(f.dst)
-	base := Packet{Dst: ipOf(f.dst), Proto: f.proto, DPort: f.port, CTState: f.ct}
+	base := Packet{Dst: ipOf(f.dst), Proto: f.proto, DPort: f.port, CTState: f.ct, NotSYN: f.notSYN}
 	if f.srcAddr.IsValid() {
 		p := base
 		p.Src, p.InIface, p.OutIface = f.srcAddr, "eth0", "weft0"

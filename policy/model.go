@@ -60,6 +60,9 @@ type Match struct {
 	DPortMax          uint16
 	CTStates          string // comma-separated, e.g. RELATED,ESTABLISHED
 	Mark, MarkMask    uint32
+	// NotSYN (with Proto tcp) matches a segment that is not a connection's
+	// opening SYN: ! --tcp-flags FIN,SYN,RST,ACK SYN (iptables ! --syn).
+	NotSYN bool
 }
 
 // Rule is one iptables rule in structured form.
@@ -240,6 +243,9 @@ func (r Rule) matchArgs() []string {
 			p += ":" + strconv.Itoa(int(m.DPortMax))
 		}
 		a = append(a, "-m", m.Proto, "--dport", p)
+	}
+	if m.Proto == "tcp" && m.NotSYN { // as iptables-save prints ! --syn
+		a = append(a, "-m", "tcp", "!", "--tcp-flags", "FIN,SYN,RST,ACK", "SYN")
 	}
 	if m.CTStates != "" {
 		a = append(a, "-m", "conntrack", "--ctstate", m.CTStates)

@@ -18,6 +18,9 @@ type Packet struct {
 	Bridged         bool
 	CTState         string // NEW (default), ESTABLISHED, RELATED, INVALID
 	Mark            uint32
+	// NotSYN marks a TCP segment that is not a connection's opening SYN
+	// (an ACK, data, FIN): false, the default, is a SYN.
+	NotSYN bool
 }
 
 // Verdict is the outcome of a trace.
@@ -227,6 +230,9 @@ func matches(m Match, p *Packet, in func(set string, a netip.Addr) bool) bool {
 		}
 	}
 	if m.MarkMask != 0 && p.Mark&m.MarkMask != m.Mark {
+		return false
+	}
+	if m.NotSYN && (p.Proto != "tcp" || !p.NotSYN) {
 		return false
 	}
 	return true
