@@ -260,11 +260,11 @@ func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, e
 	if err != nil {
 		return nil, fmt.Errorf("encapguard: read counters: %w", err)
 	}
-	rcs, err := iptables.ParseCounters(out, table)
+	d, err := iptables.ParseSave(out, table)
 	if err != nil {
 		return nil, fmt.Errorf("encapguard: %w", err)
 	}
-	cur := dropsFrom(rcs, kind)
+	cur := dropsFrom(d, kind)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	tot := g.total[kind]
@@ -284,18 +284,25 @@ func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, e
 	return maps.Clone(tot), nil
 }
 
-func dropsFrom(rcs []iptables.RuleCounter, kind string) map[string]uint64 {
+// dropsFrom sums the packet counters of kind's drop rules, by reason, in a
+// dump made with `iptables-save -c`.
+func dropsFrom(d *iptables.Dump, kind string) map[string]uint64 {
 	drops := map[string]uint64{}
 	for _, r := range Reasons() {
 		drops[r] = 0
 	}
-	for _, rc := range rcs {
-		if !owned(kind, rc.Chain) {
+	for name, c := range d.Chains {
+		if !owned(kind, name) {
 			continue
 		}
-		for _, r := range Reasons() {
-			if iptables.Comment(rc.Args) == dropComment(kind, r) {
-				drops[r] += rc.Packets
+		for i, args := range c.Rules {
+			if i >= len(c.Packets) {
+				break
+			}
+			for _, r := range Reasons() {
+				if iptables.Comment(args) == dropComment(kind, r) {
+					drops[r] += c.Packets[i]
+				}
 			}
 		}
 	}
