@@ -164,16 +164,48 @@ func (c *Controller) rebuildEndpoints(ctx context.Context) {
 		return
 	}
 	write, miss := rebuildRecords(c.cfg.NodeName, veths, atts, pods, have)
+	var written []endpoint.Endpoint
 	for _, ep := range write {
 		if err := endpoint.Write(c.cfg.EndpointDir, ep); err != nil {
 			c.log.Error("rebuild endpoint record", "veth", ep.HostVeth, "err", err)
 			continue
 		}
-		c.log.Info("rebuilt endpoint record", "veth", ep.HostVeth, "pod", ep.PodNamespace+"/"+ep.PodName, "ips", ep.IPs)
+		written = append(written, ep)
 	}
+	c.dropRecordsOfGoneVeths(written)
 	for _, m := range miss {
 		c.log.Warn("pod attachment without endpoint record: its traffic is dropped until a record exists (DEL, GC or a new ADD)",
 			"veth", m.HostVeth, "containerID", m.ContainerID, "ips", m.IPs, "why", m.Why)
+	}
+}
+
+// dropRecordsOfGoneVeths removes the rebuilt records whose veth a DEL
+// removed while they were being computed: DEL deletes the veth before it
+// releases the address and forgets the record, so a veth still there now
+// will have its record removed by that DEL, and a record written after
+// DEL forgot it would otherwise keep a released address. It logs the
+// records that stay.
+func (c *Controller) dropRecordsOfGoneVeths(written []endpoint.Endpoint) {
+	if len(written) == 0 {
+		return
+	}
+	now, err := c.cfg.Rebuild.Veths.HostVeths()
+	if err != nil {
+		c.log.Warn("rebuild endpoint records: re-list host veths", "err", err)
+		return // keep them: removing a live pod's record would cut it off
+	}
+	live := make(map[string]bool, len(now))
+	for _, v := range now {
+		live[v] = true
+	}
+	for _, ep := range written {
+		if !live[ep.HostVeth] {
+			if err := endpoint.Remove(c.cfg.EndpointDir, ep.HostVeth); err != nil {
+				c.log.Error("remove rebuilt record of a deleted veth", "veth", ep.HostVeth, "err", err)
+			}
+			continue
+		}
+		c.log.Info("rebuilt endpoint record", "veth", ep.HostVeth, "pod", ep.PodNamespace+"/"+ep.PodName, "ips", ep.IPs)
 	}
 }
 
