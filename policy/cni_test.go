@@ -76,19 +76,8 @@ func TestWithWeftPlugin(t *testing.T) {
 	for _, name := range []string{"a", "b"} {
 		client.CoreV1().Pods("t").Create(ctx, pods[name].obj, metav1.CreateOptions{})
 	}
-	ctl, closeFn, err := NewNodeController(ctx, informers.NewSharedInformerFactory(client, 0), NodeOptions{
+	ctl := runNodeController(t, ctx, cancel, informers.NewSharedInformerFactory(client, 0), NodeOptions{
 		NodeName: "n1", NetNS: node.Path(), Bridge: bridge, EndpointDir: dir, ResyncInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- ctl.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		closeFn()
-		_ = Uninstall(context.Background(), node.Path())
-	})
 
 	for _, name := range []string{"a", "b", "c"} {
 		p := pods[name]

@@ -217,7 +217,9 @@ func runNodeController(t *testing.T, ctx context.Context, cancel func(), factory
 		cancel()
 		<-done
 		closeFn()
-		_ = Uninstall(context.Background(), opt.NetNS)
+		if err := Uninstall(context.Background(), opt.NetNS); err != nil {
+			t.Error(err)
+		}
 	})
 	return ctl
 }
