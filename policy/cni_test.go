@@ -28,25 +28,9 @@ import (
 // not know yet is cut off until it does (isolation before start).
 func TestWithWeftPlugin(t *testing.T) {
 	testutil.RequireRoot(t)
-	node := testutil.NewNS(t)
-	bridge := "wp" + randSuffix(t)
-	dir, dataDir, cacheDir := t.TempDir(), t.TempDir(), t.TempDir()
-	conf, err := json.Marshal(map[string]any{
-		"cniVersion": "1.0.0", "name": "weft-policy-" + randSuffix(t),
-		"plugins": []any{map[string]any{
-			"type": "weft", "bridge": bridge, "isDefaultGateway": true, "endpointDir": dir,
-			"ipam": map[string]any{"type": "weft-ipam", "ranges": [][]map[string]string{{{"subnet": "10.78.0.0/24"}}}, "dataDir": dataDir},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, err := libcni.ConfListFromBytes(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{testutil.BinDir(t)}, cacheDir, nil)
-	sh(t, node.Path(), "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	dir := t.TempDir()
+	pn := newPluginNode(t, "wp", "weft-policy-"+randSuffix(t), "10.78.0.0/24", dir)
+	node, bridge, list, cni := pn.node, pn.bridge, pn.list, pn.cni
 
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -134,4 +118,37 @@ func TestWithWeftPlugin(t *testing.T) {
 	conn("a", "b", true)
 	conn("c", "b", false)
 	conn("b", "c", true)
+}
+
+// pluginNode is a node netns where the real weft plugin (with in-process
+// weft-ipam) is called through libcni, as a runtime would.
+type pluginNode struct {
+	node    ns.NetNS
+	bridge  string
+	dataDir string // weft-ipam's dataDir; the store is dataDir/<network>
+	list    *libcni.NetworkConfigList
+	cni     *libcni.CNIConfig
+}
+
+// newPluginNode builds a node with IP forwarding on and a conflist of one
+// weft plugin on a bridge named prefix+random, allocating from subnet;
+// endpointDir "" leaves the plugin without policy (a weftd without it).
+func newPluginNode(t *testing.T, prefix, network, subnet, endpointDir string) *pluginNode {
+	t.Helper()
+	pn := &pluginNode{node: testutil.NewNS(t), bridge: prefix + randSuffix(t), dataDir: t.TempDir()}
+	plugin := map[string]any{"type": "weft", "bridge": pn.bridge, "isDefaultGateway": true,
+		"ipam": map[string]any{"type": "weft-ipam", "ranges": [][]map[string]string{{{"subnet": subnet}}}, "dataDir": pn.dataDir}}
+	if endpointDir != "" {
+		plugin["endpointDir"] = endpointDir
+	}
+	conf, err := json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": network, "plugins": []any{plugin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pn.list, err = libcni.ConfListFromBytes(conf); err != nil {
+		t.Fatal(err)
+	}
+	pn.cni = libcni.NewCNIConfigWithCacheDir([]string{testutil.BinDir(t)}, t.TempDir(), nil)
+	sh(t, pn.node.Path(), "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	return pn
 }

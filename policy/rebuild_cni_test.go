@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -47,26 +46,10 @@ func (d diskAttachments) Attachments(ctx context.Context) ([]Attachment, error) 
 // no Pod on this node claims stays cut off (fail closed).
 func TestRebuildAfterUpgrade(t *testing.T) {
 	testutil.RequireRoot(t)
-	node := testutil.NewNS(t)
-	bridge := "wr" + randSuffix(t)
-	dir, dataDir, cacheDir := t.TempDir(), t.TempDir(), t.TempDir()
+	dir := t.TempDir()
 	netName := "weft-rebuild-" + randSuffix(t)
-	conf, err := json.Marshal(map[string]any{ // a weftd without policy: no endpointDir
-		"cniVersion": "1.0.0", "name": netName,
-		"plugins": []any{map[string]any{
-			"type": "weft", "bridge": bridge, "isDefaultGateway": true,
-			"ipam": map[string]any{"type": "weft-ipam", "ranges": [][]map[string]string{{{"subnet": "10.79.0.0/24"}}}, "dataDir": dataDir},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	list, err := libcni.ConfListFromBytes(conf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{testutil.BinDir(t)}, cacheDir, nil)
-	sh(t, node.Path(), "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	pn := newPluginNode(t, "wr", netName, "10.79.0.0/24", "") // a weftd without policy: no endpointDir
+	node, bridge, list, cni, dataDir := pn.node, pn.bridge, pn.list, pn.cni, pn.dataDir
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
