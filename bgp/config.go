@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -117,6 +118,9 @@ func DecodeConfig(raw json.RawMessage) (BackendConfig, error) {
 		}
 		if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 			return BackendConfig{}, fieldErr("backend", "trailing data after the object")
+		}
+		if err := exactKeys(raw); err != nil {
+			return BackendConfig{}, err
 		}
 	}
 	if w.Type != Type {
@@ -248,4 +252,45 @@ type Validator struct{}
 func (Validator) ValidateConfig(raw json.RawMessage) error {
 	_, err := DecodeConfig(raw)
 	return err
+}
+
+// exactKeys rejects keys that differ from the field names only in case,
+// which encoding/json would otherwise accept silently.
+func exactKeys(raw json.RawMessage) error {
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &top); err != nil {
+		return fieldErr("backend", "%v", err)
+	}
+	if err := checkKeys(top, "", "type", "asNumber", "ipipMode", "nodeToNodeMesh",
+		"routeReflectorClusterID", "port", "gracefulRestartSeconds", "peers"); err != nil {
+		return err
+	}
+	var peers []map[string]json.RawMessage
+	if len(top["peers"]) > 0 {
+		if err := json.Unmarshal(top["peers"], &peers); err != nil {
+			return fieldErr("peers", "%v", err)
+		}
+	}
+	for i, p := range peers {
+		at := fmt.Sprintf("peers[%d].", i)
+		if err := checkKeys(p, at, "peerIP", "asNumber", "passwordSecretRef", "nodeSelector", "acceptedPrefixes"); err != nil {
+			return err
+		}
+		var ref map[string]json.RawMessage
+		if r := p["passwordSecretRef"]; len(r) > 0 && json.Unmarshal(r, &ref) == nil {
+			if err := checkKeys(ref, at+"passwordSecretRef.", "name", "key"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkKeys(m map[string]json.RawMessage, at string, allowed ...string) error {
+	for k := range m {
+		if !slices.Contains(allowed, k) {
+			return fieldErr(at+k, "unknown field")
+		}
+	}
+	return nil
 }

@@ -30,12 +30,18 @@ func (a *logAdapter) emit(level slog.Level, msg string, fields gobgplog.Fields) 
 	a.log.Log(context.Background(), level, msg, args...)
 }
 
-func (a *logAdapter) Panic(msg string, f gobgplog.Fields) { a.emit(slog.LevelError, msg, f); panic(msg) }
-func (a *logAdapter) Fatal(msg string, f gobgplog.Fields) { a.emit(slog.LevelError, msg, f); panic(msg) }
+func (a *logAdapter) Panic(msg string, f gobgplog.Fields) {
+	a.emit(slog.LevelError, msg, f)
+	panic(msg)
+}
+func (a *logAdapter) Fatal(msg string, f gobgplog.Fields) {
+	a.emit(slog.LevelError, msg, f)
+	panic(msg)
+}
 func (a *logAdapter) Error(msg string, f gobgplog.Fields) { a.emit(slog.LevelError, msg, f) }
 func (a *logAdapter) Warn(msg string, f gobgplog.Fields)  { a.emit(slog.LevelWarn, msg, f) }
 func (a *logAdapter) Info(msg string, f gobgplog.Fields)  { a.emit(slog.LevelDebug, msg, f) }
 func (a *logAdapter) Debug(msg string, f gobgplog.Fields) { a.emit(slog.LevelDebug-4, msg, f) }
 
-func (a *logAdapter) SetLevel(l gobgplog.LogLevel)  { a.level = l }
-func (a *logAdapter) GetLevel() gobgplog.LogLevel { return a.level }
+func (a *logAdapter) SetLevel(l gobgplog.LogLevel) { a.level = l }
+func (a *logAdapter) GetLevel() gobgplog.LogLevel  { return a.level }
