@@ -2,6 +2,12 @@ module github.com/weftnet/weft
 
 go 1.26.0
 
+// GoBGP v3 creates its BGP listener with a default net.ListenConfig, which
+// since Go 1.24 is an MPTCP socket on Linux; TCP-MD5 (BGP passwords) cannot
+// be set on one, so the session would run unauthenticated. Plain TCP
+// listeners, as before Go 1.24, for every binary and test of the module.
+godebug multipathtcp=0
+
 require (
 	github.com/containernetworking/cni v1.3.1
 	github.com/containernetworking/plugins v1.9.1

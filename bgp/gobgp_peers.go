@@ -23,6 +23,10 @@ func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		if !p.Addr.IsValid() || p.ASN == 0 {
 			return fmt.Errorf("bgp peers: invalid peer %v AS %d", p.Addr, p.ASN)
 		}
+		if p.Password != "" && listenersAreMPTCP() {
+			return fmt.Errorf("bgp peers: %v has a TCP-MD5 password, but this binary listens with MPTCP, "+
+				"where TCP-MD5 cannot be set (build with godebug multipathtcp=0)", p.Addr)
+		}
 		if _, dup := want[p.Addr]; dup {
 			return fmt.Errorf("bgp peers: %v listed twice", p.Addr)
 		}
@@ -68,7 +72,7 @@ func (g *GoBGP) apiPeer(p Peer) *api.Peer {
 		Conf: &api.PeerConf{NeighborAddress: p.Addr.String(), PeerAsn: p.ASN, AuthPassword: p.Password},
 		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: uint64(g.cfg.ConnectRetry.Seconds()),
 			HoldTime: hold, KeepaliveInterval: max(hold/3, 1)}},
-		Transport: &api.Transport{RemotePort: port},
+		Transport: &api.Transport{RemotePort: port, PassiveMode: p.Passive},
 		AfiSafis:  []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: familyV4, Enabled: true}}},
 	}
 	if g.cfg.ListenAddr.IsValid() {

@@ -94,6 +94,8 @@ type Peer struct {
 	// ClusterID.
 	RouteReflectorClient bool
 	ClusterID            netip.Addr
+	// Passive: wait for the peer to connect, never dial it.
+	Passive bool
 }
 
 // Route is an accepted learned route.

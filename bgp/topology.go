@@ -72,6 +72,13 @@ func MatchLabels(selector map[string]string, n Node) bool {
 // External peers are added for the nodes their selector picks. Nodes
 // without an address, and the local node itself, get no session. When an
 // external peer has the address of a node, the node's session wins.
+//
+// Of two nodes, only the one with the higher address dials; the other
+// waits (Peer.Passive). Besides avoiding connection collisions, this keeps
+// graceful restart intact with GoBGP v3: a helper holding a restarting
+// peer's stale routes drops them all if one of its own reconnect attempts
+// fails, which both-sides-dial makes likely (each side keeps a failed
+// session Idle for 5 s and closes what the other dials meanwhile).
 func Sessions(local Node, nodes []Node, cfg BackendConfig, match SelectorMatch) []Session {
 	if match == nil {
 		match = MatchLabels
@@ -88,7 +95,7 @@ func Sessions(local Node, nodes []Node, cfg BackendConfig, match SelectorMatch) 
 			continue
 		}
 		seen[n.Addr] = true
-		p := Peer{Addr: n.Addr, ASN: n.ASN, Port: cfg.Port}
+		p := Peer{Addr: n.Addr, ASN: n.ASN, Port: cfg.Port, Passive: local.Addr.Less(n.Addr)}
 		if kind == KindClient && n.ASN == local.ASN {
 			p.RouteReflectorClient = true
 			p.ClusterID = cfg.ClusterID

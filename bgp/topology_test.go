@@ -24,6 +24,9 @@ func sessionSummary(ss []Session) []string {
 	var out []string
 	for _, s := range ss {
 		x := fmt.Sprintf("%s:%s", s.Kind, s.Peer.Addr)
+		if s.Peer.Passive {
+			x += "/passive"
+		}
 		if s.Peer.RouteReflectorClient {
 			x += "/rrc=" + s.Peer.ClusterID.String()
 		}
@@ -41,7 +44,7 @@ func TestSessionsMesh(t *testing.T) {
 	nodes := testNodes(3)
 	nodes = append(nodes, Node{Name: "noaddr"})
 	got := fmt.Sprint(sessionSummary(Sessions(nodes[1], nodes, defaultCfg(), nil)))
-	if want := "[mesh:10.0.0.1 mesh:10.0.0.3]"; got != want {
+	if want := "[mesh:10.0.0.1 mesh:10.0.0.3/passive]"; got != want {
 		t.Errorf("mesh: got %s, want %s", got, want)
 	}
 	cfg := defaultCfg()
@@ -55,8 +58,8 @@ func TestSessionsReflectors(t *testing.T) {
 	nodes := testNodes(5, 1, 2)
 	cfg := defaultCfg()
 	for i, want := range []string{
-		"[reflector-peer:10.0.0.2 client:10.0.0.3/rrc=244.0.0.1 client:10.0.0.4/rrc=244.0.0.1 client:10.0.0.5/rrc=244.0.0.1]",
-		"[reflector-peer:10.0.0.1 client:10.0.0.3/rrc=244.0.0.1 client:10.0.0.4/rrc=244.0.0.1 client:10.0.0.5/rrc=244.0.0.1]",
+		"[reflector-peer:10.0.0.2/passive client:10.0.0.3/passive/rrc=244.0.0.1 client:10.0.0.4/passive/rrc=244.0.0.1 client:10.0.0.5/passive/rrc=244.0.0.1]",
+		"[reflector-peer:10.0.0.1 client:10.0.0.3/passive/rrc=244.0.0.1 client:10.0.0.4/passive/rrc=244.0.0.1 client:10.0.0.5/passive/rrc=244.0.0.1]",
 		"[reflector:10.0.0.1 reflector:10.0.0.2]",
 		"[reflector:10.0.0.1 reflector:10.0.0.2]",
 		"[reflector:10.0.0.1 reflector:10.0.0.2]",
@@ -88,17 +91,17 @@ func TestSessionsExternal(t *testing.T) {
 		{Addr: netip.MustParseAddr("10.0.0.3"), ASN: 65102}, // a node's address: the node wins
 	}
 	got := Sessions(nodes[0], nodes, cfg, nil) // n1: rack 1
-	if s := fmt.Sprint(sessionSummary(got)); s != "[mesh:10.0.0.2 mesh:10.0.0.3 external:192.0.2.1 external:192.0.2.2]" {
+	if s := fmt.Sprint(sessionSummary(got)); s != "[mesh:10.0.0.2/passive mesh:10.0.0.3/passive external:192.0.2.1 external:192.0.2.2]" {
 		t.Fatalf("n1: %s", s)
 	}
 	if e := got[2]; e.PasswordRef != ref || e.Peer.ASN != 65100 || len(e.Accepted) != 1 {
 		t.Errorf("external session %+v", e)
 	}
-	if s := fmt.Sprint(sessionSummary(Sessions(nodes[1], nodes, cfg, nil))); s != "[mesh:10.0.0.1 mesh:10.0.0.3 external:192.0.2.2]" {
+	if s := fmt.Sprint(sessionSummary(Sessions(nodes[1], nodes, cfg, nil))); s != "[mesh:10.0.0.1 mesh:10.0.0.3/passive external:192.0.2.2]" {
 		t.Errorf("n2 (rack 0): %s", s)
 	}
 	never := func(map[string]string, Node) bool { return false }
-	if s := fmt.Sprint(sessionSummary(Sessions(nodes[0], nodes, cfg, never))); s != "[mesh:10.0.0.2 mesh:10.0.0.3]" {
+	if s := fmt.Sprint(sessionSummary(Sessions(nodes[0], nodes, cfg, never))); s != "[mesh:10.0.0.2/passive mesh:10.0.0.3/passive]" {
 		t.Errorf("custom matcher: %s", s)
 	}
 }
