@@ -50,18 +50,22 @@ func (r Route) candidate() Candidate {
 	return Candidate{Prefix: r.Prefix, NextHop: r.NextHop, From: r.From}
 }
 
-// choose takes the first acceptable path in GoBGP's preference order.
+// choose takes the first acceptable path in GoBGP's preference order; every
+// refused path is reported, before or after the chosen one.
 func choose(p ImportPolicy, cs []Candidate) (Route, []Rejection, bool) {
 	var rej []Rejection
-	for i, c := range cs {
+	var r Route
+	found := false
+	for _, c := range cs {
 		ok, why := p.Accept(c)
-		if ok {
-			return Route{Prefix: c.Prefix, NextHop: c.NextHop, From: c.From}, rej, true
+		switch {
+		case !ok:
+			rej = append(rej, Rejection{Candidate: c, Reason: why})
+		case !found:
+			r, found = Route{Prefix: c.Prefix, NextHop: c.NextHop, From: c.From}, true
 		}
-		_ = i
-		rej = append(rej, Rejection{Candidate: c, Reason: why})
 	}
-	return Route{}, rej, false
+	return r, rej, found
 }
 
 func (g *GoBGP) publish(ctx context.Context, learned []Route, rejected []Rejection) {

@@ -41,17 +41,20 @@ type helperCmd struct {
 }
 
 type helperResp struct {
-	Err        string
-	Learned    []Route
-	Rejected   []Rejection
-	Total      uint64
-	States     []PeerState
+	Err      string
+	Learned  []Route
+	Rejected []Rejection
+	Total    uint64
+	States   []PeerState
+	// Goroutines is, after a stop, how many more goroutines run than
+	// before the first start.
 	Goroutines int
 }
 
 // runHelper serves one speaker over JSON lines on stdin/stdout.
 func runHelper(in io.Reader, out io.Writer) int {
 	g := NewGoBGP(testLogger())
+	base := numGoroutines()
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
 	ctx := context.Background()
 	for {
@@ -77,8 +80,10 @@ func runHelper(in io.Reader, out io.Writer) int {
 			r.States, err = g.PeerStates(ctx)
 		case "stop":
 			err = g.Stop(ctx)
-			time.Sleep(200 * time.Millisecond)
-			r.Goroutines = numGoroutines()
+			for i := 0; i < 40 && numGoroutines() > base+1; i++ {
+				time.Sleep(50 * time.Millisecond)
+			}
+			r.Goroutines = numGoroutines() - base
 		default:
 			err = fmt.Errorf("unknown op %q", c.Op)
 		}
