@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -16,7 +17,11 @@ import (
 var familyV4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
 
 // SetPeers implements Speaker. A peer whose settings changed is deleted and
-// added again, so its session is re-formed with the new settings.
+// added again, so its session is re-formed with the new settings. A session
+// that is removed closes at once (its peer withdraws what it learned over
+// it): for make-before-break, call SetPeers with the old and new sessions
+// together, wait until PeerStates shows the new ones established, then
+// with the new ones only.
 func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 	want := map[netip.Addr]Peer{}
 	for _, p := range peers {
@@ -38,8 +43,16 @@ func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 		return errors.New("bgp peers: speaker not started")
 	}
 	var errs []error
-	for addr, old := range g.peers {
-		if p, ok := want[addr]; ok && p == old {
+	// New peers first, so a session that moves (a new reflector in, the
+	// old one out) is being formed before the old one closes.
+	for addr, p := range want {
+		if _, ok := g.peers[addr]; !ok {
+			errs = append(errs, g.addPeer(ctx, p))
+		}
+	}
+	for _, addr := range slices.Collect(maps.Keys(g.peers)) {
+		p, keep := want[addr]
+		if keep && p == g.peers[addr] {
 			continue
 		}
 		if err := g.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
@@ -47,19 +60,20 @@ func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 			continue
 		}
 		delete(g.peers, addr)
-	}
-	for addr, p := range want {
-		if _, ok := g.peers[addr]; ok {
-			continue
+		if keep {
+			errs = append(errs, g.addPeer(ctx, p))
 		}
-		if err := g.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: g.apiPeer(p)}); err != nil {
-			errs = append(errs, fmt.Errorf("add peer %v AS %d: %w", addr, p.ASN, err))
-			continue
-		}
-		g.peers[addr] = p
 	}
 	signal(g.dirty)
 	return errors.Join(errs...)
+}
+
+func (g *GoBGP) addPeer(ctx context.Context, p Peer) error {
+	if err := g.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: g.apiPeer(p)}); err != nil {
+		return fmt.Errorf("add peer %v AS %d: %w", p.Addr, p.ASN, err)
+	}
+	g.peers[p.Addr] = p
+	return nil
 }
 
 func (g *GoBGP) apiPeer(p Peer) *api.Peer {

@@ -248,3 +248,70 @@ func TestNetnsTCPMD5(t *testing.T) {
 	n3.configure(t, nodes, cfg, map[netip.Addr]string{n1.node.Addr: "right"})
 	waitFor(t, 20*time.Second, "node1-node3 after the password is fixed", func() bool { return n1.sp.established(n3.node.Addr) })
 }
+
+// hasRoute reports whether a learned set holds o's pod CIDR via o.
+func hasRoute(rs []Route, n, o *netNode) bool {
+	for _, r := range rs {
+		if r.Prefix == o.node.PodCIDRs[0] && r.NextHop == o.node.Addr {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNetnsReflectorMove labels a second reflector and then removes the
+// first, as an operator moves the reflector role: the sessions follow,
+// every node ends with every pod CIDR, and the two clients whose sessions
+// are only added or removed never lose each other's route.
+func TestNetnsReflectorMove(t *testing.T) {
+	_, nodes := newNetCluster(t, 4, 1)
+	n1, n2, c3, c4 := nodes[0], nodes[1], nodes[2], nodes[3]
+	cfg := defaultCfg()
+	want := map[*netNode][]Session{}
+	full := func() bool {
+		for _, n := range nodes {
+			st := n.sp.states()
+			if len(st) != len(want[n]) {
+				return false
+			}
+			for i, s := range st {
+				if !s.Established || s.Addr != want[n][i].Peer.Addr {
+					return false
+				}
+			}
+			rs := n.sp.learned()
+			for _, o := range nodes {
+				if o != n && !hasRoute(rs, n, o) {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	reconfigure := func(what string, hold bool) {
+		for _, n := range nodes {
+			want[n] = n.configure(t, nodes, cfg, nil)
+		}
+		start := time.Now()
+		for !full() {
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: not converged after 30s", what)
+			}
+			if hold && (!hasRoute(c3.sp.learned(), c3, c4) || !hasRoute(c4.sp.learned(), c4, c3)) {
+				t.Fatalf("%s: a client lost the other client's route after %v", what, time.Since(start))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s: converged in %v", what, time.Since(start).Round(time.Millisecond))
+	}
+	reconfigure("reflector node1", false)
+	n2.node.RouteReflector = true
+	reconfigure("reflectors node1 and node2", true)
+	n1.node.RouteReflector = false
+	reconfigure("reflector node2", true)
+	for _, c := range []*netNode{n1, c3, c4} {
+		if st := c.sp.states(); len(st) != 1 || st[0].Addr != n2.node.Addr || !st[0].Established {
+			t.Errorf("%s sessions %+v, want exactly one, to node2", c.topo.Name, st)
+		}
+	}
+}

@@ -29,8 +29,8 @@ type Speaker interface {
 	// Rejected is the current set of rejected paths and how many distinct
 	// rejections were seen since Start.
 	Rejected() ([]Rejection, uint64)
-	// Changed is signalled (coalesced) after Learned, Rejected or the peer
-	// states may have changed.
+	// Changed is signalled (coalesced) after Learned or Rejected changed.
+	// Peer states are polled (PeerStates).
 	Changed() <-chan struct{}
 	// PeerStates reports every configured session, sorted by address.
 	PeerStates(ctx context.Context) ([]PeerState, error)
