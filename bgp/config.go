@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Type is the backend's name in net-conf.json and in weft.dev/backends.
@@ -293,4 +294,16 @@ func checkKeys(m map[string]json.RawMessage, at string, allowed ...string) error
 		}
 	}
 	return nil
+}
+
+// SpeakerConfig is the speaker configuration of local under c: router ID,
+// listen address and next hop are the node's underlay address, the AS is
+// the node's.
+func (c BackendConfig) SpeakerConfig(local Node) Config {
+	asn := local.ASN
+	if asn == 0 {
+		asn = c.ASN
+	}
+	return Config{RouterID: local.Addr, ASN: asn, ListenAddr: local.Addr, ListenPort: c.Port,
+		NextHop: local.Addr, GracefulRestart: time.Duration(c.GracefulRestartSeconds) * time.Second}
 }

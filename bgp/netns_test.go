@@ -139,6 +139,20 @@ func TestNetnsMeshAndGracefulRestart(t *testing.T) {
 		}
 	}
 
+	checkGracefulRestart(t, nodes, cfg)
+	n1, n2 := nodes[0], nodes[1]
+	// A clean Stop withdraws: peers drop the routes at once.
+	// Only GoBGP's server loop, kept for the next Start, may remain.
+	if r := n1.sp.must(helperCmd{Op: "stop"}); r.Goroutines > 1 {
+		t.Errorf("%d goroutines more after Stop than before Start, want at most 1 (GoBGP's server loop)", r.Goroutines)
+	}
+	waitFor(t, 10*time.Second, "node2 drops node1's route after a clean stop", func() bool {
+		return learnedString(n2.sp.learned()) == routesString([]Route{n2.routeTo(nodes[2])})
+	})
+}
+
+// checkGracefulRestart kills node1's speaker and starts it again.
+func checkGracefulRestart(t *testing.T, nodes []*netNode, cfg BackendConfig) {
 	// Graceful restart: node1's speaker dies without a NOTIFICATION and
 	// comes back. node2 must keep node1's route the whole time, and get
 	// it re-advertised within seconds, even though one of node1's
@@ -180,14 +194,6 @@ func TestNetnsMeshAndGracefulRestart(t *testing.T) {
 	t.Logf("route re-advertised %v after the restart", time.Since(restarted).Round(time.Millisecond))
 	waitFor(t, 10*time.Second, "restarted node1 learns the others", func() bool {
 		return learnedString(n1.sp.learned()) == routesString([]Route{n1.routeTo(nodes[1]), n1.routeTo(nodes[2])})
-	})
-	// A clean Stop withdraws: peers drop the routes at once.
-	// Only GoBGP's server loop, kept for the next Start, may remain.
-	if r := n1.sp.must(helperCmd{Op: "stop"}); r.Goroutines > 1 {
-		t.Errorf("%d goroutines more after Stop than before Start, want at most 1 (GoBGP's server loop)", r.Goroutines)
-	}
-	waitFor(t, 10*time.Second, "node2 drops node1's route after a clean stop", func() bool {
-		return learnedString(n2.sp.learned()) == routesString([]Route{n2.routeTo(nodes[2])})
 	})
 }
 
