@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Metrics receives the controller's measurements; weftd adapts it to
@@ -38,7 +40,7 @@ type ControllerConfig struct {
 	NodeName        string
 	EndpointDir     string // endpoint.DefaultDir on a node
 	Dataplane       Dataplane
-	Render          Config
+	Render          rules.Config
 	ResyncInterval  time.Duration // kernel read-back and repair; default 30s
 	MinSyncInterval time.Duration // rate limit between syncs; default 100ms
 	Metrics         Metrics       // may be nil
@@ -65,7 +67,7 @@ type ControllerConfig struct {
 // reads the kernel back and repairs drift; failures retry with backoff.
 type Controller struct {
 	cfg      ControllerConfig
-	renderer *Renderer
+	renderer *rules.Renderer
 	factory  informers.SharedInformerFactory
 	pods     corelisters.PodLister
 	nss      corelisters.NamespaceLister
@@ -102,13 +104,13 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 		cfg.MinSyncInterval = 100 * time.Millisecond
 	}
 	if cfg.Render.Bridge == "" {
-		cfg.Render = DefaultConfig()
+		cfg.Render = rules.DefaultConfig()
 	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
+	c := &Controller{cfg: cfg, renderer: rules.NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
 		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy"), events: map[string]eventState{}}
 	c.flows = newFlowReaper(cfg.Conntrack, cfg.Render.Bridge, c.log, cfg.Metrics)
 	h := cache.ResourceEventHandlerFuncs{
@@ -268,8 +270,8 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	return nil
 }
 
-func (c *Controller) input() (Input, map[string]time.Time, error) {
-	var in Input
+func (c *Controller) input() (rules.Input, map[string]time.Time, error) {
+	var in rules.Input
 	pols, err := c.pols.List(labels.Everything())
 	if err != nil {
 		return in, nil, fmt.Errorf("policy controller: list policies: %w", err)

@@ -14,6 +14,10 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 type recMetrics struct {
@@ -49,14 +53,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestController(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, ns := range c.namespaces {
+	for _, ns := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 	}
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		p.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Second))
 		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 	}
@@ -73,7 +77,7 @@ func TestController(t *testing.T) {
 	go func() { done <- ctl.Run(ctx) }()
 
 	// A record appears (the plugin's ADD): the endpoint gets programmed.
-	eps := c.endpoints(1)
+	eps := c.Endpoints(1)
 	if err := endpoint.Write(dir, eps[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +100,7 @@ func TestController(t *testing.T) {
 	endpoint.Write(dir, ghost)
 	eventually(t, "ghost endpoint rendered", func() bool {
 		st, _ := fdp.Last()
-		return st != nil && st.Chain(toChain("wvghost")) != nil
+		return st != nil && st.Chain(rules.ToChain("wvghost")) != nil
 	})
 	if ctl.Programmed("wvghost") {
 		t.Fatal("unknown pod reported programmed")
@@ -104,18 +108,18 @@ func TestController(t *testing.T) {
 
 	// A policy arrives: x/a's ingress chain jumps to it.
 	xa := eps[0]
-	pol := withIngress(np("x", "from-y", nil, tIn), in([]from{{NamespaceSelector: ls("ns", "y")}}))
+	pol := rulestest.WithIngress(rulestest.NP("x", "from-y", nil, rulestest.TIn), rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("ns", "y")}}))
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, pol, metav1.CreateOptions{})
 	eventually(t, "policy in the ingress chain", func() bool {
 		st, _ := fdp.Last()
-		ch := st.Chain(toChain(xa.HostVeth))
+		ch := st.Chain(rules.ToChain(xa.HostVeth))
 		return ch != nil && strings.Contains(fmtRules(ch), "WEFT-PI-x.from-y")
 	})
 	// Namespace label change flows into the peer set.
-	f := flow{src: ref{"z", "b"}, dst: ref{"x", "a"}, proto: "tcp", port: 80}
+	f := rulestest.Flow{Src: rulestest.Ref{NS: "z", Pod: "b"}, Dst: rulestest.Ref{NS: "x", Pod: "a"}, Proto: "tcp", Port: 80}
 	lastAllowed := func() bool {
 		st, _ := fdp.Last()
-		ok, _ := allowed(map[int]*State{1: st, 2: c.render(2)}, f)
+		ok, _ := rulestest.Allowed(map[int]*rules.State{1: st, 2: c.Render(2)}, f)
 		return ok
 	}
 	if lastAllowed() {
@@ -127,8 +131,8 @@ func TestController(t *testing.T) {
 	eventually(t, "namespace relabel allows z/b", lastAllowed)
 
 	// A broken policy: reported, x/a fails closed.
-	bad := np("x", "bad", nil, tIn)
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("ICMP", num(1)))}
+	bad := rulestest.NP("x", "bad", nil, rulestest.TIn)
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("ICMP", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
 	eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
 	eventually(t, "fail closed", func() bool { return !lastAllowed() })
@@ -169,7 +173,7 @@ func TestController(t *testing.T) {
 	ctl.markDirty() // make sure a sync is underway and blocked
 	time.Sleep(100 * time.Millisecond)
 	for i := 0; i < 300; i++ {
-		p := c.pod(ref{"y", "c"})
+		p := c.Pod(rulestest.Ref{NS: "y", Pod: "c"})
 		p.Labels["gen"] = string(rune('a' + i%26))
 		client.CoreV1().Pods("y").Update(ctx, p, metav1.UpdateOptions{})
 	}
@@ -193,7 +197,7 @@ func TestController(t *testing.T) {
 	}
 }
 
-func fmtRules(c *Chain) string {
+func fmtRules(c *rules.Chain) string {
 	var b strings.Builder
 	for _, r := range c.Rules {
 		b.WriteString(r.Text() + "\n")

@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // recHealth records readiness conditions as api.Status does.
@@ -186,23 +188,23 @@ func (r *countingRecorder) count() int { r.mu.Lock(); defer r.mu.Unlock(); retur
 // the real event broadcaster into the API), not one per sync; a changed
 // error gets a new one.
 func TestPolicyNotEnforceableEvent(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx := context.Background()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 	}
 	dir := t.TempDir()
-	for _, ep := range c.endpoints(1) {
+	for _, ep := range c.Endpoints(1) {
 		if err := endpoint.Write(dir, ep); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bad := np("x", "bad", nil, tIn)
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("ICMP", num(1)))}
+	bad := rulestest.NP("x", "bad", nil, rulestest.TIn)
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("ICMP", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
 	rec, stop := NewEventRecorder(client, "node1")
 	defer stop()
@@ -231,7 +233,7 @@ func TestPolicyNotEnforceableEvent(t *testing.T) {
 		t.Fatalf("%d Events for one unchanged error over 10+ syncs", n)
 	}
 
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("GRE", num(1)))}
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("GRE", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Update(ctx, bad, metav1.UpdateOptions{})
 	eventually(t, "a second Event for the changed error", func() bool { return cr.count() == 2 })
 }

@@ -14,20 +14,22 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // The plugin's wait (endpoint.WaitProgrammed) against the controller's
 // handler: blocks until the record's pod is programmed, times out otherwise;
 // the latency metric is recorded.
 func TestProgrammedHandlerAndMetrics(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
-	p := c.pod(ref{"x", "a"})
+	p := c.Pod(rulestest.Ref{NS: "x", Pod: "a"})
 	p.CreationTimestamp = metav1.NewTime(time.Now())
 	client.CoreV1().Pods("x").Create(ctx, p, metav1.CreateOptions{})
 	reg := prometheus.NewRegistry()
@@ -63,7 +65,7 @@ func TestProgrammedHandlerAndMetrics(t *testing.T) {
 		code, _ = get(ProgrammedPath + "wvxa?timeout=10s")
 	}()
 	time.Sleep(100 * time.Millisecond) // the request is waiting
-	eps := c.endpoints(1)
+	eps := c.Endpoints(1)
 	if err := endpoint.Write(dir, eps[0]); err != nil {
 		t.Fatal(err)
 	}

@@ -12,11 +12,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/weftnet/weft/internal/endpoint/record"
 )
 
 // DefaultDir is where records live on a node.
@@ -25,60 +26,9 @@ const DefaultDir = "/run/weft/endpoints"
 // tmpPrefix marks files being written; List ignores them.
 const tmpPrefix = ".tmp-"
 
-// Endpoint is one pod attachment on this node.
-type Endpoint struct {
-	ContainerID  string   `json:"containerID"`
-	IfName       string   `json:"ifname"`
-	PodNamespace string   `json:"podNamespace"`
-	PodName      string   `json:"podName"`
-	PodUID       string   `json:"podUID"`
-	HostVeth     string   `json:"hostVeth"`
-	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"; bare addresses in rebuilt records
-	// Network is the CNI network name of the attachment, so GC of one
-	// network never removes another's records. Empty in records written
-	// before weft recorded it.
-	Network string `json:"network,omitempty"`
-}
-
-// Addrs returns the endpoint's addresses without prefix lengths.
-func (e Endpoint) Addrs() ([]netip.Addr, error) {
-	out := make([]netip.Addr, 0, len(e.IPs))
-	for _, s := range e.IPs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("endpoint %s: bad ip %q: %w", e.HostVeth, s, err)
-			}
-			out = append(out, a)
-			continue
-		}
-		out = append(out, p.Addr())
-	}
-	return out, nil
-}
-
-// Validate checks the fields a consumer relies on.
-func (e Endpoint) Validate() error {
-	if err := validName(e.HostVeth); err != nil {
-		return err
-	}
-	if e.PodNamespace == "" || e.PodName == "" {
-		return fmt.Errorf("endpoint %s: pod namespace and name are required", e.HostVeth)
-	}
-	if _, err := e.Addrs(); err != nil {
-		return err
-	}
-	return nil
-}
-
-// validName accepts Linux interface names usable as file names.
-func validName(n string) error {
-	if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/\x00 ") || strings.HasPrefix(n, ".") {
-		return fmt.Errorf("endpoint: invalid host interface name %q", n)
-	}
-	return nil
-}
+// Endpoint is one pod attachment on this node (the record's type lives in
+// the pure package record, so the policy renderer can take it).
+type Endpoint = record.Endpoint
 
 // Write stores ep atomically (temp file + rename) as dir/<hostVeth>.json,
 // creating dir if needed.
@@ -118,7 +68,7 @@ func Write(dir string, ep Endpoint) error {
 
 // Remove deletes the record for hostVeth; a missing record is not an error.
 func Remove(dir, hostVeth string) error {
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return err
 	}
 	err := os.Remove(filepath.Join(dir, hostVeth+".json"))
@@ -176,7 +126,7 @@ func List(dir string) ([]Endpoint, error) {
 // Read returns the record for hostVeth, and false when there is none.
 func Read(dir, hostVeth string) (Endpoint, bool, error) {
 	var ep Endpoint
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return ep, false, err
 	}
 	data, err := os.ReadFile(filepath.Join(dir, hostVeth+".json"))

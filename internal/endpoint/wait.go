@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/internal/endpoint/record"
 )
 
 // ProgrammedPath mirrors policy.ProgrammedPath (weftd's handler); kept here
@@ -20,7 +22,7 @@ const ProgrammedPath = "/v1/policy/programmed/"
 // the plugin's ADD calls this after Write and before it returns). It waits
 // at most timeout.
 func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.Duration) error {
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
