@@ -11,6 +11,7 @@ import (
 
 	"github.com/weftnet/weft/internal/conntrack"
 	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/internal/loop"
 
 	"github.com/weftnet/weft/policy/rules"
 )
@@ -132,7 +133,7 @@ func (f *flowReaper) run(ctx context.Context) {
 		}
 		f.log.Error("conntrack entries of denied flows not deleted", "err", err, "endpoints", len(f.pending), "deleted", n)
 		go func() {
-			if sleep(ctx, time.Second) {
+			if loop.Sleep(ctx, time.Second) {
 				select {
 				case f.kick <- struct{}{}:
 				default:

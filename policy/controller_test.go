@@ -170,7 +170,7 @@ func TestController(t *testing.T) {
 	release := fdp.Hold()
 	defer release()
 	_, before := fdp.Last()
-	ctl.markDirty() // make sure a sync is underway and blocked
+	ctl.loop.MarkDirty() // make sure a sync is underway and blocked
 	time.Sleep(100 * time.Millisecond)
 	for i := 0; i < 300; i++ {
 		p := c.Pod(rulestest.Ref{NS: "y", Pod: "c"})
