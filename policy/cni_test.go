@@ -116,7 +116,7 @@ func TestWithWeftPlugin(t *testing.T) {
 
 	client.NetworkingV1().NetworkPolicies("t").Create(ctx, rulestest.WithIngress(rulestest.NP("t", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn),
 		rulestest.In([]networkingv1.NetworkPolicyPeer{{PodSelector: rulestest.LS("pod", "a")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80)))), metav1.CreateOptions{})
-	eventually(t, "policy programmed", func() bool { return !probeOnce(t, pods["c"].ns, "tcp", pods["b"].ip, 80) })
+	testutil.Eventually(t, "policy programmed", func() bool { return !probeOnce(t, pods["c"].ns, "tcp", pods["b"].ip, 80) })
 	conn("a", "b", true)
 	conn("c", "b", false)
 	conn("b", "c", true)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/weftnet/weft/internal/endpoint"
 
+	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
@@ -58,7 +59,7 @@ func TestConntrackCutOnDeny(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "c isolated", func() bool { return !probeOnce(t, tn.pods["b"], "tcp", tn.ip["c"], 80) })
+	testutil.Eventually(t, "c isolated", func() bool { return !probeOnce(t, tn.pods["b"], "tcp", tn.ip["c"], 80) })
 
 	echoServer(t, tn.pods["b"], "0.0.0.0:82")
 	pushServer(t, tn.pods["b"], "0.0.0.0:83")
@@ -67,11 +68,11 @@ func TestConntrackCutOnDeny(t *testing.T) {
 	pushAB := tcpPushFlow(t, tn.pods["a"], tn.ip["b"]+":83")
 	tcpCB := tcpPushFlow(t, tn.pods["c"], tn.ip["b"]+":83")
 	alive := func(last *atomic.Int64) bool { return time.Since(time.Unix(0, last.Load())) < 400*time.Millisecond }
-	eventually(t, "all four flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(pushAB) && alive(tcpCB) })
+	testutil.Eventually(t, "all four flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(pushAB) && alive(tcpCB) })
 
 	client.NetworkingV1().NetworkPolicies("t").Create(ctx, rulestest.WithIngress(rulestest.NP("t", "b-from-c", map[string]string{"pod": "b"}, rulestest.TIn),
 		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "c")}})), metav1.CreateOptions{})
-	eventually(t, "policy programmed", func() bool { return !probeOnce(t, tn.pods["a"], "tcp", tn.ip["b"], 80) })
+	testutil.Eventually(t, "policy programmed", func() bool { return !probeOnce(t, tn.pods["a"], "tcp", tn.ip["b"], 80) })
 	deadline := time.Now().Add(5 * time.Second)
 	for (alive(udpAB) || alive(tcpAB) || alive(pushAB)) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/weftnet/weft/policy/rules"
 
+	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
@@ -37,19 +38,6 @@ func (m *recMetrics) EndpointProgrammed(ns, name string, d time.Duration) {
 	m.mu.Lock()
 	m.programmed[ns+"/"+name] = d
 	m.mu.Unlock()
-}
-
-// eventually polls cond for up to 10 s (a liveness bound, not a timing
-// assertion).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never happened: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func TestController(t *testing.T) {
@@ -98,7 +86,7 @@ func TestController(t *testing.T) {
 	// A record for an unknown pod is written as fail-closed and never "programmed".
 	ghost := endpoint.Endpoint{PodNamespace: "x", PodName: "ghost", HostVeth: "wvghost", IPs: []string{"10.244.1.99/24"}}
 	endpoint.Write(dir, ghost)
-	eventually(t, "ghost endpoint rendered", func() bool {
+	testutil.Eventually(t, "ghost endpoint rendered", func() bool {
 		st, _ := fdp.Last()
 		return st != nil && st.Chain(rules.ToChain("wvghost")) != nil
 	})
@@ -110,7 +98,7 @@ func TestController(t *testing.T) {
 	xa := eps[0]
 	pol := rulestest.WithIngress(rulestest.NP("x", "from-y", nil, rulestest.TIn), rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("ns", "y")}}))
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, pol, metav1.CreateOptions{})
-	eventually(t, "policy in the ingress chain", func() bool {
+	testutil.Eventually(t, "policy in the ingress chain", func() bool {
 		st, _ := fdp.Last()
 		ch := st.Chain(rules.ToChain(xa.HostVeth))
 		return ch != nil && strings.Contains(fmtRules(ch), "WEFT-PI-x.from-y")
@@ -128,25 +116,25 @@ func TestController(t *testing.T) {
 	z, _ := client.CoreV1().Namespaces().Get(ctx, "z", metav1.GetOptions{})
 	z.Labels["ns"] = "y"
 	client.CoreV1().Namespaces().Update(ctx, z, metav1.UpdateOptions{})
-	eventually(t, "namespace relabel allows z/b", lastAllowed)
+	testutil.Eventually(t, "namespace relabel allows z/b", lastAllowed)
 
 	// A broken policy: reported, x/a fails closed.
 	bad := rulestest.NP("x", "bad", nil, rulestest.TIn)
 	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("ICMP", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
-	eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
-	eventually(t, "fail closed", func() bool { return !lastAllowed() })
+	testutil.Eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
+	testutil.Eventually(t, "fail closed", func() bool { return !lastAllowed() })
 	met.mu.Lock()
 	if met.errs != 1 {
 		t.Errorf("render-error metric = %d", met.errs)
 	}
 	met.mu.Unlock()
 	client.NetworkingV1().NetworkPolicies("x").Delete(ctx, "bad", metav1.DeleteOptions{})
-	eventually(t, "recovered", lastAllowed)
+	testutil.Eventually(t, "recovered", lastAllowed)
 
 	// Periodic resync reads the kernel back.
 	rb := fdp.ReadBacks()
-	eventually(t, "resync with read-back", func() bool { return fdp.ReadBacks() >= rb+2 })
+	testutil.Eventually(t, "resync with read-back", func() bool { return fdp.ReadBacks() >= rb+2 })
 
 	// Dataplane failures: nothing is reported programmed until it works.
 	fdp.SetError(errors.New("restore failed"))
@@ -163,7 +151,7 @@ func TestController(t *testing.T) {
 
 	// DEL removes the record: the endpoint is no longer programmed.
 	endpoint.Remove(dir, eps[0].HostVeth)
-	eventually(t, "record removal", func() bool { return !ctl.Programmed(eps[0].HostVeth) })
+	testutil.Eventually(t, "record removal", func() bool { return !ctl.Programmed(eps[0].HostVeth) })
 
 	// An event storm coalesces: while one sync is in progress (held), 300
 	// events arrive; once it finishes they are covered by one more sync.
@@ -177,12 +165,12 @@ func TestController(t *testing.T) {
 		p.Labels["gen"] = string(rune('a' + i%26))
 		client.CoreV1().Pods("y").Update(ctx, p, metav1.UpdateOptions{})
 	}
-	eventually(t, "storm seen by the informer", func() bool {
+	testutil.Eventually(t, "storm seen by the informer", func() bool {
 		p, err := factory.Core().V1().Pods().Lister().Pods("y").Get("c")
 		return err == nil && p.Labels["gen"] == string(rune('a'+299%26))
 	})
 	release()
-	eventually(t, "the sync after the storm", func() bool {
+	testutil.Eventually(t, "the sync after the storm", func() bool {
 		st, _ := fdp.Last()
 		return st != nil && ctl.Programmed(eps[1].HostVeth)
 	})

@@ -75,13 +75,13 @@ func TestNodeController(t *testing.T) {
 	}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, rulestest.WithIngress(rulestest.NP("x", "from-y", nil, rulestest.TIn),
 		rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("ns", "y")}})), metav1.CreateOptions{})
-	eventually(t, "policy chain in the kernel", func() bool {
+	testutil.Eventually(t, "policy chain in the kernel", func() bool {
 		s, _ := run.Save(ctx, "filter")
 		return strings.Contains(s, "-A WEFT-PI-x.from-y")
 	})
 	// Drift: the policy chain's rules flushed by hand come back on resync.
 	sh(t, node.Path(), "iptables-"+string(mode), "-F", "WEFT-PI-x.from-y")
-	eventually(t, "resync repairs the flushed chain", func() bool {
+	testutil.Eventually(t, "resync repairs the flushed chain", func() bool {
 		s, _ := run.Save(ctx, "filter")
 		return strings.Contains(s, "-A WEFT-PI-x.from-y")
 	})
