@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -384,13 +383,7 @@ func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
 		mtu = pub.MTU
 	}
 	if a.opt.CNIBinDir != "" {
-		var missing []string
-		for _, p := range []string{"weft", "weft-ipam", "portmap", "bandwidth"} {
-			if _, err := os.Stat(filepath.Join(a.opt.CNIBinDir, p)); err != nil {
-				missing = append(missing, p)
-			}
-		}
-		if len(missing) > 0 {
+		if missing := install.MissingBinaries(a.opt.CNIBinDir); len(missing) > 0 {
 			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)
 		}
 	}

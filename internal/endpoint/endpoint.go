@@ -17,20 +17,19 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/weftnet/weft/internal/atomicfile"
 	"github.com/weftnet/weft/internal/endpoint/record"
 )
 
 // DefaultDir is where records live on a node.
 const DefaultDir = "/run/weft/endpoints"
 
-// tmpPrefix marks files being written; List ignores them.
-const tmpPrefix = ".tmp-"
-
 // Endpoint is one pod attachment on this node (the record's type lives in
 // the pure package record, so the policy renderer can take it).
 type Endpoint = record.Endpoint
 
-// Write stores ep atomically (temp file + rename) as dir/<hostVeth>.json,
+// Write stores ep atomically (internal/atomicfile; List skips its
+// temporary files) as dir/<hostVeth>.json,
 // creating dir if needed.
 func Write(dir string, ep Endpoint) error {
 	if err := ep.Validate(); err != nil {
@@ -43,25 +42,8 @@ func Write(dir string, ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("endpoint: encode: %w", err)
 	}
-	f, err := os.CreateTemp(dir, tmpPrefix+ep.HostVeth+"-")
-	if err != nil {
-		return fmt.Errorf("endpoint: temp file: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	cerr := f.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, filepath.Join(dir, ep.HostVeth+".json"))
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("endpoint: write %s: %w", ep.HostVeth, werr)
+	if err := atomicfile.Write(filepath.Join(dir, ep.HostVeth+".json"), data, 0o600); err != nil {
+		return fmt.Errorf("endpoint: %w", err)
 	}
 	return nil
 }
