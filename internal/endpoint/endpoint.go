@@ -6,6 +6,10 @@
 // UID (for a static pod, the mirror Pod's kubernetes.io/config.mirror
 // annotation). weftd rebuilds missing records at start from the IPAM store,
 // the host veth names and the node's Pods (policy/rebuild.go).
+//
+// It is also the client side of weftd's local socket: the plugin's wait
+// until a pod's rules are programmed (WaitProgrammed) and CNI STATUS
+// (Status), at the paths weftd's route table serves (daemon/api).
 package endpoint
 
 import (

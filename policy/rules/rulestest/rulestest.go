@@ -1,4 +1,4 @@
-// Package rulestest is the test Cluster the policy tests share: namespaces
+// Package rulestest is the test cluster the policy tests share: namespaces
 // x, y, z with pods a, b, c each over two nodes, builders for
 // NetworkPolicies, and probes traced through the rendered rules of the
 // nodes they cross. It is for tests only; product code never imports it.
