@@ -92,6 +92,15 @@ func TestNetnsExternalBird(t *testing.T) {
 		out := birdc(t, sock, "show", "route", "for", "10.244.1.1", "all")
 		return strings.Contains(out, "10.244.1.0/24") && strings.Contains(out, "BGP.next_hop: "+n1.node.Addr.String())
 	})
+	// Only node1's own CIDR: node2's is not passed on by node1 (bird
+	// would reach it through node1), and bird's routes are not passed to
+	// node2 (no transit through a node).
+	if out := birdc(t, sock, "show", "route", "for", "10.244.2.1"); strings.Contains(out, "10.244.2.0/24") && strings.Contains(out, "weft") {
+		t.Errorf("bird learned node2's CIDR from node1:\n%s", out)
+	}
+	if r := n2.sp.must(helperCmd{Op: "learned"}); r.Total != 0 {
+		t.Errorf("node2 was sent paths it had to reject: %+v", r.Rejected)
+	}
 	if n2.sp.established(tor.UnderlayIP) || len(n2.sp.states()) != 1 {
 		t.Errorf("node2 is not selected by the peer's nodeSelector, but has sessions %+v", n2.sp.states())
 	}

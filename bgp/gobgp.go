@@ -33,6 +33,7 @@ type GoBGP struct {
 	cfg     Config
 	peers   map[netip.Addr]Peer
 	adv     map[netip.Prefix]*api.Path
+	ext     map[string]bool // the external peer set, as GoBGP holds it
 	view    view
 
 	changed chan struct{}
@@ -88,6 +89,10 @@ func (g *GoBGP) Start(ctx context.Context, cfg Config) error {
 	}})
 	if err != nil {
 		return fmt.Errorf("bgp start on %s:%d: %w", listen, cfg.ListenPort, err)
+	}
+	if err := g.installExportPolicy(ctx); err != nil {
+		_ = g.srv.StopBgp(context.Background(), &api.StopBgpRequest{})
+		return err
 	}
 	if err := g.startWatch(); err != nil {
 		_ = g.srv.StopBgp(context.Background(), &api.StopBgpRequest{})

@@ -42,6 +42,11 @@ func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 	if !g.running {
 		return errors.New("bgp peers: speaker not started")
 	}
+	// The external set covers old and new external peers while sessions
+	// change, and only the new ones afterwards.
+	if err := g.setExternalPeers(ctx, externals(g.peers, want)); err != nil {
+		return err
+	}
 	var errs []error
 	// New peers first, so a session that moves (a new reflector in, the
 	// old one out) is being formed before the old one closes.
@@ -64,6 +69,7 @@ func (g *GoBGP) SetPeers(ctx context.Context, peers []Peer) error {
 			errs = append(errs, g.addPeer(ctx, p))
 		}
 	}
+	errs = append(errs, g.setExternalPeers(ctx, externals(want)))
 	signal(g.dirty)
 	return errors.Join(errs...)
 }

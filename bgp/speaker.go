@@ -96,6 +96,9 @@ type Peer struct {
 	ClusterID            netip.Addr
 	// Passive: wait for the peer to connect, never dial it.
 	Passive bool
+	// External: a router outside the cluster. It is sent this node's own
+	// prefixes only, never other nodes' routes.
+	External bool
 }
 
 // Route is an accepted learned route.

@@ -108,7 +108,7 @@ func Sessions(local Node, nodes []Node, cfg BackendConfig, match SelectorMatch) 
 		}
 		seen[e.Addr] = true
 		out = append(out, Session{Kind: KindExternal, PasswordRef: e.PasswordRef,
-			Peer: Peer{Addr: e.Addr, ASN: e.ASN, Port: DefaultPort}, Accepted: slices.Clone(e.Accepted)})
+			Peer: Peer{Addr: e.Addr, ASN: e.ASN, Port: DefaultPort, External: true}, Accepted: slices.Clone(e.Accepted)})
 	}
 	slices.SortFunc(out, func(a, b Session) int { return a.Peer.Addr.Compare(b.Peer.Addr) })
 	return out

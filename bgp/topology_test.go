@@ -24,6 +24,9 @@ func sessionSummary(ss []Session) []string {
 	var out []string
 	for _, s := range ss {
 		x := fmt.Sprintf("%s:%s", s.Kind, s.Peer.Addr)
+		if s.Peer.External != (s.Kind == KindExternal) {
+			x += "/WRONG-EXTERNAL-FLAG"
+		}
 		if s.Peer.Passive {
 			x += "/passive"
 		}
