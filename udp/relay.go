@@ -123,4 +123,3 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Wait()
 	return err
 }
-
