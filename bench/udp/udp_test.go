@@ -1,0 +1,172 @@
+// Package udp benchmarks pod-to-pod TCP across two emulated nodes over
+// weft's UDP relay (internal/tun + udp.Relay), in the same run as the raw
+// underlay, a hand-built kernel VXLAN between the same node namespaces,
+// and a naive one-packet-per-syscall relay (Flannel's UDP design).
+//
+//	go test -run '^$' -bench . -benchtime 1x ./bench/udp/
+package udp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/udp"
+)
+
+const (
+	iperfSeconds = 3
+	rrSeconds    = 2
+	rounds       = 3
+	udpMTU       = 1500 - udp.Overhead
+)
+
+type figures struct{ g1, g4, rr float64 }
+
+func measure(b *testing.B, from, to *nettopo.Pod) figures {
+	return figures{g1: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 1, iperfSeconds),
+		g4: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 4, iperfSeconds), rr: nettopo.RR(b, from.NS, to.NS, to.IP, rrSeconds)}
+}
+
+func route(b *testing.B, n ns.NetNS, dst netip.Prefix) {
+	nettopo.Sh(b, n, "ip", "route", "replace", dst.String(), "dev", "weft.udp")
+}
+
+// startRelays runs weft's relay on both nodes and returns its stop.
+func startRelays(b *testing.B, nodes []*nettopo.Node) func() []udp.Stats {
+	var stops []func() udp.Stats
+	for i, n := range nodes {
+		peer := nodes[1-i]
+		dev, err := tun.Open(tun.Options{Name: udp.DefaultDevice, MTU: udpMTU, NetNS: n.NS.Path()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var r *udp.Relay
+		if err := n.NS.Do(func(ns.NetNS) error {
+			r, err = udp.NewRelay(udp.Options{Device: dev, Bind: conn.NewStdNetBind(), Port: udp.DefaultPort})
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		r.SetPeers([]netip.Prefix{n.PodCIDR}, []udp.Peer{{Name: peer.Name, UnderlayIP: peer.UnderlayIP, PodCIDRs: []netip.Prefix{peer.PodCIDR}}})
+		route(b, n.NS, peer.PodCIDR)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		stops = append(stops, func() udp.Stats {
+			cancel()
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+			if err := tun.Remove(udp.DefaultDevice, n.NS.Path()); err != nil {
+				b.Error(err)
+			}
+			return r.Stats()
+		})
+	}
+	return func() []udp.Stats {
+		var s []udp.Stats
+		for _, stop := range stops {
+			s = append(s, stop())
+		}
+		return s
+	}
+}
+
+func startNaives(b *testing.B, nodes []*nettopo.Node) func() {
+	var rs []*naive
+	for i, n := range nodes {
+		peer := nodes[1-i]
+		r, err := startNaive(n.NS.Path(), n.NS, udpMTU, netip.AddrPortFrom(peer.UnderlayIP, udp.DefaultPort))
+		if err != nil {
+			b.Fatal(err)
+		}
+		route(b, n.NS, peer.PodCIDR)
+		rs = append(rs, r)
+	}
+	return func() {
+		for i, r := range rs {
+			r.stop()
+			if err := tun.Remove("weft.udp", nodes[i].NS.Path()); err != nil {
+				b.Error(err)
+			}
+		}
+	}
+}
+
+func BenchmarkUDPRelay(b *testing.B) {
+	testutil.RequireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatalf("iperf3 missing (make deps): %v", err)
+	}
+	u := nettopo.NewUnderlay(b)
+	nodes := []*nettopo.Node{u.AddNode(b, 1), u.AddNode(b, 2)}
+	// VXLAN pods at 1450, relay pods at 1472: each path at its own MTU.
+	v1, v2 := nodes[0].AddPod(b, 1450), nodes[1].AddPod(b, 1450)
+	r1, r2 := nodes[0].AddPod(b, udpMTU), nodes[1].AddPod(b, udpMTU)
+	for range b.N {
+		all := map[string][]figures{}
+		var last []udp.Stats
+		for range rounds {
+			all["underlay"] = append(all["underlay"], measure(b, &nettopo.Pod{NS: nodes[0].NS}, &nettopo.Pod{NS: nodes[1].NS, IP: nodes[1].UnderlayIP}))
+
+			nettopo.HandVXLAN(b, nodes)
+			all["vxlan"] = append(all["vxlan"], measure(b, v1, v2))
+			for _, n := range nodes {
+				nettopo.Sh(b, n.NS, "ip", "link", "del", "hand.vxlan")
+			}
+
+			stop := startRelays(b, nodes)
+			all["relay"] = append(all["relay"], measure(b, r1, r2))
+			last = stop()
+
+			stopNaive := startNaives(b, nodes)
+			all["naive"] = append(all["naive"], measure(b, r1, r2))
+			stopNaive()
+		}
+		report(b, all, last)
+	}
+}
+
+func report(b *testing.B, all map[string][]figures, stats []udp.Stats) {
+	med := map[string]figures{}
+	for name, fs := range all {
+		var g1, g4, r []float64
+		for _, f := range fs {
+			g1, g4, r = append(g1, f.g1), append(g4, f.g4), append(r, f.rr)
+		}
+		med[name] = figures{g1: nettopo.Median(g1), g4: nettopo.Median(g4), rr: nettopo.Median(r)}
+		b.ReportMetric(med[name].g1, name+"-1stream-Gbit/s")
+		b.ReportMetric(med[name].g4, name+"-4streams-Gbit/s")
+		b.ReportMetric(med[name].rr, name+"-rr/s")
+	}
+	w := os.Stderr
+	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
+	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
+	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
+		{"relay", "weft udp relay (pod->pod)"}, {"naive", "naive relay (pod->pod)"}} {
+		f := med[r.k]
+		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.g1, f.g4, f.rr)
+	}
+	ratio := func(n, a, c string) {
+		x, y := med[a], med[c]
+		fmt.Fprintf(w, "%-32s %10.3f %10.3f %10.3f\n", n, x.g1/y.g1, x.g4/y.g4, x.rr/y.rr)
+	}
+	ratio("relay / kernel vxlan", "relay", "vxlan")
+	ratio("relay / naive", "relay", "naive")
+	ratio("relay / underlay", "relay", "underlay")
+	for i, s := range stats {
+		fmt.Fprintf(w, "node %d relay (last round): tx %d pkts in %d batches, rx %d pkts in %d batches, drops %v, tun %s, udp gso off %v\n",
+			i+1, s.Tx.Packets, s.Tx.Batches, s.Rx.Packets, s.Rx.Batches, s.Drops, s.TUNMode, s.UDPGSOOff)
+	}
+}
+
