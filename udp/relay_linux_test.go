@@ -45,6 +45,12 @@ func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) *Relay {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The node's pod CIDR address on the TUN (as the backend gives it): the
+	// ICMP errors the node sends to remote pods then come from inside its
+	// pod CIDR and pass the peer's spoofing check.
+	if err := n.H.AddrAdd(l, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(n.PodCIDR.Addr(), 32))}); err != nil {
+		t.Fatal(err)
+	}
 	if err := n.H.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(peerCIDR)}); err != nil {
 		t.Fatal(err)
 	}

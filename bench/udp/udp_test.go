@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -37,8 +38,13 @@ func measure(b *testing.B, from, to *nettopo.Pod) figures {
 		g4: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 4, iperfSeconds), rr: nettopo.RR(b, from.NS, to.NS, to.IP, rrSeconds)}
 }
 
-func route(b *testing.B, n ns.NetNS, dst netip.Prefix) {
-	nettopo.Sh(b, n, "ip", "route", "replace", dst.String(), "dev", "weft.udp")
+// route gives weft.udp the node's pod CIDR address (so the ICMP errors
+// the node sends to remote pods, "fragmentation needed" among them, have
+// a source inside its pod CIDR and pass the peer's spoofing check) and
+// routes the peer's pod CIDR through it.
+func route(b *testing.B, n *nettopo.Node, dst netip.Prefix) {
+	nettopo.Sh(b, n.NS, "ip", "addr", "add", n.PodCIDR.Addr().String()+"/32", "dev", "weft.udp")
+	nettopo.Sh(b, n.NS, "ip", "route", "replace", dst.String(), "dev", "weft.udp")
 }
 
 // startRelays runs weft's relay on both nodes and returns its stop.
@@ -58,7 +64,7 @@ func startRelays(b *testing.B, nodes []*nettopo.Node) func() []udp.Stats {
 			b.Fatal(err)
 		}
 		r.SetPeers([]netip.Prefix{n.PodCIDR}, []udp.Peer{{Name: peer.Name, UnderlayIP: peer.UnderlayIP, PodCIDRs: []netip.Prefix{peer.PodCIDR}}})
-		route(b, n.NS, peer.PodCIDR)
+		route(b, n, peer.PodCIDR)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- r.Run(ctx) }()
@@ -90,7 +96,7 @@ func startNaives(b *testing.B, nodes []*nettopo.Node) func() {
 		if err != nil {
 			b.Fatal(err)
 		}
-		route(b, n.NS, peer.PodCIDR)
+		route(b, n, peer.PodCIDR)
 		rs = append(rs, r)
 	}
 	return func() {
@@ -113,6 +119,9 @@ func BenchmarkUDPRelay(b *testing.B) {
 	// VXLAN pods at 1450, relay pods at 1472: each path at its own MTU.
 	v1, v2 := nodes[0].AddPod(b, 1450), nodes[1].AddPod(b, 1450)
 	r1, r2 := nodes[0].AddPod(b, udpMTU), nodes[1].AddPod(b, udpMTU)
+	for _, n := range nodes { // else the bridge takes its smallest port's MTU, 1450
+		nettopo.Sh(b, n.NS, "ip", "link", "set", "weft0", "mtu", "1500")
+	}
 	for range b.N {
 		all := map[string][]figures{}
 		var last []udp.Stats
@@ -126,7 +135,9 @@ func BenchmarkUDPRelay(b *testing.B) {
 			}
 
 			stop := startRelays(b, nodes)
+			stopProfile := profile(b)
 			all["relay"] = append(all["relay"], measure(b, r1, r2))
+			stopProfile()
 			last = stop()
 
 			stopNaive := startNaives(b, nodes)
@@ -135,6 +146,23 @@ func BenchmarkUDPRelay(b *testing.B) {
 		}
 		report(b, all, last)
 	}
+}
+
+// profile writes a CPU profile of the relay rounds (the relays run in
+// this process) to $WEFT_BENCH_CPUPROFILE when it is set.
+func profile(b *testing.B) func() {
+	path := os.Getenv("WEFT_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }
 }
 
 func report(b *testing.B, all map[string][]figures, stats []udp.Stats) {
@@ -169,4 +197,3 @@ func report(b *testing.B, all map[string][]figures, stats []udp.Stats) {
 			i+1, s.Tx.Packets, s.Tx.Batches, s.Rx.Packets, s.Rx.Batches, s.Drops, s.TUNMode, s.UDPGSOOff)
 	}
 }
-
