@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/exec"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,10 +23,11 @@ import (
 
 const testMTU = 1500 - Overhead
 
-// startNode opens weft.udp in the node, starts a relay on port 8285 in its
-// namespace and routes peerCIDR through the TUN; the relay stops at test
-// end.
-func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) *Relay {
+// startNode opens (or adopts) weft.udp in the node, starts a relay on port
+// 8285 in its namespace and routes peerCIDR through the TUN. The returned
+// stop ends the relay (the device and its routes stay); it also runs at
+// test end.
+func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) (*Relay, func()) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dev, err := tun.Open(tun.Options{Name: DefaultDevice, MTU: testMTU, NetNS: n.NS.Path(), Log: log})
@@ -48,22 +50,26 @@ func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) *Relay {
 	// The node's pod CIDR address on the TUN (as the backend gives it): the
 	// ICMP errors the node sends to remote pods then come from inside its
 	// pod CIDR and pass the peer's spoofing check.
-	if err := n.H.AddrAdd(l, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(n.PodCIDR.Addr(), 32))}); err != nil {
+	if err := n.H.AddrReplace(l, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(n.PodCIDR.Addr(), 32))}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.H.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(peerCIDR)}); err != nil {
+	if err := n.H.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(peerCIDR)}); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("relay in %s: %v", n.Name, err)
-		}
-	})
-	return r
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("relay in %s: %v", n.Name, err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return r, stop
 }
 
 func peerOf(n *nettopo.Node) Peer {
@@ -89,7 +95,8 @@ func TestRelayBetweenNodes(t *testing.T) {
 	u := nettopo.NewUnderlay(t)
 	n1, n2, outsider := u.AddNode(t, 1), u.AddNode(t, 2), u.AddNode(t, 3)
 	p1, p2 := n1.AddPod(t, testMTU), n2.AddPod(t, testMTU)
-	r1, r2 := startNode(t, n1, n2.PodCIDR), startNode(t, n2, n1.PodCIDR)
+	r1, _ := startNode(t, n1, n2.PodCIDR)
+	r2, stop2 := startNode(t, n2, n1.PodCIDR)
 	if pr := r1.SetPeers([]netip.Prefix{n1.PodCIDR}, []Peer{peerOf(n2)}); len(pr) != 0 {
 		t.Fatal(pr)
 	}
@@ -108,6 +115,9 @@ func TestRelayBetweenNodes(t *testing.T) {
 	t.Logf("relay 1: tx %+v rx %+v drops %v mode %s", s1.Tx, s1.Rx, s1.Drops, s1.TUNMode)
 	if s1.Tx.Packets == 0 || r2.Stats().Rx.Packets == 0 {
 		t.Fatalf("nothing relayed: %+v", s1)
+	}
+	if s1.Tx.Packets < 4*s1.Tx.Batches {
+		t.Errorf("%d packets in %d TUN reads: TSO reads not batched", s1.Tx.Packets, s1.Tx.Batches)
 	}
 	if s1.TUNMode != "tso+uso+gro" {
 		t.Errorf("TUN mode %q", s1.TUNMode)
@@ -140,6 +150,18 @@ func TestRelayBetweenNodes(t *testing.T) {
 	}
 	if err := ping(t, p1.NS, p2.IP); err != nil {
 		t.Fatalf("ping through the guard: %v", err)
+	}
+
+	// A restarted weftd: node 2's relay stops, the next one adopts the
+	// device (its address and route stayed) and traffic flows again.
+	stop2()
+	if err := ping(t, p1.NS, p2.IP); err == nil {
+		t.Fatal("ping crossed with node 2's relay stopped")
+	}
+	r2, _ = startNode(t, n2, n1.PodCIDR)
+	r2.SetPeers([]netip.Prefix{n2.PodCIDR}, []Peer{peerOf(n1)})
+	if err := ping(t, p1.NS, p2.IP); err != nil {
+		t.Fatalf("ping after node 2's relay restarted: %v", err)
 	}
 }
 
