@@ -31,11 +31,8 @@ const (
 	udpMTU       = 1500 - udp.Overhead
 )
 
-type figures struct{ g1, g4, rr float64 }
-
-func measure(b *testing.B, from, to *nettopo.Pod) figures {
-	return figures{g1: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 1, iperfSeconds),
-		g4: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 4, iperfSeconds), rr: nettopo.RR(b, from.NS, to.NS, to.IP, rrSeconds)}
+func measure(b *testing.B, from, to *nettopo.Pod) nettopo.Figures {
+	return nettopo.Measure(b, from.NS, to.NS, to.IP, iperfSeconds, rrSeconds)
 }
 
 // route gives weft.udp the node's pod CIDR address (so the ICMP errors
@@ -123,7 +120,7 @@ func BenchmarkUDPRelay(b *testing.B) {
 		nettopo.Sh(b, n.NS, "ip", "link", "set", "weft0", "mtu", "1500")
 	}
 	for range b.N {
-		all := map[string][]figures{}
+		all := map[string][]nettopo.Figures{}
 		var last []udp.Stats
 		for range rounds {
 			all["underlay"] = append(all["underlay"], measure(b, &nettopo.Pod{NS: nodes[0].NS}, &nettopo.Pod{NS: nodes[1].NS, IP: nodes[1].UnderlayIP}))
@@ -165,29 +162,19 @@ func profile(b *testing.B) func() {
 	return func() { pprof.StopCPUProfile(); _ = f.Close() }
 }
 
-func report(b *testing.B, all map[string][]figures, stats []udp.Stats) {
-	med := map[string]figures{}
-	for name, fs := range all {
-		var g1, g4, r []float64
-		for _, f := range fs {
-			g1, g4, r = append(g1, f.g1), append(g4, f.g4), append(r, f.rr)
-		}
-		med[name] = figures{g1: nettopo.Median(g1), g4: nettopo.Median(g4), rr: nettopo.Median(r)}
-		b.ReportMetric(med[name].g1, name+"-1stream-Gbit/s")
-		b.ReportMetric(med[name].g4, name+"-4streams-Gbit/s")
-		b.ReportMetric(med[name].rr, name+"-rr/s")
-	}
+func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
+	med := nettopo.Medians(b, all)
 	w := os.Stderr
 	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
 	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
 		{"relay", "weft udp relay (pod->pod)"}, {"naive", "naive relay (pod->pod)"}} {
 		f := med[r.k]
-		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.g1, f.g4, f.rr)
+		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.G1, f.G4, f.RR)
 	}
 	ratio := func(n, a, c string) {
 		x, y := med[a], med[c]
-		fmt.Fprintf(w, "%-32s %10.3f %10.3f %10.3f\n", n, x.g1/y.g1, x.g4/y.g4, x.rr/y.rr)
+		fmt.Fprintf(w, "%-32s %10.3f %10.3f %10.3f\n", n, x.G1/y.G1, x.G4/y.G4, x.RR/y.RR)
 	}
 	ratio("relay / kernel vxlan", "relay", "vxlan")
 	ratio("relay / naive", "relay", "naive")

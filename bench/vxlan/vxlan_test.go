@@ -31,10 +31,8 @@ const (
 	rrSeconds    = 3
 )
 
-type figures struct{ g1, g4, rr float64 }
-
-func measure(b *testing.B, from, to ns.NetNS, dst netip.Addr) figures {
-	return figures{g1: nettopo.IPerf3(b, from, to, dst, 1, iperfSeconds), g4: nettopo.IPerf3(b, from, to, dst, 4, iperfSeconds), rr: nettopo.RR(b, from, to, dst, rrSeconds)}
+func measure(b *testing.B, from, to ns.NetNS, dst netip.Addr) nettopo.Figures {
+	return nettopo.Measure(b, from, to, dst, iperfSeconds, rrSeconds)
 }
 
 // rounds of (underlay, weft, hand-built), interleaved so that load from
@@ -92,7 +90,7 @@ func BenchmarkPodToPodAcrossNodes(b *testing.B) {
 	nodes := []*nettopo.Node{u.AddNode(b, 1), u.AddNode(b, 2)}
 	p1, p2 := nodes[0].AddPod(b, 1450), nodes[1].AddPod(b, 1450)
 	for range b.N {
-		all := map[string][]figures{}
+		all := map[string][]nettopo.Figures{}
 		for range rounds {
 			all["underlay"] = append(all["underlay"], measure(b, nodes[0].NS, nodes[1].NS, nodes[1].UnderlayIP))
 
@@ -110,28 +108,18 @@ func BenchmarkPodToPodAcrossNodes(b *testing.B) {
 				nettopo.Sh(b, n.NS, "ip", "link", "del", "hand.vxlan")
 			}
 		}
-		med := map[string]figures{}
-		for name, fs := range all {
-			var g1, g4, r []float64
-			for _, f := range fs {
-				g1, g4, r = append(g1, f.g1), append(g4, f.g4), append(r, f.rr)
-			}
-			med[name] = figures{g1: nettopo.Median(g1), g4: nettopo.Median(g4), rr: nettopo.Median(r)}
-			b.ReportMetric(med[name].g1, name+"-1stream-Gbit/s")
-			b.ReportMetric(med[name].g4, name+"-4streams-Gbit/s")
-			b.ReportMetric(med[name].rr, name+"-rr/s")
-		}
+		med := nettopo.Medians(b, all)
 		under, weft, hand := med["underlay"], med["weft"], med["hand"]
 		fmt.Fprintf(os.Stderr, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 		fmt.Fprintf(os.Stderr, "%-28s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
 		for _, r := range []struct {
 			n string
-			f figures
+			f nettopo.Figures
 		}{{"underlay (node eth0)", under}, {"weft.vxlan (pod->pod)", weft}, {"hand-built vxlan (pod->pod)", hand}} {
-			fmt.Fprintf(os.Stderr, "%-28s %10.2f %10.2f %10.0f\n", r.n, r.f.g1, r.f.g4, r.f.rr)
+			fmt.Fprintf(os.Stderr, "%-28s %10.2f %10.2f %10.0f\n", r.n, r.f.G1, r.f.G4, r.f.RR)
 		}
-		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "weft / hand-built", weft.g1/hand.g1, weft.g4/hand.g4, weft.rr/hand.rr)
-		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "weft / underlay", weft.g1/under.g1, weft.g4/under.g4, weft.rr/under.rr)
-		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "hand-built / underlay", hand.g1/under.g1, hand.g4/under.g4, hand.rr/under.rr)
+		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "weft / hand-built", weft.G1/hand.G1, weft.G4/hand.G4, weft.RR/hand.RR)
+		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "weft / underlay", weft.G1/under.G1, weft.G4/under.G4, weft.RR/under.RR)
+		fmt.Fprintf(os.Stderr, "%-28s %10.3f %10.3f %10.3f\n", "hand-built / underlay", hand.G1/under.G1, hand.G4/under.G4, hand.RR/under.RR)
 	}
 }

@@ -113,3 +113,30 @@ func HandVXLAN(b testing.TB, nodes []*Node) {
 		}
 	}
 }
+
+// Figures are one path's single-stream and four-stream TCP throughput
+// (Gbit/s) and 1-byte request/response rate (transactions/s).
+type Figures struct{ G1, G4, RR float64 }
+
+// Measure takes a path's Figures from from to dst in to.
+func Measure(b testing.TB, from, to ns.NetNS, dst netip.Addr, iperfSeconds, rrSeconds int) Figures {
+	return Figures{G1: IPerf3(b, from, to, dst, 1, iperfSeconds), G4: IPerf3(b, from, to, dst, 4, iperfSeconds),
+		RR: RR(b, from, to, dst, rrSeconds)}
+}
+
+// Medians returns, per path, the median of each figure over its rounds,
+// and reports them as the benchmark's metrics.
+func Medians(b *testing.B, all map[string][]Figures) map[string]Figures {
+	med := map[string]Figures{}
+	for name, fs := range all {
+		var g1, g4, r []float64
+		for _, f := range fs {
+			g1, g4, r = append(g1, f.G1), append(g4, f.G4), append(r, f.RR)
+		}
+		med[name] = Figures{G1: Median(g1), G4: Median(g4), RR: Median(r)}
+		b.ReportMetric(med[name].G1, name+"-1stream-Gbit/s")
+		b.ReportMetric(med[name].G4, name+"-4streams-Gbit/s")
+		b.ReportMetric(med[name].RR, name+"-rr/s")
+	}
+	return med
+}

@@ -12,22 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 	wgtun "golang.zx2c4.com/wireguard/tun"
 
+	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
 )
-
-func handle(t *testing.T, n ns.NetNS) *netlink.Handle {
-	t.Helper()
-	var h *netlink.Handle
-	if err := n.Do(func(ns.NetNS) error {
-		var err error
-		h, err = netlink.NewHandle()
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
 
 func open(t *testing.T, n ns.NetNS, name string, mtu int) *Native {
 	t.Helper()
@@ -55,7 +42,7 @@ func kernelAtLeast(major, minor int) bool {
 // holder and a non-TUN link of the name, and removes it.
 func TestOpenCreateAdoptRemove(t *testing.T) {
 	n := testutil.NewNS(t)
-	h := handle(t, n)
+	h := nettopo.Handle(t, n)
 	d := open(t, n, "weft.udp", 1400)
 	if d.Adopted() {
 		t.Fatal("fresh device reported as adopted")
@@ -168,7 +155,7 @@ func packetBufs(pkts ...[]byte) [][]byte {
 // and writes one the namespace's socket receives.
 func TestPacketsThrough(t *testing.T) {
 	n := testutil.NewNS(t)
-	h := handle(t, n)
+	h := nettopo.Handle(t, n)
 	d := open(t, n, "weft.udp", 1400)
 	log := tunNet(t, n, h, 7000)
 
@@ -232,7 +219,7 @@ func (einvalWrites) Write([][]byte, int) (int, error) {
 // namespace, written one by one behind a plain virtio-net header.
 func TestGROWriteFallback(t *testing.T) {
 	n := testutil.NewNS(t)
-	h := handle(t, n)
+	h := nettopo.Handle(t, n)
 	d := open(t, n, "weft.udp", 1400)
 	log := tunNet(t, n, h, 7000)
 	d.wg = einvalWrites{d.wg}
