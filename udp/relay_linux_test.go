@@ -27,7 +27,7 @@ const testMTU = 1500 - Overhead
 // 8285 in its namespace and routes peerCIDR through the TUN. The returned
 // stop ends the relay (the device and its routes stay); it also runs at
 // test end.
-func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) (*Relay, func()) {
+func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix, bind func() conn.Bind) (*Relay, func()) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dev, err := tun.Open(tun.Options{Name: DefaultDevice, MTU: testMTU, NetNS: n.NS.Path(), Log: log})
@@ -37,7 +37,7 @@ func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) (*Relay, fu
 	var r *Relay
 	if err := n.NS.Do(func(ns.NetNS) error { // the sockets live in the node
 		var err error
-		r, err = NewRelay(Options{Device: dev, Bind: conn.NewStdNetBind(), Port: DefaultPort, Log: log})
+		r, err = NewRelay(Options{Device: dev, Bind: bind(), Port: DefaultPort, Log: log})
 		return err
 	}); err != nil {
 		_ = dev.Close()
@@ -92,11 +92,16 @@ func ping(t *testing.T, n ns.NetNS, dst netip.Addr) error {
 // dropped (and counted) before the relay sees them.
 func TestRelayBetweenNodes(t *testing.T) {
 	testutil.RequireRoot(t)
+	t.Run("Socket", func(t *testing.T) { relayBetweenNodes(t, func() conn.Bind { return NewSocket() }) })
+	t.Run("StdNetBind", func(t *testing.T) { relayBetweenNodes(t, conn.NewStdNetBind) })
+}
+
+func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 	u := nettopo.NewUnderlay(t)
 	n1, n2, outsider := u.AddNode(t, 1), u.AddNode(t, 2), u.AddNode(t, 3)
 	p1, p2 := n1.AddPod(t, testMTU), n2.AddPod(t, testMTU)
-	r1, _ := startNode(t, n1, n2.PodCIDR)
-	r2, stop2 := startNode(t, n2, n1.PodCIDR)
+	r1, _ := startNode(t, n1, n2.PodCIDR, bind)
+	r2, stop2 := startNode(t, n2, n1.PodCIDR, bind)
 	if pr := r1.SetPeers([]netip.Prefix{n1.PodCIDR}, []Peer{peerOf(n2)}); len(pr) != 0 {
 		t.Fatal(pr)
 	}
@@ -158,7 +163,7 @@ func TestRelayBetweenNodes(t *testing.T) {
 	if err := ping(t, p1.NS, p2.IP); err == nil {
 		t.Fatal("ping crossed with node 2's relay stopped")
 	}
-	r2, _ = startNode(t, n2, n1.PodCIDR)
+	r2, _ = startNode(t, n2, n1.PodCIDR, bind)
 	r2.SetPeers([]netip.Prefix{n2.PodCIDR}, []Peer{peerOf(n1)})
 	if err := ping(t, p1.NS, p2.IP); err != nil {
 		t.Fatalf("ping after node 2's relay restarted: %v", err)
