@@ -1,5 +1,6 @@
 // Package udp benchmarks pod-to-pod TCP across two emulated nodes over
-// weft's UDP relay (internal/tun + udp.Relay), in the same run as the raw
+// weft's UDP relay (internal/tun + udp.Relay, on udp.Socket and on
+// wireguard-go's StdNetBind), in the same run as the raw
 // underlay, a hand-built kernel VXLAN between the same node namespaces,
 // and a naive one-packet-per-syscall relay (Flannel's UDP design).
 //
@@ -45,7 +46,7 @@ func route(b *testing.B, n *nettopo.Node, dst netip.Prefix) {
 }
 
 // startRelays runs weft's relay on both nodes and returns its stop.
-func startRelays(b *testing.B, nodes []*nettopo.Node) func() []udp.Stats {
+func startRelays(b *testing.B, nodes []*nettopo.Node, bind func() conn.Bind) func() []udp.Stats {
 	var stops []func() udp.Stats
 	for i, n := range nodes {
 		peer := nodes[1-i]
@@ -55,7 +56,7 @@ func startRelays(b *testing.B, nodes []*nettopo.Node) func() []udp.Stats {
 		}
 		var r *udp.Relay
 		if err := n.NS.Do(func(ns.NetNS) error {
-			r, err = udp.NewRelay(udp.Options{Device: dev, Bind: conn.NewStdNetBind(), Port: udp.DefaultPort})
+			r, err = udp.NewRelay(udp.Options{Device: dev, Bind: bind(), Port: udp.DefaultPort})
 			return err
 		}); err != nil {
 			b.Fatal(err)
@@ -131,11 +132,15 @@ func BenchmarkUDPRelay(b *testing.B) {
 				nettopo.Sh(b, n.NS, "ip", "link", "del", "hand.vxlan")
 			}
 
-			stop := startRelays(b, nodes)
+			stop := startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
 			stopProfile := profile(b)
 			all["relay"] = append(all["relay"], measure(b, r1, r2))
 			stopProfile()
 			last = stop()
+
+			stop = startRelays(b, nodes, conn.NewStdNetBind)
+			all["relay-std"] = append(all["relay-std"], measure(b, r1, r2))
+			stop()
 
 			stopNaive := startNaives(b, nodes)
 			all["naive"] = append(all["naive"], measure(b, r1, r2))
@@ -168,7 +173,7 @@ func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
 	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
 	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
-		{"relay", "weft udp relay (pod->pod)"}, {"naive", "naive relay (pod->pod)"}} {
+		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"naive", "naive relay (pod->pod)"}} {
 		f := med[r.k]
 		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.G1, f.G4, f.RR)
 	}
@@ -178,6 +183,8 @@ func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
 	}
 	ratio("relay / kernel vxlan", "relay", "vxlan")
 	ratio("relay / naive", "relay", "naive")
+	ratio("StdNetBind relay / kernel vxlan", "relay-std", "vxlan")
+	ratio("StdNetBind relay / naive", "relay-std", "naive")
 	ratio("relay / underlay", "relay", "underlay")
 	for i, s := range stats {
 		fmt.Fprintf(w, "node %d relay (last round): tx %d pkts in %d batches, rx %d pkts in %d batches, drops %v, tun %s, udp gso off %v\n",
