@@ -7,10 +7,12 @@
 // The data path is the Relay: one goroutine reads the TUN in batches (with
 // TSO a single read returns a 64 KiB TCP segment split into MTU-sized
 // packets) and sends each destination's packets in one batched call (UDP
-// GSO where the kernel has it), one goroutine per socket family receives
-// in batches (recvmmsg, UDP GRO) and writes the valid packets into the TUN
-// in one call (GRO-coalesced). The sockets and the batching are
-// golang.zx2c4.com/wireguard/conn's StdNetBind, the TUN is internal/tun's.
+// GSO where the kernel has it), one goroutine per receive function of the
+// socket receives in batches (recvmmsg, UDP GRO) and writes the valid
+// packets into the TUN in one call (GRO-coalesced). The socket is any
+// golang.zx2c4.com/wireguard/conn Bind: Socket (IPv4, no allocation per
+// packet; the default) or the library's StdNetBind (IPv4 and IPv6). The
+// TUN is internal/tun's.
 // The routing table (pod CIDR -> node) is immutable and swapped atomically
 // by SetPeers, so the loops never take a lock. Every datagram is validated
 // before it reaches the TUN (see Reason); drops are counted by reason.
