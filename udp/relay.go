@@ -82,6 +82,10 @@ func (r *Relay) SetPeers(local []netip.Prefix, peers []Peer) []string {
 func (r *Relay) Stats() Stats {
 	s := Stats{Tx: r.c.tx.snapshot(), Rx: r.c.rx.snapshot(), Drops: map[string]uint64{},
 		TUNMode: r.dev.Mode().String(), UDPGSOOff: r.c.gsoOff.Load(), Errors: r.c.recvErrors.Load()}
+	if o, ok := r.bind.(interface{ Offloads() (gro, gso bool) }); ok {
+		gro, gso := o.Offloads()
+		s.SocketMode = offloadNames(gso, gro)
+	}
 	for _, reason := range Reasons() {
 		if n := r.c.drops[reason].Load(); n > 0 {
 			s.Drops[reason.String()] = n
@@ -122,4 +126,16 @@ func (r *Relay) Run(ctx context.Context) error {
 	_ = r.dev.Close()
 	wg.Wait()
 	return err
+}
+
+func offloadNames(gso, gro bool) string {
+	switch {
+	case gso && gro:
+		return "gso+gro"
+	case gso:
+		return "gso"
+	case gro:
+		return "gro"
+	}
+	return "none"
 }

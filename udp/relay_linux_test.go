@@ -124,6 +124,9 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 	if s1.Tx.Packets < 4*s1.Tx.Batches {
 		t.Errorf("%d packets in %d TUN reads: TSO reads not batched", s1.Tx.Packets, s1.Tx.Batches)
 	}
+	if _, own := r1.bind.(*Socket); own && s1.SocketMode != "gso+gro" {
+		t.Errorf("socket mode %q", s1.SocketMode)
+	}
 	if s1.TUNMode != "tso+uso+gro" {
 		t.Errorf("TUN mode %q", s1.TUNMode)
 	}

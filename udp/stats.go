@@ -110,8 +110,11 @@ type Stats struct {
 	Drops map[string]uint64
 	// TUNMode is the TUN's offload mode (tun.Mode.String).
 	TUNMode string
-	// UDPGSOOff: the socket refused a segmented send and the library fell
-	// back to one datagram per message.
+	// SocketMode is the socket's offloads ("gso+gro", "gro", "none"), ""
+	// when the socket does not say (StdNetBind).
+	SocketMode string
+	// UDPGSOOff: the socket refused a segmented send and fell back to one
+	// datagram per message.
 	UDPGSOOff bool
 	// Errors counts failed socket receives and TUN reads.
 	Errors uint64
