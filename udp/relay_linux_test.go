@@ -139,7 +139,7 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 		testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), spoofed)
 	}
 	send() // three of each
-	eventually(t, "relay drop counters", func() bool {
+	testutil.Eventually(t, "relay drop counters", func() bool {
 		d := r2.Stats().Drops
 		return d["unknown-sender"] == 3 && d["spoofed-source"] == 3
 	})
@@ -149,7 +149,7 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 
 	guard := guardNode(t, n2, n1)
 	send()
-	eventually(t, "guard drop counters", func() bool {
+	testutil.Eventually(t, "guard drop counters", func() bool {
 		d, err := guard.Drops(context.Background(), "udp")
 		return err == nil && d[encapguard.ReasonUnknownSender] == 3 && d[encapguard.ReasonForgedInner] == 3
 	})

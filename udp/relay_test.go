@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/internal/tun"
 )
 
@@ -39,16 +40,6 @@ func startFake(t *testing.T, fn *FakeNet, addr netip.Addr) *fakeNode {
 	return n
 }
 
-func eventually(t *testing.T, what string, f func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		if f() {
-			return
-		}
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 // TestRelayFakes runs two relays over a fake underlay: a batch of packets
 // crosses in one send, forged datagrams are dropped and counted, a table
 // swap takes effect, and Run stops on its context.
@@ -67,7 +58,7 @@ func TestRelayFakes(t *testing.T) {
 	for range 10 {
 		na.dev.Inject(ip4("10.244.1.5", "10.244.2.7"))
 	}
-	eventually(t, "10 packets in b's TUN", func() bool { return len(nb.dev.Written()) == 10 })
+	testutil.Eventually(t, "10 packets in b's TUN", func() bool { return len(nb.dev.Written()) == 10 })
 	sa, sb := na.relay.Stats(), nb.relay.Stats()
 	if sa.Tx.Packets != 10 || sa.Drops["no-route"] != 1 || sb.Rx.Packets != 10 || sb.Rx.Bytes != 10*uint64(len(ip4("10.244.1.5", "10.244.2.7"))) {
 		t.Fatalf("a %+v, b %+v", sa, sb)
@@ -79,7 +70,7 @@ func TestRelayFakes(t *testing.T) {
 	fn.Deliver(netip.AddrPortFrom(a("192.168.77.99"), 8285), netip.AddrPortFrom(nodeB, 8285), ip4("10.244.1.5", "10.244.2.7"))
 	fn.Deliver(netip.AddrPortFrom(nodeA, 8285), netip.AddrPortFrom(nodeB, 8285), ip4("10.244.3.5", "10.244.2.7"))
 	fn.Deliver(netip.AddrPortFrom(nodeA, 8285), netip.AddrPortFrom(nodeB, 8285), []byte{0x45, 0})
-	eventually(t, "drops counted", func() bool {
+	testutil.Eventually(t, "drops counted", func() bool {
 		d := nb.relay.Stats().Drops
 		return d["unknown-sender"] == 1 && d["spoofed-source"] == 1 && d["truncated"] == 1
 	})
@@ -89,15 +80,15 @@ func TestRelayFakes(t *testing.T) {
 
 	nb.relay.SetPeers(localB, nil) // a left the cluster
 	fn.Deliver(netip.AddrPortFrom(nodeA, 8285), netip.AddrPortFrom(nodeB, 8285), ip4("10.244.1.5", "10.244.2.7"))
-	eventually(t, "unknown sender after the swap", func() bool { return nb.relay.Stats().Drops["unknown-sender"] == 2 })
+	testutil.Eventually(t, "unknown sender after the swap", func() bool { return nb.relay.Stats().Drops["unknown-sender"] == 2 })
 
 	nb.dev.SetWriteError(errors.New("boom"))
 	nb.relay.SetPeers(localB, []Peer{peerA})
 	fn.Deliver(netip.AddrPortFrom(nodeA, 8285), netip.AddrPortFrom(nodeB, 8285), ip4("10.244.1.5", "10.244.2.7"))
-	eventually(t, "tun write error counted", func() bool { return nb.relay.Stats().Drops["tun-write"] == 1 })
+	testutil.Eventually(t, "tun write error counted", func() bool { return nb.relay.Stats().Drops["tun-write"] == 1 })
 	nb.dev.SetWriteError(nil)
 	fn.Deliver(netip.AddrPortFrom(nodeA, 8285), netip.AddrPortFrom(nodeB, 8285), ip4("10.244.1.5", "10.244.2.7"))
-	eventually(t, "relay still running after a failed write", func() bool { return len(nb.dev.Written()) == 11 })
+	testutil.Eventually(t, "relay still running after a failed write", func() bool { return len(nb.dev.Written()) == 11 })
 }
 
 // TestRelayStopsWhenDeviceGoes: a device closed under the relay (deleted,
