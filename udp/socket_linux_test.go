@@ -2,11 +2,14 @@ package udp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weftnet/weft/internal/tun"
@@ -119,5 +122,28 @@ func TestSocketDoesNotAllocate(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("%v allocations per batch", allocs)
+	}
+}
+
+func TestGROSize(t *testing.T) {
+	oob := make([]byte, unix.CmsgSpace(4)*2)
+	put := func(at int, level, typ int32, v uint32) {
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&oob[at]))
+		h.Level, h.Type = level, typ
+		h.SetLen(unix.CmsgLen(4))
+		binary.NativeEndian.PutUint32(oob[at+unix.CmsgLen(0):], v)
+	}
+	put(0, unix.IPPROTO_IP, unix.IP_PKTINFO, 7)
+	put(unix.CmsgSpace(4), unix.IPPROTO_UDP, unix.UDP_GRO, 1400)
+	if got := groSize(oob); got != 1400 {
+		t.Fatalf("gro size %d, want 1400 (second message)", got)
+	}
+	if got := groSize(oob[:unix.CmsgSpace(4)]); got != 0 {
+		t.Fatalf("gro size %d without a UDP_GRO message", got)
+	}
+	bad := append([]byte(nil), oob...)
+	(*unix.Cmsghdr)(unsafe.Pointer(&bad[0])).SetLen(len(bad) + 1) // claims more than there is
+	if got := groSize(bad); got != 0 {
+		t.Fatalf("gro size %d from a malformed control message", got)
 	}
 }

@@ -1,6 +1,8 @@
 package tun
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
@@ -32,7 +34,7 @@ func kernelAtLeast(major, minor int) bool {
 		return false
 	}
 	var a, b int
-	_, _ = fmtSscanf(unix.ByteSliceToString(u.Release[:]), &a, &b)
+	_, _ = fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &a, &b)
 	return a > major || a == major && b >= minor
 }
 
@@ -242,4 +244,8 @@ func TestGROWriteFallback(t *testing.T) {
 			t.Fatalf("%s written after the fallback never arrived", p)
 		}
 	}
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
