@@ -21,8 +21,9 @@ import (
 type Options struct {
 	// Device is the TUN (weft.udp); the relay closes it when Run returns.
 	Device tun.Device
-	// Bind is the UDP socket set, not yet open (conn.NewStdNetBind());
-	// the relay opens it on Port and closes it when Run returns.
+	// Bind is the UDP socket, not yet open (NewSocket(), or
+	// conn.NewStdNetBind() for an IPv6 underlay); the relay opens it on
+	// Port and closes it when Run returns.
 	Bind conn.Bind
 	Port uint16
 	Log  *slog.Logger
@@ -47,7 +48,8 @@ const errorPause = 10 * time.Millisecond
 
 // NewRelay opens the socket on o.Port (an error here is a start error:
 // the port is taken, say) and returns a relay with an empty table: every
-// datagram is dropped as unknown-sender until SetPeers.
+// datagram is dropped as unknown-sender until SetPeers. Run closes the
+// device and the socket; a caller that never calls Run closes them itself.
 func NewRelay(o Options) (*Relay, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -68,7 +70,7 @@ func (r *Relay) SetPeers(local []netip.Prefix, peers []Peer) []string {
 	t, problems := NewTable(local, peers, r.port)
 	for i := range t.peers {
 		ep, err := r.bind.ParseEndpoint(t.peers[i].dst.String())
-		if err != nil { // cannot happen for an AddrPort the table built
+		if err != nil { // e.g. an IPv6 peer on the IPv4-only Socket
 			problems = append(problems, fmt.Sprintf("peer %s: endpoint %s: %v", t.peers[i].name, t.peers[i].dst, err))
 			continue
 		}

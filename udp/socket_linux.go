@@ -115,13 +115,16 @@ func (s *Socket) SetMark(mark uint32) error {
 	return serr
 }
 
-// ParseEndpoint implements conn.Bind.
+// ParseEndpoint implements conn.Bind; only IPv4 endpoints are valid.
 func (s *Socket) ParseEndpoint(a string) (conn.Endpoint, error) {
 	ap, err := netip.ParseAddrPort(a)
 	if err != nil {
 		return nil, err
 	}
-	return &conn.StdNetEndpoint{AddrPort: ap}, nil
+	if !ap.Addr().Unmap().Is4() {
+		return nil, fmt.Errorf("%s: the udp socket is IPv4 only: %w", a, syscall.EAFNOSUPPORT)
+	}
+	return &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}, nil
 }
 
 // BatchSize implements conn.Bind.
