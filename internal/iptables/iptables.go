@@ -24,10 +24,12 @@ const (
 )
 
 // Runner runs the tools, optionally inside the network namespace at NetNS
-// (a path such as /run/netns/x, entered through nsenter).
+// (a path such as /run/netns/x, entered through nsenter). With IPv6 the
+// rules go through ip6tables (of the same mode); ipsets are unaffected.
 type Runner struct {
 	Mode  Mode
 	NetNS string
+	IPv6  bool
 }
 
 func (r Runner) command(ctx context.Context, name string, args ...string) *exec.Cmd {
@@ -53,7 +55,11 @@ func (r Runner) run(ctx context.Context, stdin string, name string, args ...stri
 func (r Runner) tool(base string) (string, error) {
 	switch r.Mode {
 	case Legacy, NFT:
-		return "iptables-" + string(r.Mode) + "-" + base, nil
+		fam := "iptables-"
+		if r.IPv6 {
+			fam = "ip6tables-"
+		}
+		return fam + string(r.Mode) + "-" + base, nil
 	default:
 		return "", fmt.Errorf("iptables: unknown mode %q", r.Mode)
 	}
