@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/table"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -41,5 +42,25 @@ func TestGoldenKernel(t *testing.T) {
 				testutil.Golden(t, name, iptables.NormalizeSave(save))
 			})
 		}
+	}
+}
+
+// TestGoldenFake: the fake table holds, after one Apply, exactly what
+// each golden file (read from the kernel, see TestGoldenKernel) holds, and
+// a second Apply writes nothing.
+func TestGoldenFake(t *testing.T) {
+	for name, s := range goldenSpecs() {
+		t.Run(name, func(t *testing.T) {
+			f := table.NewFake()
+			g := NewIPTables(f)
+			ctx := context.Background()
+			if n, err := g.Apply(ctx, s); err != nil || n != 2 {
+				t.Fatalf("apply: %d writes, %v", n, err)
+			}
+			testutil.Golden(t, name, f.Dump("raw"))
+			if n, err := g.Apply(ctx, s); err != nil || n != 0 {
+				t.Fatalf("second apply: %d writes, %v", n, err)
+			}
+		})
 	}
 }
