@@ -324,14 +324,15 @@ func (f *Fake) dump(table string, counters bool) (string, error) {
 }
 
 // saveArgs prints a rule as iptables-save does: the strings of --comment
-// and --u32 in double quotes unless they consist of letters, digits, "-"
-// and "_" only (libxtables' xtables_save_string), everything else bare.
+// and --u32 in double quotes (with \, " and ' escaped by a backslash)
+// unless they consist of letters, digits, "-" and "_" only, as libxtables'
+// xtables_save_string prints them; everything else bare.
 func saveArgs(r []string) string {
 	out := make([]string, len(r))
 	for i, a := range r {
 		out[i] = a
 		if i > 0 && (r[i-1] == "--comment" || r[i-1] == "--u32") && !bare(a) {
-			out[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(a) + `"`
+			out[i] = `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, `'`, `\'`).Replace(a) + `"`
 		}
 	}
 	return strings.Join(out, " ")
