@@ -62,9 +62,30 @@ func keys[R ~[]string](rules []R) []string {
 	return ks
 }
 
+// keyMemo keeps the keys of each chain's rules while the caller hands over
+// the same rule slice (a caller that caches unchanged chains, as policy
+// does, then costs no key computation per Apply).
+type keyMemo map[string]memoKeys
+
+type memoKeys struct {
+	rules []Rule
+	keys  []string
+}
+
+func (m keyMemo) keys(c Chain, next keyMemo) []string {
+	if k, ok := m[c.Name]; ok && len(k.rules) == len(c.Rules) && (len(c.Rules) == 0 || &k.rules[0] == &c.Rules[0]) {
+		next[c.Name] = k
+		return k.keys
+	}
+	ks := keys(c.Rules)
+	next[c.Name] = memoKeys{rules: c.Rules, keys: ks}
+	return ks
+}
+
 // plan diffs st against cur, table by table in the owner's order.
-func plan(o Owner, cur *snapshot, st State) Plan {
+func plan(o Owner, cur *snapshot, st State, memo keyMemo) Plan {
 	next := &snapshot{tables: map[string]*view{}}
+	p := Plan{memo: keyMemo{}}
 	var b strings.Builder
 	var stats Stats
 	for _, tb := range o.Tables {
@@ -74,17 +95,18 @@ func plan(o Owner, cur *snapshot, st State) Plan {
 		}
 		nv := &view{chains: maps.Clone(v.chains), builtin: maps.Clone(v.builtin)}
 		next.tables[tb] = nv
-		b.WriteString(planTable(tb, v, nv, st, &stats))
+		b.WriteString(planTable(tb, v, nv, st, &stats, memo, p.memo))
 	}
 	stats.Restored = b.Len() > 0
-	return Plan{Text: b.String(), Stats: stats, next: next}
+	p.Text, p.Stats, p.next = b.String(), stats, next
+	return p
 }
 
 // planTable returns the restore section of table tb ("" when it matches):
 // changed and stale chains declared (which flushes them), the changed
 // chains' rules, the jump repairs, then the stale chains deleted (nothing
 // refers to them by then).
-func planTable(tb string, v, nv *view, st State, stats *Stats) string {
+func planTable(tb string, v, nv *view, st State, stats *Stats, memo, nextMemo keyMemo) string {
 	var decl, rules, tail strings.Builder
 	want := map[string]bool{}
 	for _, c := range st.Chains {
@@ -92,7 +114,7 @@ func planTable(tb string, v, nv *view, st State, stats *Stats) string {
 			continue
 		}
 		want[c.Name] = true
-		ks := keys(c.Rules)
+		ks := memo.keys(c, nextMemo)
 		if have, ok := v.chains[c.Name]; ok && slices.Equal(have, ks) {
 			continue
 		}

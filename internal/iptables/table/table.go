@@ -118,6 +118,7 @@ type Table struct {
 	k     Kernel
 	owner Owner
 	cur   *snapshot // what the kernel holds; nil: unknown, read it
+	memo  keyMemo   // rule keys of the last planned chains
 }
 
 // New returns a Table writing through k.
@@ -159,6 +160,7 @@ type Plan struct {
 	Text  string // iptables-restore --noflush input; "" when nothing differs
 	Stats Stats
 	next  *snapshot
+	memo  keyMemo
 }
 
 // Plan diffs st against what t knows of the kernel (reading it first when
@@ -175,7 +177,9 @@ func (t *Table) Plan(ctx context.Context, st State, readBack bool) (Plan, error)
 	if err := t.owner.check(st); err != nil {
 		return Plan{}, err
 	}
-	return plan(t.owner, t.cur, st), nil
+	p := plan(t.owner, t.cur, st, t.memo)
+	t.memo = p.memo
+	return p, nil
 }
 
 // Commit loads p. On failure t forgets what the kernel holds.
@@ -216,7 +220,7 @@ func Diff(o Owner, dumps map[string]*iptables.Dump, st State) (string, Stats, er
 	if err := o.check(st); err != nil {
 		return "", Stats{}, err
 	}
-	p := plan(o, observe(o, dumps), st)
+	p := plan(o, observe(o, dumps), st, nil)
 	return p.Text, p.Stats, nil
 }
 
