@@ -126,13 +126,7 @@ func planTable(tb string, v, nv *view, st State, stats *Stats, memo, nextMemo ke
 		stats.ChainsWritten++
 		stats.Written = append(stats.Written, c.Name)
 	}
-	var stale []string
-	for name := range v.chains {
-		if !want[name] {
-			stale = append(stale, name)
-		}
-	}
-	sort.Strings(stale)
+	stale := slices.DeleteFunc(slices.Sorted(maps.Keys(v.chains)), func(n string) bool { return want[n] })
 	for _, name := range stale {
 		decl.WriteString(":" + name + " - [0:0]\n")
 		tail.WriteString("-X " + name + "\n")
