@@ -124,9 +124,6 @@ type Table struct {
 // New returns a Table writing through k.
 func New(k Kernel, o Owner) *Table { return &Table{k: k, owner: o} }
 
-// Owner returns what t owns.
-func (t *Table) Owner() Owner { return t.owner }
-
 // Read returns iptables-save of every table the owner uses, parsed.
 func (t *Table) Read(ctx context.Context) (map[string]*iptables.Dump, error) {
 	dumps := make(map[string]*iptables.Dump, len(t.owner.Tables))
@@ -147,13 +144,6 @@ func (t *Table) Read(ctx context.Context) (map[string]*iptables.Dump, error) {
 // Observe makes dumps (of every table the owner uses) what the next Apply
 // without readBack diffs against.
 func (t *Table) Observe(dumps map[string]*iptables.Dump) { t.cur = observe(t.owner, dumps) }
-
-// Known reports whether t knows what the kernel holds (a read or a
-// successful Apply since the last failure).
-func (t *Table) Known() bool { return t.cur != nil }
-
-// Forget makes the next Apply read the kernel back.
-func (t *Table) Forget() { t.cur = nil }
 
 // Plan is what Apply would write.
 type Plan struct {
