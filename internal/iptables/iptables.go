@@ -1,8 +1,10 @@
-// Package iptables is a narrow exec shim over the iptables and ipset
-// userspace tools: detect which iptables backend (legacy or nft) a network
-// namespace uses, load rules with one `iptables-restore --noflush`
-// transaction, read them back with `iptables-save`, and load / read ipsets.
-// It knows nothing about what the rules mean.
+// Package iptables is a narrow exec shim over the iptables, ip6tables and
+// ipset userspace tools: detect which iptables backend (legacy or nft) a
+// network namespace uses, load rules with one `iptables-restore --noflush`
+// transaction, read them back with `iptables-save`, and load / read ipsets;
+// plus the save parser and the comment conventions. It knows nothing about
+// what the rules mean: the one writer of Weft's chains is the table
+// subpackage.
 package iptables
 
 import (
