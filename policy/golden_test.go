@@ -84,3 +84,38 @@ func TestGoldenPolicyFake(t *testing.T) {
 		t.Fatalf("left after removing all policy:\n%s%s", d, sets)
 	}
 }
+
+// TestDriftRepairedFake: a filter table drifted every way (the FORWARD
+// jump deleted, a rule added to an owned chain, a stale owned chain with
+// a jump from INPUT, another tool's rule above the INPUT jump) is back to
+// the golden dump after one Apply with read-back, in one restore.
+func TestDriftRepairedFake(t *testing.T) {
+	f := table.NewFake()
+	w := NewWriter(f, nil)
+	ctx := context.Background()
+	if _, err := w.Apply(ctx, goldenState(), true); err != nil {
+		t.Fatal(err)
+	}
+	golden := f.Dump("filter")
+	if !strings.Contains(golden, "\n-A FORWARD -m comment --comment \"weft:") {
+		t.Fatalf("FORWARD's first rule is not the policy jump:\n%s", golden)
+	}
+	drift := "*filter\n-D FORWARD 1\n" +
+		"-A " + ChainCheck + " -s 10.9.9.9/32 -j ACCEPT\n" +
+		":WEFT-POL-STALE - [0:0]\n-A WEFT-POL-STALE -j DROP\n-A INPUT -j WEFT-POL-STALE\n" +
+		"-I INPUT 1 -m comment --comment host-firewall -j ACCEPT\nCOMMIT\n"
+	if err := f.Restore(ctx, drift); err != nil {
+		t.Fatal(err)
+	}
+	n := f.Restores
+	s, err := w.Apply(ctx, goldenState(), true)
+	if err != nil || f.Restores != n+1 || !s.JumpFixed || s.ChainsWritten != 1 || s.ChainsDeleted != 1 {
+		t.Fatalf("repair: %+v %v (%d restores)", s, err, f.Restores-n)
+	}
+	// The other tool's rule stays, below the jump it had got above.
+	want := strings.Replace(golden, "\n-A FORWARD", "\n-A INPUT -m comment --comment host-firewall -j ACCEPT\n-A FORWARD", 1)
+	if got := f.Dump("filter"); got != want {
+		t.Fatalf("after repair:\n%s\nwant:\n%s", got, want)
+	}
+}
+
