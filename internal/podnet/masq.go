@@ -25,9 +25,9 @@ const MasqChain = "WEFT-MASQ-SUBNET"
 // rules into MasqChain and deletes it with its jump.
 const retiredMasqChain = "WEFT-POSTRTG"
 
-// masqLock serializes the read-modify-write of MasqChain between
+// MasqLock serializes the read-modify-write of MasqChain between
 // concurrent ADDs (of pods in different subnets).
-const masqLock = "/run/weft-ipmasq.lock"
+const MasqLock = "/run/weft-ipmasq.lock"
 
 var masqOwner = table.Owner{Tables: []string{"nat"}, Names: []string{MasqChain}, Retired: []string{retiredMasqChain}}
 
@@ -39,7 +39,7 @@ func ensureMasq(ctx context.Context, ips []*current.IPConfig) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := lockFile(masqLock)
+	unlock, err := lockFile(MasqLock)
 	if err != nil {
 		return err
 	}
