@@ -165,7 +165,8 @@ func planTable(tb string, v, nv *view, st State, stats *Stats, memo, nextMemo ke
 }
 
 // planJumps repairs the owner's rules in built-in chain b: have is what the
-// kernel holds, want what it should.
+// kernel holds, want what it should. When any of want is First, all of
+// them are kept at the top of b, in order.
 func planJumps(b string, have []placed, want []Jump) (string, []placed, bool) {
 	if slices.ContainsFunc(want, func(j Jump) bool { return j.Pos == First }) {
 		return planFirst(b, have, want)
