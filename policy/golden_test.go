@@ -57,6 +57,18 @@ func TestGoldenPolicyKernel(t *testing.T) {
 	}
 }
 
+// goldenFake returns a fake table and sets holding the golden policy and
+// the Writer that put it there.
+func goldenFake(t *testing.T) (*table.Fake, *Writer) {
+	t.Helper()
+	f := table.NewFake()
+	w := NewWriter(f, nil)
+	if _, err := w.Apply(context.Background(), goldenState(), true); err != nil {
+		t.Fatal(err)
+	}
+	return f, w
+}
+
 // TestGoldenPolicyFake: the Writer over the fake table and sets leaves
 // exactly testdata/policy-filter.golden (read from the kernel, see
 // TestGoldenPolicyKernel); the fake refuses a rule on a set not yet
@@ -64,12 +76,8 @@ func TestGoldenPolicyKernel(t *testing.T) {
 // that the sets are added before the rules that use them and removed
 // after.
 func TestGoldenPolicyFake(t *testing.T) {
-	f := table.NewFake()
-	w := NewWriter(f, nil)
+	f, w := goldenFake(t)
 	ctx := context.Background()
-	if _, err := w.Apply(ctx, goldenState(), true); err != nil {
-		t.Fatal(err)
-	}
 	testutil.Golden(t, "policy-filter.golden", f.Dump("filter"))
 	for _, readBack := range []bool{false, true} {
 		if s, err := w.Apply(ctx, goldenState(), readBack); err != nil || s.Restored || s.SetsCreated+s.SetsSwapped+s.SetsDeleted > 0 {
@@ -90,12 +98,8 @@ func TestGoldenPolicyFake(t *testing.T) {
 // a jump from INPUT, another tool's rule above the INPUT jump) is back to
 // the golden dump after one Apply with read-back, in one restore.
 func TestDriftRepairedFake(t *testing.T) {
-	f := table.NewFake()
-	w := NewWriter(f, nil)
+	f, w := goldenFake(t)
 	ctx := context.Background()
-	if _, err := w.Apply(ctx, goldenState(), true); err != nil {
-		t.Fatal(err)
-	}
 	golden := f.Dump("filter")
 	if !strings.Contains(golden, "\n-A FORWARD -m comment --comment \"weft:") {
 		t.Fatalf("FORWARD's first rule is not the policy jump:\n%s", golden)
