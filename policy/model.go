@@ -155,7 +155,7 @@ func (r Rule) argsWithHash(h string) []string {
 
 // commentWithHash is the comment as written to the kernel.
 func (r Rule) commentWithHash(h string) string {
-	return iptables.HashComment(h, r.Comment)
+	return iptables.BoundComment("weft:" + h + " " + r.Comment)
 }
 
 // Text renders the rule for an iptables-restore line.
@@ -186,7 +186,17 @@ func (r Rule) Hash() string {
 }
 
 // HashOfArgs extracts the rule hash from read-back arguments ("" if none).
-func HashOfArgs(args []string) string { return iptables.HashOf(args) }
+func HashOfArgs(args []string) string {
+	c := iptables.Comment(args)
+	if !strings.HasPrefix(c, "weft:") {
+		return ""
+	}
+	c = c[len("weft:"):]
+	if i := strings.IndexByte(c, ' '); i >= 0 {
+		c = c[:i]
+	}
+	return c
+}
 
 func (r Rule) matchArgs() []string {
 	m := r.Match

@@ -3,7 +3,6 @@ package iptables
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -33,26 +32,4 @@ func BoundComment(s string) string {
 		head = head[:len(head)-1]
 	}
 	return head + tail
-}
-
-// HashPrefix starts the comment of a rule that carries its own identity:
-// "weft:<hash> <text>". A writer compares such a rule with what it wants
-// by the hash alone (see HashOf).
-const HashPrefix = "weft:"
-
-// HashComment returns the bounded comment "weft:<hash> <text>".
-func HashComment(hash, text string) string { return BoundComment(HashPrefix + hash + " " + text) }
-
-// HashOf returns the hash of a rule whose comment is "weft:<hash> ...",
-// "" when it has none.
-func HashOf(args []string) string {
-	c := Comment(args)
-	if !strings.HasPrefix(c, HashPrefix) {
-		return ""
-	}
-	c = c[len(HashPrefix):]
-	if i := strings.IndexByte(c, ' '); i >= 0 {
-		c = c[:i]
-	}
-	return c
 }
