@@ -12,23 +12,25 @@ import (
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/iptables/table"
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/policy/rules"
+	rt "github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // goldenState is the rendered policy of node 1 of the fixture cluster
 // under a few policies that use every kind of rule the renderer makes:
 // default deny, namespace and pod selectors, named and ranged ports, an
 // ipBlock with an exception, egress, SCTP.
-func goldenState() *State {
-	c := newCluster()
-	return c.render(1,
-		np("x", "deny", nil, tIn),
-		withIngress(np("x", "from-y", map[string]string{"pod": "a"}, tIn),
-			in([]from{{NamespaceSelector: ls("ns", "y")}}, pPort(corev1.ProtocolTCP, named("http")))),
-		withIngress(np("x", "block", nil, tIn),
-			in([]from{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}}}, pPort(corev1.ProtocolTCP, num(80), 81))),
-		withEgress(np("y", "out", nil, tEg),
-			eg([]from{{NamespaceSelector: expr("ns", metav1.LabelSelectorOpIn, "x", "z"), PodSelector: ls("pod", "b")}}, pPort(corev1.ProtocolUDP, num(80)))),
-		withIngress(np("z", "sctp", map[string]string{"pod": "a"}, tIn), in(nil, pPort(corev1.ProtocolSCTP, num(9), 19))),
+func goldenState() *rules.State {
+	c := rt.NewCluster()
+	return c.Render(1,
+		rt.NP("x", "deny", nil, rt.TIn),
+		rt.WithIngress(rt.NP("x", "from-y", map[string]string{"pod": "a"}, rt.TIn),
+			rt.In([]rt.From{{NamespaceSelector: rt.LS("ns", "y")}}, rt.PPort(corev1.ProtocolTCP, rt.Named("http")))),
+		rt.WithIngress(rt.NP("x", "block", nil, rt.TIn),
+			rt.In([]rt.From{{IPBlock: &networkingv1.IPBlock{CIDR: "10.244.0.0/16", Except: []string{"10.244.2.0/24"}}}}, rt.PPort(corev1.ProtocolTCP, rt.Num(80), 81))),
+		rt.WithEgress(rt.NP("y", "out", nil, rt.TEg),
+			rt.Eg([]rt.From{{NamespaceSelector: rt.Expr("ns", metav1.LabelSelectorOpIn, "x", "z"), PodSelector: rt.LS("pod", "b")}}, rt.PPort(corev1.ProtocolUDP, rt.Num(80)))),
+		rt.WithIngress(rt.NP("z", "sctp", map[string]string{"pod": "a"}, rt.TIn), rt.In(nil, rt.PPort(corev1.ProtocolSCTP, rt.Num(9), 19))),
 	)
 }
 
@@ -44,7 +46,7 @@ func TestGoldenPolicyKernel(t *testing.T) {
 			r := iptables.Runner{Mode: mode, NetNS: n.Path()}
 			w := NewWriter(r, nil)
 			ctx := context.Background()
-			t.Cleanup(func() { _, _ = w.Apply(ctx, &State{}, true) })
+			t.Cleanup(func() { _, _ = w.Apply(ctx, &rules.State{}, true) })
 			if _, err := w.Apply(ctx, goldenState(), true); err != nil {
 				t.Fatal(err)
 			}
@@ -84,7 +86,7 @@ func TestGoldenPolicyFake(t *testing.T) {
 			t.Fatalf("converged apply (readBack=%v) wrote: %+v %v", readBack, s, err)
 		}
 	}
-	if _, err := w.Apply(ctx, &State{}, false); err != nil {
+	if _, err := w.Apply(ctx, &rules.State{}, false); err != nil {
 		t.Fatal(err)
 	}
 	sets, _ := f.IPSetSave(ctx)
@@ -105,7 +107,7 @@ func TestDriftRepairedFake(t *testing.T) {
 		t.Fatalf("FORWARD's first rule is not the policy jump:\n%s", golden)
 	}
 	drift := "*filter\n-D FORWARD 1\n" +
-		"-A " + ChainCheck + " -s 10.9.9.9/32 -j ACCEPT\n" +
+		"-A " + rules.ChainCheck + " -s 10.9.9.9/32 -j ACCEPT\n" +
 		":WEFT-POL-STALE - [0:0]\n-A WEFT-POL-STALE -j DROP\n-A INPUT -j WEFT-POL-STALE\n" +
 		"-I INPUT 1 -m comment --comment host-firewall -j ACCEPT\nCOMMIT\n"
 	if err := f.Restore(ctx, drift); err != nil {
@@ -122,4 +124,3 @@ func TestDriftRepairedFake(t *testing.T) {
 		t.Fatalf("after repair:\n%s\nwant:\n%s", got, want)
 	}
 }
-

@@ -13,13 +13,14 @@ import (
 
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/iptables/table"
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Dataplane converges the kernel to a rendered State. readBack makes it
 // re-read the kernel first (the periodic resync that repairs drift);
 // otherwise it trusts what it last wrote and writes only what changed.
 type Dataplane interface {
-	Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error)
+	Apply(ctx context.Context, st *rules.State, readBack bool) (ApplyStats, error)
 }
 
 // ApplyStats says what one Apply wrote.
@@ -91,7 +92,7 @@ type view struct {
 }
 
 type setView struct {
-	typ     SetType
+	typ     rules.SetType
 	members []string // normalized, sorted
 }
 
@@ -118,7 +119,7 @@ func sameSlice(a, b []string) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
-func (w *Writer) normalized(s IPSet, memo map[string]setMemo) []string {
+func (w *Writer) normalized(s rules.IPSet, memo map[string]setMemo) []string {
 	if m, ok := w.setMemo[s.Name]; ok && sameSlice(m.src, s.Members) {
 		memo[s.Name] = m
 		return m.norm
@@ -152,14 +153,14 @@ func (w *Writer) Prefetch(ctx context.Context) {
 }
 
 type chainMemo struct {
-	rules []Rule
+	rules []rules.Rule
 	args  []table.Rule
 }
 
 // args returns the rules of c as arguments (each with its hash comment),
 // reusing the last computation when the chain's rules are unchanged
 // (hashing every rule is most of an incremental sync's CPU otherwise).
-func (w *Writer) args(c Chain, memo map[string]chainMemo) []table.Rule {
+func (w *Writer) args(c rules.Chain, memo map[string]chainMemo) []table.Rule {
 	if m, ok := w.memo[c.Name]; ok && slices.EqualFunc(m.rules, c.Rules, ruleEqual) {
 		memo[c.Name] = m
 		return m.args
@@ -172,7 +173,7 @@ func (w *Writer) args(c Chain, memo map[string]chainMemo) []table.Rule {
 	return args
 }
 
-func ruleEqual(a, b Rule) bool { return a == b }
+func ruleEqual(a, b rules.Rule) bool { return a == b }
 
 // NewWriter returns a Writer over k.
 func NewWriter(k Kernel, log *slog.Logger) *Writer {
@@ -211,7 +212,7 @@ func (w *Writer) Close() error {
 
 // Apply implements Dataplane: ipsets first, then one iptables-restore
 // transaction, then stale ipsets are destroyed.
-func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error) {
+func (w *Writer) Apply(ctx context.Context, st *rules.State, readBack bool) (ApplyStats, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var stats ApplyStats
@@ -261,7 +262,7 @@ func (w *Writer) adopt(v *view) {
 }
 
 // read builds a view from iptables-save and ipset save.
-func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
+func (w *Writer) read(ctx context.Context, st *rules.State) (*view, error) {
 	// Both tools run at once: a resync costs one exec latency, not two.
 	var stext string
 	var serr error
@@ -284,7 +285,7 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 		return nil, fmt.Errorf("policy writer: parse rules: %w", err)
 	}
 	v := &view{filter: d, sets: map[string]setView{}}
-	if c := d.Chains[ChainSpoof]; c != nil {
+	if c := d.Chains[rules.ChainSpoof]; c != nil {
 		v.spoofed, v.spoofedKnown = spoofDrops(c)
 	}
 	_ = st
@@ -297,7 +298,7 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 	}
 	for name, s := range sets {
 		if OwnedSet(name) {
-			v.sets[name] = setView{typ: SetType(s.Type), members: normMembers(s.Members)}
+			v.sets[name] = setView{typ: rules.SetType(s.Type), members: normMembers(s.Members)}
 		}
 	}
 	return v, nil
@@ -317,7 +318,7 @@ func normMembers(ms []string) []string {
 	return out
 }
 
-func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *ApplyStats) (*view, error) {
+func (w *Writer) applySets(ctx context.Context, st *rules.State, cur *view, stats *ApplyStats) (*view, error) {
 	next := &view{sets: map[string]setView{}}
 	for n, s := range cur.sets {
 		next.sets[n] = s
@@ -336,11 +337,11 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		have, ok := cur.sets[s.Name]
 		switch {
 		case !ok:
-			writeSet(&b, s.Name, s)
+			rules.WriteSet(&b, s.Name, s)
 			stats.SetsCreated++
 		case have.typ != want.typ:
 			return nil, fmt.Errorf("policy writer: ipset %s has type %s, want %s", s.Name, have.typ, want.typ)
-		case !slices.Equal(have.members, want.members) && swapper != nil && s.Type == HashIP:
+		case !slices.Equal(have.members, want.members) && swapper != nil && s.Type == rules.HashIP:
 			var addrs []netip.Addr
 			for _, m := range s.Members {
 				if a, err := netip.ParseAddr(m); err == nil {
@@ -348,15 +349,15 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 				}
 			}
 			swaps = append(swaps, swap{s.Name, addrs})
-			delete(next.sets, TempSetName(s.Name)) // the swap replaces any leftover
+			delete(next.sets, rules.TempSetName(s.Name)) // the swap replaces any leftover
 			stats.SetsSwapped++
 		case !slices.Equal(have.members, want.members):
-			tmp := TempSetName(s.Name)
+			tmp := rules.TempSetName(s.Name)
 			if _, leftover := cur.sets[tmp]; leftover { // from an interrupted update
 				b.WriteString("destroy " + tmp + "\n")
 				delete(next.sets, tmp)
 			}
-			writeSet(&b, tmp, IPSet{Type: s.Type})
+			rules.WriteSet(&b, tmp, rules.IPSet{Type: s.Type})
 			b.WriteString("flush " + tmp + "\n")
 			for _, m := range s.Members {
 				b.WriteString("add " + tmp + " " + m + " -exist\n")
@@ -374,7 +375,7 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		}
 	}
 	for _, sw := range swaps {
-		if err := swapper.SwapIPSet(ctx, sw.name, TempSetName(sw.name), sw.members); err != nil {
+		if err := swapper.SwapIPSet(ctx, sw.name, rules.TempSetName(sw.name), sw.members); err != nil {
 			return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
 		}
 	}
@@ -383,7 +384,7 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 
 // applyRules converges the filter chains and the jumps to them in one
 // iptables-restore transaction (none when the kernel already matches).
-func (w *Writer) applyRules(ctx context.Context, st *State, stats *ApplyStats) error {
+func (w *Writer) applyRules(ctx context.Context, st *rules.State, stats *ApplyStats) error {
 	memo := make(map[string]chainMemo, len(st.Chains))
 	defer func() { w.memo = memo }()
 	ts := table.State{Chains: make([]table.Chain, 0, len(st.Chains))}
@@ -402,7 +403,7 @@ func (w *Writer) applyRules(ctx context.Context, st *State, stats *ApplyStats) e
 	return nil
 }
 
-func (w *Writer) deleteStaleSets(ctx context.Context, st *State, next *view, stats *ApplyStats) error {
+func (w *Writer) deleteStaleSets(ctx context.Context, st *rules.State, next *view, stats *ApplyStats) error {
 	want := map[string]bool{}
 	for _, s := range st.IPSets {
 		want[s.Name] = true

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/syntax"
 )
 
 // Fake is an in-memory kernel for rootless tests: tables of chains and
@@ -143,7 +143,7 @@ func (t *fakeTable) declare(table string, f []string) error {
 
 // command runs one -A/-I/-D/-F/-X/-N/-P line on t.
 func (f *Fake) command(t *fakeTable, line string) error {
-	args, err := iptables.SplitArgs(line)
+	args, err := syntax.SplitArgs(line)
 	if err != nil {
 		return err
 	}

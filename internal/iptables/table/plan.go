@@ -6,7 +6,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/syntax"
 )
 
 // snapshot is what an owner has in the kernel, per table.
@@ -26,7 +26,7 @@ type placed struct {
 	key   string
 }
 
-func observe(o Owner, dumps map[string]*iptables.Dump) *snapshot {
+func observe(o Owner, dumps map[string]*syntax.Dump) *snapshot {
 	s := &snapshot{tables: map[string]*view{}}
 	for _, tb := range o.Tables {
 		v := &view{chains: map[string][]string{}, builtin: map[string][]placed{}}

@@ -23,6 +23,8 @@
 // iptables-save and diffs against that, repairing drift; without it, it
 // diffs against what the last successful Apply left. Fake holds table
 // state, loads the same restore text and dumps it in iptables-save form.
+// The package does no I/O of its own: the Kernel (iptables.Runner, or
+// Fake) is passed in.
 package table
 
 import (
@@ -31,7 +33,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/syntax"
 )
 
 // Rule is one rule's arguments after "-A <chain>".
@@ -125,14 +127,14 @@ type Table struct {
 func New(k Kernel, o Owner) *Table { return &Table{k: k, owner: o} }
 
 // Read returns iptables-save of every table the owner uses, parsed.
-func (t *Table) Read(ctx context.Context) (map[string]*iptables.Dump, error) {
-	dumps := make(map[string]*iptables.Dump, len(t.owner.Tables))
+func (t *Table) Read(ctx context.Context) (map[string]*syntax.Dump, error) {
+	dumps := make(map[string]*syntax.Dump, len(t.owner.Tables))
 	for _, tb := range t.owner.Tables {
 		out, err := t.k.Save(ctx, tb)
 		if err != nil {
 			return nil, fmt.Errorf("read %s table: %w", tb, err)
 		}
-		d, err := iptables.ParseSave(out, tb)
+		d, err := syntax.ParseSave(out, tb)
 		if err != nil {
 			return nil, fmt.Errorf("parse %s table: %w", tb, err)
 		}
@@ -143,7 +145,7 @@ func (t *Table) Read(ctx context.Context) (map[string]*iptables.Dump, error) {
 
 // Observe makes dumps (of every table the owner uses) what the next Apply
 // without readBack diffs against.
-func (t *Table) Observe(dumps map[string]*iptables.Dump) { t.cur = observe(t.owner, dumps) }
+func (t *Table) Observe(dumps map[string]*syntax.Dump) { t.cur = observe(t.owner, dumps) }
 
 // Plan is what Apply would write.
 type Plan struct {
@@ -206,7 +208,7 @@ func (t *Table) Remove(ctx context.Context) error {
 
 // Diff returns the restore text that turns the tables in dumps into st,
 // "" when they already match. Pure.
-func Diff(o Owner, dumps map[string]*iptables.Dump, st State) (string, Stats, error) {
+func Diff(o Owner, dumps map[string]*syntax.Dump, st State) (string, Stats, error) {
 	if err := o.check(st); err != nil {
 		return "", Stats{}, err
 	}
@@ -246,7 +248,7 @@ func target(r []string) string {
 // key identifies a rule: its hash when its comment carries one, else its
 // arguments.
 func key(r []string) string {
-	if h := iptables.HashOf(r); h != "" {
+	if h := syntax.HashOf(r); h != "" {
 		return "#" + h
 	}
 	return strings.Join(r, "\x00")
@@ -255,7 +257,7 @@ func key(r []string) string {
 func quote(args []string) string {
 	q := make([]string, len(args))
 	for i, a := range args {
-		q[i] = iptables.Quote(a)
+		q[i] = syntax.Quote(a)
 	}
 	return strings.Join(q, " ")
 }
