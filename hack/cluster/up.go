@@ -116,6 +116,14 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 		if err := attach(ctx, n, NodeIP(i)); err != nil {
 			return err
 		}
+		// Nodes have no default route (nothing leaves the machine), so
+		// the Service range gets one on the underlay, as a default route
+		// would carry it: a packet to a ClusterIP without endpoints must
+		// reach FORWARD, where kube-proxy rejects it, instead of meeting
+		// "network unreachable" at the routing decision.
+		if err := run(ctx, "ip", "-n", n, "route", "replace", ServiceCIDR, "dev", "eth0"); err != nil {
+			return err
+		}
 		for _, d := range []string{"", "state"} {
 			if err := os.MkdirAll(filepath.Join(c.nodeDir(n), d), 0o755); err != nil {
 				return fmt.Errorf("create node dir: %w", err)

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -302,11 +303,22 @@ func (s *svcEnv) clusterIPSpread() {
 		}
 		for _, from := range s.sortedPods("cl-") {
 			seen := map[string]int{}
-			for range 30 {
-				if a := s.probe(from, s.addr("echo"), proto, 2*time.Second); a.ok {
-					seen[a.pod]++
-				}
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			for range 6 { // 6 workers x 5 probes, each a new connection (new source port)
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range 5 {
+						if a := s.probe(from, s.addr("echo"), proto, 2*time.Second); a.ok {
+							mu.Lock()
+							seen[a.pod]++
+							mu.Unlock()
+						}
+					}
+				}()
 			}
+			wg.Wait()
 			if len(seen) != 3 {
 				s.t.Errorf("%s %s -> echo: 30 probes answered by %v, want all 3 backends", proto, from, seen)
 			}
