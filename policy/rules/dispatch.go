@@ -41,7 +41,7 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 	// above all): a packet policy allows is not accepted here but RETURNs,
 	// so it still meets kube-proxy's INVALID drop, its firewall chain
 	// (loadBalancerSourceRanges) and its REJECT of Services without
-	// endpoints; masq's WEFT-FORWARD, appended at the end of FORWARD, is
+	// endpoints; masq's WEFT-FWD-ACCEPT, appended at the end of FORWARD, is
 	// the final accept. Only drops are final here, and the jump to
 	// WEFT-POL-FWD stays first in FORWARD, so the source-address check and
 	// policy run before anyone's conntrack or mark based accept.
