@@ -376,7 +376,7 @@ func (s *svcEnv) nodePorts() {
 func (s *svcEnv) noEndpoints() {
 	for _, proto := range []string{"tcp", "udp"} {
 		for _, from := range s.sortedPods("cl-") {
-			s.eventually(fmt.Sprintf("%s %s -> empty", proto, from), 60*time.Second, func() string {
+			s.eventually(fmt.Sprintf("%s %s -> empty", proto, from), 20*time.Second, func() string {
 				a := s.probe(from, s.addr("empty"), proto, 3*time.Second)
 				if a.ok || !strings.Contains(a.why, "connection refused") {
 					return fmt.Sprintf("want connection refused, got %+v", a)
