@@ -8,11 +8,11 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
 )
 
-// Backend is the VXLAN backend. It satisfies daemon/backend.Backend.
+// Backend is the VXLAN backend. It satisfies backend.Backend (internal/backend).
 type Backend struct {
 	cfg   Config
 	k     Kernel
@@ -20,7 +20,7 @@ type Backend struct {
 	log   *slog.Logger
 
 	mu    sync.Mutex
-	local fabric.LocalNode
+	local backend.LocalNode
 	dev   Device
 	spec  DeviceSpec
 	up    bool
@@ -40,11 +40,11 @@ func (b *Backend) Type() string { return Type }
 // Start creates the device or adopts an existing matching one (keeping its
 // MAC and all entries), gives it the node subnet's network address /32 and
 // returns what peers need.
-func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Published, error) {
+func (b *Backend) Start(ctx context.Context, local backend.LocalNode) (backend.Published, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() {
-		return fabric.Published{}, fmt.Errorf("vxlan: local node needs an IPv4 underlay IP and a pod CIDR (got %v, %v)", local.UnderlayIP, local.PodCIDR)
+		return backend.Published{}, fmt.Errorf("vxlan: local node needs an IPv4 underlay IP and a pod CIDR (got %v, %v)", local.UnderlayIP, local.PodCIDR)
 	}
 	mtu := b.cfg.MTU
 	if mtu == 0 {
@@ -52,7 +52,7 @@ func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Pub
 		if um == 0 {
 			m, err := b.k.LinkMTU(local.UnderlayLink)
 			if err != nil {
-				return fabric.Published{}, fmt.Errorf("vxlan: underlay mtu: %w", err)
+				return backend.Published{}, fmt.Errorf("vxlan: underlay mtu: %w", err)
 			}
 			um = m
 		}
@@ -61,14 +61,14 @@ func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Pub
 	b.local = local
 	b.spec = DeviceSpec{Name: DefaultDevice, VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
 	if _, err := b.ensureDevice(); err != nil {
-		return fabric.Published{}, err
+		return backend.Published{}, err
 	}
 	b.up = true
 	return b.published(), nil
 }
 
-func (b *Backend) published() fabric.Published {
-	return fabric.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
+func (b *Backend) published() backend.Published {
+	return backend.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
 }
 
 // ensureDevice makes sure the device and its address exist; it returns the
@@ -117,18 +117,18 @@ func (b *Backend) ensureDevice() (int, error) {
 // Desired computes for peers. It reads the kernel each time, so calling it
 // periodically repairs drift. Additions go FDB -> neighbour -> route and
 // removals in the reverse order, so no route points at a missing entry.
-func (b *Backend) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyResult, error) {
+func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.ApplyResult, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.up {
-		return fabric.ApplyResult{}, errors.New("vxlan: not started")
+		return backend.ApplyResult{}, errors.New("vxlan: not started")
 	}
 	changes, err := b.ensureDevice()
 	if err != nil {
-		return fabric.ApplyResult{}, err
+		return backend.ApplyResult{}, err
 	}
 	want, probs := Desired(b.local, peers)
-	res := fabric.ApplyResult{Peers: len(want.FDB), Published: b.published()}
+	res := backend.ApplyResult{Peers: len(want.FDB), Published: b.published()}
 	for _, p := range probs {
 		res.Problems = append(res.Problems, p.String())
 	}

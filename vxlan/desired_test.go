@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 var (
@@ -16,13 +16,13 @@ var (
 	addr = netip.MustParseAddr
 )
 
-func local() fabric.LocalNode {
-	return fabric.LocalNode{Name: "n1", UnderlayIP: addr("172.18.0.2"), UnderlayLink: "eth0", UnderlayMTU: 1500,
+func local() backend.LocalNode {
+	return backend.LocalNode{Name: "n1", UnderlayIP: addr("172.18.0.2"), UnderlayLink: "eth0", UnderlayMTU: 1500,
 		PodCIDR: pfx("10.244.1.0/24"), Network: pfx("10.244.0.0/16")}
 }
 
-func peer(name, ip, mac string, cidrs ...string) fabric.Peer {
-	p := fabric.Peer{Name: name, UnderlayIP: addr(ip), Backends: []string{"vxlan"}, Attrs: map[string]string{AnnoVTEPMAC: mac}}
+func peer(name, ip, mac string, cidrs ...string) backend.Peer {
+	p := backend.Peer{Name: name, UnderlayIP: addr(ip), Backends: []string{"vxlan"}, Attrs: map[string]string{AnnoVTEPMAC: mac}}
 	for _, c := range cidrs {
 		p.PodCIDRs = append(p.PodCIDRs, pfx(c))
 	}
@@ -30,7 +30,7 @@ func peer(name, ip, mac string, cidrs ...string) fabric.Peer {
 }
 
 func TestDesired(t *testing.T) {
-	peers := []fabric.Peer{
+	peers := []backend.Peer{
 		peer("n3", "172.18.0.4", "02:00:00:00:00:03", "10.244.3.0/24"),
 		peer("n1", "172.18.0.2", "02:00:00:00:00:01", "10.244.1.0/24"), // ourselves
 		peer("n2", "172.18.0.3", "02:00:00:00:00:02", "10.244.2.0/24"),
@@ -56,19 +56,19 @@ func TestDesiredProblems(t *testing.T) {
 	udpOnly.Backends = []string{"udp"}
 	cases := []struct {
 		name string
-		p    []fabric.Peer
+		p    []backend.Peer
 		want string
 	}{
-		{"no vxlan", []fabric.Peer{udpOnly}, "does not decapsulate vxlan"},
-		{"bad mac", []fabric.Peer{peer("p", "172.18.0.9", "zz", "10.244.9.0/24")}, "invalid or missing"},
-		{"no mac", []fabric.Peer{peer("p", "172.18.0.9", "", "10.244.9.0/24")}, "invalid or missing"},
-		{"ipv6 underlay", []fabric.Peer{peer("p", "fd00::1", "02:00:00:00:00:09", "10.244.9.0/24")}, "invalid underlay"},
-		{"own underlay", []fabric.Peer{peer("p", "172.18.0.2", "02:00:00:00:00:09", "10.244.9.0/24")}, "is this node's"},
-		{"outside network", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.99.9.0/24")}, "outside the cluster network"},
-		{"overlaps own", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.244.1.0/25")}, "overlaps this node's"},
-		{"no cidr", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09")}, "no pod CIDR yet"},
-		{"dup cidr", []fabric.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.9.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:09", "10.244.9.0/24")}, "b: pod CIDR 10.244.9.0/24 overlaps a's"},
-		{"dup mac", []fabric.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.8.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:08", "10.244.9.0/24")}, "b: VTEP MAC 02:00:00:00:00:08 already used by a"},
+		{"no vxlan", []backend.Peer{udpOnly}, "does not decapsulate vxlan"},
+		{"bad mac", []backend.Peer{peer("p", "172.18.0.9", "zz", "10.244.9.0/24")}, "invalid or missing"},
+		{"no mac", []backend.Peer{peer("p", "172.18.0.9", "", "10.244.9.0/24")}, "invalid or missing"},
+		{"ipv6 underlay", []backend.Peer{peer("p", "fd00::1", "02:00:00:00:00:09", "10.244.9.0/24")}, "invalid underlay"},
+		{"own underlay", []backend.Peer{peer("p", "172.18.0.2", "02:00:00:00:00:09", "10.244.9.0/24")}, "is this node's"},
+		{"outside network", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.99.9.0/24")}, "outside the cluster network"},
+		{"overlaps own", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.244.1.0/25")}, "overlaps this node's"},
+		{"no cidr", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09")}, "no pod CIDR yet"},
+		{"dup cidr", []backend.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.9.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:09", "10.244.9.0/24")}, "b: pod CIDR 10.244.9.0/24 overlaps a's"},
+		{"dup mac", []backend.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.8.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:08", "10.244.9.0/24")}, "b: VTEP MAC 02:00:00:00:00:08 already used by a"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -89,7 +89,7 @@ func TestDesiredProblems(t *testing.T) {
 
 func TestDesiredIgnoresIPv6CIDRAndMultipleCIDRs(t *testing.T) {
 	p := peer("n2", "172.18.0.3", "02:00:00:00:00:02", "10.244.2.0/24", "fd00:10:244:2::/64", "10.244.20.0/24")
-	st, probs := Desired(local(), []fabric.Peer{p})
+	st, probs := Desired(local(), []backend.Peer{p})
 	if len(probs) != 0 || len(st.FDB) != 1 || len(st.Routes) != 2 || len(st.Neigh) != 2 {
 		t.Fatalf("state %+v problems %v", st, probs)
 	}
@@ -131,7 +131,7 @@ func TestBackendConverges(t *testing.T) {
 	if pub.MTU != 1450 || pub.Attrs[AnnoVTEPMAC] == "" {
 		t.Fatalf("published %+v", pub)
 	}
-	peers := []fabric.Peer{peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"), peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24")}
+	peers := []backend.Peer{peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"), peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24")}
 	res, err := b.Apply(ctx, peers)
 	if err != nil || res.Peers != 2 || res.Changes != 6 { // 2*(fdb, neigh, route); the address came with Start
 		t.Fatalf("apply: %+v %v", res, err)

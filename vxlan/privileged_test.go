@@ -16,8 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
@@ -31,7 +31,7 @@ type node struct {
 	k   *vxlan.Netlink
 	b   *vxlan.Backend
 	g   *encapguard.IPTables
-	pub fabric.Published
+	pub backend.Published
 }
 
 func must(t *testing.T, err error, what string) {
@@ -61,14 +61,14 @@ func (n *node) start(t *testing.T) {
 	must(t, err, "start backend")
 }
 
-func (n *node) asPeer() fabric.Peer {
-	return fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
+func (n *node) asPeer() backend.Peer {
+	return backend.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
 		Backends: []string{vxlan.Type}, Attrs: n.pub.Attrs}
 }
 
-func (n *node) apply(t *testing.T, peers ...*node) fabric.ApplyResult {
+func (n *node) apply(t *testing.T, peers ...*node) backend.ApplyResult {
 	t.Helper()
-	var ps []fabric.Peer
+	var ps []backend.Peer
 	for _, p := range peers {
 		ps = append(ps, p.asPeer())
 	}

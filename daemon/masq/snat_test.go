@@ -14,7 +14,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/daemon/masq"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/vxlan"
@@ -73,7 +73,7 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 	u := nettopo.NewUnderlay(t)
 	n1, n2 := u.AddNode(t, 1), u.AddNode(t, 2)
 	p1, p2 := n1.AddPod(t, 1450), n2.AddPod(t, 1450)
-	var peers []fabric.Peer
+	var peers []backend.Peer
 	var backends []*vxlan.Backend
 	for _, n := range []*nettopo.Node{n1, n2} {
 		k, err := vxlan.NewNetlinkAt(n.NS.Path())
@@ -87,7 +87,7 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		backends = append(backends, b)
-		peers = append(peers, fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR}, Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
+		peers = append(peers, backend.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR}, Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
 	}
 	for _, b := range backends {
 		if _, err := b.Apply(ctx, peers); err != nil {
