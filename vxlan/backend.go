@@ -10,14 +10,16 @@ import (
 
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
+	"github.com/weftnet/weft/internal/route"
 )
 
 // Backend is the VXLAN backend. It satisfies backend.Backend (internal/backend).
 type Backend struct {
-	cfg   Config
-	k     Kernel
-	guard encapguard.Guard // nil: the port is left open (tests of the bare data path only)
-	log   *slog.Logger
+	cfg    Config
+	k      Kernel
+	routes route.Writer     // shared by every backend of the node
+	guard  encapguard.Guard // nil: the port is left open (tests of the bare data path only)
+	log    *slog.Logger
 
 	mu    sync.Mutex
 	local backend.LocalNode
@@ -26,12 +28,12 @@ type Backend struct {
 	up    bool
 }
 
-// New returns a backend that programs k and keeps the VXLAN port closed
-// to all but the peers through guard (see internal/encapguard). A nil
-// guard leaves the port open to anyone; only tests of the bare data path
-// pass nil.
-func New(cfg Config, k Kernel, guard encapguard.Guard, log *slog.Logger) *Backend {
-	return &Backend{cfg: cfg, k: k, guard: guard, log: log.With("backend", Type)}
+// New returns a backend that programs k, writes its routes through routes
+// (owner "vxlan") and keeps the VXLAN port closed to all but the peers
+// through guard (see internal/encapguard). A nil guard leaves the port
+// open to anyone; only tests of the bare data path pass nil.
+func New(cfg Config, k Kernel, routes route.Writer, guard encapguard.Guard, log *slog.Logger) *Backend {
+	return &Backend{cfg: cfg, k: k, routes: routes, guard: guard, log: log.With("backend", Type)}
 }
 
 // Type returns "vxlan".
@@ -59,6 +61,8 @@ func (b *Backend) Start(ctx context.Context, local backend.LocalNode) (backend.P
 		mtu = um - Overhead
 	}
 	b.local = local
+	// A weftd before the route protocol wrote RTPROT_STATIC routes here.
+	b.routes.Adopt(DefaultDevice)
 	b.spec = DeviceSpec{Name: DefaultDevice, VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
 	if _, err := b.ensureDevice(); err != nil {
 		return backend.Published{}, err
@@ -157,10 +161,6 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	routes, err := b.k.Routes(dev)
-	if err != nil {
-		return 0, err
-	}
 	var errs []error
 	changes := 0
 	do := func(err error) {
@@ -189,24 +189,17 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 			do(b.k.SetNeigh(dev, NeighEntry{IP: ip, MAC: mac}))
 		}
 	}
-	haveRoute := map[netip.Prefix]netip.Addr{}
-	for _, r := range routes {
-		haveRoute[r.Dst] = r.Gw
-	}
-	for dst, gw := range want.Routes {
-		if g, ok := haveRoute[dst]; !ok || g != gw {
-			do(b.k.ReplaceRoute(dev, RouteEntry{Dst: dst, Gw: gw}))
-		}
+	// Routes: the writer replaces what differs and removes our routes
+	// that are not wanted (a destination another backend took over stays).
+	n, err := b.routes.Apply(ctx, Type, b.wantRoutes(want))
+	changes += n
+	if err != nil {
+		errs = append(errs, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return changes, err
+		return changes, errors.Join(append(errs, err)...)
 	}
-	// Removals: everything on our device that is not wanted.
-	for _, r := range routes {
-		if _, ok := want.Routes[r.Dst]; !ok {
-			do(b.k.DelRoute(dev, r))
-		}
-	}
+	// Removals: every entry on our device that is not wanted.
 	for _, e := range neighs {
 		if _, ok := want.Neigh[e.IP]; !ok {
 			do(b.k.DelNeigh(dev, e))
@@ -220,9 +213,20 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 	return changes, errors.Join(errs...)
 }
 
-// Stop ends the backend. With cleanup the device and so every entry on it
-// is removed (switching away, uninstall); without, everything stays for the
-// next weftd to adopt, so established pod traffic keeps flowing.
+// wantRoutes are the routes of st: each peer subnet via its network
+// address, onlink, out of the device.
+func (b *Backend) wantRoutes(st State) []route.Route {
+	out := make([]route.Route, 0, len(st.Routes))
+	for dst, gw := range st.Routes {
+		out = append(out, route.Route{Dst: dst, Gw: gw, Dev: b.dev.Name, OnLink: true})
+	}
+	return out
+}
+
+// Stop ends the backend. With cleanup its routes are released (those
+// another backend took over stay) and the device and so every entry on it
+// is removed (switching away, uninstall); without, everything stays for
+// the next weftd to adopt, so established pod traffic keeps flowing.
 func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -231,6 +235,9 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		return nil
 	}
 	var errs []error
+	if _, err := b.routes.Release(ctx, Type); err != nil {
+		errs = append(errs, fmt.Errorf("vxlan: %w", err))
+	}
 	if err := b.k.DeleteDevice(DefaultDevice); err != nil {
 		errs = append(errs, fmt.Errorf("vxlan: %w", err))
 	}

@@ -123,7 +123,7 @@ func TestDecodeConfig(t *testing.T) {
 func TestBackendConverges(t *testing.T) {
 	ctx := context.Background()
 	k := NewFake(map[string]int{"eth0": 1500})
-	b := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+	b := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub, err := b.Start(ctx, local())
 	if err != nil {
 		t.Fatal(err)
@@ -146,7 +146,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("second apply changed %d (%d writes): %v", res.Changes, k.Writes-w, err)
 	}
 	// Drift: a hand-deleted route and FDB entry come back; a foreign entry goes.
-	_ = k.DelRoute(b.dev, RouteEntry{Dst: pfx("10.244.2.0/24")})
+	k.RemoveRoute(pfx("10.244.2.0/24"))
 	_ = k.DelFDB(b.dev, FDBEntry{MAC: "02:00:00:00:00:33"})
 	_ = k.SetNeigh(b.dev, NeighEntry{IP: addr("10.244.77.0"), MAC: "02:00:00:00:00:77"})
 	if res, err := b.Apply(ctx, peers); err != nil || res.Changes != 3 || !equalState(k.Snapshot(), want) {
@@ -165,7 +165,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("stop without cleanup removed the device: %v", err)
 	}
 	w = k.Writes
-	b2 := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+	b2 := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub2, err := b2.Start(ctx, local())
 	if err != nil || pub2.Attrs[AnnoVTEPMAC] != pub.Attrs[AnnoVTEPMAC] || k.Writes != w {
 		t.Fatalf("restart: %+v %v, %d writes", pub2, err, k.Writes-w)
@@ -174,7 +174,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("apply after adopt: %+v %v", res, err)
 	}
 	// A changed VNI replaces the device.
-	b3 := New(Config{VNI: 2, Port: 8472}, k, nil, slog.Default())
+	b3 := New(Config{VNI: 2, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub3, err := b3.Start(ctx, local())
 	if err != nil || pub3.Attrs[AnnoVTEPMAC] == pub.Attrs[AnnoVTEPMAC] {
 		t.Fatalf("vni change did not recreate: %+v %v", pub3, err)
@@ -188,11 +188,11 @@ func TestBackendMTU(t *testing.T) {
 	k := NewFake(map[string]int{"eth0": 9000})
 	l := local()
 	l.UnderlayMTU = 0
-	pub, err := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default()).Start(context.Background(), l)
+	pub, err := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default()).Start(context.Background(), l)
 	if err != nil || pub.MTU != 8950 {
 		t.Fatalf("derived mtu %d %v", pub.MTU, err)
 	}
-	pub, err = New(Config{VNI: 1, Port: 8472, MTU: 1300}, k, nil, slog.Default()).Start(context.Background(), l)
+	pub, err = New(Config{VNI: 1, Port: 8472, MTU: 1300}, k, k.Routes(), nil, slog.Default()).Start(context.Background(), l)
 	if err != nil || pub.MTU != 1300 {
 		t.Fatalf("configured mtu %d %v", pub.MTU, err)
 	}

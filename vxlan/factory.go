@@ -9,13 +9,17 @@ import (
 
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
+	"github.com/weftnet/weft/internal/route"
 )
 
-// Factory builds vxlan backends over one kernel, each guarding its port
-// with Guard (required: weft never opens the port unguarded). It
-// implements backend.Factory.
+// Factory builds vxlan backends over one kernel, each writing its routes
+// through Routes (the node's one route writer, shared with the other
+// backends so a switch hands each destination over by one replace) and
+// guarding its port with Guard (required: weft never opens the port
+// unguarded). It implements backend.Factory.
 type Factory struct {
 	Kernel Kernel
+	Routes route.Writer
 	Guard  encapguard.Guard
 	Log    *slog.Logger
 }
@@ -38,12 +42,15 @@ func (f Factory) New(raw json.RawMessage) (backend.Backend, error) {
 	if f.Guard == nil {
 		return nil, errors.New("vxlan: no encapsulation guard")
 	}
-	return New(cfg, f.Kernel, f.Guard, f.Log), nil
+	if f.Routes == nil {
+		return nil, errors.New("vxlan: no route writer")
+	}
+	return New(cfg, f.Kernel, f.Routes, f.Guard, f.Log), nil
 }
 
 // Cleanup removes what any vxlan backend could have left on the node: the
-// device weft.vxlan (and with it its FDB, neighbours and routes) and the
-// guard's chains and set.
+// device weft.vxlan (and with it its FDB, neighbours and every route out
+// of it, whatever its protocol) and the guard's chains and set.
 func (f Factory) Cleanup(ctx context.Context) error {
 	var errs []error
 	if f.Kernel != nil {

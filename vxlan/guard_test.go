@@ -17,7 +17,7 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	ctx := context.Background()
 	k := NewFake(map[string]int{"eth0": 1500})
 	g := encapguard.NewFake()
-	b := New(Config{VNI: 1, Port: 8472}, k, g, slog.Default())
+	b := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), g, slog.Default())
 	if _, err := b.Start(ctx, local()); err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +65,7 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	if _, ok := g.Spec(Type); !ok {
 		t.Fatal("stop without cleanup removed the guard")
 	}
-	b2 := New(Config{VNI: 1, Port: 4789}, k, g, slog.Default())
+	b2 := New(Config{VNI: 1, Port: 4789}, k, k.Routes(), g, slog.Default())
 	if _, err := b2.Start(ctx, local()); err != nil {
 		t.Fatal(err)
 	}

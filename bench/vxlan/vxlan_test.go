@@ -26,6 +26,7 @@ import (
 	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
 )
@@ -153,7 +154,8 @@ func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 			b.Fatal(err)
 		}
 		guard := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: n.NS.Path()})
-		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, guard, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, route.New(route.NewNetlink(k.Handle()), quiet), guard, quiet)
 		pub, err := be.Start(context.Background(), n.Local())
 		if err != nil {
 			b.Fatal(err)

@@ -139,15 +139,15 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return fmt.Errorf("iptables: %w", err)
 	}
 	log.Info("iptables backend", "mode", mode)
-	k, err := vxlan.NewNetlink()
+	nk, closeKernel, err := openNodeKernel(log)
 	if err != nil {
 		return err
 	}
-	defer k.Close()
+	defer closeKernel()
 	status, metrics := api.NewStatus(), api.NewMetrics()
-	guard := encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	metrics.Registry.MustRegister(encapguard.NewCollector(guard, log, vxlan.Type))
-	mgr := fabric.NewManager(factories(nodeKernel{vxlan: k, guard: guard}, log.With("node", opt.NodeName)), log)
+	nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
+	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type))
+	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	// A server that fails stops weftd at once (not when the agent returns):
@@ -231,18 +231,16 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		d.Client = client
 	}
-	nk := nodeKernel{}
+	nk, closeKernel, err := openNodeKernel(log)
+	if err != nil {
+		return err
+	}
+	defer closeKernel()
 	if mode, err := iptables.Detect(ctx, ""); err == nil {
 		d.Tables = iptables.Runner{Mode: mode}
 		nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
 	}
-	k, err := vxlan.NewNetlink()
-	if err != nil {
-		return err
-	}
-	defer k.Close()
-	nk.vxlan = k
-	d.Backends = factories(nk, log)
+	d.Backends, d.Routes = factories(nk, log), nk.routes
 	if err := agent.Uninstall(ctx, opt, d); err != nil {
 		return err
 	}

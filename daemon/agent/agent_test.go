@@ -22,6 +22,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/vxlan"
 )
@@ -96,7 +97,8 @@ func start(t *testing.T, objs ...any) *harness {
 
 func (h *harness) run() {
 	log := slog.Default()
-	mgr := fabric.NewManager([]backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g, Log: log}}, log)
+	// A new route writer per run, as a restarted weftd has.
+	mgr := fabric.NewManager([]backend.Factory{vxlan.Factory{Kernel: h.k, Routes: route.New(h.k, log), Guard: h.g, Log: log}}, log)
 	a := New(h.opt, Deps{Client: h.c, Backends: mgr, Tables: &fakeTables{}, Host: fakeHost{}, Status: h.status, Metrics: api.NewMetrics(), Log: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel

@@ -23,6 +23,11 @@ type UninstallDeps struct {
 	// Backends are the factories of every backend type weftd knows; each
 	// cleans up what its backends could have left.
 	Backends []backend.Factory
+	// Routes removes every route Weft owns (its route protocol) that a
+	// backend's cleanup left, e.g. ones out of the underlay; nil skips.
+	Routes interface {
+		Purge(ctx context.Context) (int, error)
+	}
 	// Leftovers removes the links, chains and sets weft owns by name; nil
 	// skips them.
 	Leftovers Leftovers
@@ -65,6 +70,11 @@ func Uninstall(ctx context.Context, opt Options, d UninstallDeps) error {
 	for _, f := range d.Backends {
 		if err := f.Cleanup(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("clean up backend %s: %w", f.Type(), err))
+		}
+	}
+	if d.Routes != nil {
+		if _, err := d.Routes.Purge(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove weft's routes: %w", err))
 		}
 	}
 	if d.Tables != nil {

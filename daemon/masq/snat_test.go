@@ -17,6 +17,7 @@ import (
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -81,7 +82,7 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(k.Close)
-		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, route.New(route.NewNetlink(k.Handle()), slog.Default()), nil, slog.Default())
 		pub, err := b.Start(ctx, n.Local())
 		if err != nil {
 			t.Fatal(err)

@@ -166,10 +166,15 @@ func (t *Table) Apply(ctx context.Context, owner string, routes []Route) (int, e
 func (t *Table) Release(ctx context.Context, owner string) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, ok := t.sets[owner]; !ok {
-		return t.converge(ctx)
-	}
 	delete(t.sets, owner)
+	return t.converge(ctx)
+}
+
+// Purge drops every set and deletes every route Weft owns (uninstall).
+func (t *Table) Purge(ctx context.Context) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	clear(t.sets)
 	return t.converge(ctx)
 }
 
