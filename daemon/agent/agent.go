@@ -361,12 +361,17 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local backend.Lo
 	return nil
 }
 
-func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub backend.Published) error {
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = pub.MTU
+// podMTU is the pods' MTU: net-conf.json's mtu, else what the backend
+// allows.
+func podMTU(cfg *config.NetConf, pub backend.Published) int {
+	if cfg.MTU != 0 {
+		return cfg.MTU
 	}
-	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: mtu}
+	return pub.MTU
+}
+
+func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub backend.Published) error {
+	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: podMTU(cfg, pub)}
 	if cur, err := subnetfile.Read(a.opt.SubnetFile); err == nil && *cur == *f {
 		return nil
 	}
@@ -396,10 +401,7 @@ func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) 
 }
 
 func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published) error {
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = pub.MTU
-	}
+	mtu := podMTU(cfg, pub)
 	if a.opt.CNIBinDir != "" {
 		var missing []string
 		for _, p := range []string{"weft", "weft-ipam", "portmap", "bandwidth"} {
