@@ -238,11 +238,20 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	if _, err := b.routes.Release(ctx, Type); err != nil {
 		errs = append(errs, fmt.Errorf("vxlan: %w", err))
 	}
-	if err := b.k.DeleteDevice(DefaultDevice); err != nil {
-		errs = append(errs, fmt.Errorf("vxlan: %w", err))
+	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard))...)
+}
+
+// removeAll deletes the device (and with it every entry and route on it)
+// and the guard's chains and set (a nil k or guard is skipped).
+func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
+	var errs []error
+	if k != nil {
+		if err := k.DeleteDevice(DefaultDevice); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan: %w", err))
+		}
 	}
-	if b.guard != nil {
-		if err := b.guard.Remove(ctx, Type); err != nil {
+	if guard != nil {
+		if err := guard.Remove(ctx, Type); err != nil {
 			errs = append(errs, fmt.Errorf("vxlan: %w", err))
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 
 	"github.com/weftnet/weft/internal/backend"
@@ -52,16 +51,5 @@ func (f Factory) New(raw json.RawMessage) (backend.Backend, error) {
 // device weft.vxlan (and with it its FDB, neighbours and every route out
 // of it, whatever its protocol) and the guard's chains and set.
 func (f Factory) Cleanup(ctx context.Context) error {
-	var errs []error
-	if f.Kernel != nil {
-		if err := f.Kernel.DeleteDevice(DefaultDevice); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan: %w", err))
-		}
-	}
-	if f.Guard != nil {
-		if err := f.Guard.Remove(ctx, Type); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return removeAll(ctx, f.Kernel, f.Guard)
 }
