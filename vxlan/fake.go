@@ -207,6 +207,10 @@ func (f *Fake) Delete(kr route.KernelRoute) error {
 	return nil
 }
 
+// RouteKernel is the fake's route table (to add another program's routes
+// or inspect the owners).
+func (f *Fake) RouteKernel() *route.Fake { return f.routes }
+
 // RemoveRoute deletes the route to dst as a hand-made `ip route del`.
 func (f *Fake) RemoveRoute(dst netip.Prefix) {
 	f.mu.Lock()

@@ -299,10 +299,19 @@ func TestUninstall(t *testing.T) {
 	h.eventually("ready", h.ready)
 	h.stop()
 	tables := &fakeTables{}
+	// A Weft route out of the underlay (as a BGP backend writes) and
+	// another program's route there.
+	pfx, ip := netip.MustParsePrefix, netip.MustParseAddr
+	foreign := route.KernelRoute{Route: route.Route{Dst: pfx("10.9.0.0/16"), Gw: ip("172.18.0.1"), Dev: "eth0"}, Protocol: 3}
+	h.k.RouteKernel().Add(foreign)
+	h.k.RouteKernel().Add(route.KernelRoute{Route: route.Route{Dst: pfx("10.244.7.0/24"), Gw: ip("172.18.0.7"), Dev: "eth0"}, Protocol: route.Protocol})
 	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()},
-		Backends: []backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g}}})
+		Backends: []backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g}}, Routes: route.New(h.k, slog.Default())})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := h.k.RouteKernel().Routes(); len(got) != 1 || got[0] != foreign {
+		t.Fatalf("routes after uninstall %+v, want only the foreign one", got)
 	}
 	if _, err := os.Stat(filepath.Join(h.opt.CNIConfDir, install.ConflistName)); !os.IsNotExist(err) {
 		t.Fatal("conflist left")
