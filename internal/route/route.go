@@ -22,6 +22,7 @@
 package route
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,6 +117,9 @@ type Table struct {
 	sets   map[string]map[netip.Prefix]claim // owner -> dst -> claim
 	seq    uint64
 	legacy map[string]bool
+	// wrote is the owner whose route this Table last wrote per destination
+	// (for the log of handovers only: the kernel does not know owners).
+	wrote map[netip.Prefix]string
 }
 
 type claim struct {
@@ -125,7 +129,8 @@ type claim struct {
 
 // New returns a Table over k.
 func New(k Kernel, log *slog.Logger) *Table {
-	return &Table{k: k, log: log.With("component", "routes"), sets: map[string]map[netip.Prefix]claim{}, legacy: map[string]bool{}}
+	return &Table{k: k, log: log.With("component", "routes"), sets: map[string]map[netip.Prefix]claim{},
+		legacy: map[string]bool{}, wrote: map[netip.Prefix]string{}}
 }
 
 // Adopt implements Writer.
@@ -239,7 +244,7 @@ func (t *Table) converge(ctx context.Context) (int, error) {
 	for dst := range wanted {
 		dsts = append(dsts, dst)
 	}
-	slices.SortFunc(dsts, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr())*64 + a.Bits() - b.Bits() })
+	slices.SortFunc(dsts, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
 	for _, dst := range dsts {
 		w := wanted[dst]
 		switch t.state(byDst[dst], w.r) {
@@ -256,6 +261,10 @@ func (t *Table) converge(ctx context.Context) (int, error) {
 			errs = append(errs, fmt.Errorf("replace route %v (%s): %w", w.r, w.owner, err))
 			continue
 		}
+		if prev := t.wrote[dst]; prev != "" && prev != w.owner {
+			t.log.Info("route handed over", "dst", dst, "from", prev, "to", w.owner, "route", w.r.String())
+		}
+		t.wrote[dst] = w.owner
 		changes++
 	}
 	for _, kr := range have {
@@ -269,6 +278,7 @@ func (t *Table) converge(ctx context.Context) (int, error) {
 			errs = append(errs, fmt.Errorf("delete route %v: %w", kr.Route, err))
 			continue
 		}
+		delete(t.wrote, kr.Dst)
 		changes++
 	}
 	return changes, errors.Join(errs...)
