@@ -19,6 +19,8 @@ import (
 
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/testutil"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestWithWeftPlugin joins the real weft CNI plugin (through libcni, with
@@ -112,9 +114,9 @@ func TestWithWeftPlugin(t *testing.T) {
 	conn("a", "c", true)
 	conn("c", "b", true)
 
-	client.NetworkingV1().NetworkPolicies("t").Create(ctx, withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn),
-		in([]networkingv1.NetworkPolicyPeer{{PodSelector: ls("pod", "a")}}, pPort(corev1.ProtocolTCP, num(80)))), metav1.CreateOptions{})
-	eventually(t, "policy programmed", func() bool { return !probeOnce(t, pods["c"].ns, "tcp", pods["b"].ip, 80) })
+	client.NetworkingV1().NetworkPolicies("t").Create(ctx, rulestest.WithIngress(rulestest.NP("t", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]networkingv1.NetworkPolicyPeer{{PodSelector: rulestest.LS("pod", "a")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80)))), metav1.CreateOptions{})
+	testutil.Eventually(t, "policy programmed", func() bool { return !probeOnce(t, pods["c"].ns, "tcp", pods["b"].ip, 80) })
 	conn("a", "b", true)
 	conn("c", "b", false)
 	conn("b", "c", true)

@@ -11,6 +11,9 @@ import (
 
 	"github.com/weftnet/weft/internal/conntrack"
 	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/internal/loop"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // ConntrackTable is the node's connection tracking table (conntrack.Kernel;
@@ -57,13 +60,13 @@ type flowReaper struct {
 	queue []appliedState // applied since the worker last looked
 
 	// The worker's own.
-	prev    *State          // last State compared
+	prev    *rules.State    // last State compared
 	latest  appliedState    // the State now in the kernel
 	pending map[string]bool // host veths whose rules changed since the last reap
 }
 
 type appliedState struct {
-	st  *State
+	st  *rules.State
 	eps []endpoint.Endpoint
 }
 
@@ -76,7 +79,7 @@ func newFlowReaper(table ConntrackTable, bridge string, log *slog.Logger, m Metr
 
 // applied records that st is in the kernel for the local endpoints eps. It
 // never blocks.
-func (f *flowReaper) applied(st *State, eps []endpoint.Endpoint) {
+func (f *flowReaper) applied(st *rules.State, eps []endpoint.Endpoint) {
 	if f == nil {
 		return
 	}
@@ -130,7 +133,7 @@ func (f *flowReaper) run(ctx context.Context) {
 		}
 		f.log.Error("conntrack entries of denied flows not deleted", "err", err, "endpoints", len(f.pending), "deleted", n)
 		go func() {
-			if sleep(ctx, time.Second) {
+			if loop.Sleep(ctx, time.Second) {
 				select {
 				case f.kick <- struct{}{}:
 				default:
@@ -150,7 +153,7 @@ type ctKey struct {
 
 // reap deletes the entries of st's denied flows that start or end at one
 // of the endpoints vs, and returns how many it deleted.
-func (f *flowReaper) reap(st *State, eps []endpoint.Endpoint, vs map[string]bool) (int, error) {
+func (f *flowReaper) reap(st *rules.State, eps []endpoint.Endpoint, vs map[string]bool) (int, error) {
 	t0 := time.Now()
 	vethOf := map[netip.Addr]string{} // every local pod address
 	affected := map[netip.Addr]bool{}
@@ -217,8 +220,8 @@ func (f *flowReaper) reap(st *State, eps []endpoint.Endpoint, vs map[string]bool
 // is a bridge port; the other end is any other interface. Between two local
 // pods the packet is bridged, unless it was DNATed (sent to a Service via
 // the gateway, hence routed).
-func (f *flowReaper) packet(k ctKey, vethOf map[netip.Addr]string) Packet {
-	p := Packet{Src: k.src, Dst: k.dst, Proto: protoName(k.proto), DPort: k.dport}
+func (f *flowReaper) packet(k ctKey, vethOf map[netip.Addr]string) rules.Packet {
+	p := rules.Packet{Src: k.src, Dst: k.dst, Proto: protoName(k.proto), DPort: k.dport}
 	sv, srcLocal := vethOf[k.src]
 	dv, dstLocal := vethOf[k.dst]
 	if srcLocal {
@@ -252,7 +255,7 @@ func protoName(p uint8) string {
 // ipset those chains match on. With no prev (the first sync after a start:
 // policies may have changed meanwhile) every endpoint counts as changed; a
 // change of the fixed dispatch (WEFT-POL-FWD, WEFT-POL-CHECK) changes all.
-func changedEndpoints(prev, cur *State, eps []endpoint.Endpoint) []string {
+func changedEndpoints(prev, cur *rules.State, eps []endpoint.Endpoint) []string {
 	var out []string
 	if prev == nil {
 		for _, ep := range eps {
@@ -261,9 +264,9 @@ func changedEndpoints(prev, cur *State, eps []endpoint.Endpoint) []string {
 		return out
 	}
 	d := newStateDiff(prev, cur)
-	all := d.chain(ChainForward) || d.chain(ChainCheck)
+	all := d.chain(rules.ChainForward) || d.chain(rules.ChainCheck)
 	for _, ep := range eps {
-		from, to := fromChain(ep.HostVeth), toChain(ep.HostVeth)
+		from, to := rules.FromChain(ep.HostVeth), rules.ToChain(ep.HostVeth)
 		if _, known := d.old[from]; !known {
 			continue // new endpoint: no entries of its own yet
 		}
@@ -276,14 +279,14 @@ func changedEndpoints(prev, cur *State, eps []endpoint.Endpoint) []string {
 
 // stateDiff compares two States chain by chain and set by set, memoized.
 type stateDiff struct {
-	old, cur       map[string][]Rule
-	oldSet, curSet map[string]*IPSet
+	old, cur       map[string][]rules.Rule
+	oldSet, curSet map[string]*rules.IPSet
 	chains, sets   map[string]bool // name -> changed
 	reached        map[string]bool // chain -> a change is reachable from it
 }
 
-func newStateDiff(prev, cur *State) *stateDiff {
-	d := &stateDiff{old: map[string][]Rule{}, cur: map[string][]Rule{}, oldSet: map[string]*IPSet{}, curSet: map[string]*IPSet{},
+func newStateDiff(prev, cur *rules.State) *stateDiff {
+	d := &stateDiff{old: map[string][]rules.Rule{}, cur: map[string][]rules.Rule{}, oldSet: map[string]*rules.IPSet{}, curSet: map[string]*rules.IPSet{},
 		chains: map[string]bool{}, sets: map[string]bool{}, reached: map[string]bool{}}
 	for _, c := range prev.Chains {
 		d.old[c.Name] = c.Rules
@@ -336,7 +339,7 @@ func (d *stateDiff) reach(name string) bool {
 		if r.Match.SrcSet != "" && d.set(r.Match.SrcSet) || r.Match.DstSet != "" && d.set(r.Match.DstSet) {
 			v = true
 		}
-		if (r.Action.Verb == Jump || r.Action.Verb == Goto) && d.reach(r.Action.Target) {
+		if (r.Action.Verb == rules.Jump || r.Action.Verb == rules.Goto) && d.reach(r.Action.Target) {
 			v = true
 		}
 	}
@@ -347,6 +350,6 @@ func (d *stateDiff) reach(name string) bool {
 // sameRules reports whether a and b are the same slice: the renderer's
 // caches hand unchanged chains to the next State as they are (sets'
 // members likewise, see sameSlice).
-func sameRules(a, b []Rule) bool {
+func sameRules(a, b []rules.Rule) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

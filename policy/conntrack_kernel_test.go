@@ -15,6 +15,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestConntrackCutOnDeny runs the production controller wiring
@@ -46,7 +49,7 @@ func TestConntrackCutOnDeny(t *testing.T) {
 	for _, p := range tn.k8sPods {
 		client.CoreV1().Pods("t").Create(ctx, p, metav1.CreateOptions{})
 	}
-	client.NetworkingV1().NetworkPolicies("t").Create(ctx, np("t", "c-isolated", map[string]string{"pod": "c"}, tIn), metav1.CreateOptions{})
+	client.NetworkingV1().NetworkPolicies("t").Create(ctx, rulestest.NP("t", "c-isolated", map[string]string{"pod": "c"}, rulestest.TIn), metav1.CreateOptions{})
 	ctl := runNodeController(t, ctx, cancel, informers.NewSharedInformerFactory(client, 0), NodeOptions{
 		NodeName: "n1", NetNS: tn.node.Path(), Bridge: tn.bridge, EndpointDir: dir, ResyncInterval: time.Minute})
 	wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
@@ -56,7 +59,7 @@ func TestConntrackCutOnDeny(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	eventually(t, "c isolated", func() bool { return !probeOnce(t, tn.pods["b"], "tcp", tn.ip["c"], 80) })
+	testutil.Eventually(t, "c isolated", func() bool { return !probeOnce(t, tn.pods["b"], "tcp", tn.ip["c"], 80) })
 
 	echoServer(t, tn.pods["b"], "0.0.0.0:82")
 	pushServer(t, tn.pods["b"], "0.0.0.0:83")
@@ -65,11 +68,11 @@ func TestConntrackCutOnDeny(t *testing.T) {
 	pushAB := tcpPushFlow(t, tn.pods["a"], tn.ip["b"]+":83")
 	tcpCB := tcpPushFlow(t, tn.pods["c"], tn.ip["b"]+":83")
 	alive := func(last *atomic.Int64) bool { return time.Since(time.Unix(0, last.Load())) < 400*time.Millisecond }
-	eventually(t, "all four flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(pushAB) && alive(tcpCB) })
+	testutil.Eventually(t, "all four flows carry traffic", func() bool { return alive(udpAB) && alive(tcpAB) && alive(pushAB) && alive(tcpCB) })
 
-	client.NetworkingV1().NetworkPolicies("t").Create(ctx, withIngress(np("t", "b-from-c", map[string]string{"pod": "b"}, tIn),
-		in([]from{{PodSelector: ls("pod", "c")}})), metav1.CreateOptions{})
-	eventually(t, "policy programmed", func() bool { return !probeOnce(t, tn.pods["a"], "tcp", tn.ip["b"], 80) })
+	client.NetworkingV1().NetworkPolicies("t").Create(ctx, rulestest.WithIngress(rulestest.NP("t", "b-from-c", map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "c")}})), metav1.CreateOptions{})
+	testutil.Eventually(t, "policy programmed", func() bool { return !probeOnce(t, tn.pods["a"], "tcp", tn.ip["b"], 80) })
 	deadline := time.Now().Add(5 * time.Second)
 	for (alive(udpAB) || alive(tcpAB) || alive(pushAB)) && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)

@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/weftnet/weft/internal/conntrack"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 func ctFlow(proto uint8, src netip.Addr, dst netip.Addr, dport uint16) conntrack.Flow {
@@ -23,12 +25,12 @@ func ctFlow(proto uint8, src netip.Addr, dst netip.Addr, dport uint16) conntrack
 // host and of endpoints whose rules did not change are not looked at, and
 // one-way allowed flows stay.
 func TestFlowReaper(t *testing.T) {
-	c := newCluster()
-	eps := c.endpoints(1)
+	c := rulestest.NewCluster()
+	eps := c.Endpoints(1)
 	fk := &conntrack.Fake{Local: []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.244.1.1")}}
 	f := newFlowReaper(fk, "weft0", slog.New(slog.DiscardHandler), nil)
-	xa, xb, ya, za := ipOf(ref{"x", "a"}), ipOf(ref{"x", "b"}), ipOf(ref{"y", "a"}), ipOf(ref{"z", "a"})
-	yb := ipOf(ref{"y", "b"}) // on node 2
+	xa, xb, ya, za := rulestest.IPOf(rulestest.Ref{NS: "x", Pod: "a"}), rulestest.IPOf(rulestest.Ref{NS: "x", Pod: "b"}), rulestest.IPOf(rulestest.Ref{NS: "y", Pod: "a"}), rulestest.IPOf(rulestest.Ref{NS: "z", Pod: "a"})
+	yb := rulestest.IPOf(rulestest.Ref{NS: "y", Pod: "b"}) // on node 2
 	svc := netip.MustParseAddr("10.96.0.10")
 	dnat := func(src netip.Addr, backend netip.Addr, port uint16) conntrack.Flow {
 		fl := ctFlow(6, src, svc, 443)
@@ -51,7 +53,7 @@ func TestFlowReaper(t *testing.T) {
 	fk.Add(keep...)
 	fk.Add(drop...)
 
-	st0 := c.render(1)
+	st0 := c.Render(1)
 	f.applied(st0, eps)
 	f.collect()
 	if len(f.pending) != len(eps) {
@@ -62,12 +64,12 @@ func TestFlowReaper(t *testing.T) {
 	}
 	f.pending = map[string]bool{}
 
-	pol := withIngress(np("x", "b-from-a", map[string]string{"pod": "b"}, tIn),
-		in([]from{{PodSelector: ls("pod", "a")}}, pPort(corev1.ProtocolTCP, num(80))))
-	st1 := c.render(1, pol)
+	pol := rulestest.WithIngress(rulestest.NP("x", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80))))
+	st1 := c.Render(1, pol)
 	f.applied(st1, eps)
 	f.collect()
-	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{vethOf(ref{"x", "b"})}) {
+	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{rulestest.VethOf(rulestest.Ref{NS: "x", Pod: "b"})}) {
 		t.Fatalf("changed endpoints %v, want only x/b's", got)
 	}
 	dumps := fk.Dumps
@@ -84,26 +86,26 @@ func TestFlowReaper(t *testing.T) {
 	f.pending = map[string]bool{}
 
 	// The same State again: nothing to do.
-	f.applied(c.render(1, pol), eps)
+	f.applied(c.Render(1, pol), eps)
 	f.collect()
 	if len(f.pending) != 0 {
 		t.Errorf("unchanged rules: %v pending", f.pending)
 	}
 	// x/c (node 2) becomes an "a": only the set x/b's chain matches on
 	// changes, and only x/b is looked at again.
-	c.pod(ref{"x", "c"}).Labels["pod"] = "a"
-	f.applied(c.render(1, pol), eps)
+	c.Pod(rulestest.Ref{NS: "x", Pod: "c"}).Labels["pod"] = "a"
+	f.applied(c.Render(1, pol), eps)
 	f.collect()
-	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{vethOf(ref{"x", "b"})}) {
+	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{rulestest.VethOf(rulestest.Ref{NS: "x", Pod: "b"})}) {
 		t.Errorf("after a peer's label change: changed %v, want only x/b's", got)
 	}
 	// A change and its undo between two looks of the worker still count:
 	// entries made under the middle State may be denied by the last.
 	f.pending = map[string]bool{}
-	f.applied(c.render(1), eps)
-	f.applied(c.render(1, pol), eps)
+	f.applied(c.Render(1), eps)
+	f.applied(c.Render(1, pol), eps)
 	f.collect()
-	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{vethOf(ref{"x", "b"})}) {
+	if got := slices.Sorted(maps.Keys(f.pending)); !slices.Equal(got, []string{rulestest.VethOf(rulestest.Ref{NS: "x", Pod: "b"})}) {
 		t.Errorf("policy removed and restored: changed %v, want x/b's", got)
 	}
 }

@@ -19,6 +19,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/internal/loop"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Metrics receives the controller's measurements; weftd adapts it to
@@ -38,7 +41,7 @@ type ControllerConfig struct {
 	NodeName        string
 	EndpointDir     string // endpoint.DefaultDir on a node
 	Dataplane       Dataplane
-	Render          Config
+	Render          rules.Config
 	ResyncInterval  time.Duration // kernel read-back and repair; default 30s
 	MinSyncInterval time.Duration // rate limit between syncs; default 100ms
 	Metrics         Metrics       // may be nil
@@ -65,13 +68,13 @@ type ControllerConfig struct {
 // reads the kernel back and repairs drift; failures retry with backoff.
 type Controller struct {
 	cfg      ControllerConfig
-	renderer *Renderer
+	renderer *rules.Renderer
 	factory  informers.SharedInformerFactory
 	pods     corelisters.PodLister
 	nss      corelisters.NamespaceLister
 	pols     netlisters.NetworkPolicyLister
 	synced   []cache.InformerSynced
-	dirty    chan struct{}
+	loop     *loop.Runner
 	mu       sync.Mutex
 	ready    map[string]string // hostVeth -> pod UID, as last programmed
 	seen     map[string]bool   // pod UIDs whose latency was reported
@@ -102,19 +105,21 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 		cfg.MinSyncInterval = 100 * time.Millisecond
 	}
 	if cfg.Render.Bridge == "" {
-		cfg.Render = DefaultConfig()
+		cfg.Render = rules.DefaultConfig()
 	}
 	log := cfg.Log
 	if log == nil {
 		log = slog.Default()
 	}
-	c := &Controller{cfg: cfg, renderer: NewRenderer(cfg.Render), factory: factory, dirty: make(chan struct{}, 1), ready: map[string]string{},
+	c := &Controller{cfg: cfg, renderer: rules.NewRenderer(cfg.Render), factory: factory, ready: map[string]string{},
 		seen: map[string]bool{}, changed: make(chan struct{}), log: log.With("component", "policy"), events: map[string]eventState{}}
+	c.loop = loop.New(loop.Config{Sync: c.pass, MinInterval: cfg.MinSyncInterval, Resync: cfg.ResyncInterval,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: 30 * time.Second, Log: c.log})
 	c.flows = newFlowReaper(cfg.Conntrack, cfg.Render.Bridge, c.log, cfg.Metrics)
 	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.markDirty() },
-		UpdateFunc: func(any, any) { c.markDirty() },
-		DeleteFunc: func(any) { c.markDirty() },
+		AddFunc:    func(any) { c.loop.MarkDirty() },
+		UpdateFunc: func(any, any) { c.loop.MarkDirty() },
+		DeleteFunc: func(any) { c.loop.MarkDirty() },
 	}
 	pi := factory.Core().V1().Pods()
 	ni := factory.Core().V1().Namespaces()
@@ -131,13 +136,6 @@ func NewController(factory informers.SharedInformerFactory, cfg ControllerConfig
 	return c, nil
 }
 
-func (c *Controller) markDirty() {
-	select {
-	case c.dirty <- struct{}{}:
-	default:
-	}
-}
-
 // Run syncs until ctx ends. Nothing is written before the informers synced.
 func (c *Controller) Run(ctx context.Context) error {
 	c.setHealth(CondSync, "not yet synced")
@@ -151,67 +149,20 @@ func (c *Controller) Run(ctx context.Context) error {
 	if c.cfg.Rebuild != nil {
 		c.rebuildEndpoints(ctx)
 	}
-	c.checkBridgeNetfilter(ctx)
 	go c.watchEndpoints(ctx)
 	go c.flows.run(ctx)
-	resync := time.NewTicker(c.cfg.ResyncInterval)
-	defer resync.Stop()
-	readBack := true // the first sync reads whatever the kernel holds
-	backoff := time.Duration(0)
-	var last time.Time
-	c.markDirty()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-c.dirty:
-		case <-resync.C:
-			readBack = true
-			c.checkBridgeNetfilter(ctx)
-		}
-		if wait := c.cfg.MinSyncInterval - time.Since(last); wait > 0 {
-			if !sleep(ctx, wait) { // events meanwhile coalesce into this sync
-				return nil
-			}
-		}
-		select { // drop a mark that arrived while waiting: this sync covers it
-		case <-c.dirty:
-		default:
-		}
-		last = time.Now()
-		err := c.sync(ctx, readBack)
-		c.syncDone(err)
-		if err != nil {
-			c.log.Error("policy sync failed", "err", err, "retry_in", nextBackoff(backoff))
-			backoff = nextBackoff(backoff)
-			readBack = true
-			go func(d time.Duration) {
-				if sleep(ctx, d) {
-					c.markDirty()
-				}
-			}(backoff)
-			continue
-		}
-		backoff, readBack = 0, false
-	}
+	return c.loop.Run(ctx)
 }
 
-func nextBackoff(d time.Duration) time.Duration {
-	if d == 0 {
-		return 200 * time.Millisecond
+// pass is one sync of the loop. A full one (the first, each resync, a
+// retry) reads the kernel back and re-checks bridge netfilter.
+func (c *Controller) pass(ctx context.Context, full bool) error {
+	if full {
+		c.checkBridgeNetfilter(ctx)
 	}
-	return min(2*d, 30*time.Second)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+	err := c.sync(ctx, full)
+	c.syncDone(err)
+	return err
 }
 
 // sync renders the whole desired state and applies it.
@@ -268,8 +219,8 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 	return nil
 }
 
-func (c *Controller) input() (Input, map[string]time.Time, error) {
-	var in Input
+func (c *Controller) input() (rules.Input, map[string]time.Time, error) {
+	var in rules.Input
 	pols, err := c.pols.List(labels.Everything())
 	if err != nil {
 		return in, nil, fmt.Errorf("policy controller: list policies: %w", err)
@@ -315,7 +266,7 @@ func (c *Controller) Programmed(hostVeth string) bool {
 // WaitProgrammed blocks until Programmed(hostVeth) or ctx ends. The CNI
 // plugin's ADD waits on this (through weftd) before it returns.
 func (c *Controller) WaitProgrammed(ctx context.Context, hostVeth string) error {
-	c.markDirty() // a new record may not have produced an event yet
+	c.loop.MarkDirty() // a new record may not have produced an event yet
 	for {
 		c.mu.Lock()
 		_, ok := c.ready[hostVeth]
@@ -371,7 +322,7 @@ func (c *Controller) watchEndpoints(ctx context.Context) {
 			}
 			return
 		}
-		c.markDirty()
+		c.loop.MarkDirty()
 	}
 }
 
@@ -389,7 +340,7 @@ func (c *Controller) pollEndpoints(ctx context.Context) {
 		key := fmt.Sprint(eps)
 		if key != last {
 			last = key
-			c.markDirty()
+			c.loop.MarkDirty()
 		}
 	}
 }

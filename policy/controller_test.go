@@ -14,6 +14,11 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 type recMetrics struct {
@@ -35,28 +40,15 @@ func (m *recMetrics) EndpointProgrammed(ns, name string, d time.Duration) {
 	m.mu.Unlock()
 }
 
-// eventually polls cond for up to 10 s (a liveness bound, not a timing
-// assertion).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never happened: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestController(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, ns := range c.namespaces {
+	for _, ns := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{})
 	}
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		p.CreationTimestamp = metav1.NewTime(time.Now().Add(-time.Second))
 		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 	}
@@ -73,7 +65,7 @@ func TestController(t *testing.T) {
 	go func() { done <- ctl.Run(ctx) }()
 
 	// A record appears (the plugin's ADD): the endpoint gets programmed.
-	eps := c.endpoints(1)
+	eps := c.Endpoints(1)
 	if err := endpoint.Write(dir, eps[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -94,9 +86,9 @@ func TestController(t *testing.T) {
 	// A record for an unknown pod is written as fail-closed and never "programmed".
 	ghost := endpoint.Endpoint{PodNamespace: "x", PodName: "ghost", HostVeth: "wvghost", IPs: []string{"10.244.1.99/24"}}
 	endpoint.Write(dir, ghost)
-	eventually(t, "ghost endpoint rendered", func() bool {
+	testutil.Eventually(t, "ghost endpoint rendered", func() bool {
 		st, _ := fdp.Last()
-		return st != nil && st.Chain(toChain("wvghost")) != nil
+		return st != nil && st.Chain(rules.ToChain("wvghost")) != nil
 	})
 	if ctl.Programmed("wvghost") {
 		t.Fatal("unknown pod reported programmed")
@@ -104,18 +96,18 @@ func TestController(t *testing.T) {
 
 	// A policy arrives: x/a's ingress chain jumps to it.
 	xa := eps[0]
-	pol := withIngress(np("x", "from-y", nil, tIn), in([]from{{NamespaceSelector: ls("ns", "y")}}))
+	pol := rulestest.WithIngress(rulestest.NP("x", "from-y", nil, rulestest.TIn), rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("ns", "y")}}))
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, pol, metav1.CreateOptions{})
-	eventually(t, "policy in the ingress chain", func() bool {
+	testutil.Eventually(t, "policy in the ingress chain", func() bool {
 		st, _ := fdp.Last()
-		ch := st.Chain(toChain(xa.HostVeth))
+		ch := st.Chain(rules.ToChain(xa.HostVeth))
 		return ch != nil && strings.Contains(fmtRules(ch), "WEFT-PI-x.from-y")
 	})
 	// Namespace label change flows into the peer set.
-	f := flow{src: ref{"z", "b"}, dst: ref{"x", "a"}, proto: "tcp", port: 80}
+	f := rulestest.Flow{Src: rulestest.Ref{NS: "z", Pod: "b"}, Dst: rulestest.Ref{NS: "x", Pod: "a"}, Proto: "tcp", Port: 80}
 	lastAllowed := func() bool {
 		st, _ := fdp.Last()
-		ok, _ := allowed(map[int]*State{1: st, 2: c.render(2)}, f)
+		ok, _ := rulestest.Allowed(map[int]*rules.State{1: st, 2: c.Render(2)}, f)
 		return ok
 	}
 	if lastAllowed() {
@@ -124,25 +116,25 @@ func TestController(t *testing.T) {
 	z, _ := client.CoreV1().Namespaces().Get(ctx, "z", metav1.GetOptions{})
 	z.Labels["ns"] = "y"
 	client.CoreV1().Namespaces().Update(ctx, z, metav1.UpdateOptions{})
-	eventually(t, "namespace relabel allows z/b", lastAllowed)
+	testutil.Eventually(t, "namespace relabel allows z/b", lastAllowed)
 
 	// A broken policy: reported, x/a fails closed.
-	bad := np("x", "bad", nil, tIn)
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("ICMP", num(1)))}
+	bad := rulestest.NP("x", "bad", nil, rulestest.TIn)
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("ICMP", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
-	eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
-	eventually(t, "fail closed", func() bool { return !lastAllowed() })
+	testutil.Eventually(t, "broken policy reported", func() bool { return len(ctl.Errors()) == 1 })
+	testutil.Eventually(t, "fail closed", func() bool { return !lastAllowed() })
 	met.mu.Lock()
 	if met.errs != 1 {
 		t.Errorf("render-error metric = %d", met.errs)
 	}
 	met.mu.Unlock()
 	client.NetworkingV1().NetworkPolicies("x").Delete(ctx, "bad", metav1.DeleteOptions{})
-	eventually(t, "recovered", lastAllowed)
+	testutil.Eventually(t, "recovered", lastAllowed)
 
 	// Periodic resync reads the kernel back.
 	rb := fdp.ReadBacks()
-	eventually(t, "resync with read-back", func() bool { return fdp.ReadBacks() >= rb+2 })
+	testutil.Eventually(t, "resync with read-back", func() bool { return fdp.ReadBacks() >= rb+2 })
 
 	// Dataplane failures: nothing is reported programmed until it works.
 	fdp.SetError(errors.New("restore failed"))
@@ -159,26 +151,26 @@ func TestController(t *testing.T) {
 
 	// DEL removes the record: the endpoint is no longer programmed.
 	endpoint.Remove(dir, eps[0].HostVeth)
-	eventually(t, "record removal", func() bool { return !ctl.Programmed(eps[0].HostVeth) })
+	testutil.Eventually(t, "record removal", func() bool { return !ctl.Programmed(eps[0].HostVeth) })
 
 	// An event storm coalesces: while one sync is in progress (held), 300
 	// events arrive; once it finishes they are covered by one more sync.
 	release := fdp.Hold()
 	defer release()
 	_, before := fdp.Last()
-	ctl.markDirty() // make sure a sync is underway and blocked
+	ctl.loop.MarkDirty() // make sure a sync is underway and blocked
 	time.Sleep(100 * time.Millisecond)
 	for i := 0; i < 300; i++ {
-		p := c.pod(ref{"y", "c"})
+		p := c.Pod(rulestest.Ref{NS: "y", Pod: "c"})
 		p.Labels["gen"] = string(rune('a' + i%26))
 		client.CoreV1().Pods("y").Update(ctx, p, metav1.UpdateOptions{})
 	}
-	eventually(t, "storm seen by the informer", func() bool {
+	testutil.Eventually(t, "storm seen by the informer", func() bool {
 		p, err := factory.Core().V1().Pods().Lister().Pods("y").Get("c")
 		return err == nil && p.Labels["gen"] == string(rune('a'+299%26))
 	})
 	release()
-	eventually(t, "the sync after the storm", func() bool {
+	testutil.Eventually(t, "the sync after the storm", func() bool {
 		st, _ := fdp.Last()
 		return st != nil && ctl.Programmed(eps[1].HostVeth)
 	})
@@ -193,7 +185,7 @@ func TestController(t *testing.T) {
 	}
 }
 
-func fmtRules(c *Chain) string {
+func fmtRules(c *rules.Chain) string {
 	var b strings.Builder
 	for _, r := range c.Rules {
 		b.WriteString(r.Text() + "\n")

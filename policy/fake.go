@@ -3,12 +3,14 @@ package policy
 import (
 	"context"
 	"sync"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // FakeDataplane records what it is asked to apply, for controller tests.
 type FakeDataplane struct {
 	mu       sync.Mutex
-	states   []*State
+	states   []*rules.State
 	readBack int
 	err      error
 	applied  chan struct{}
@@ -21,7 +23,7 @@ func NewFakeDataplane() *FakeDataplane {
 }
 
 // Apply implements Dataplane.
-func (f *FakeDataplane) Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error) {
+func (f *FakeDataplane) Apply(ctx context.Context, st *rules.State, readBack bool) (ApplyStats, error) {
 	f.mu.Lock()
 	gate := f.gate
 	f.mu.Unlock()
@@ -56,7 +58,7 @@ func (f *FakeDataplane) SetError(err error) {
 }
 
 // Last returns the last applied State (nil if none) and the count.
-func (f *FakeDataplane) Last() (*State, int) {
+func (f *FakeDataplane) Last() (*rules.State, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if len(f.states) == 0 {

@@ -14,6 +14,8 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Readiness conditions the controller reports through Health (weftd's
@@ -44,18 +46,6 @@ type Health interface {
 type EventRecorder interface {
 	Eventf(object runtime.Object, eventtype, reason, messageFmt string, args ...any)
 }
-
-// PolicyError is the render error of one NetworkPolicy (its selected pods
-// fail closed).
-type PolicyError struct {
-	Namespace, Name string
-	Err             error
-}
-
-func (e *PolicyError) Error() string {
-	return "policy " + e.Namespace + "/" + e.Name + ": " + e.Err.Error()
-}
-func (e *PolicyError) Unwrap() error { return e.Err }
 
 // EventRepeat is how often an unchanged render error is written again as an
 // Event while it lasts (the API server drops Events after an hour).
@@ -171,7 +161,7 @@ func (c *Controller) reportPolicyErrors(errs []error) {
 	now := time.Now()
 	keep := make(map[string]bool, len(errs))
 	for _, err := range errs {
-		var pe *PolicyError
+		var pe *rules.PolicyError
 		if !errors.As(err, &pe) {
 			continue
 		}

@@ -18,6 +18,9 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // recHealth records readiness conditions as api.Status does.
@@ -80,7 +83,7 @@ func TestHealthSyncFailures(t *testing.T) {
 	fdp := NewFakeDataplane()
 	ctl := startController(t, fake.NewClientset(), ControllerConfig{EndpointDir: t.TempDir(), Dataplane: fdp,
 		MinSyncInterval: 5 * time.Millisecond, ResyncInterval: 20 * time.Millisecond, Metrics: met, Health: h})
-	eventually(t, "ready after the first sync", func() bool { return h.met(CondSync) })
+	testutil.Eventually(t, "ready after the first sync", func() bool { return h.met(CondSync) })
 	if ok, r := ctl.Healthy(); !ok {
 		t.Fatalf("Healthy() = false, %q after a good sync", r)
 	}
@@ -89,7 +92,7 @@ func TestHealthSyncFailures(t *testing.T) {
 	}
 
 	fdp.SetError(errors.New("iptables-restore: line 7 failed"))
-	eventually(t, "not ready while syncs fail", func() bool {
+	testutil.Eventually(t, "not ready while syncs fail", func() bool {
 		r, _ := h.get(CondSync)
 		return strings.Contains(r, "syncs in a row failed") && strings.Contains(r, "iptables-restore: line 7 failed")
 	})
@@ -101,7 +104,7 @@ func TestHealthSyncFailures(t *testing.T) {
 	}
 
 	fdp.SetError(nil)
-	eventually(t, "ready again once a sync works", func() bool { return h.met(CondSync) })
+	testutil.Eventually(t, "ready again once a sync works", func() bool { return h.met(CondSync) })
 }
 
 // syncErrors reads weft_policy_sync_errors_total from the registry.
@@ -142,7 +145,7 @@ func TestHealthBridgeNetfilter(t *testing.T) {
 	ctl := startController(t, fake.NewClientset(), ControllerConfig{EndpointDir: t.TempDir(), Dataplane: NewFakeDataplane(),
 		MinSyncInterval: 5 * time.Millisecond, ResyncInterval: 20 * time.Millisecond, Health: h,
 		BridgeNetfilter: true, BridgeNetfilterSysctl: sysctl})
-	eventually(t, "bridge-netfilter reason", func() bool {
+	testutil.Eventually(t, "bridge-netfilter reason", func() bool {
 		r, _ := h.get(CondBridgeNetfilter)
 		return strings.Contains(r, sysctl) && strings.Contains(r, "not be policed")
 	})
@@ -157,7 +160,7 @@ func TestHealthBridgeNetfilter(t *testing.T) {
 	if err := os.Rename(tmp, sysctl); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "bridge-netfilter met after repair", func() bool { return h.met(CondBridgeNetfilter) })
+	testutil.Eventually(t, "bridge-netfilter met after repair", func() bool { return h.met(CondBridgeNetfilter) })
 	if b, _ := os.ReadFile(good); strings.TrimSpace(string(b)) != "1" {
 		t.Fatalf("sysctl not switched on: %q", b)
 	}
@@ -186,23 +189,23 @@ func (r *countingRecorder) count() int { r.mu.Lock(); defer r.mu.Unlock(); retur
 // the real event broadcaster into the API), not one per sync; a changed
 // error gets a new one.
 func TestPolicyNotEnforceableEvent(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx := context.Background()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 	}
 	dir := t.TempDir()
-	for _, ep := range c.endpoints(1) {
+	for _, ep := range c.Endpoints(1) {
 		if err := endpoint.Write(dir, ep); err != nil {
 			t.Fatal(err)
 		}
 	}
-	bad := np("x", "bad", nil, tIn)
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("ICMP", num(1)))}
+	bad := rulestest.NP("x", "bad", nil, rulestest.TIn)
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("ICMP", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Create(ctx, bad, metav1.CreateOptions{})
 	rec, stop := NewEventRecorder(client, "node1")
 	defer stop()
@@ -211,7 +214,7 @@ func TestPolicyNotEnforceableEvent(t *testing.T) {
 	startController(t, client, ControllerConfig{NodeName: "node1", EndpointDir: dir, Dataplane: fdp,
 		MinSyncInterval: 5 * time.Millisecond, ResyncInterval: 10 * time.Millisecond, Events: cr})
 	var ev string
-	eventually(t, "Warning Event on x/bad", func() bool {
+	testutil.Eventually(t, "Warning Event on x/bad", func() bool {
 		l, _ := client.CoreV1().Events("x").List(ctx, metav1.ListOptions{})
 		for _, e := range l.Items {
 			if e.InvolvedObject.Kind == "NetworkPolicy" && e.InvolvedObject.Name == "bad" && e.Type == "Warning" &&
@@ -226,12 +229,12 @@ func TestPolicyNotEnforceableEvent(t *testing.T) {
 		t.Errorf("event message %q", ev)
 	}
 	_, before := fdp.Last()
-	eventually(t, "ten more syncs", func() bool { _, n := fdp.Last(); return n >= before+10 })
+	testutil.Eventually(t, "ten more syncs", func() bool { _, n := fdp.Last(); return n >= before+10 })
 	if n := cr.count(); n != 1 {
 		t.Fatalf("%d Events for one unchanged error over 10+ syncs", n)
 	}
 
-	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{in(nil, pPort("GRE", num(1)))}
+	bad.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{rulestest.In(nil, rulestest.PPort("GRE", rulestest.Num(1)))}
 	client.NetworkingV1().NetworkPolicies("x").Update(ctx, bad, metav1.UpdateOptions{})
-	eventually(t, "a second Event for the changed error", func() bool { return cr.count() == 2 })
+	testutil.Eventually(t, "a second Event for the changed error", func() bool { return cr.count() == 2 })
 }

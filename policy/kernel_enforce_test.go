@@ -9,6 +9,10 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/weftnet/weft/internal/iptables"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestKernelEnforcement loads rendered rules with the real Writer into a
@@ -34,12 +38,12 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 		{"a", "b", "tcp", 80, true}, {"b", "c", "udp", 81, true}, {"remote", "a", "tcp", 80, true}, {"a", "remote", "tcp", 1, false},
 	})
 
-	denyAll := np("t", "deny-all", nil, tBoth)
-	allowAB := withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn),
-		in([]from{{PodSelector: ls("pod", "a")}}, pPort(corev1.ProtocolTCP, named("http")), pPort(corev1.ProtocolUDP, num(81))))
-	allowAOut := withEgress(np("t", "a-out", map[string]string{"pod": "a"}, tEg), eg([]from{{PodSelector: ls("pod", "b")}}))
-	allowRemoteC := withIngress(np("t", "c-from-remote", map[string]string{"pod": "c"}, tIn),
-		in([]from{{IPBlock: &networkingv1.IPBlock{CIDR: "10.98.0.0/16", Except: []string{"10.98.1.0/24"}}}}, pPort(corev1.ProtocolTCP, num(80), 81)))
+	denyAll := rulestest.NP("t", "deny-all", nil, rulestest.TBoth)
+	allowAB := rulestest.WithIngress(rulestest.NP("t", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Named("http")), rulestest.PPort(corev1.ProtocolUDP, rulestest.Num(81))))
+	allowAOut := rulestest.WithEgress(rulestest.NP("t", "a-out", map[string]string{"pod": "a"}, rulestest.TEg), rulestest.Eg([]rulestest.From{{PodSelector: rulestest.LS("pod", "b")}}))
+	allowRemoteC := rulestest.WithIngress(rulestest.NP("t", "c-from-remote", map[string]string{"pod": "c"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{IPBlock: &networkingv1.IPBlock{CIDR: "10.98.0.0/16", Except: []string{"10.98.1.0/24"}}}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80), 81)))
 	st := tn.render(denyAll, allowAB, allowAOut, allowRemoteC)
 	apply(t, w, st, false)
 	all := []expect{
@@ -60,7 +64,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 		if e.from == "remote" || e.to == "remote" {
 			continue
 		}
-		p := Packet{Src: addr(tn.ip[e.from]), Dst: addr(tn.ip[e.to]), Proto: e.proto, DPort: uint16(e.port),
+		p := rules.Packet{Src: addr(tn.ip[e.from]), Dst: addr(tn.ip[e.to]), Proto: e.proto, DPort: uint16(e.port),
 			InIface: tn.bridge, OutIface: tn.bridge, PhysIn: tn.veth[e.from], PhysOut: tn.veth[e.to], Bridged: true}
 		if tr := st.Trace("FORWARD", p); tr.Allowed() != e.ok {
 			t.Errorf("tracer disagrees with the kernel on %+v: %s", e, tr)
@@ -77,7 +81,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 	st2 := tn.render(denyAll, allowAB, allowAOut, allowRemoteC)
 	// Scratch sets left by an interrupted update do not block the next one.
 	for _, set := range st.IPSets {
-		sh(t, tn.node.Path(), "ipset", "create", TempSetName(set.Name), string(set.Type), "family", "inet")
+		sh(t, tn.node.Path(), "ipset", "create", rules.TempSetName(set.Name), string(set.Type), "family", "inet")
 	}
 	s := apply(t, w, st2, true)
 	if sets, _ := run.IPSetSave(ctx); strings.Contains(sets, "weft-t-") {
@@ -94,12 +98,12 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 	save, _ := run.Save(ctx, "filter")
 	d, _ := iptables.ParseSave(save, "filter")
 	for i, r := range d.Chains["FORWARD"].Rules {
-		if strings.Contains(iptables.Comment(r), JumpComment) {
+		if strings.Contains(iptables.Comment(r), rules.JumpComment) {
 			sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-D", "FORWARD", itoa(i+1))
 		}
 	}
-	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-F", ChainForward)
-	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-X", ChainForward)
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-F", rules.ChainForward)
+	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-X", rules.ChainForward)
 	tn.check(t, "drifted (rules gone)", []expect{{"b", "a", "tcp", 80, true}})
 	// And empties a set: a is no longer in b's allowed peers.
 	for _, set := range st.IPSets {
@@ -121,12 +125,12 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 	save, _ = run.Save(ctx, "filter")
 	d, _ = iptables.ParseSave(save, "filter")
 	fwd := d.Chains["FORWARD"].Rules
-	if len(fwd) < 2 || !strings.Contains(iptables.Comment(fwd[0]), JumpComment) || iptables.Comment(fwd[1]) != "docker-like" {
+	if len(fwd) < 2 || !strings.Contains(iptables.Comment(fwd[0]), rules.JumpComment) || iptables.Comment(fwd[1]) != "docker-like" {
 		t.Errorf("FORWARD after resync:\n%s", save)
 	}
 	n := 0 // INPUT holds a jump of its own
 	for _, r := range fwd {
-		if strings.Contains(iptables.Comment(r), JumpComment) {
+		if strings.Contains(iptables.Comment(r), rules.JumpComment) {
 			n++
 		}
 	}
@@ -137,7 +141,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 	sh(t, tn.node.Path(), "iptables-"+string(run.Mode), "-D", "FORWARD", "-m", "comment", "--comment", "docker-like", "-j", "ACCEPT")
 
 	// SCTP: no sockets here, so read the rules back from the kernel.
-	sctp := withIngress(np("t", "sctp", map[string]string{"pod": "b"}, tIn), in(nil, pPort(corev1.ProtocolSCTP, num(9), 19)))
+	sctp := rulestest.WithIngress(rulestest.NP("t", "sctp", map[string]string{"pod": "b"}, rulestest.TIn), rulestest.In(nil, rulestest.PPort(corev1.ProtocolSCTP, rulestest.Num(9), 19)))
 	apply(t, w, tn.render(denyAll, sctp), false)
 	save, _ = run.Save(ctx, "filter")
 	if !strings.Contains(save, "-p sctp -m sctp --dport 9:19") {
@@ -146,7 +150,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 
 	// Foreign rules and weftd's chain are untouched; removing all policy
 	// leaves no WEFT-POL/PI/PE/FROM/TO chain or weft- set.
-	apply(t, w, &State{}, false)
+	apply(t, w, &rules.State{}, false)
 	save, _ = run.Save(ctx, "filter")
 	for _, want := range []string{"-A FORWARD -m comment --comment other-tool -j OTHER-CHAIN", "-A OTHER-CHAIN -j RETURN", "-A WEFT-FORWARD -s 10.99.0.0/16 -j ACCEPT"} {
 		if !strings.Contains(save, want) {
@@ -159,7 +163,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 			t.Errorf("chain %s left behind", name)
 		}
 	}
-	if strings.Contains(save, JumpComment) {
+	if strings.Contains(save, rules.JumpComment) {
 		t.Errorf("jump left behind:\n%s", save)
 	}
 	sets, _ := run.IPSetSave(ctx)
@@ -173,7 +177,7 @@ func testKernelEnforcement(t *testing.T, tn *testNode, w *Writer, run iptables.R
 func TestUnknownEndpointIsolated(t *testing.T) {
 	tn := newTestNode(t)
 	w, _ := tn.writer(t, "")
-	t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+	t.Cleanup(func() { _, _ = w.Apply(context.Background(), &rules.State{}, true) })
 	eps := tn.eps
 	tn.eps = eps[:2] // c has no record
 	apply(t, w, tn.render(), false)

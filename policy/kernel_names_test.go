@@ -9,6 +9,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 
 	"github.com/weftnet/weft/internal/iptables"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // longName is a valid DNS subdomain of n characters (labels of at most 63).
@@ -37,11 +39,11 @@ func testKernelLongNames(t *testing.T, tn *testNode, w *Writer, run iptables.Run
 		tn.eps[i].PodNamespace, tn.eps[i].PodName = ns, p.Name
 	}
 	tn.namespaces[0].Name = ns
-	onlyA := withIngress(np(ns, longName(253, "i"), map[string]string{"pod": "b"}, tIn),
-		in([]from{{PodSelector: ls("pod", "a")}}, pPort(corev1.ProtocolTCP, named("http"))))
-	denyOut := np(ns, longName(253, "e"), map[string]string{"pod": "c"}, tEg)
-	broken := withIngress(np(ns, longName(253, "x"), map[string]string{"pod": "a"}, tIn),
-		in([]from{{PodSelector: expr("pod", "Bogus")}}))
+	onlyA := rulestest.WithIngress(rulestest.NP(ns, longName(253, "i"), map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Named("http"))))
+	denyOut := rulestest.NP(ns, longName(253, "e"), map[string]string{"pod": "c"}, rulestest.TEg)
+	broken := rulestest.WithIngress(rulestest.NP(ns, longName(253, "x"), map[string]string{"pod": "a"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.Expr("pod", "Bogus")}}))
 	for _, pols := range [][]*networkingv1.NetworkPolicy{{onlyA, denyOut}, {onlyA, denyOut, broken}} {
 		st := tn.render(pols...)
 		if (len(pols) == 3) != (len(st.Errors) > 0) {
@@ -90,10 +92,10 @@ func testKernelLongNames(t *testing.T, tn *testNode, w *Writer, run iptables.Run
 // TestCommentsFitTheKernel: rootless, every comment a render with the
 // longest policy names writes fits what the kernel keeps.
 func TestCommentsFitTheKernel(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	name := longName(253, "q")
-	st := c.render(1, withIngress(np("x", name, nil, tIn), in([]from{{PodSelector: ls("pod", "b")}})),
-		np("x", longName(253, "r"), nil, tEg))
+	st := c.Render(1, rulestest.WithIngress(rulestest.NP("x", name, nil, rulestest.TIn), rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "b")}})),
+		rulestest.NP("x", longName(253, "r"), nil, rulestest.TEg))
 	bounded := 0
 	for _, ch := range st.Chains {
 		for _, r := range ch.Rules {

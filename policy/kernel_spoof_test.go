@@ -14,6 +14,10 @@ import (
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestKernelSpoofedSource: pod c, which holds CAP_NET_RAW as pods do, sends
@@ -25,7 +29,7 @@ import (
 func TestKernelSpoofedSource(t *testing.T) { onBothBackends(t, testKernelSpoofedSource) }
 
 func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables.Runner) {
-	onlyA := withIngress(np("t", "b-from-a", map[string]string{"pod": "b"}, tIn), in([]from{{PodSelector: ls("pod", "a")}}))
+	onlyA := rulestest.WithIngress(rulestest.NP("t", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn), rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}}))
 	apply(t, w, tn.render(onlyA), false)
 
 	const port, sport = 9999, 40000
@@ -58,8 +62,8 @@ func testKernelSpoofedSource(t *testing.T, tn *testNode, w *Writer, run iptables
 			t.Errorf("forged packets arrived: %v", got)
 		}
 	}
-	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 6 {
-		t.Errorf("%s DROP counted %d packets, want >= 6", ChainSpoof, n)
+	if n := dropCount(t, tn, run, rules.ChainSpoof, rules.SpoofComment); n < 6 {
+		t.Errorf("%s DROP counted %d packets, want >= 6", rules.ChainSpoof, n)
 	}
 }
 
@@ -130,8 +134,8 @@ func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run ip
 	if got := atNode.Received("forged-"); len(got) > 0 {
 		t.Errorf("forged packets reached the node: %v", got)
 	}
-	if n := dropCount(t, tn, run, ChainSpoof, SpoofComment); n < 3 {
-		t.Errorf("%s DROP counted %d packets, want >= 3", ChainSpoof, n)
+	if n := dropCount(t, tn, run, rules.ChainSpoof, rules.SpoofComment); n < 3 {
+		t.Errorf("%s DROP counted %d packets, want >= 3", rules.ChainSpoof, n)
 	}
 	// Drift: our INPUT jump deleted by hand, another tool's accept on top.
 	ipt := "iptables-" + string(run.Mode)
@@ -147,7 +151,7 @@ func testKernelSpoofedSourceToNode(t *testing.T, tn *testNode, w *Writer, run ip
 	if err != nil {
 		t.Fatal(err)
 	}
-	if in := d.Chains["INPUT"].Rules; len(in) != 2 || !strings.HasSuffix(iptables.Comment(in[0]), " "+JumpComment) {
+	if in := d.Chains["INPUT"].Rules; len(in) != 2 || !strings.HasSuffix(iptables.Comment(in[0]), " "+rules.JumpComment) {
 		t.Fatalf("INPUT after resync: %v", in)
 	}
 	rawUDP(t, tn.pods["c"], a, node, sport, port, "forged-again")
@@ -177,7 +181,7 @@ func TestKernelSpoofedSourceManyEndpoints(t *testing.T) {
 		}
 		branches := 0
 		for _, c := range tn.render().Chains {
-			if strings.HasPrefix(c.Name, ChainSource+"-") {
+			if strings.HasPrefix(c.Name, rules.ChainSource+"-") {
 				branches++
 			}
 		}

@@ -25,6 +25,8 @@ import (
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // testNode is a "node" namespace with a bridge, three "pod" namespaces on
@@ -36,7 +38,7 @@ type testNode struct {
 	bridge       string
 	veth         map[string]string
 	ip           map[string]string
-	cfg          Config
+	cfg          rules.Config
 	k8sPods      []*corev1.Pod
 	namespaces   []*corev1.Namespace
 	eps          []endpoint.Endpoint
@@ -64,7 +66,7 @@ func newTestNode(t *testing.T) *testNode {
 	sfx := randSuffix(t)
 	tn := &testNode{node: testutil.NewNS(t), remote: testutil.NewNS(t), pods: map[string]ns.NetNS{},
 		bridge: "wb" + sfx, veth: map[string]string{}, ip: map[string]string{}}
-	tn.cfg = Config{Bridge: tn.bridge, AllowMark: 0x100000}
+	tn.cfg = rules.Config{Bridge: tn.bridge, AllowMark: 0x100000}
 	// br_netfilter: bridged frames must traverse iptables in this namespace.
 	if _, err := os.Stat("/proc/sys/net/bridge"); err != nil {
 		if out, err := exec.Command("modprobe", "br_netfilter").CombinedOutput(); err != nil {
@@ -258,8 +260,8 @@ func probeOnce(t *testing.T, src ns.NetNS, proto, ip string, port int) bool {
 	return ok
 }
 
-func (tn *testNode) render(pols ...*networkingv1.NetworkPolicy) *State {
-	return Render(tn.cfg, Input{Policies: pols, Pods: tn.k8sPods, Namespaces: tn.namespaces, Endpoints: tn.eps})
+func (tn *testNode) render(pols ...*networkingv1.NetworkPolicy) *rules.State {
+	return rules.Render(tn.cfg, rules.Input{Policies: pols, Pods: tn.k8sPods, Namespaces: tn.namespaces, Endpoints: tn.eps})
 }
 
 // writer returns a Writer for the node namespace: the detected backend
@@ -296,13 +298,13 @@ func onBothBackends(t *testing.T, f func(t *testing.T, tn *testNode, w *Writer, 
 		t.Run(string(mode), func(t *testing.T) {
 			tn := newTestNode(t)
 			w, run := tn.writer(t, mode)
-			t.Cleanup(func() { _, _ = w.Apply(context.Background(), &State{}, true) })
+			t.Cleanup(func() { _, _ = w.Apply(context.Background(), &rules.State{}, true) })
 			f(t, tn, w, run)
 		})
 	}
 }
 
-func apply(t *testing.T, w *Writer, st *State, readBack bool) ApplyStats {
+func apply(t *testing.T, w *Writer, st *rules.State, readBack bool) ApplyStats {
 	t.Helper()
 	stats, err := w.Apply(context.Background(), st, readBack)
 	if err != nil {

@@ -10,6 +10,8 @@ import (
 	"k8s.io/client-go/informers"
 
 	"github.com/weftnet/weft/internal/conntrack"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // NodeOptions configures NewNodeController.
@@ -52,7 +54,7 @@ func NewNodeController(ctx context.Context, factory informers.SharedInformerFact
 	if err != nil { // policy still works; established flows outlive a deny
 		log.Error("conntrack unavailable: flows a policy change denies are not cut", "err", err)
 	}
-	rc := DefaultConfig()
+	rc := rules.DefaultConfig()
 	if opt.Bridge != "" {
 		rc.Bridge = opt.Bridge
 	}
@@ -85,7 +87,7 @@ func Uninstall(ctx context.Context, netns string) error {
 		return err
 	}
 	defer w.Close()
-	if _, err := w.Apply(ctx, &State{}, true); err != nil {
+	if _, err := w.Apply(ctx, &rules.State{}, true); err != nil {
 		return fmt.Errorf("policy: uninstall: %w", err)
 	}
 	return nil

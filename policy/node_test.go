@@ -13,6 +13,10 @@ import (
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestNodeController runs the production wiring against a throwaway node
@@ -21,14 +25,14 @@ import (
 // everything of ours.
 func TestNodeController(t *testing.T) {
 	node := testutil.NewNS(t)
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{})
 	}
 	dir := t.TempDir()
@@ -48,7 +52,7 @@ func TestNodeController(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	ep := c.endpoints(1)[0]
+	ep := c.Endpoints(1)[0]
 	if err := endpoint.Write(dir, ep); err != nil {
 		t.Fatal(err)
 	}
@@ -66,18 +70,18 @@ func TestNodeController(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(save, "-A "+toChain(ep.HostVeth)) || !strings.Contains(save, JumpComment) {
+	if !strings.Contains(save, "-A "+rules.ToChain(ep.HostVeth)) || !strings.Contains(save, rules.JumpComment) {
 		t.Fatalf("endpoint not programmed in the kernel:\n%s", save)
 	}
-	client.NetworkingV1().NetworkPolicies("x").Create(ctx, withIngress(np("x", "from-y", nil, tIn),
-		in([]from{{NamespaceSelector: ls("ns", "y")}})), metav1.CreateOptions{})
-	eventually(t, "policy chain in the kernel", func() bool {
+	client.NetworkingV1().NetworkPolicies("x").Create(ctx, rulestest.WithIngress(rulestest.NP("x", "from-y", nil, rulestest.TIn),
+		rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("ns", "y")}})), metav1.CreateOptions{})
+	testutil.Eventually(t, "policy chain in the kernel", func() bool {
 		s, _ := run.Save(ctx, "filter")
 		return strings.Contains(s, "-A WEFT-PI-x.from-y")
 	})
 	// Drift: the policy chain's rules flushed by hand come back on resync.
 	sh(t, node.Path(), "iptables-"+string(mode), "-F", "WEFT-PI-x.from-y")
-	eventually(t, "resync repairs the flushed chain", func() bool {
+	testutil.Eventually(t, "resync repairs the flushed chain", func() bool {
 		s, _ := run.Save(ctx, "filter")
 		return strings.Contains(s, "-A WEFT-PI-x.from-y")
 	})

@@ -14,6 +14,8 @@ import (
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/netlinkx"
 	"github.com/weftnet/weft/internal/podnet"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Rebuilding endpoint records. A weftd without policy never made the plugin
@@ -79,7 +81,7 @@ func rebuildRecords(node string, veths []string, atts []Attachment, pods []*core
 	}
 	byIP := map[netip.Addr][]*corev1.Pod{}
 	for _, p := range pods {
-		if (node != "" && p.Spec.NodeName != node) || skipPod(p) {
+		if (node != "" && p.Spec.NodeName != node) || rules.SkipPod(p) {
 			continue
 		}
 		for _, ip := range p.Status.PodIPs {
@@ -128,7 +130,7 @@ func podFor(ips []netip.Addr, byIP map[netip.Addr][]*corev1.Pod) (*corev1.Pod, s
 
 func recordFor(veth string, a *Attachment, p *corev1.Pod) endpoint.Endpoint {
 	uid := string(p.UID)
-	if m := p.Annotations[MirrorAnnotation]; m != "" {
+	if m := p.Annotations[rules.MirrorAnnotation]; m != "" {
 		uid = m // what kubelet passes as K8S_POD_UID for a static pod
 	}
 	ep := endpoint.Endpoint{ContainerID: a.ContainerID, IfName: a.IfName, PodNamespace: p.Namespace, PodName: p.Name,

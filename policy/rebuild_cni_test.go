@@ -101,7 +101,7 @@ func TestRebuildAfterUpgrade(t *testing.T) {
 	ctl := runNodeController(t, ctx, cancel, informers.NewSharedInformerFactory(client, 0), NodeOptions{
 		NodeName: "n1", NetNS: node.Path(), Bridge: bridge, EndpointDir: dir, ResyncInterval: time.Second,
 		Attachments: diskAttachments{disk.New(filepath.Join(dataDir, netName), disk.Options{})}})
-	eventually(t, "first sync", func() bool { ok, _ := ctl.Healthy(); return ok })
+	testutil.Eventually(t, "first sync", func() bool { ok, _ := ctl.Healthy(); return ok })
 	// The first sync already carries the rebuilt records: no window of drops.
 	if got := probeOnce(t, pods["a"].ns, "tcp", pods["b"].ip, 80); !got {
 		t.Errorf("a -> b dropped after weftd's first sync")

@@ -11,6 +11,8 @@ import (
 
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/podnet"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 func runningPod(ns, name, uid, node, ip string) *corev1.Pod {
@@ -29,7 +31,7 @@ func TestRebuildRecords(t *testing.T) {
 	atts := []Attachment{att("ok", "10.244.1.2"), att("has", "10.244.1.3"), att("nopod", "10.244.1.4"),
 		att("static", "10.244.1.5"), att("elsewhere", "10.244.1.6"), att("done", "10.244.1.7"), att("notaveth", "10.244.1.8")}
 	mirror := runningPod("kube-system", "etcd-n1", "mirror-uid", "n1", "10.244.1.5")
-	mirror.Annotations = map[string]string{MirrorAnnotation: "manifest-hash"}
+	mirror.Annotations = map[string]string{rules.MirrorAnnotation: "manifest-hash"}
 	done := runningPod("d", "job", "uid-job", "n1", "10.244.1.7")
 	done.Status.Phase = corev1.PodSucceeded
 	pods := []*corev1.Pod{runningPod("a", "web", "uid-web", "n1", "10.244.1.2"), runningPod("a", "has", "uid-has", "n1", "10.244.1.3"),

@@ -6,19 +6,28 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/weftnet/weft/internal/endpoint"
 )
 
-// ProgrammedPath is where ProgrammedHandler answers, followed by the host
-// interface name: GET /v1/policy/programmed/<hostVeth>?timeout=5s answers
-// 200 once the endpoint's rules are in the kernel, 504 if the timeout
-// (default 5 s, at most 60 s) passes first.
-const ProgrammedPath = "/v1/policy/programmed/"
+// Router is the local socket's route table (daemon/api.Routes).
+type Router interface {
+	Handle(path string, h http.Handler) error
+}
 
-// StatusPath is where StatusHandler answers: 200 when the controller can
-// program new pods (it has synced and syncs are not failing), 503 with the
-// reason otherwise. The plugin's CNI STATUS asks it (endpoint.Status).
-const StatusPath = "/v1/status"
+// RegisterLocalAPI puts the controller's routes on the local socket, at
+// the paths whose client is internal/endpoint:
+//   - endpoint.ProgrammedPath + <hostVeth>?timeout=5s answers 200 once the
+//     endpoint's rules are in the kernel, 504 if the timeout (default 5 s,
+//     at most 60 s) passes first (ProgrammedHandler);
+//   - endpoint.StatusPath answers 200 when the controller can program new
+//     pods (it has synced and syncs are not failing), 503 with the reason
+//     otherwise; the plugin's CNI STATUS asks it (StatusHandler).
+func RegisterLocalAPI(r Router, c *Controller) error {
+	if err := r.Handle(endpoint.ProgrammedPath, ProgrammedHandler(c)); err != nil {
+		return err
+	}
+	return r.Handle(endpoint.StatusPath, StatusHandler(c))
+}
 
 // StatusHandler serves the policy engine's readiness on the local socket.
 func StatusHandler(c *Controller) http.Handler {
@@ -35,9 +44,9 @@ func StatusHandler(c *Controller) http.Handler {
 // plugin (endpoint.WaitProgrammed is its client).
 func ProgrammedHandler(c *Controller) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		veth := strings.TrimPrefix(r.URL.Path, ProgrammedPath)
+		veth := strings.TrimPrefix(r.URL.Path, endpoint.ProgrammedPath)
 		if veth == "" || strings.Contains(veth, "/") || r.Method != http.MethodGet {
-			http.Error(w, "GET "+ProgrammedPath+"<hostVeth>", http.StatusBadRequest)
+			http.Error(w, "GET "+endpoint.ProgrammedPath+"<hostVeth>", http.StatusBadRequest)
 			return
 		}
 		timeout := 5 * time.Second
@@ -59,55 +68,3 @@ func ProgrammedHandler(c *Controller) http.Handler {
 		_, _ = w.Write([]byte("programmed\n"))
 	})
 }
-
-// PrometheusMetrics implements Metrics with Prometheus collectors.
-type PrometheusMetrics struct {
-	syncSeconds  *prometheus.HistogramVec
-	syncErrors   prometheus.Counter
-	renderErrors prometheus.Gauge
-	programmed   prometheus.Histogram
-	ctDeleted    prometheus.Counter
-}
-
-// NewPrometheusMetrics creates the policy metrics and registers them.
-func NewPrometheusMetrics(reg prometheus.Registerer) (*PrometheusMetrics, error) {
-	m := &PrometheusMetrics{
-		syncSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "weft_policy_sync_seconds",
-			Help: "Time of one policy sync, by phase (render, apply).", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)},
-			[]string{"phase"}),
-		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_policy_sync_errors_total",
-			Help: "Policy syncs that failed (reading the informers' state or applying it to the kernel)."}),
-		renderErrors: prometheus.NewGauge(prometheus.GaugeOpts{Name: "weft_policy_unenforceable",
-			Help: "NetworkPolicies selecting pods on this node that cannot be rendered (their pods fail closed)."}),
-		programmed: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "weft_policy_pod_programmed_seconds",
-			Help: "Time from a pod's creation to its policy rules being in the kernel.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 12)}),
-		ctDeleted: prometheus.NewCounter(prometheus.CounterOpts{Name: "weft_policy_conntrack_deleted_total",
-			Help: "Conntrack entries deleted because a policy change denies their flow."}),
-	}
-	for _, c := range []prometheus.Collector{m.syncSeconds, m.syncErrors, m.renderErrors, m.programmed, m.ctDeleted} {
-		if err := reg.Register(c); err != nil {
-			return nil, err
-		}
-	}
-	return m, nil
-}
-
-// SyncDone implements Metrics.
-func (m *PrometheusMetrics) SyncDone(render, apply time.Duration, err error) {
-	m.syncSeconds.WithLabelValues("render").Observe(render.Seconds())
-	m.syncSeconds.WithLabelValues("apply").Observe(apply.Seconds())
-	if err != nil {
-		m.syncErrors.Inc()
-	}
-}
-
-// RenderErrors implements Metrics.
-func (m *PrometheusMetrics) RenderErrors(n int) { m.renderErrors.Set(float64(n)) }
-
-// EndpointProgrammed implements Metrics.
-func (m *PrometheusMetrics) EndpointProgrammed(_, _ string, d time.Duration) {
-	m.programmed.Observe(d.Seconds())
-}
-
-// ConntrackFlowsDeleted implements ConntrackMetrics.
-func (m *PrometheusMetrics) ConntrackFlowsDeleted(n int) { m.ctDeleted.Add(float64(n)) }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -13,21 +14,24 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // The plugin's wait (endpoint.WaitProgrammed) against the controller's
 // handler: blocks until the record's pod is programmed, times out otherwise;
 // the latency metric is recorded.
 func TestProgrammedHandlerAndMetrics(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
-	p := c.pod(ref{"x", "a"})
+	p := c.Pod(rulestest.Ref{NS: "x", Pod: "a"})
 	p.CreationTimestamp = metav1.NewTime(time.Now())
 	client.CoreV1().Pods("x").Create(ctx, p, metav1.CreateOptions{})
 	reg := prometheus.NewRegistry()
@@ -42,7 +46,11 @@ func TestProgrammedHandlerAndMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	go ctl.Run(ctx)
-	srv := httptest.NewServer(ProgrammedHandler(ctl))
+	routes := api.NewRoutes() // served as weftd serves it: the plugin's paths through the route table
+	if err := RegisterLocalAPI(routes, ctl); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(routes)
 	defer srv.Close()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(srv.URL + path)
@@ -53,17 +61,17 @@ func TestProgrammedHandlerAndMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	if code, _ := get(ProgrammedPath + "wvxa?timeout=300ms"); code != http.StatusGatewayTimeout {
+	if code, _ := get(endpoint.ProgrammedPath + "wvxa?timeout=300ms"); code != http.StatusGatewayTimeout {
 		t.Fatalf("no record yet: %d", code)
 	}
 	done := make(chan struct{})
 	var code int
 	go func() {
 		defer close(done)
-		code, _ = get(ProgrammedPath + "wvxa?timeout=10s")
+		code, _ = get(endpoint.ProgrammedPath + "wvxa?timeout=10s")
 	}()
 	time.Sleep(100 * time.Millisecond) // the request is waiting
-	eps := c.endpoints(1)
+	eps := c.Endpoints(1)
 	if err := endpoint.Write(dir, eps[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +79,7 @@ func TestProgrammedHandlerAndMetrics(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("after the record: %d", code)
 	}
-	if code, _ := get(ProgrammedPath + "a/b"); code != http.StatusBadRequest {
+	if code, _ := get(endpoint.ProgrammedPath + "a/b"); code != http.StatusBadRequest {
 		t.Errorf("bad path: %d", code)
 	}
 	mfs, err := reg.Gather()
@@ -87,7 +95,7 @@ func TestProgrammedHandlerAndMetrics(t *testing.T) {
 	if count != 1 {
 		t.Errorf("pod-programmed latency observations = %d, want 1", count)
 	}
-	if ProgrammedPath != endpoint.ProgrammedPath {
-		t.Error("plugin and weftd disagree on the path")
+	if got := routes.Paths(); !slices.Equal(got, []string{endpoint.ProgrammedPath, endpoint.StatusPath}) {
+		t.Errorf("local API routes %q: the plugin's paths are not both served", got)
 	}
 }

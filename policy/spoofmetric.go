@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftnet/weft/internal/iptables"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // counterSaver is an optional Kernel capability: iptables-save with rule
@@ -21,7 +23,7 @@ type counterSaver interface {
 // dumped WEFT-POL-SPOOF.
 func spoofDrops(c *iptables.Chain) (uint64, bool) {
 	for i, r := range c.Rules {
-		if i < len(c.Packets) && strings.HasSuffix(iptables.Comment(r), " "+SpoofComment) {
+		if i < len(c.Packets) && strings.HasSuffix(iptables.Comment(r), " "+rules.SpoofComment) {
 			return c.Packets[i], true
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // countingKernel serves a WEFT-POL-SPOOF whose DROP counter the test sets,
@@ -22,7 +24,7 @@ func (k *countingKernel) SaveCounters(context.Context, string) (string, error) {
 	return fmt.Sprintf("*filter\n:WEFT-POL-SPOOF - [0:0]\n[%d:%d] -A WEFT-POL-SPOOF %s\nCOMMIT\n", k.drops, 60*k.drops, k.rule()), nil
 }
 func (k *countingKernel) rule() string {
-	return Rule{Action: Action{Verb: Drop}, Comment: SpoofComment}.Text()
+	return rules.Rule{Action: rules.Action{Verb: rules.Drop}, Comment: rules.SpoofComment}.Text()
 }
 
 // TestSpoofedPacketsMetric: weft_policy_spoofed_packets_total follows the
@@ -37,7 +39,7 @@ func TestSpoofedPacketsMetric(t *testing.T) {
 	}
 	for _, c := range []struct{ kernel, want uint64 }{{5, 5}, {9, 9}, {2, 11}, {7, 16}, {7, 16}} {
 		k.drops = c.kernel
-		if _, err := w.Apply(context.Background(), Render(DefaultConfig(), Input{}), true); err != nil {
+		if _, err := w.Apply(context.Background(), rules.Render(rules.DefaultConfig(), rules.Input{}), true); err != nil {
 			t.Fatal(err)
 		}
 		if got := gathered(t, reg); got != float64(c.want) {
@@ -46,7 +48,7 @@ func TestSpoofedPacketsMetric(t *testing.T) {
 	}
 	// Applies without a read-back do not read counters: the value stays.
 	k.drops = 100
-	if _, err := w.Apply(context.Background(), Render(DefaultConfig(), Input{}), false); err != nil {
+	if _, err := w.Apply(context.Background(), rules.Render(rules.DefaultConfig(), rules.Input{}), false); err != nil {
 		t.Fatal(err)
 	}
 	if got := w.SpoofedPackets(); got != 16 {

@@ -14,17 +14,21 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	"github.com/weftnet/weft/policy/rules"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // staticPod is x/a as kubelet reports a static pod: the mirror Pod has a
 // UID of its own, the annotation holds the static pod's UID, and the record
 // (K8S_POD_UID) carries the static pod's UID.
-func staticPod(c *cluster) (*corev1.Pod, []endpoint.Endpoint) {
-	p := c.pod(ref{"x", "a"}).DeepCopy()
+func staticPod(c *rulestest.Cluster) (*corev1.Pod, []endpoint.Endpoint) {
+	p := c.Pod(rulestest.Ref{NS: "x", Pod: "a"}).DeepCopy()
 	p.UID = "mirror-uid-of-x-a"
-	p.Annotations = map[string]string{MirrorAnnotation: "0f3c9a3e5d1b2c4a6e8f0a1b2c3d4e5f"}
+	p.Annotations = map[string]string{rules.MirrorAnnotation: "0f3c9a3e5d1b2c4a6e8f0a1b2c3d4e5f"}
 	static := endpoint.Endpoint{ContainerID: "infra-static", IfName: "eth0", PodNamespace: "x", PodName: "a",
-		PodUID: "0f3c9a3e5d1b2c4a6e8f0a1b2c3d4e5f", HostVeth: "wvstatic", IPs: []string{ipOf(ref{"x", "a"}).String() + "/24"}}
+		PodUID: "0f3c9a3e5d1b2c4a6e8f0a1b2c3d4e5f", HostVeth: "wvstatic", IPs: []string{rulestest.IPOf(rulestest.Ref{NS: "x", Pod: "a"}).String() + "/24"}}
 	otherName := static
 	otherName.PodName, otherName.HostVeth, otherName.ContainerID = "a-other", "wvothername", "infra-other"
 	staleUID := static
@@ -36,16 +40,16 @@ func staticPod(c *cluster) (*corev1.Pod, []endpoint.Endpoint) {
 // a record of another name or of another static pod UID (an earlier
 // manifest) with this name.
 func TestStaticPodRecord(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	mirror, eps := staticPod(c)
 	var pods []*corev1.Pod
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		if p.Namespace == "x" && p.Name == "a" {
 			p = mirror
 		}
 		pods = append(pods, p)
 	}
-	st := Render(DefaultConfig(), Input{Pods: pods, Namespaces: c.namespaces, Endpoints: eps})
+	st := rules.Render(rules.DefaultConfig(), rules.Input{Pods: pods, Namespaces: c.Namespaces, Endpoints: eps})
 	want := map[string]bool{"wvstatic": true, "wvothername": false, "wvstale": false}
 	for _, e := range st.Endpoints {
 		if w, ok := want[e.HostVeth]; ok && e.Ready != w {
@@ -57,7 +61,7 @@ func TestStaticPodRecord(t *testing.T) {
 		t.Fatalf("endpoints not rendered: %v", want)
 	}
 	for veth, closed := range map[string]bool{"wvstatic": false, "wvothername": true, "wvstale": true} {
-		ch := st.Chain(toChain(veth))
+		ch := st.Chain(rules.ToChain(veth))
 		if ch == nil || strings.Contains(fmtRules(ch), "fail closed") != closed {
 			t.Errorf("%s: ingress chain fail-closed=%v wanted, got:\n%v", veth, closed, ch)
 		}
@@ -67,12 +71,12 @@ func TestStaticPodRecord(t *testing.T) {
 // Through the controller and the plugin's wait: the static pod's ADD
 // returns (its veth is programmed); the record with another name times out.
 func TestStaticPodProgrammed(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	mirror, eps := staticPod(c)
 	client := fake.NewClientset()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for _, n := range c.namespaces {
+	for _, n := range c.Namespaces {
 		client.CoreV1().Namespaces().Create(ctx, n, metav1.CreateOptions{})
 	}
 	client.CoreV1().Pods("x").Create(ctx, mirror, metav1.CreateOptions{})

@@ -12,13 +12,15 @@ import (
 	"sync"
 
 	"github.com/weftnet/weft/internal/iptables"
+
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // Dataplane converges the kernel to a rendered State. readBack makes it
 // re-read the kernel first (the periodic resync that repairs drift);
 // otherwise it trusts what it last wrote and writes only what changed.
 type Dataplane interface {
-	Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error)
+	Apply(ctx context.Context, st *rules.State, readBack bool) (ApplyStats, error)
 }
 
 // ApplyStats says what one Apply wrote.
@@ -85,7 +87,7 @@ type view struct {
 }
 
 type setView struct {
-	typ     SetType
+	typ     rules.SetType
 	members []string // normalized, sorted
 }
 
@@ -111,7 +113,7 @@ func sameSlice(a, b []string) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
-func (w *Writer) normalized(s IPSet, memo map[string]setMemo) []string {
+func (w *Writer) normalized(s rules.IPSet, memo map[string]setMemo) []string {
 	if m, ok := w.setMemo[s.Name]; ok && sameSlice(m.src, s.Members) {
 		memo[s.Name] = m
 		return m.norm
@@ -145,14 +147,14 @@ func (w *Writer) Prefetch(ctx context.Context) {
 }
 
 type chainMemo struct {
-	rules  []Rule
+	rules  []rules.Rule
 	hashes []string
 }
 
 // hashes returns the rule hashes of c, reusing the last computation when
 // the chain's rules are unchanged (hashing every rule is most of an
 // incremental sync's CPU otherwise).
-func (w *Writer) hashes(c Chain, memo map[string]chainMemo) []string {
+func (w *Writer) hashes(c rules.Chain, memo map[string]chainMemo) []string {
 	if m, ok := w.memo[c.Name]; ok && slices.EqualFunc(m.rules, c.Rules, ruleEqual) {
 		memo[c.Name] = m
 		return m.hashes
@@ -162,7 +164,7 @@ func (w *Writer) hashes(c Chain, memo map[string]chainMemo) []string {
 	return hs
 }
 
-func ruleEqual(a, b Rule) bool { return a == b }
+func ruleEqual(a, b rules.Rule) bool { return a == b }
 
 // NewWriter returns a Writer over k.
 func NewWriter(k Kernel, log *slog.Logger) *Writer {
@@ -201,7 +203,7 @@ func (w *Writer) Close() error {
 
 // Apply implements Dataplane: ipsets first, then one iptables-restore
 // transaction, then stale ipsets are destroyed.
-func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStats, error) {
+func (w *Writer) Apply(ctx context.Context, st *rules.State, readBack bool) (ApplyStats, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var stats ApplyStats
@@ -245,7 +247,7 @@ func (w *Writer) Apply(ctx context.Context, st *State, readBack bool) (ApplyStat
 }
 
 // read builds a view from iptables-save and ipset save.
-func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
+func (w *Writer) read(ctx context.Context, st *rules.State) (*view, error) {
 	// Both tools run at once: a resync costs one exec latency, not two.
 	var stext string
 	var serr error
@@ -273,16 +275,16 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 		if OwnedChain(name) {
 			hs := make([]string, 0, len(c.Rules))
 			for _, r := range c.Rules {
-				hs = append(hs, HashOfArgs(r))
+				hs = append(hs, rules.HashOfArgs(r))
 			}
 			v.chains[name] = hs
-			if name == ChainSpoof {
+			if name == rules.ChainSpoof {
 				v.spoofed, v.spoofedKnown = spoofDrops(c)
 			}
 			continue
 		}
 		for i, r := range c.Rules {
-			if strings.HasSuffix(iptables.Comment(r), " "+JumpComment) {
+			if strings.HasSuffix(iptables.Comment(r), " "+rules.JumpComment) {
 				v.jumps[name] = append(v.jumps[name], r)
 				if i == 0 {
 					v.first[name] = true
@@ -300,7 +302,7 @@ func (w *Writer) read(ctx context.Context, st *State) (*view, error) {
 	}
 	for name, s := range sets {
 		if OwnedSet(name) {
-			v.sets[name] = setView{typ: SetType(s.Type), members: normMembers(s.Members)}
+			v.sets[name] = setView{typ: rules.SetType(s.Type), members: normMembers(s.Members)}
 		}
 	}
 	return v, nil
@@ -320,7 +322,7 @@ func normMembers(ms []string) []string {
 	return out
 }
 
-func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *ApplyStats) (*view, error) {
+func (w *Writer) applySets(ctx context.Context, st *rules.State, cur *view, stats *ApplyStats) (*view, error) {
 	next := &view{chains: cur.chains, jumps: cur.jumps, first: cur.first, sets: map[string]setView{}}
 	for n, s := range cur.sets {
 		next.sets[n] = s
@@ -339,11 +341,11 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		have, ok := cur.sets[s.Name]
 		switch {
 		case !ok:
-			writeSet(&b, s.Name, s)
+			rules.WriteSet(&b, s.Name, s)
 			stats.SetsCreated++
 		case have.typ != want.typ:
 			return nil, fmt.Errorf("policy writer: ipset %s has type %s, want %s", s.Name, have.typ, want.typ)
-		case !slices.Equal(have.members, want.members) && swapper != nil && s.Type == HashIP:
+		case !slices.Equal(have.members, want.members) && swapper != nil && s.Type == rules.HashIP:
 			var addrs []netip.Addr
 			for _, m := range s.Members {
 				if a, err := netip.ParseAddr(m); err == nil {
@@ -351,15 +353,15 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 				}
 			}
 			swaps = append(swaps, swap{s.Name, addrs})
-			delete(next.sets, TempSetName(s.Name)) // the swap replaces any leftover
+			delete(next.sets, rules.TempSetName(s.Name)) // the swap replaces any leftover
 			stats.SetsSwapped++
 		case !slices.Equal(have.members, want.members):
-			tmp := TempSetName(s.Name)
+			tmp := rules.TempSetName(s.Name)
 			if _, leftover := cur.sets[tmp]; leftover { // from an interrupted update
 				b.WriteString("destroy " + tmp + "\n")
 				delete(next.sets, tmp)
 			}
-			writeSet(&b, tmp, IPSet{Type: s.Type})
+			rules.WriteSet(&b, tmp, rules.IPSet{Type: s.Type})
 			b.WriteString("flush " + tmp + "\n")
 			for _, m := range s.Members {
 				b.WriteString("add " + tmp + " " + m + " -exist\n")
@@ -377,14 +379,14 @@ func (w *Writer) applySets(ctx context.Context, st *State, cur *view, stats *App
 		}
 	}
 	for _, sw := range swaps {
-		if err := swapper.SwapIPSet(ctx, sw.name, TempSetName(sw.name), sw.members); err != nil {
+		if err := swapper.SwapIPSet(ctx, sw.name, rules.TempSetName(sw.name), sw.members); err != nil {
 			return nil, fmt.Errorf("policy writer: update ipsets: %w", err)
 		}
 	}
 	return next, nil
 }
 
-func chainHashes(c Chain) []string {
+func chainHashes(c rules.Chain) []string {
 	hs := make([]string, len(c.Rules))
 	for i, r := range c.Rules {
 		hs[i] = r.Hash()
@@ -392,8 +394,8 @@ func chainHashes(c Chain) []string {
 	return hs
 }
 
-func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, stats *ApplyStats) error {
-	var decl, rules, tail strings.Builder
+func (w *Writer) applyRules(ctx context.Context, st *rules.State, cur, next *view, stats *ApplyStats) error {
+	var decl, body, tail strings.Builder
 	newChains := make(map[string][]string, len(st.Chains))
 	memo := make(map[string]chainMemo, len(st.Chains))
 	defer func() { w.memo = memo }()
@@ -408,7 +410,7 @@ func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, sta
 		}
 		decl.WriteString(":" + c.Name + " - [0:0]\n")
 		for i, r := range c.Rules {
-			rules.WriteString("-A " + c.Name + " " + r.textWithHash(hs[i]) + "\n")
+			body.WriteString("-A " + c.Name + " " + r.TextWithHash(hs[i]) + "\n")
 		}
 		stats.ChainsWritten++
 	}
@@ -431,13 +433,13 @@ func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, sta
 		have := cur.jumps[j.Builtin]
 		newJumps[j.Builtin] = [][]string{want}
 		newFirst[j.Builtin] = true
-		if len(have) == 1 && cur.first[j.Builtin] && HashOfArgs(have[0]) == j.Rule.Hash() {
+		if len(have) == 1 && cur.first[j.Builtin] && rules.HashOfArgs(have[0]) == j.Rule.Hash() {
 			continue
 		}
 		for _, h := range have {
-			rules.WriteString("-D " + j.Builtin + " " + quoteArgs(h) + "\n")
+			body.WriteString("-D " + j.Builtin + " " + quoteArgs(h) + "\n")
 		}
-		rules.WriteString("-I " + j.Builtin + " 1 " + j.Rule.Text() + "\n")
+		body.WriteString("-I " + j.Builtin + " 1 " + j.Rule.Text() + "\n")
 		stats.JumpFixed = true
 	}
 	for builtin, have := range cur.jumps { // jumps no longer wanted
@@ -448,14 +450,14 @@ func (w *Writer) applyRules(ctx context.Context, st *State, cur, next *view, sta
 			// Deleted first so the chains it targets can go.
 			var b strings.Builder
 			b.WriteString("-D " + builtin + " " + quoteArgs(h) + "\n")
-			rules.WriteString(b.String())
+			body.WriteString(b.String())
 		}
 	}
 	next.chains, next.jumps, next.first = newChains, newJumps, newFirst
-	if decl.Len() == 0 && rules.Len() == 0 && tail.Len() == 0 {
+	if decl.Len() == 0 && body.Len() == 0 && tail.Len() == 0 {
 		return nil
 	}
-	text := "*filter\n" + decl.String() + rules.String() + tail.String() + "COMMIT\n"
+	text := "*filter\n" + decl.String() + body.String() + tail.String() + "COMMIT\n"
 	if err := w.k.Restore(ctx, text); err != nil {
 		return fmt.Errorf("policy writer: %w", err)
 	}
@@ -471,7 +473,7 @@ func quoteArgs(args []string) string {
 	return strings.Join(q, " ")
 }
 
-func (w *Writer) deleteStaleSets(ctx context.Context, st *State, next *view, stats *ApplyStats) error {
+func (w *Writer) deleteStaleSets(ctx context.Context, st *rules.State, next *view, stats *ApplyStats) error {
 	want := map[string]bool{}
 	for _, s := range st.IPSets {
 		want[s.Name] = true

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/policy"
+	"github.com/weftnet/weft/policy/rules"
 )
 
 // nopKernel accepts everything and holds nothing.
@@ -23,8 +24,8 @@ func (nopKernel) IPSetSave(context.Context) (string, error)    { return "", nil 
 // nothing, so it is free of exec and machine load noise.
 func BenchmarkIncrementalInProcess(b *testing.B) {
 	in := workload()
-	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
-	rr := policy.NewRenderer(cfg)
+	cfg := rules.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	rr := rules.NewRenderer(cfg)
 	w := policy.NewWriter(nopKernel{}, nil)
 	w.Apply(context.Background(), rr.Render(in), true)
 	idx := 3*podsPerNS + 17
@@ -45,9 +46,9 @@ func BenchmarkIncrementalInProcess(b *testing.B) {
 // BenchmarkRenderFull: the render of a full sync (fresh caches).
 func BenchmarkRenderFull(b *testing.B) {
 	in := workload()
-	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	cfg := rules.Config{Bridge: benchBridge, AllowMark: 0x100000}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		policy.Render(cfg, in)
+		rules.Render(cfg, in)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/policy"
+	"github.com/weftnet/weft/policy/rules"
 )
 
 const (
@@ -42,8 +43,8 @@ func podIP(n, i int) netip.Addr {
 // namespace (ingress from pod and namespace+pod selectors on a numbered and
 // a named port; every fourth also egress to an ipBlock with except), and
 // 100 endpoints local to this node spread over the namespaces.
-func workload() policy.Input {
-	var in policy.Input
+func workload() rules.Input {
+	var in rules.Input
 	for n := 0; n < numNS; n++ {
 		ns := fmt.Sprintf("ns-%02d", n)
 		in.Namespaces = append(in.Namespaces, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns,
@@ -96,7 +97,7 @@ func workload() policy.Input {
 	return in
 }
 
-func describe(st *policy.State) string {
+func describe(st *rules.State) string {
 	rules, members := 0, 0
 	for _, c := range st.Chains {
 		rules += len(c.Rules)
@@ -111,7 +112,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // floor loads the same rendered text with the bare tools into a fresh
 // namespace: ipset restore, then iptables-restore --noflush.
-func floor(b *testing.B, mode iptables.Mode, st *policy.State) time.Duration {
+func floor(b *testing.B, mode iptables.Mode, st *rules.State) time.Duration {
 	b.Helper()
 	n := testutil.NewNS(b)
 	r := iptables.Runner{Mode: mode, NetNS: n.Path()}
@@ -131,10 +132,10 @@ func floor(b *testing.B, mode iptables.Mode, st *policy.State) time.Duration {
 func BenchmarkFullSync(b *testing.B) {
 	testutil.RequireRoot(b)
 	in := workload()
-	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	cfg := rules.Config{Bridge: benchBridge, AllowMark: 0x100000}
 	ctx := context.Background()
 	var render, apply, total, fl time.Duration
-	var st *policy.State
+	var st *rules.State
 	mode, err := iptables.Detect(ctx, "")
 	if err != nil {
 		b.Fatal(err)
@@ -151,7 +152,7 @@ func BenchmarkFullSync(b *testing.B) {
 		// with the render, then the apply.
 		t0 := time.Now()
 		w.Prefetch(ctx)
-		st = policy.Render(cfg, in)
+		st = rules.Render(cfg, in)
 		t1 := time.Now()
 		render += t1.Sub(t0)
 		if len(st.Errors) > 0 {
@@ -182,7 +183,7 @@ const (
 // fullSync renders with a fresh caching Renderer and applies into a fresh
 // node namespace, as the controller's first sync: the kernel read-back
 // overlapped with the render, then the apply.
-func fullSync(b *testing.B, cfg policy.Config, in policy.Input) (*policy.Renderer, *policy.Writer, time.Duration) {
+func fullSync(b *testing.B, cfg rules.Config, in rules.Input) (*rules.Renderer, *policy.Writer, time.Duration) {
 	b.Helper()
 	ctx := context.Background()
 	n := testutil.NewNS(b)
@@ -191,7 +192,7 @@ func fullSync(b *testing.B, cfg policy.Config, in policy.Input) (*policy.Rendere
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { w.Close() })
-	rr := policy.NewRenderer(cfg) // as the controller keeps it
+	rr := rules.NewRenderer(cfg) // as the controller keeps it
 	t0 := time.Now()
 	w.Prefetch(ctx)
 	if _, err := w.Apply(ctx, rr.Render(in), true); err != nil {
@@ -207,14 +208,14 @@ func fullSync(b *testing.B, cfg policy.Config, in policy.Input) (*policy.Rendere
 func BenchmarkIncrementalLabelChange(b *testing.B) {
 	testutil.RequireRoot(b)
 	in := workload()
-	cfg := policy.Config{Bridge: benchBridge, AllowMark: 0x100000}
+	cfg := rules.Config{Bridge: benchBridge, AllowMark: 0x100000}
 	ctx := context.Background()
 	mode, err := iptables.Detect(ctx, "")
 	if err != nil {
 		b.Fatal(err)
 	}
 	var fulls, incs, renders []float64
-	var rr *policy.Renderer
+	var rr *rules.Renderer
 	var w *policy.Writer
 	for i := 0; i < fullSyncSamples; i++ {
 		var d time.Duration

@@ -22,6 +22,7 @@ import (
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/policy"
+	"github.com/weftnet/weft/policy/rules"
 )
 
 const srcCheckRounds = 7
@@ -66,7 +67,7 @@ func BenchmarkSourceCheck(b *testing.B) {
 			b.Fatalf("rename %s: %v", old, err)
 		}
 	}
-	cfg := policy.Config{Bridge: "weft0", AllowMark: 0x100000}
+	cfg := rules.Config{Bridge: "weft0", AllowMark: 0x100000}
 	small := srcCheckInput(map[string]netip.Addr{"wv0000000000000": srv.IP, "wvfffffffffffff": cli.IP}, 0)
 	large := srcCheckInput(map[string]netip.Addr{"wv0000000000000": srv.IP, "wvfffffffffffff": cli.IP}, 108)
 	ctx := context.Background()
@@ -78,8 +79,8 @@ func BenchmarkSourceCheck(b *testing.B) {
 		mode = iptables.Mode(m)
 	}
 	w := policy.NewWriter(iptables.Runner{Mode: mode, NetNS: node.NS.Path()}, nil)
-	defer func() { _, _ = w.Apply(ctx, &policy.State{}, true) }()
-	states := []*policy.State{{}, policy.Render(cfg, small), policy.Render(cfg, large)}
+	defer func() { _, _ = w.Apply(ctx, &rules.State{}, true) }()
+	states := []*rules.State{{}, rules.Render(cfg, small), rules.Render(cfg, large)}
 	names := []string{"none", "2-endpoints", "110-endpoints"}
 	b.Logf("%s: source check of 110 endpoints renders %d rules in %d chains", mode,
 		rulesIn(states[2], "WEFT-POL-SRC"), chainsIn(states[2], "WEFT-POL-SRC"))
@@ -109,8 +110,8 @@ func BenchmarkSourceCheck(b *testing.B) {
 
 // srcCheckInput is two real pods (veth -> address) and extra endpoints
 // with plugin-style veth names and addresses of their own.
-func srcCheckInput(pods map[string]netip.Addr, extra int) policy.Input {
-	var in policy.Input
+func srcCheckInput(pods map[string]netip.Addr, extra int) rules.Input {
+	var in rules.Input
 	in.Namespaces = []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "perf"}}}
 	add := func(veth string, ip netip.Addr) {
 		name := "p-" + veth
@@ -129,7 +130,7 @@ func srcCheckInput(pods map[string]netip.Addr, extra int) policy.Input {
 	return in
 }
 
-func rulesIn(st *policy.State, prefix string) (n int) {
+func rulesIn(st *rules.State, prefix string) (n int) {
 	for _, c := range st.Chains {
 		if len(c.Name) >= len(prefix) && c.Name[:len(prefix)] == prefix {
 			n += len(c.Rules)
@@ -138,7 +139,7 @@ func rulesIn(st *policy.State, prefix string) (n int) {
 	return n
 }
 
-func chainsIn(st *policy.State, prefix string) (n int) {
+func chainsIn(st *rules.State, prefix string) (n int) {
 	for _, c := range st.Chains {
 		if len(c.Name) >= len(prefix) && c.Name[:len(prefix)] == prefix {
 			n++

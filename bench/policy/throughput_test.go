@@ -17,6 +17,7 @@ import (
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/policy"
+	"github.com/weftnet/weft/policy/rules"
 )
 
 const (
@@ -65,7 +66,7 @@ func BenchmarkThroughputWithPolicies(b *testing.B) {
 			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress, networkingv1.PolicyTypeEgress},
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"role": "client"}}}},
 				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &tcp, Port: &port}}}}}})
-	st := policy.Render(policy.Config{Bridge: "weft0", AllowMark: 0x100000}, in)
+	st := rules.Render(rules.Config{Bridge: "weft0", AllowMark: 0x100000}, in)
 	ctx := context.Background()
 	mode, err := iptables.Detect(ctx, node.NS.Path())
 	if err != nil {
@@ -74,7 +75,7 @@ func BenchmarkThroughputWithPolicies(b *testing.B) {
 	w := policy.NewWriter(iptables.Runner{Mode: mode, NetNS: node.NS.Path()}, nil)
 	var none, with []float64
 	for round := 0; round < max(throughputRounds, b.N); round++ {
-		if _, err := w.Apply(ctx, &policy.State{}, true); err != nil {
+		if _, err := w.Apply(ctx, &rules.State{}, true); err != nil {
 			b.Fatal(err)
 		}
 		none = append(none, nettopo.IPerf3(b, cli.NS, srv.NS, srv.IP, 1, iperfSeconds))
@@ -83,7 +84,7 @@ func BenchmarkThroughputWithPolicies(b *testing.B) {
 		}
 		with = append(with, nettopo.IPerf3(b, cli.NS, srv.NS, srv.IP, 1, iperfSeconds))
 	}
-	_, _ = w.Apply(ctx, &policy.State{}, true)
+	_, _ = w.Apply(ctx, &rules.State{}, true)
 	b.ReportMetric(median(none), "none-Gbit/s")
 	b.ReportMetric(median(with), "policies-Gbit/s")
 	b.ReportMetric(median(with)/median(none), "ratio")

@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/daemon/api"
+	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/ipam/store"
 	"github.com/weftnet/weft/ipam/store/disk"
 	"github.com/weftnet/weft/policy"
@@ -54,7 +55,7 @@ func TestReadyzPolicySync(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	waitFor(t, "readyz names the failing sync", func() bool {
+	testutil.Eventually(t, "readyz names the failing sync", func() bool {
 		code, body := get("/readyz")
 		return code == 503 && strings.Contains(body, "- policy-sync: ") && strings.Contains(body, "exit status 4") &&
 			strings.Contains(body, "syncs in a row failed")
@@ -64,7 +65,7 @@ func TestReadyzPolicySync(t *testing.T) {
 		t.Errorf("metrics do not count the failed syncs:\n%s", grepLines(body, "weft_policy_sync_errors_total"))
 	}
 	fdp.SetError(nil)
-	waitFor(t, "readyz ok once syncs work", func() bool { code, body := get("/readyz"); return code == 200 && strings.HasPrefix(body, "ok") })
+	testutil.Eventually(t, "readyz ok once syncs work", func() bool { code, body := get("/readyz"); return code == 200 && strings.HasPrefix(body, "ok") })
 }
 
 func grepLines(s, sub string) string {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"path/filepath"
 	"time"
 
@@ -13,16 +12,13 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/ipam"
 	"github.com/weftnet/weft/ipam/store/disk"
 	"github.com/weftnet/weft/policy"
 )
-
-// DefaultSocket is weftd's local API socket: the CNI plugin asks it whether
-// a new pod's policy rules are in place before ADD returns.
-const DefaultSocket = "/run/weft/weftd.sock"
 
 // policyFlags configure NetworkPolicy enforcement.
 type policyFlags struct {
@@ -36,7 +32,7 @@ type policyFlags struct {
 func (p *policyFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&p.enabled, "network-policy", true, "enforce NetworkPolicy on this node")
 	fs.StringVar(&p.endpointDir, "endpoint-dir", endpoint.DefaultDir, "where the CNI plugin records pod attachments")
-	fs.StringVar(&p.socket, "socket", DefaultSocket, "local API socket (the CNI plugin waits on it for a pod's policy rules)")
+	fs.StringVar(&p.socket, "socket", api.DefaultSocket, "local API socket (the CNI plugin waits on it for a pod's policy rules)")
 	fs.DurationVar(&p.resync, "policy-resync", 10*time.Second, "period of the policy read-back that repairs rules changed by hand")
 	fs.StringVar(&p.ipamDir, "ipam-data-dir", filepath.Join(ipam.DefaultDataDir, install.NetworkName),
 		"weft-ipam's store of this node's network; missing endpoint records are rebuilt from it at start (\"\" = never)")
@@ -83,6 +79,12 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		_ = closeFn()
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
+	routes := api.NewRoutes()
+	if err := policy.RegisterLocalAPI(routes, ctl); err != nil {
+		stopEvents()
+		_ = closeFn()
+		return nil, fmt.Errorf("local API: %w", err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -91,12 +93,9 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 			d.fatal(fmt.Errorf("policy controller: %w", err))
 		}
 	}()
-	mux := http.NewServeMux()
-	mux.Handle(policy.ProgrammedPath, policy.ProgrammedHandler(ctl))
-	mux.Handle(policy.StatusPath, policy.StatusHandler(ctl))
-	sock := &localSocket{path: p.socket, handler: mux, health: d.health, period: min(p.resync, 10*time.Second), log: d.log}
+	sock := &api.LocalSocket{Path: p.socket, Routes: routes, Health: d.health, Period: min(p.resync, 10*time.Second), Log: d.log}
 	go func() {
-		if err := sock.run(ctx); err != nil {
+		if err := sock.Run(ctx); err != nil {
 			d.log.Error("local API socket failed: new pods cannot start", "socket", p.socket, "err", err)
 			d.fatal(err)
 		}

@@ -15,7 +15,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,6 +32,7 @@ import (
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/daemon/subnet"
 	"github.com/weftnet/weft/internal/backend"
+	"github.com/weftnet/weft/internal/loop"
 	"github.com/weftnet/weft/internal/subnetfile"
 )
 
@@ -76,7 +76,6 @@ type Agent struct {
 	subnets *subnet.Manager
 	nodes   corelisters.NodeLister
 	cms     corelisters.ConfigMapNamespaceLister
-	dirty   chan struct{}
 	st      state
 }
 
@@ -102,38 +101,33 @@ func New(opt Options, d Deps) *Agent {
 		opt.CNIConfDir = install.DefaultConfDir
 	}
 	d.Log = d.Log.With("node", opt.NodeName)
-	return &Agent{opt: opt, d: d, subnets: subnet.New(d.Client, opt.NodeName, d.Log), dirty: make(chan struct{}, 1)}
-}
-
-func (a *Agent) markDirty() {
-	select {
-	case a.dirty <- struct{}{}:
-	default:
-	}
+	return &Agent{opt: opt, d: d, subnets: subnet.New(d.Client, opt.NodeName, d.Log)}
 }
 
 // Run starts the informers and syncs until ctx ends. It returns only when
 // ctx is done or the informers cannot sync.
 func (a *Agent) Run(ctx context.Context) error {
+	lp := loop.New(loop.Config{Sync: a.pass, Resync: a.opt.ResyncInterval,
+		BackoffMin: time.Second, BackoffMax: a.opt.ResyncInterval, Log: a.d.Log})
 	all := informers.NewSharedInformerFactory(a.d.Client, 0)
 	cmf := informers.NewSharedInformerFactoryWithOptions(a.d.Client, 0, informers.WithNamespace(config.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + config.Name }))
 	nodeInf := all.Core().V1().Nodes()
 	cmInf := cmf.Core().V1().ConfigMaps()
 	if _, err := nodeInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { a.markDirty() },
-		DeleteFunc: func(any) { a.markDirty() },
+		AddFunc:    func(any) { lp.MarkDirty() },
+		DeleteFunc: func(any) { lp.MarkDirty() },
 		UpdateFunc: func(o, n any) {
 			if relevantNodeChange(o, n) {
-				a.markDirty()
+				lp.MarkDirty()
 			}
 		},
 	}); err != nil {
 		return fmt.Errorf("node informer: %w", err)
 	}
 	if _, err := cmInf.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc: func(any) { a.markDirty() }, DeleteFunc: func(any) { a.markDirty() },
-		UpdateFunc: func(any, any) { a.markDirty() },
+		AddFunc: func(any) { lp.MarkDirty() }, DeleteFunc: func(any) { lp.MarkDirty() },
+		UpdateFunc: func(any, any) { lp.MarkDirty() },
 	}); err != nil {
 		return fmt.Errorf("configmap informer: %w", err)
 	}
@@ -151,30 +145,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.New("informers did not sync")
 	}
 	a.d.Log.Info("informers synced")
-	tick := time.NewTicker(a.opt.ResyncInterval)
-	defer tick.Stop()
-	backoff := time.Second
-	full := true
-	for {
-		if err := a.sync(ctx, full); err != nil {
-			a.d.Metrics.SyncErrors.Inc()
-			a.d.Log.Error("sync failed; retrying", "err", err, "in", backoff)
-			time.AfterFunc(backoff, a.markDirty)
-			backoff = min(2*backoff, a.opt.ResyncInterval)
-		} else {
-			backoff = time.Second
-		}
-		ready, _ := a.d.Status.Ready()
-		a.d.Metrics.Ready.Set(map[bool]float64{true: 1, false: 0}[ready])
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-a.dirty:
-			full = false
-		case <-tick.C:
-			full = true
-		}
+	return lp.Run(ctx)
+}
+
+// pass is one sync of the loop, counted and reflected in the ready gauge.
+func (a *Agent) pass(ctx context.Context, full bool) error {
+	err := a.sync(ctx, full)
+	if err != nil {
+		a.d.Metrics.SyncErrors.Inc()
 	}
+	ready, _ := a.d.Status.Ready()
+	a.d.Metrics.Ready.Set(map[bool]float64{true: 1, false: 0}[ready])
+	return err
 }
 
 // relevantNodeChange filters out Node updates that cannot change the
@@ -403,13 +385,7 @@ func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) 
 func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published) error {
 	mtu := podMTU(cfg, pub)
 	if a.opt.CNIBinDir != "" {
-		var missing []string
-		for _, p := range []string{"weft", "weft-ipam", "portmap", "bandwidth"} {
-			if _, err := os.Stat(filepath.Join(a.opt.CNIBinDir, p)); err != nil {
-				missing = append(missing, p)
-			}
-		}
-		if len(missing) > 0 {
+		if missing := install.MissingBinaries(a.opt.CNIBinDir); len(missing) > 0 {
 			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)
 		}
 	}

@@ -1,8 +1,11 @@
 // Package api serves weftd's HTTP endpoints: /healthz (the agent's loop is
 // alive), /readyz (the node can carry pod traffic: lease held, backend
 // converged, conflist written; otherwise the reasons) and /metrics
-// (Prometheus). The default address is 0.0.0.0:9412. ServeUnix serves the
-// local socket the plugins ask (weftd's policy engine mounts its handlers).
+// (Prometheus), default address 0.0.0.0:9412; and the local unix socket
+// (DefaultSocket) with its route table (Routes): each room registers its
+// handlers there (the policy engine the plugin's "programmed" wait and CNI
+// STATUS), LocalSocket serves it and listens again when the file is
+// removed. The clients of the socket's paths live in internal/endpoint.
 package api
 
 import (

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/weftnet/weft/internal/atomicfile"
 	"github.com/weftnet/weft/internal/names"
 )
 
@@ -29,16 +30,51 @@ const (
 	DefaultBinDir  = "/opt/cni/bin"
 )
 
-// Binaries returns the plugins the conflist chains, plus loopback which
-// runtimes add on their own.
-func Binaries() []string {
-	return []string{"weft", "weft-ipam", "portmap", "bandwidth", "loopback"}
+// The plugins weft ships: the bridge plugin and its IPAM.
+const (
+	PluginType     = "weft"
+	IPAMPluginType = "weft-ipam"
+)
+
+// referencePlugins are the reference plugins the conflist chains after
+// weft, as it names them. They are the one list of them: Conflist renders
+// it and ConflistBinaries derives the binaries from it.
+func referencePlugins() []map[string]any {
+	return []map[string]any{
+		{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true},
+		{"type": "bandwidth", "capabilities": map[string]bool{"bandwidth": true}},
+	}
 }
+
+// ConflistBinaries returns every plugin binary the conflist names: weft,
+// its IPAM, then the chained reference plugins.
+func ConflistBinaries() []string {
+	out := Own()
+	for _, p := range referencePlugins() {
+		out = append(out, p["type"].(string))
+	}
+	return out
+}
+
+// Binaries returns the plugins to install: the conflist's, plus loopback
+// which runtimes add on their own.
+func Binaries() []string { return append(ConflistBinaries(), "loopback") }
 
 // Own returns the plugins weft itself ships; the others in Binaries are
 // the reference plugins, which a node may already have from its runtime's
 // package.
-func Own() []string { return []string{"weft", "weft-ipam"} }
+func Own() []string { return []string{PluginType, IPAMPluginType} }
+
+// MissingBinaries lists the conflist's plugins absent from dir.
+func MissingBinaries(dir string) []string {
+	var missing []string
+	for _, p := range ConflistBinaries() {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	return missing
+}
 
 // CopyBinaries copies each named file from src to dst atomically. A file
 // whose content is already in place is left alone. A reference plugin (not
@@ -76,29 +112,8 @@ func writeAtomic(path string, data []byte, mode fs.FileMode) (bool, error) {
 	if same, _ := sameContent(path, data, mode); same {
 		return false, nil
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("chmod %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return false, fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return false, fmt.Errorf("rename into %s: %w", path, err)
+	if err := atomicfile.Write(path, data, mode); err != nil {
+		return false, err
 	}
 	return true, nil
 }
@@ -146,13 +161,13 @@ func Conflist(o ConflistOptions) ([]byte, error) {
 		bridge = DefaultBridge
 	}
 	weft := map[string]any{
-		"type":             "weft",
+		"type":             PluginType,
 		"bridge":           bridge,
 		"isGateway":        true,
 		"isDefaultGateway": true,
 		"hairpinMode":      true,
 		"ipMasq":           false,
-		"ipam":             map[string]any{"type": "weft-ipam", "subnetFile": o.SubnetFile},
+		"ipam":             map[string]any{"type": IPAMPluginType, "subnetFile": o.SubnetFile},
 	}
 	if o.MTU > 0 {
 		weft["mtu"] = o.MTU
@@ -163,15 +178,11 @@ func Conflist(o ConflistOptions) ([]byte, error) {
 	if o.PolicySocket != "" {
 		weft["policySocket"] = o.PolicySocket
 	}
-	list := map[string]any{
-		"cniVersion": o.CNIVersion,
-		"name":       NetworkName,
-		"plugins": []any{
-			weft,
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}, "snat": true},
-			map[string]any{"type": "bandwidth", "capabilities": map[string]bool{"bandwidth": true}},
-		},
+	plugins := []any{weft}
+	for _, p := range referencePlugins() {
+		plugins = append(plugins, p)
 	}
+	list := map[string]any{"cniVersion": o.CNIVersion, "name": NetworkName, "plugins": plugins}
 	data, err := json.MarshalIndent(list, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("conflist: %w", err)

@@ -167,3 +167,46 @@ func TestWriteRemoveConflistAndOthers(t *testing.T) {
 		t.Fatalf("second remove: %v", err)
 	}
 }
+
+// The binaries weftd checks and installs are exactly the ones the conflist
+// it writes names (every plugin type and IPAM type), in chain order; and
+// MissingBinaries names those a bin dir lacks.
+func TestConflistBinariesMatchConflist(t *testing.T) {
+	data, err := Conflist(ConflistOptions{CNIVersion: "1.0.0", SubnetFile: "/run/weft/subnet.json"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Plugins []struct {
+			Type string `json:"type"`
+			IPAM *struct {
+				Type string `json:"type"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(data, &list); err != nil {
+		t.Fatal(err)
+	}
+	var named []string
+	for _, p := range list.Plugins {
+		named = append(named, p.Type)
+		if p.IPAM != nil {
+			named = append(named, p.IPAM.Type)
+		}
+	}
+	if got := ConflistBinaries(); !slices.Equal(got, named) {
+		t.Fatalf("ConflistBinaries() = %v, the conflist names %v", got, named)
+	}
+	if b := Binaries(); !slices.Equal(b[:len(named)], named) || !slices.Contains(b, "loopback") {
+		t.Fatalf("Binaries() = %v", b)
+	}
+	dir := t.TempDir()
+	for _, n := range []string{"weft", "portmap"} {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := MissingBinaries(dir); !slices.Equal(got, []string{"weft-ipam", "bandwidth"}) {
+		t.Fatalf("missing %v", got)
+	}
+}

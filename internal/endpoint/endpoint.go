@@ -6,81 +6,34 @@
 // UID (for a static pod, the mirror Pod's kubernetes.io/config.mirror
 // annotation). weftd rebuilds missing records at start from the IPAM store,
 // the host veth names and the node's Pods (policy/rebuild.go).
+//
+// It is also the client side of weftd's local socket: the plugin's wait
+// until a pod's rules are programmed (WaitProgrammed) and CNI STATUS
+// (Status), at the paths weftd's route table serves (daemon/api).
 package endpoint
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/weftnet/weft/internal/atomicfile"
+	"github.com/weftnet/weft/internal/endpoint/record"
 )
 
 // DefaultDir is where records live on a node.
 const DefaultDir = "/run/weft/endpoints"
 
-// tmpPrefix marks files being written; List ignores them.
-const tmpPrefix = ".tmp-"
+// Endpoint is one pod attachment on this node (the record's type lives in
+// the pure package record, so the policy renderer can take it).
+type Endpoint = record.Endpoint
 
-// Endpoint is one pod attachment on this node.
-type Endpoint struct {
-	ContainerID  string   `json:"containerID"`
-	IfName       string   `json:"ifname"`
-	PodNamespace string   `json:"podNamespace"`
-	PodName      string   `json:"podName"`
-	PodUID       string   `json:"podUID"`
-	HostVeth     string   `json:"hostVeth"`
-	IPs          []string `json:"ips"` // CIDR notation, e.g. "10.244.1.5/24"; bare addresses in rebuilt records
-	// Network is the CNI network name of the attachment, so GC of one
-	// network never removes another's records. Empty in records written
-	// before weft recorded it.
-	Network string `json:"network,omitempty"`
-}
-
-// Addrs returns the endpoint's addresses without prefix lengths.
-func (e Endpoint) Addrs() ([]netip.Addr, error) {
-	out := make([]netip.Addr, 0, len(e.IPs))
-	for _, s := range e.IPs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("endpoint %s: bad ip %q: %w", e.HostVeth, s, err)
-			}
-			out = append(out, a)
-			continue
-		}
-		out = append(out, p.Addr())
-	}
-	return out, nil
-}
-
-// Validate checks the fields a consumer relies on.
-func (e Endpoint) Validate() error {
-	if err := validName(e.HostVeth); err != nil {
-		return err
-	}
-	if e.PodNamespace == "" || e.PodName == "" {
-		return fmt.Errorf("endpoint %s: pod namespace and name are required", e.HostVeth)
-	}
-	if _, err := e.Addrs(); err != nil {
-		return err
-	}
-	return nil
-}
-
-// validName accepts Linux interface names usable as file names.
-func validName(n string) error {
-	if n == "" || len(n) > 15 || n == "." || n == ".." || strings.ContainsAny(n, "/\x00 ") || strings.HasPrefix(n, ".") {
-		return fmt.Errorf("endpoint: invalid host interface name %q", n)
-	}
-	return nil
-}
-
-// Write stores ep atomically (temp file + rename) as dir/<hostVeth>.json,
+// Write stores ep atomically (internal/atomicfile; List skips its
+// temporary files) as dir/<hostVeth>.json,
 // creating dir if needed.
 func Write(dir string, ep Endpoint) error {
 	if err := ep.Validate(); err != nil {
@@ -93,32 +46,15 @@ func Write(dir string, ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("endpoint: encode: %w", err)
 	}
-	f, err := os.CreateTemp(dir, tmpPrefix+ep.HostVeth+"-")
-	if err != nil {
-		return fmt.Errorf("endpoint: temp file: %w", err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(data)
-	if werr == nil {
-		werr = f.Sync()
-	}
-	cerr := f.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Rename(tmp, filepath.Join(dir, ep.HostVeth+".json"))
-	}
-	if werr != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("endpoint: write %s: %w", ep.HostVeth, werr)
+	if err := atomicfile.Write(filepath.Join(dir, ep.HostVeth+".json"), data, 0o600); err != nil {
+		return fmt.Errorf("endpoint: %w", err)
 	}
 	return nil
 }
 
 // Remove deletes the record for hostVeth; a missing record is not an error.
 func Remove(dir, hostVeth string) error {
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return err
 	}
 	err := os.Remove(filepath.Join(dir, hostVeth+".json"))
@@ -176,7 +112,7 @@ func List(dir string) ([]Endpoint, error) {
 // Read returns the record for hostVeth, and false when there is none.
 func Read(dir, hostVeth string) (Endpoint, bool, error) {
 	var ep Endpoint
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return ep, false, err
 	}
 	data, err := os.ReadFile(filepath.Join(dir, hostVeth+".json"))

@@ -9,18 +9,28 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/weftnet/weft/internal/endpoint/record"
 )
 
-// ProgrammedPath mirrors policy.ProgrammedPath (weftd's handler); kept here
-// so the plugin does not import the policy engine.
-const ProgrammedPath = "/v1/policy/programmed/"
+// The paths of weftd's local socket this package is the client of. weftd
+// serves them from its route table (daemon/api.Routes), where the policy
+// engine registers its handlers at these same constants
+// (policy.RegisterLocalAPI); the plugin imports neither.
+const (
+	// ProgrammedPath + <hostVeth>: answers once the endpoint's policy
+	// rules are in the kernel (WaitProgrammed).
+	ProgrammedPath = "/v1/policy/programmed/"
+	// StatusPath: whether weftd can program new pods (Status).
+	StatusPath = "/v1/status"
+)
 
 // WaitProgrammed asks weftd, over its unix socket, to answer once the
 // policy rules for hostVeth are in the kernel ("isolation before start":
 // the plugin's ADD calls this after Write and before it returns). It waits
 // at most timeout.
 func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.Duration) error {
-	if err := validName(hostVeth); err != nil {
+	if err := record.ValidName(hostVeth); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
@@ -42,9 +52,6 @@ func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.D
 	}
 	return nil
 }
-
-// StatusPath mirrors policy.StatusPath.
-const StatusPath = "/v1/status"
 
 // NotReadyError is weftd's answer that it cannot program new pods now.
 type NotReadyError struct{ Reason string }

@@ -22,6 +22,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+
+	"github.com/weftnet/weft/internal/atomicfile"
 )
 
 // DefaultPath is where weftd writes the node subnet file.
@@ -79,8 +81,7 @@ func Read(path string) (*File, error) {
 	return &f, nil
 }
 
-// Write validates f and replaces the file at path atomically (write to a
-// temporary file in the same directory, fsync, rename).
+// Write validates f and replaces the file at path atomically (internal/atomicfile).
 func Write(path string, f *File) error {
 	if err := f.Validate(); err != nil {
 		return err
@@ -92,26 +93,7 @@ func Write(path string, f *File) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("create subnet file dir: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".subnet-*.json")
-	if err != nil {
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.Write(path, append(data, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write subnet file: %w", err)
 	}
 	return nil

@@ -1,5 +1,6 @@
-// Package testutil holds helpers shared by the privileged test tier: root
-// checks, throwaway network namespaces and locating the binaries under test.
+// Package testutil holds helpers shared by the tests: root checks,
+// throwaway network namespaces, locating the binaries under test, and
+// polling for a condition.
 package testutil
 
 import (
@@ -10,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -96,4 +98,17 @@ func RefPluginDir(t testing.TB) string {
 		}
 	}
 	return d
+}
+
+// Eventually polls cond every 10 ms for up to 10 s (a liveness bound, not
+// a timing assertion) and fails the test naming what never happened.
+func Eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("never happened: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/policy"
 )
@@ -62,13 +63,15 @@ func TestStatusPolicySocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle(policy.StatusPath, policy.StatusHandler(ctl))
+	routes := api.NewRoutes()
+	if err := policy.RegisterLocalAPI(routes, ctl); err != nil {
+		t.Fatal(err)
+	}
 	ln, err = net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: mux}
+	srv := &http.Server{Handler: routes}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	want50("policy engine not synced", "not yet synced")

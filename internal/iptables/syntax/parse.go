@@ -1,4 +1,8 @@
-package iptables
+// Package syntax is the text of iptables-restore and ipset input and of
+// iptables-save / ipset save output, without running either: quoting and
+// splitting rule lines, bounding rule comments to what the kernel keeps, and
+// parsing dumps. It does no I/O, so the pure policy renderer can use it.
+package syntax
 
 import (
 	"bufio"

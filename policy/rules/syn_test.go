@@ -1,4 +1,4 @@
-package policy
+package rules_test
 
 import (
 	"net/netip"
@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestNewTCPWithoutSYNDropped: a TCP segment that conntrack sees as NEW but
@@ -14,22 +16,22 @@ import (
 // and across nodes, whatever the policies say; a SYN and UDP are decided by
 // policy as before, and segments of an established connection pass.
 func TestNewTCPWithoutSYNDropped(t *testing.T) {
-	c := newCluster()
-	xa, xb := ref{"x", "a"}, ref{"x", "b"}
-	pols := []*networkingv1.NetworkPolicy{withIngress(np("x", "b-from-a", map[string]string{"pod": "b"}, tIn),
-		in([]from{{PodSelector: ls("pod", "a")}}))}
-	byPolicy := func(s, d ref) bool { return d != xb || s == xa }
-	probes := []flow{
-		{proto: "tcp", port: 80},
-		{proto: "tcp", port: 80, notSYN: true},
-		{proto: "tcp", port: 80, notSYN: true, ct: "ESTABLISHED"},
-		{proto: "udp", port: 80, notSYN: true}, // no TCP flags: the flag means nothing
+	c := rulestest.NewCluster()
+	xa, xb := rulestest.Ref{NS: "x", Pod: "a"}, rulestest.Ref{NS: "x", Pod: "b"}
+	pols := []*networkingv1.NetworkPolicy{rulestest.WithIngress(rulestest.NP("x", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}}))}
+	byPolicy := func(s, d rulestest.Ref) bool { return d != xb || s == xa }
+	probes := []rulestest.Flow{
+		{Proto: "tcp", Port: 80},
+		{Proto: "tcp", Port: 80, NotSYN: true},
+		{Proto: "tcp", Port: 80, NotSYN: true, CT: "ESTABLISHED"},
+		{Proto: "udp", Port: 80, NotSYN: true}, // no TCP flags: the flag means nothing
 	}
-	requireTruth(t, c, pols, probes, func(s, d ref, f flow) bool {
+	rulestest.RequireTruth(t, c, pols, probes, func(s, d rulestest.Ref, f rulestest.Flow) bool {
 		switch {
-		case f.ct == "ESTABLISHED":
+		case f.CT == "ESTABLISHED":
 			return true
-		case f.proto == "tcp" && f.notSYN:
+		case f.Proto == "tcp" && f.NotSYN:
 			return false
 		}
 		return byPolicy(s, d)
@@ -37,7 +39,7 @@ func TestNewTCPWithoutSYNDropped(t *testing.T) {
 	// The case of the review: b keeps sending on a -> b after the policy
 	// denied it; a's ingress is open, so only the SYN check stops it.
 	st := states(c, pols...)
-	if ok, why := allowed(st, flow{src: xb, dst: xa, proto: "tcp", port: 40000, notSYN: true}); ok {
+	if ok, why := rulestest.Allowed(st, rulestest.Flow{Src: xb, Dst: xa, Proto: "tcp", Port: 40000, NotSYN: true}); ok {
 		t.Errorf("NEW non-SYN b -> a allowed:\n%s", why)
 	} else if !strings.Contains(why, "NEW") || !strings.Contains(why, "--tcp-flags FIN,SYN,RST,ACK SYN") {
 		t.Errorf("NEW non-SYN b -> a not dropped by the SYN check:\n%s", why)
@@ -45,7 +47,7 @@ func TestNewTCPWithoutSYNDropped(t *testing.T) {
 	// From outside the cluster to a pod: the same.
 	out := netip.MustParseAddr("192.0.2.7")
 	for _, notSYN := range []bool{false, true} {
-		ok, why := allowed(st, flow{srcAddr: out, dst: ref{"y", "b"}, proto: "tcp", port: 80, notSYN: notSYN})
+		ok, why := rulestest.Allowed(st, rulestest.Flow{SrcAddr: out, Dst: rulestest.Ref{NS: "y", Pod: "b"}, Proto: "tcp", Port: 80, NotSYN: notSYN})
 		if ok == notSYN {
 			t.Errorf("outside -> y/b, not SYN %v: allowed %v\n%s", notSYN, ok, why)
 		}

@@ -1,10 +1,11 @@
-// Package policy enforces Kubernetes NetworkPolicy (networking.k8s.io/v1)
-// on one node with iptables and ipsets, the way Calico's Felix does: a pure
-// renderer turns (policies, pods, namespaces, this node's endpoints) into the
-// desired WEFT- chains and weft- ipsets (State), a packet-path tracer walks
-// that State for tests, and a Writer converges the kernel to it with one
-// `iptables-restore --noflush` transaction per sync.
-package policy
+// Package rules is the pure NetworkPolicy renderer and its packet-path
+// tracer: (policies, pods, namespaces, this node's endpoint records) in,
+// the desired WEFT- chains and weft- ipsets (State) out, and a tracer that
+// walks a State the way the kernel walks the loaded rules. It imports
+// nothing that does I/O (TestRendererIsPure enforces it); the controller,
+// the kernel writer and everything else with side effects live in package
+// policy.
+package rules
 
 import (
 	"crypto/sha256"
@@ -14,7 +15,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/syntax"
 )
 
 // Verb is what a rule does when it matches.
@@ -155,18 +156,18 @@ func (r Rule) argsWithHash(h string) []string {
 
 // commentWithHash is the comment as written to the kernel.
 func (r Rule) commentWithHash(h string) string {
-	return iptables.BoundComment("weft:" + h + " " + r.Comment)
+	return syntax.BoundComment("weft:" + h + " " + r.Comment)
 }
 
 // Text renders the rule for an iptables-restore line.
-func (r Rule) Text() string { return r.textWithHash(r.Hash()) }
+func (r Rule) Text() string { return r.TextWithHash(r.Hash()) }
 
-// textWithHash is Text when the caller already knows the rule's hash.
-func (r Rule) textWithHash(h string) string {
+// TextWithHash is Text when the caller already knows the rule's hash.
+func (r Rule) TextWithHash(h string) string {
 	args := r.argsWithHash(h)
 	q := make([]string, len(args))
 	for i, s := range args {
-		q[i] = iptables.Quote(s)
+		q[i] = syntax.Quote(s)
 	}
 	return strings.Join(q, " ")
 }
@@ -187,7 +188,7 @@ func (r Rule) Hash() string {
 
 // HashOfArgs extracts the rule hash from read-back arguments ("" if none).
 func HashOfArgs(args []string) string {
-	c := iptables.Comment(args)
+	c := syntax.Comment(args)
 	if !strings.HasPrefix(c, "weft:") {
 		return ""
 	}
@@ -297,12 +298,14 @@ func (s *State) RestoreText() string {
 func (s *State) IPSetRestoreText() string {
 	var b strings.Builder
 	for _, set := range s.IPSets {
-		writeSet(&b, set.Name, set)
+		WriteSet(&b, set.Name, set)
 	}
 	return b.String()
 }
 
-func writeSet(b *strings.Builder, name string, set IPSet) {
+// WriteSet appends the `ipset restore` lines that create set as name and
+// fill it.
+func WriteSet(b *strings.Builder, name string, set IPSet) {
 	b.WriteString("create " + name + " " + string(set.Type) + " family inet hashsize 1024 maxelem 1048576 -exist\n")
 	for _, m := range set.Members {
 		b.WriteString("add " + name + " " + m + " -exist\n")

@@ -1,4 +1,4 @@
-package policy
+package rules
 
 import (
 	"errors"
@@ -326,3 +326,15 @@ func newPodInfo(p *corev1.Pod) *podInfo {
 	}
 	return pi
 }
+
+// PolicyError is the render error of one NetworkPolicy (its selected pods
+// fail closed).
+type PolicyError struct {
+	Namespace, Name string
+	Err             error
+}
+
+func (e *PolicyError) Error() string {
+	return "policy " + e.Namespace + "/" + e.Name + ": " + e.Err.Error()
+}
+func (e *PolicyError) Unwrap() error { return e.Err }

@@ -1,4 +1,4 @@
-package policy
+package rules
 
 import (
 	"encoding/binary"
@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/weftnet/weft/internal/endpoint"
+	"github.com/weftnet/weft/internal/endpoint/record"
 	"github.com/weftnet/weft/internal/names"
 )
 
@@ -31,11 +31,11 @@ type Input struct {
 	Policies   []*networkingv1.NetworkPolicy
 	Pods       []*corev1.Pod
 	Namespaces []*corev1.Namespace
-	Endpoints  []endpoint.Endpoint // this node's attachments
+	Endpoints  []record.Endpoint // this node's attachments
 }
 
 type localEP struct {
-	ep  endpoint.Endpoint
+	ep  record.Endpoint
 	pod *podInfo // nil: no matching pod (fail closed)
 	ips []netip.Addr
 }
@@ -143,7 +143,7 @@ func (rr *Renderer) Render(in Input) *State {
 // matches this node's endpoint records to them.
 func (r *renderer) indexPods(in Input) []*localEP {
 	type nsName struct{ ns, name string }
-	eps := append([]endpoint.Endpoint(nil), in.Endpoints...)
+	eps := append([]record.Endpoint(nil), in.Endpoints...)
 	sort.Slice(eps, func(i, j int) bool { return eps[i].HostVeth < eps[j].HostVeth })
 	locals := make([]*localEP, 0, len(eps))
 	byKey := map[nsName][]*localEP{}
@@ -224,7 +224,7 @@ const MirrorAnnotation = "kubernetes.io/config.mirror"
 // Pod the static pod's UID. Each record is one sandbox (infra container
 // ID and ifname, hence its own host veth), so two sandboxes of one Pod
 // are both matched and waited on separately.
-func recordOf(ep endpoint.Endpoint, uid string, p *corev1.Pod) bool {
+func recordOf(ep record.Endpoint, uid string, p *corev1.Pod) bool {
 	return ep.PodUID == "" || ep.PodUID == uid || (p.Annotations[MirrorAnnotation] != "" && ep.PodUID == p.Annotations[MirrorAnnotation])
 }
 
@@ -244,8 +244,8 @@ func (r *renderer) endpointChains(l *localEP, pols []*compiled) {
 	who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
 	if l.pod == nil {
 		drop := []Rule{{Action: Action{Verb: Drop}, Comment: who + ": pod not known, fail closed"}}
-		r.chains[toChain(veth)] = drop
-		r.chains[fromChain(veth)] = drop
+		r.chains[ToChain(veth)] = drop
+		r.chains[FromChain(veth)] = drop
 		return
 	}
 	var selecting [2][]*compiled
@@ -268,9 +268,9 @@ func (r *renderer) endpointChains(l *localEP, pols []*compiled) {
 		}
 	}
 	for _, dir := range []direction{ingress, egress} {
-		name := toChain(veth)
+		name := ToChain(veth)
 		if dir == egress {
-			name = fromChain(veth)
+			name = FromChain(veth)
 		}
 		switch {
 		case broken != nil:

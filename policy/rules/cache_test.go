@@ -1,4 +1,4 @@
-package policy
+package rules_test
 
 import (
 	"fmt"
@@ -7,6 +7,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	. "github.com/weftnet/weft/policy/rules"
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // The Renderer's caches (pod infos per object, selector results per
@@ -15,56 +18,56 @@ import (
 // deletions: each step is checked against a fresh Render and against the
 // expected verdict of a traced packet.
 func TestRendererCacheFollowsSelectorChanges(t *testing.T) {
-	c := newCluster()
-	for _, p := range c.pods {
+	c := rulestest.NewCluster()
+	for _, p := range c.Pods {
 		p.ResourceVersion = "1"
 	}
 	rv := 1
-	update := func(r ref, change func(*corev1.Pod)) { // a new object, as informers hand over
-		for i, p := range c.pods {
-			if p.Namespace == r.ns && p.Name == r.pod {
+	update := func(r rulestest.Ref, change func(*corev1.Pod)) { // a new object, as informers hand over
+		for i, p := range c.Pods {
+			if p.Namespace == r.NS && p.Name == r.Pod {
 				q := p.DeepCopy()
 				change(q)
 				rv++
 				q.ResourceVersion = fmt.Sprint(rv)
-				c.pods[i] = q
+				c.Pods[i] = q
 				return
 			}
 		}
 		t.Fatalf("no pod %s", r)
 	}
 	setNSLabel := func(ns, k, v string) {
-		for i, n := range c.namespaces {
+		for i, n := range c.Namespaces {
 			if n.Name == ns {
 				m := n.DeepCopy()
 				m.Labels[k] = v
-				c.namespaces[i] = m
+				c.Namespaces[i] = m
 			}
 		}
 	}
-	fromGreen := withIngress(np("x", "from-green", nil, tIn),
-		in([]from{{NamespaceSelector: ls("color", "green"), PodSelector: ls("role", "client")}}, pPort(corev1.ProtocolTCP, num(80))))
-	fromLocal := withIngress(np("x", "from-local", nil, tIn),
-		in([]from{{PodSelector: ls("role", "client")}}, pPort(corev1.ProtocolTCP, num(80))))
+	fromGreen := rulestest.WithIngress(rulestest.NP("x", "from-green", nil, rulestest.TIn),
+		rulestest.In([]rulestest.From{{NamespaceSelector: rulestest.LS("color", "green"), PodSelector: rulestest.LS("role", "client")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80))))
+	fromLocal := rulestest.WithIngress(rulestest.NP("x", "from-local", nil, rulestest.TIn),
+		rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("role", "client")}}, rulestest.PPort(corev1.ProtocolTCP, rulestest.Num(80))))
 	pols := []*networkingv1.NetworkPolicy{fromGreen, fromLocal}
 	for i, p := range pols {
 		p.UID, p.ResourceVersion = types.UID(fmt.Sprintf("pol-%d", i)), "1"
 	}
 	rr := NewRenderer(DefaultConfig())
-	dst := ref{"x", "a"} // on node 1, the cached Renderer's node
-	check := func(step string, src ref, want bool) {
+	dst := rulestest.Ref{NS: "x", Pod: "a"} // on node 1, the cached Renderer's node
+	check := func(step string, src rulestest.Ref, want bool) {
 		t.Helper()
-		in := Input{Policies: pols, Pods: c.pods, Namespaces: c.namespaces, Endpoints: c.endpoints(1)}
+		in := Input{Policies: pols, Pods: c.Pods, Namespaces: c.Namespaces, Endpoints: c.Endpoints(1)}
 		got, fresh := rr.Render(in), Render(DefaultConfig(), in)
 		if got.RestoreText() != fresh.RestoreText() || got.IPSetRestoreText() != fresh.IPSetRestoreText() {
 			t.Fatalf("%s: cached render differs from a fresh one", step)
 		}
-		states := map[int]*State{1: got, 2: c.render(2, pols...)}
-		if ok, tr := allowed(states, flow{src: src, dst: dst, proto: "tcp", port: 80}); ok != want {
+		states := map[int]*State{1: got, 2: c.Render(2, pols...)}
+		if ok, tr := rulestest.Allowed(states, rulestest.Flow{Src: src, Dst: dst, Proto: "tcp", Port: 80}); ok != want {
 			t.Fatalf("%s: %s -> %s allowed=%v, want %v\n%s", step, src, dst, ok, want, tr)
 		}
 	}
-	zb, xc := ref{"z", "b"}, ref{"x", "c"}
+	zb, xc := rulestest.Ref{NS: "z", Pod: "b"}, rulestest.Ref{NS: "x", Pod: "c"}
 	check("start", zb, false)
 	update(zb, func(p *corev1.Pod) { p.Labels["role"] = "client" })
 	check("pod label matches, namespace does not", zb, false)
@@ -85,21 +88,21 @@ func TestRendererCacheFollowsSelectorChanges(t *testing.T) {
 	check("same-namespace pod label change moves it in", xc, true)
 
 	// Deleting pods: once enough cached pods are unused, they are dropped.
-	all := c.pods
+	all := c.Pods
 	var rest []*corev1.Pod
-	for _, p := range c.pods {
+	for _, p := range c.Pods {
 		if p.Namespace != "y" {
 			rest = append(rest, p)
 		}
 	}
-	c.pods = rest
+	c.Pods = rest
 	check("pods of y deleted", xc, true)
-	if len(rr.pods) != len(c.pods) {
-		t.Fatalf("pod cache holds %d entries for %d pods", len(rr.pods), len(c.pods))
+	if rr.CachedPods() != len(c.Pods) {
+		t.Fatalf("pod cache holds %d entries for %d pods", rr.CachedPods(), len(c.Pods))
 	}
-	c.pods = all
-	check("pods of y back", ref{"y", "b"}, false)
-	update(ref{"y", "b"}, func(p *corev1.Pod) { p.Labels["role"] = "client" })
+	c.Pods = all
+	check("pods of y back", rulestest.Ref{NS: "y", Pod: "b"}, false)
+	update(rulestest.Ref{NS: "y", Pod: "b"}, func(p *corev1.Pod) { p.Labels["role"] = "client" })
 	setNSLabel("y", "color", "green")
-	check("y/b moves in", ref{"y", "b"}, true)
+	check("y/b moves in", rulestest.Ref{NS: "y", Pod: "b"}, true)
 }

@@ -1,4 +1,4 @@
-package policy
+package rules
 
 import (
 	corev1 "k8s.io/api/core/v1"
@@ -94,12 +94,12 @@ type cachedPolicy struct {
 
 type cachedPod struct {
 	rv  string
-	p   *podInfo // nil: skipPod
+	p   *podInfo // nil: SkipPod
 	gen uint64   // last render that used it
 }
 
-// skipPod: host-network and finished pods are neither peers nor endpoints.
-func skipPod(p *corev1.Pod) bool {
+// SkipPod: host-network and finished pods are neither peers nor endpoints.
+func SkipPod(p *corev1.Pod) bool {
 	return p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
@@ -123,11 +123,11 @@ func (rr *Renderer) compile(np *networkingv1.NetworkPolicy, seen map[types.UID]b
 	return c
 }
 
-// podInfo returns the pod's info (nil when skipPod), cached per object
+// podInfo returns the pod's info (nil when SkipPod), cached per object
 // and resourceVersion, so unchanged pods are not looked into again.
 func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 	if p.UID == "" || p.ResourceVersion == "" {
-		if skipPod(p) {
+		if SkipPod(p) {
 			return nil
 		}
 		return rr.newPodInfo(p)
@@ -140,7 +140,7 @@ func (rr *Renderer) podInfo(p *corev1.Pod) *podInfo {
 		return e.p
 	}
 	var pi *podInfo
-	if !skipPod(p) {
+	if !SkipPod(p) {
 		pi = rr.newPodInfo(p)
 	}
 	rr.pods[p] = &cachedPod{rv: p.ResourceVersion, p: pi, gen: rr.gen}

@@ -1,4 +1,4 @@
-package policy
+package rules
 
 import (
 	"crypto/sha256"
@@ -65,9 +65,10 @@ func safeName(s string) bool {
 	return true
 }
 
-// Endpoint chains.
-func fromChain(veth string) string { return chainName("WEFT-FROM-", veth, "") }
-func toChain(veth string) string   { return chainName("WEFT-TO-", veth, "") }
+// FromChain and ToChain name the chains of one endpoint: traffic from its
+// host veth (egress) and to it (ingress).
+func FromChain(veth string) string { return chainName("WEFT-FROM-", veth, "") }
+func ToChain(veth string) string   { return chainName("WEFT-TO-", veth, "") }
 
 // Policy chains: "WEFT-PI-<ns>.<name>" / "WEFT-PE-..." when short; a hash
 // otherwise, or when the content depends on the endpoint (variant != "").

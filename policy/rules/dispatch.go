@@ -1,4 +1,4 @@
-package policy
+package rules
 
 import (
 	"net/netip"
@@ -67,12 +67,12 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 	for _, l := range locals {
 		v := l.ep.HostVeth
 		who := "endpoint " + l.ep.PodNamespace + "/" + l.ep.PodName
-		from = append(from, Rule{Match: Match{PhysIn: v}, Action: Action{Verb: Goto, Target: fromChain(v)}, Comment: who})
-		to = append(to, Rule{Match: Match{PhysOut: v, Bridged: Yes}, Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who})
+		from = append(from, Rule{Match: Match{PhysIn: v}, Action: Action{Verb: Goto, Target: FromChain(v)}, Comment: who})
+		to = append(to, Rule{Match: Match{PhysOut: v, Bridged: Yes}, Action: Action{Verb: Goto, Target: ToChain(v)}, Comment: who})
 		for _, a := range l.ips {
 			if a.Is4() {
 				toRouted = append(toRouted, Rule{Match: Match{Bridged: No, Dst: netip.PrefixFrom(a, 32)},
-					Action: Action{Verb: Goto, Target: toChain(v)}, Comment: who + " (routed)"})
+					Action: Action{Verb: Goto, Target: ToChain(v)}, Comment: who + " (routed)"})
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package policy
+package rules_test
 
 import (
 	"crypto/sha256"
@@ -12,6 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weftnet/weft/internal/endpoint"
+
+	. "github.com/weftnet/weft/policy/rules"
+	"github.com/weftnet/weft/policy/rules/rulestest"
 )
 
 // TestSpoofedSourceDropped: with a policy that admits only x/a into x/b, a
@@ -20,77 +23,77 @@ import (
 // b's node (bridged to b) or on another node (routed out to the overlay),
 // before conntrack can accept it; x/a's own packets still pass.
 func TestSpoofedSourceDropped(t *testing.T) {
-	c := newCluster()
-	xa, xb := ref{"x", "a"}, ref{"x", "b"}
-	local, remote := ref{"y", "a"}, ref{"x", "c"} // node 1 (b's node), node 2
-	if nodeOf(xb) != 1 || nodeOf(local) != 1 || nodeOf(remote) != 2 {
+	c := rulestest.NewCluster()
+	xa, xb := rulestest.Ref{NS: "x", Pod: "a"}, rulestest.Ref{NS: "x", Pod: "b"}
+	local, remote := rulestest.Ref{NS: "y", Pod: "a"}, rulestest.Ref{NS: "x", Pod: "c"} // node 1 (b's node), node 2
+	if rulestest.NodeOf(xb) != 1 || rulestest.NodeOf(local) != 1 || rulestest.NodeOf(remote) != 2 {
 		t.Fatal("fixture layout changed")
 	}
-	st := states(c, withIngress(np("x", "b-from-a", map[string]string{"pod": "b"}, tIn), in([]from{{PodSelector: ls("pod", "a")}})))
+	st := states(c, rulestest.WithIngress(rulestest.NP("x", "b-from-a", map[string]string{"pod": "b"}, rulestest.TIn), rulestest.In([]rulestest.From{{PodSelector: rulestest.LS("pod", "a")}})))
 	for _, ct := range []string{"", "ESTABLISHED"} {
-		mustAllow(t, st, flow{src: xa, dst: xb, proto: "udp", port: 80, ct: ct}, true)
-		for _, attacker := range []ref{local, remote} {
-			f := flow{src: attacker, dst: xb, proto: "udp", port: 80, ct: ct, forge: ipOf(xa)}
+		mustAllow(t, st, rulestest.Flow{Src: xa, Dst: xb, Proto: "udp", Port: 80, CT: ct}, true)
+		for _, attacker := range []rulestest.Ref{local, remote} {
+			f := rulestest.Flow{Src: attacker, Dst: xb, Proto: "udp", Port: 80, CT: ct, Forge: rulestest.IPOf(xa)}
 			mustAllow(t, st, f, false)
-			if _, why := allowed(st, f); !spoofDrop(st, f) {
+			if _, why := rulestest.Allowed(st, f); !spoofDrop(st, f) {
 				t.Errorf("%v forging %v: not dropped by the source check\n%s", attacker, xa, why)
 			}
 			// Forging to a pod no policy selects is dropped as well.
-			mustAllow(t, st, flow{src: attacker, dst: ref{"z", "b"}, proto: "tcp", port: 80, ct: ct, forge: ipOf(xa)}, false)
+			mustAllow(t, st, rulestest.Flow{Src: attacker, Dst: rulestest.Ref{NS: "z", Pod: "b"}, Proto: "tcp", Port: 80, CT: ct, Forge: rulestest.IPOf(xa)}, false)
 		}
 	}
 	// The attackers' own packets: denied into b by policy, open elsewhere.
-	mustAllow(t, st, flow{src: local, dst: xb, proto: "udp", port: 80}, false)
-	mustAllow(t, st, flow{src: remote, dst: ref{"z", "b"}, proto: "udp", port: 80}, true)
+	mustAllow(t, st, rulestest.Flow{Src: local, Dst: xb, Proto: "udp", Port: 80}, false)
+	mustAllow(t, st, rulestest.Flow{Src: remote, Dst: rulestest.Ref{NS: "z", Pod: "b"}, Proto: "udp", Port: 80}, true)
 	// Nothing but the forged cases changes: the full table without policy.
-	requireTruth(t, c, nil, allProbes, func(s, d ref, f flow) bool { return true })
+	rulestest.RequireTruth(t, c, nil, allProbes, func(s, d rulestest.Ref, f rulestest.Flow) bool { return true })
 }
 
 // spoofDrop traces f on the attacker's node, where the check applies.
-func spoofDrop(st map[int]*State, f flow) bool {
-	p := Packet{Src: f.forge, Dst: ipOf(f.dst), Proto: f.proto, DPort: f.port, CTState: f.ct,
-		InIface: "weft0", OutIface: "weft.vxlan", PhysIn: vethOf(f.src)}
-	if nodeOf(f.src) == nodeOf(f.dst) {
-		p.OutIface, p.PhysOut, p.Bridged = "weft0", vethOf(f.dst), true
+func spoofDrop(st map[int]*State, f rulestest.Flow) bool {
+	p := Packet{Src: f.Forge, Dst: rulestest.IPOf(f.Dst), Proto: f.Proto, DPort: f.Port, CTState: f.CT,
+		InIface: "weft0", OutIface: "weft.vxlan", PhysIn: rulestest.VethOf(f.Src)}
+	if rulestest.NodeOf(f.Src) == rulestest.NodeOf(f.Dst) {
+		p.OutIface, p.PhysOut, p.Bridged = "weft0", rulestest.VethOf(f.Dst), true
 	}
-	return st[nodeOf(f.src)].Trace("FORWARD", p).Spoofed()
+	return st[rulestest.NodeOf(f.Src)].Trace("FORWARD", p).Spoofed()
 }
 
 // TestSourceCheckFollowsEndpoints: the check is rendered for every local
 // endpoint, known pod or not, and the cached dispatch follows address
 // changes.
 func TestSourceCheckFollowsEndpoints(t *testing.T) {
-	c := newCluster()
+	c := rulestest.NewCluster()
 	rr := NewRenderer(DefaultConfig())
 	render := func() *State {
-		return rr.Render(Input{Pods: c.pods, Namespaces: c.namespaces, Endpoints: c.endpoints(1)})
+		return rr.Render(Input{Pods: c.Pods, Namespaces: c.Namespaces, Endpoints: c.Endpoints(1)})
 	}
-	xa := ref{"x", "a"}
+	xa := rulestest.Ref{NS: "x", Pod: "a"}
 	st := render()
 	src := st.Chain(ChainSource)
-	if src == nil || len(src.Rules) != len(c.endpoints(1))+1 {
+	if src == nil || len(src.Rules) != len(c.Endpoints(1))+1 {
 		t.Fatalf("%s: %+v", ChainSource, src)
 	}
-	p := Packet{Src: ipOf(xa), Dst: ipOf(ref{"x", "b"}), Proto: "tcp", DPort: 80, InIface: "weft0", OutIface: "weft0",
-		PhysIn: vethOf(xa), PhysOut: vethOf(ref{"x", "b"}), Bridged: true}
+	p := Packet{Src: rulestest.IPOf(xa), Dst: rulestest.IPOf(rulestest.Ref{NS: "x", Pod: "b"}), Proto: "tcp", DPort: 80, InIface: "weft0", OutIface: "weft0",
+		PhysIn: rulestest.VethOf(xa), PhysOut: rulestest.VethOf(rulestest.Ref{NS: "x", Pod: "b"}), Bridged: true}
 	if tr := st.Trace("FORWARD", p); !tr.Allowed() {
 		t.Fatalf("own address dropped: %s", tr)
 	}
 	// x/a's pod moves to another address (a new record): the old one is now
 	// forged, in a cached render as in a fresh one.
-	for _, pod := range c.pods {
+	for _, pod := range c.Pods {
 		if pod.Namespace == "x" && pod.Name == "a" {
 			pod.Status.PodIP, pod.Status.PodIPs = "10.244.1.99", nil
 		}
 	}
-	eps := c.endpoints(1)
+	eps := c.Endpoints(1)
 	for i := range eps {
 		if eps[i].PodNamespace == "x" && eps[i].PodName == "a" {
 			eps[i].IPs = []string{"10.244.1.99/24"}
 		}
 	}
-	for name, st := range map[string]*State{"cached": rr.Render(Input{Pods: c.pods, Namespaces: c.namespaces, Endpoints: eps}),
-		"fresh": Render(DefaultConfig(), Input{Pods: c.pods, Namespaces: c.namespaces, Endpoints: eps})} {
+	for name, st := range map[string]*State{"cached": rr.Render(Input{Pods: c.Pods, Namespaces: c.Namespaces, Endpoints: eps}),
+		"fresh": Render(DefaultConfig(), Input{Pods: c.Pods, Namespaces: c.Namespaces, Endpoints: eps})} {
 		if tr := st.Trace("FORWARD", p); tr.Allowed() || !tr.Spoofed() {
 			t.Errorf("%s: old address after the move: %s", name, tr)
 		}
@@ -168,3 +171,5 @@ func srcEvaluated(st *State, p Packet) int {
 		Jumps: []BuiltinJump{{Builtin: "SRC", Rule: Rule{Action: Action{Verb: Jump, Target: ChainSource}}}}}
 	return only.Trace("SRC", p).Evaluated - 1
 }
+
+func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
