@@ -12,7 +12,7 @@ import (
 	"sync"
 
 	"github.com/weftnet/weft/internal/iptables"
-
+	"github.com/weftnet/weft/internal/iptables/table"
 	"github.com/weftnet/weft/policy/rules"
 )
 
@@ -52,12 +52,16 @@ type nodeKernel struct {
 	*iptables.NetlinkSets
 }
 
-// Owned chain and set prefixes. weftd's WEFT-FORWARD / WEFT-POSTROUTING
+// Owned chain and set prefixes. weftd's WEFT-FWD-ACCEPT / WEFT-MASQ-CLUSTER
 // and anyone else's chains are never touched.
 var (
 	ownedChainPrefixes = []string{"WEFT-POL-", "WEFT-PI-", "WEFT-PE-", "WEFT-FROM-", "WEFT-TO-"}
 	ownedSetPrefixes   = []string{"weft-p-", "weft-n-", "weft-t-"}
 )
+
+// tableOwner is what the policy writer owns in the filter table: its
+// chains by prefix, and the jumps to them in FORWARD and INPUT.
+var tableOwner = table.Owner{Tables: []string{"filter"}, Prefixes: ownedChainPrefixes}
 
 // OwnedChain reports whether the policy writer manages chain name.
 func OwnedChain(name string) bool { return hasAnyPrefix(name, ownedChainPrefixes) }
@@ -74,11 +78,12 @@ func hasAnyPrefix(s string, ps []string) bool {
 	return false
 }
 
-// view is what the Writer believes the kernel holds.
+// view is what the Writer believes the kernel's ipsets hold (the table
+// keeps the rules' side).
 type view struct {
-	chains map[string][]string   // owned chain -> rule hashes in order
-	jumps  map[string][][]string // built-in chain -> our jump rules as saved (args)
-	first  map[string]bool       // built-in chain -> our jump is its first rule
+	// filter is the read-back of the filter table, handed to the table
+	// when the view is taken into use.
+	filter *iptables.Dump
 	sets   map[string]setView
 	// spoofed is the packet counter of WEFT-POL-SPOOF's DROP, when the read
 	// had counters and found the rule.
@@ -96,8 +101,9 @@ type Writer struct {
 	k    Kernel
 	log  *slog.Logger
 	mu   sync.Mutex
+	tbl  *table.Table         // the filter chains and jumps
 	cur  *view                // nil: unknown, read the kernel on the next Apply
-	memo map[string]chainMemo // rule hashes of the last desired chains
+	memo map[string]chainMemo // rule arguments of the last desired chains
 	pre  *prefetch
 	// setMemo keeps normalized members per set while the renderer hands
 	// over the same (cached) member slice.
@@ -147,21 +153,24 @@ func (w *Writer) Prefetch(ctx context.Context) {
 }
 
 type chainMemo struct {
-	rules  []rules.Rule
-	hashes []string
+	rules []rules.Rule
+	args  []table.Rule
 }
 
-// hashes returns the rule hashes of c, reusing the last computation when
-// the chain's rules are unchanged (hashing every rule is most of an
-// incremental sync's CPU otherwise).
-func (w *Writer) hashes(c rules.Chain, memo map[string]chainMemo) []string {
+// args returns the rules of c as arguments (each with its hash comment),
+// reusing the last computation when the chain's rules are unchanged
+// (hashing every rule is most of an incremental sync's CPU otherwise).
+func (w *Writer) args(c rules.Chain, memo map[string]chainMemo) []table.Rule {
 	if m, ok := w.memo[c.Name]; ok && slices.EqualFunc(m.rules, c.Rules, ruleEqual) {
 		memo[c.Name] = m
-		return m.hashes
+		return m.args
 	}
-	hs := chainHashes(c)
-	memo[c.Name] = chainMemo{rules: c.Rules, hashes: hs}
-	return hs
+	args := make([]table.Rule, len(c.Rules))
+	for i, r := range c.Rules {
+		args[i] = r.Args()
+	}
+	memo[c.Name] = chainMemo{rules: c.Rules, args: args}
+	return args
 }
 
 func ruleEqual(a, b rules.Rule) bool { return a == b }
@@ -171,7 +180,7 @@ func NewWriter(k Kernel, log *slog.Logger) *Writer {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Writer{k: k, log: log}
+	return &Writer{k: k, log: log, tbl: table.New(k, tableOwner)}
 }
 
 // NewNodeWriter detects the iptables backend of the namespace at netns
@@ -219,16 +228,14 @@ func (w *Writer) Apply(ctx context.Context, st *rules.State, readBack bool) (App
 			w.cur = nil
 			return stats, pre.err
 		}
-		w.cur = pre.v
-		w.spoofed.observe(pre.v)
+		w.adopt(pre.v)
 	} else if readBack || w.cur == nil {
 		v, err := w.read(ctx, st)
 		if err != nil {
 			w.cur = nil
 			return stats, err
 		}
-		w.cur = v
-		w.spoofed.observe(v)
+		w.adopt(v)
 	}
 	cur := w.cur
 	w.cur = nil // until this Apply succeeds
@@ -236,7 +243,7 @@ func (w *Writer) Apply(ctx context.Context, st *rules.State, readBack bool) (App
 	if err != nil {
 		return stats, err
 	}
-	if err := w.applyRules(ctx, st, cur, next, &stats); err != nil {
+	if err := w.applyRules(ctx, st, &stats); err != nil {
 		return stats, err
 	}
 	if err := w.deleteStaleSets(ctx, st, next, &stats); err != nil {
@@ -244,6 +251,14 @@ func (w *Writer) Apply(ctx context.Context, st *rules.State, readBack bool) (App
 	}
 	w.cur = next
 	return stats, nil
+}
+
+// adopt makes a fresh read-back what the next writes diff against.
+func (w *Writer) adopt(v *view) {
+	w.tbl.Observe(map[string]*iptables.Dump{"filter": v.filter})
+	v.filter = nil
+	w.cur = v
+	w.spoofed.observe(v)
 }
 
 // read builds a view from iptables-save and ipset save.
@@ -269,28 +284,9 @@ func (w *Writer) read(ctx context.Context, st *rules.State) (*view, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy writer: parse rules: %w", err)
 	}
-	v := &view{chains: map[string][]string{}, jumps: map[string][][]string{}, first: map[string]bool{}, sets: map[string]setView{}}
-	for _, name := range d.Order {
-		c := d.Chains[name]
-		if OwnedChain(name) {
-			hs := make([]string, 0, len(c.Rules))
-			for _, r := range c.Rules {
-				hs = append(hs, rules.HashOfArgs(r))
-			}
-			v.chains[name] = hs
-			if name == rules.ChainSpoof {
-				v.spoofed, v.spoofedKnown = spoofDrops(c)
-			}
-			continue
-		}
-		for i, r := range c.Rules {
-			if strings.HasSuffix(iptables.Comment(r), " "+rules.JumpComment) {
-				v.jumps[name] = append(v.jumps[name], r)
-				if i == 0 {
-					v.first[name] = true
-				}
-			}
-		}
+	v := &view{filter: d, sets: map[string]setView{}}
+	if c := d.Chains[rules.ChainSpoof]; c != nil {
+		v.spoofed, v.spoofedKnown = spoofDrops(c)
 	}
 	_ = st
 	if serr != nil {
@@ -323,7 +319,7 @@ func normMembers(ms []string) []string {
 }
 
 func (w *Writer) applySets(ctx context.Context, st *rules.State, cur *view, stats *ApplyStats) (*view, error) {
-	next := &view{chains: cur.chains, jumps: cur.jumps, first: cur.first, sets: map[string]setView{}}
+	next := &view{sets: map[string]setView{}}
 	for n, s := range cur.sets {
 		next.sets[n] = s
 	}
@@ -386,91 +382,25 @@ func (w *Writer) applySets(ctx context.Context, st *rules.State, cur *view, stat
 	return next, nil
 }
 
-func chainHashes(c rules.Chain) []string {
-	hs := make([]string, len(c.Rules))
-	for i, r := range c.Rules {
-		hs[i] = r.Hash()
-	}
-	return hs
-}
-
-func (w *Writer) applyRules(ctx context.Context, st *rules.State, cur, next *view, stats *ApplyStats) error {
-	var decl, body, tail strings.Builder
-	newChains := make(map[string][]string, len(st.Chains))
+// applyRules converges the filter chains and the jumps to them in one
+// iptables-restore transaction (none when the kernel already matches).
+func (w *Writer) applyRules(ctx context.Context, st *rules.State, stats *ApplyStats) error {
 	memo := make(map[string]chainMemo, len(st.Chains))
 	defer func() { w.memo = memo }()
+	ts := table.State{Chains: make([]table.Chain, 0, len(st.Chains))}
 	for _, c := range st.Chains {
-		if !OwnedChain(c.Name) {
-			return fmt.Errorf("policy writer: refusing to write chain %s it does not own", c.Name)
-		}
-		hs := w.hashes(c, memo)
-		newChains[c.Name] = hs
-		if have, ok := cur.chains[c.Name]; ok && slices.Equal(have, hs) {
-			continue
-		}
-		decl.WriteString(":" + c.Name + " - [0:0]\n")
-		for i, r := range c.Rules {
-			body.WriteString("-A " + c.Name + " " + r.TextWithHash(hs[i]) + "\n")
-		}
-		stats.ChainsWritten++
+		ts.Chains = append(ts.Chains, table.Chain{Table: "filter", Name: c.Name, Rules: w.args(c, memo)})
 	}
-	var stale []string
-	for name := range cur.chains {
-		if _, ok := newChains[name]; !ok {
-			stale = append(stale, name)
-		}
-	}
-	sort.Strings(stale)
-	for _, name := range stale {
-		decl.WriteString(":" + name + " - [0:0]\n") // flush, so nothing refers onwards
-		tail.WriteString("-X " + name + "\n")
-		stats.ChainsDeleted++
-	}
-	newJumps := map[string][][]string{}
-	newFirst := map[string]bool{}
 	for _, j := range st.Jumps {
-		want := j.Rule.Args()
-		have := cur.jumps[j.Builtin]
-		newJumps[j.Builtin] = [][]string{want}
-		newFirst[j.Builtin] = true
-		if len(have) == 1 && cur.first[j.Builtin] && rules.HashOfArgs(have[0]) == j.Rule.Hash() {
-			continue
-		}
-		for _, h := range have {
-			body.WriteString("-D " + j.Builtin + " " + quoteArgs(h) + "\n")
-		}
-		body.WriteString("-I " + j.Builtin + " 1 " + j.Rule.Text() + "\n")
-		stats.JumpFixed = true
+		ts.Jumps = append(ts.Jumps, table.Jump{Table: "filter", Chain: j.Builtin, Rule: j.Rule.Args(), Pos: table.First})
 	}
-	for builtin, have := range cur.jumps { // jumps no longer wanted
-		if _, ok := newJumps[builtin]; ok {
-			continue
-		}
-		for _, h := range have {
-			// Deleted first so the chains it targets can go.
-			var b strings.Builder
-			b.WriteString("-D " + builtin + " " + quoteArgs(h) + "\n")
-			body.WriteString(b.String())
-		}
-	}
-	next.chains, next.jumps, next.first = newChains, newJumps, newFirst
-	if decl.Len() == 0 && body.Len() == 0 && tail.Len() == 0 {
-		return nil
-	}
-	text := "*filter\n" + decl.String() + body.String() + tail.String() + "COMMIT\n"
-	if err := w.k.Restore(ctx, text); err != nil {
+	res, err := w.tbl.Apply(ctx, ts, false)
+	if err != nil {
 		return fmt.Errorf("policy writer: %w", err)
 	}
-	stats.Restored = true
+	stats.ChainsWritten, stats.ChainsDeleted = res.ChainsWritten, res.ChainsDeleted
+	stats.JumpFixed, stats.Restored = res.JumpsFixed > 0, res.Restored
 	return nil
-}
-
-func quoteArgs(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = iptables.Quote(a)
-	}
-	return strings.Join(q, " ")
 }
 
 func (w *Writer) deleteStaleSets(ctx context.Context, st *rules.State, next *view, stats *ApplyStats) error {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/table"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -26,37 +27,48 @@ func dumpsOf(t *testing.T, save string) map[string]*iptables.Dump {
 	return out
 }
 
+// render returns the restore text that makes the kernel match, given the
+// current dumps of each table (nil dump = table unread/empty), "" when
+// nothing differs.
+func render(network netip.Prefix, dumps map[string]*iptables.Dump) string {
+	text, _, err := table.Diff(owner, dumps, desired(network))
+	if err != nil {
+		panic(err)
+	}
+	return text
+}
+
 const converged = `*nat
 :PREROUTING ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
 :KUBE-POSTROUTING - [0:0]
-:WEFT-POSTROUTING - [0:0]
+:WEFT-MASQ-CLUSTER - [0:0]
 -A POSTROUTING -j KUBE-POSTROUTING
--A POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-POSTROUTING
--A WEFT-POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "weft: pod to pod, no SNAT" -j RETURN
--A WEFT-POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft: pod to outside" -j MASQUERADE --random-fully
+-A POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-MASQ-CLUSTER
+-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "weft: pod to pod, no SNAT" -j RETURN
+-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft: pod to outside" -j MASQUERADE --random-fully
 COMMIT
 *filter
 :FORWARD DROP [0:0]
-:WEFT-FORWARD - [0:0]
+:WEFT-FWD-ACCEPT - [0:0]
 :WEFT-POL-FWD - [0:0]
 -A FORWARD -j WEFT-POL-FWD
--A FORWARD -m comment --comment "weft: forward pod traffic" -j WEFT-FORWARD
--A WEFT-FORWARD -s 10.244.0.0/16 -m comment --comment "weft: from pods" -j ACCEPT
--A WEFT-FORWARD -d 10.244.0.0/16 -m comment --comment "weft: to pods" -j ACCEPT
+-A FORWARD -m comment --comment "weft: forward pod traffic" -j WEFT-FWD-ACCEPT
+-A WEFT-FWD-ACCEPT -s 10.244.0.0/16 -m comment --comment "weft: from pods" -j ACCEPT
+-A WEFT-FWD-ACCEPT -d 10.244.0.0/16 -m comment --comment "weft: to pods" -j ACCEPT
 COMMIT
 `
 
 func TestRenderFromEmpty(t *testing.T) {
 	got := render(network, dumpsOf(t, "*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n"))
 	for _, want := range []string{
-		"*nat\n:WEFT-POSTROUTING - [0:0]\n",
-		`-A WEFT-POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "weft: pod to pod, no SNAT" -j RETURN`,
-		`-A WEFT-POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft: pod to outside" -j MASQUERADE --random-fully`,
-		`-A POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-POSTROUTING`,
-		"*filter\n:WEFT-FORWARD - [0:0]\n",
-		`-A WEFT-FORWARD -s 10.244.0.0/16 -m comment --comment "weft: from pods" -j ACCEPT`,
-		`-A FORWARD -m comment --comment "weft: forward pod traffic" -j WEFT-FORWARD`,
+		"*nat\n:WEFT-MASQ-CLUSTER - [0:0]\n",
+		`-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "weft: pod to pod, no SNAT" -j RETURN`,
+		`-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "weft: pod to outside" -j MASQUERADE --random-fully`,
+		`-A POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-MASQ-CLUSTER`,
+		"*filter\n:WEFT-FWD-ACCEPT - [0:0]\n",
+		`-A WEFT-FWD-ACCEPT -s 10.244.0.0/16 -m comment --comment "weft: from pods" -j ACCEPT`,
+		`-A FORWARD -m comment --comment "weft: forward pod traffic" -j WEFT-FWD-ACCEPT`,
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("missing %q in\n%s", want, got)
@@ -76,15 +88,15 @@ func TestRenderConvergedIsEmpty(t *testing.T) {
 
 func TestRenderRepairs(t *testing.T) {
 	// A rule deleted from our chain: the chain is rewritten, the jump kept.
-	broken := strings.Replace(converged, "-A WEFT-FORWARD -d 10.244.0.0/16 -m comment --comment \"weft: to pods\" -j ACCEPT\n", "", 1)
+	broken := strings.Replace(converged, "-A WEFT-FWD-ACCEPT -d 10.244.0.0/16 -m comment --comment \"weft: to pods\" -j ACCEPT\n", "", 1)
 	got := render(network, dumpsOf(t, broken))
-	if !strings.Contains(got, "*filter\n:WEFT-FORWARD") || strings.Contains(got, "-A FORWARD") || strings.Contains(got, "*nat") {
+	if !strings.Contains(got, "*filter\n:WEFT-FWD-ACCEPT") || strings.Contains(got, "-A FORWARD") || strings.Contains(got, "*nat") {
 		t.Fatalf("repair:\n%s", got)
 	}
 	// A duplicated jump is removed; a missing one added; others' rules untouched.
-	dup := strings.Replace(converged, "-A POSTROUTING -j KUBE-POSTROUTING\n", "-A POSTROUTING -j KUBE-POSTROUTING\n-A POSTROUTING -m comment --comment \"weft: masquerade pod traffic\" -j WEFT-POSTROUTING\n", 1)
+	dup := strings.Replace(converged, "-A POSTROUTING -j KUBE-POSTROUTING\n", "-A POSTROUTING -j KUBE-POSTROUTING\n-A POSTROUTING -m comment --comment \"weft: masquerade pod traffic\" -j WEFT-MASQ-CLUSTER\n", 1)
 	got = render(network, dumpsOf(t, dup))
-	if !strings.Contains(got, `-D POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-POSTROUTING`) || strings.Contains(got, "KUBE") {
+	if !strings.Contains(got, `-D POSTROUTING -m comment --comment "weft: masquerade pod traffic" -j WEFT-MASQ-CLUSTER`) || strings.Contains(got, "KUBE") {
 		t.Fatalf("dup jump:\n%s", got)
 	}
 	// Another network: rules differ, rewritten.
@@ -125,11 +137,11 @@ func TestInNetNS(t *testing.T) {
 	}
 	got := save()
 	for _, want := range []string{
-		"-A POSTROUTING -m comment --comment \"weft: masquerade pod traffic\" -j WEFT-POSTROUTING",
-		"-A WEFT-POSTROUTING -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment \"weft: pod to pod, no SNAT\" -j RETURN",
-		"-A WEFT-POSTROUTING -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"weft: pod to outside\" -j MASQUERADE --random-fully",
-		"-A FORWARD -m comment --comment \"weft: forward pod traffic\" -j WEFT-FORWARD",
-		"-A WEFT-FORWARD -s 10.244.0.0/16 -m comment --comment \"weft: from pods\" -j ACCEPT",
+		"-A POSTROUTING -m comment --comment \"weft: masquerade pod traffic\" -j WEFT-MASQ-CLUSTER",
+		"-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment \"weft: pod to pod, no SNAT\" -j RETURN",
+		"-A WEFT-MASQ-CLUSTER -s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"weft: pod to outside\" -j MASQUERADE --random-fully",
+		"-A FORWARD -m comment --comment \"weft: forward pod traffic\" -j WEFT-FWD-ACCEPT",
+		"-A WEFT-FWD-ACCEPT -s 10.244.0.0/16 -m comment --comment \"weft: from pods\" -j ACCEPT",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("kernel lacks %q:\n%s", want, got)
@@ -153,7 +165,7 @@ func TestInNetNS(t *testing.T) {
 	if err := m.Remove(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got := save(); strings.Contains(got, "WEFT-POSTROUTING") || strings.Contains(got, "WEFT-FORWARD") {
+	if got := save(); strings.Contains(got, "WEFT-MASQ-CLUSTER") || strings.Contains(got, "WEFT-FWD-ACCEPT") {
 		t.Fatalf("remove left:\n%s", got)
 	}
 }

@@ -9,184 +9,134 @@ import (
 	"sync"
 
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/iptables/table"
 )
 
 // Tables is what the real guard needs from iptables and ipset, in the
 // node's detected iptables mode; iptables.Runner satisfies it.
 type Tables interface {
-	Restore(ctx context.Context, text string) error
-	Save(ctx context.Context, table string) (string, error)
+	table.Kernel
 	SaveCounters(ctx context.Context, table string) (string, error)
 	IPSetRestore(ctx context.Context, text string) error
 	IPSetSaveNamed(ctx context.Context, names ...string) (string, error)
 }
 
 const (
-	table   = "raw"
-	builtin = "PREROUTING"
-	setOpts = "family inet hashsize 1024 maxelem 65536"
+	rawTable = "raw"
+	builtin  = "PREROUTING"
+	setOpts  = "family inet hashsize 1024 maxelem 65536"
 )
 
-// IPTables is the real Guard: rules through iptables-restore --noflush in
-// the raw table, the known-nodes set through ipset restore.
+// IPTables is the real Guard: rules through one internal/iptables/table
+// Apply in the raw table, the known-nodes set through ipset restore.
 type IPTables struct {
 	t Tables
 
 	// Drop totals survive chain rewrites (which zero the kernel's rule
 	// counters): what the kernel counted is folded in before a rewrite.
 	mu    sync.Mutex
-	last  map[string]map[string]uint64 // kernel counters at the last read
+	last  map[string]map[counterKey]uint64 // kernel counters at the last read
 	total map[string]map[string]uint64
 }
 
+// counterKey is one reason's drops in one chain.
+type counterKey struct{ chain, reason string }
+
 // NewIPTables returns a guard writing through t.
 func NewIPTables(t Tables) *IPTables {
-	return &IPTables{t: t, last: map[string]map[string]uint64{}, total: map[string]map[string]uint64{}}
+	return &IPTables{t: t, last: map[string]map[counterKey]uint64{}, total: map[string]map[string]uint64{}}
 }
 
-type kernelState struct {
-	raw  *iptables.Dump
-	sets map[string]*iptables.IPSet
+// owner is what the guard of kind owns: its chain and the tree below it.
+func owner(kind string) table.Owner {
+	return table.Owner{Tables: []string{rawTable}, Names: []string{Chain(kind)}, Prefixes: []string{Chain(kind) + "-"}}
 }
 
-func (g *IPTables) read(ctx context.Context, kind string) (kernelState, error) {
-	out, err := g.t.Save(ctx, table)
-	if err != nil {
-		return kernelState{}, fmt.Errorf("encapguard: read raw table: %w", err)
+// desired is the guard's chains and its jump from raw PREROUTING
+// (inserted at the top when missing).
+func desired(s Spec) table.State {
+	var st table.State
+	for _, c := range chains(s) {
+		tc := table.Chain{Table: rawTable, Name: c.name}
+		for _, r := range c.rules {
+			tc.Rules = append(tc.Rules, r)
+		}
+		st.Chains = append(st.Chains, tc)
 	}
-	d, err := iptables.ParseSave(out, table)
-	if err != nil {
-		return kernelState{}, fmt.Errorf("encapguard: parse raw table: %w", err)
-	}
+	st.Jumps = []table.Jump{{Table: rawTable, Chain: builtin, Rule: jump(s.Encap), Pos: table.Insert}}
+	return st
+}
+
+func (g *IPTables) readSets(ctx context.Context, kind string) (map[string]*iptables.IPSet, error) {
 	sv, err := g.t.IPSetSaveNamed(ctx, Set(kind), tempSet(kind))
 	if err != nil {
-		return kernelState{}, fmt.Errorf("encapguard: read sets: %w", err)
+		return nil, fmt.Errorf("encapguard: read sets: %w", err)
 	}
 	sets, err := iptables.ParseIPSetSave(sv)
 	if err != nil {
-		return kernelState{}, fmt.Errorf("encapguard: parse sets: %w", err)
+		return nil, fmt.Errorf("encapguard: parse sets: %w", err)
 	}
-	return kernelState{raw: d, sets: sets}, nil
+	return sets, nil
 }
 
-// Apply converges: the set first (the rules use it), then the chain and
-// its jump, each only when the kernel differs.
+// Apply converges: the set first (the rules use it), then the chains and
+// the jump, each only when the kernel differs.
 func (g *IPTables) Apply(ctx context.Context, s Spec) (int, error) {
 	if s.PodIface == "" {
 		s.PodIface = DefaultPodIface
 	}
-	ks, err := g.read(ctx, s.Encap.Kind)
+	k := s.Encap.Kind
+	tb := table.New(g.t, owner(k))
+	p, err := tb.Plan(ctx, desired(s), true)
+	if err != nil {
+		return 0, fmt.Errorf("encapguard: %s: %w", k, err)
+	}
+	sets, err := g.readSets(ctx, k)
 	if err != nil {
 		return 0, err
 	}
-	setText, ruleText := render(s, ks)
 	writes := 0
-	if setText != "" {
+	if setText := renderSet(s, sets); setText != "" {
 		if err := g.t.IPSetRestore(ctx, setText); err != nil {
-			return writes, fmt.Errorf("encapguard: %s: %w", s.Encap.Kind, err)
+			return writes, fmt.Errorf("encapguard: %s: %w", k, err)
 		}
 		writes++
 	}
-	if ruleText != "" {
-		rewrite := strings.Contains(ruleText, "\n:"+Chain(s.Encap.Kind)+" ")
-		if rewrite {
-			_, _ = g.Drops(ctx, s.Encap.Kind) // fold the counters the rewrite zeroes
-		}
-		if err := g.t.Restore(ctx, ruleText); err != nil {
-			return writes, fmt.Errorf("encapguard: %s: %w", s.Encap.Kind, err)
-		}
-		if rewrite {
-			g.mu.Lock()
-			delete(g.last, s.Encap.Kind)
-			g.mu.Unlock()
-		}
-		writes++
+	if p.Text == "" {
+		return writes, nil
 	}
-	return writes, nil
+	if len(p.Stats.Written) > 0 {
+		_, _ = g.Drops(ctx, k) // fold the counters the rewrite zeroes
+	}
+	if err := tb.Commit(ctx, p); err != nil {
+		return writes, fmt.Errorf("encapguard: %s: %w", k, err)
+	}
+	g.mu.Lock()
+	for key := range g.last[k] {
+		if slices.Contains(p.Stats.Written, key.chain) {
+			delete(g.last[k], key)
+		}
+	}
+	g.mu.Unlock()
+	return writes + 1, nil
 }
 
-// render returns the ipset and iptables restore texts that make the kernel
-// match s ("" where nothing differs). Pure.
-func render(s Spec, ks kernelState) (setText, ruleText string) {
+// renderSet returns the ipset restore text that makes the known-nodes set
+// of s match ("" when it does). Pure.
+func renderSet(s Spec, sets map[string]*iptables.IPSet) string {
 	k := s.Encap.Kind
 	want := members(s)
-	if have := ks.sets[Set(k)]; have == nil || !slices.Equal(sortedMembers(have), want) || ks.sets[tempSet(k)] != nil {
-		var b strings.Builder
-		fmt.Fprintf(&b, "create %s hash:ip %s -exist\n", Set(k), setOpts)
-		fmt.Fprintf(&b, "create %s hash:ip %s -exist\nflush %s\n", tempSet(k), setOpts, tempSet(k))
-		for _, m := range want {
-			fmt.Fprintf(&b, "add %s %s\n", tempSet(k), m)
-		}
-		fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tempSet(k), Set(k), tempSet(k))
-		setText = b.String()
+	if have := sets[Set(k)]; have != nil && slices.Equal(sortedMembers(have), want) && sets[tempSet(k)] == nil {
+		return ""
 	}
-	chain, j := Chain(k), jump(s.Encap)
-	var lines []string
-	haveJump := false
-	if c := ks.raw.Chains[builtin]; c != nil {
-		for _, r := range c.Rules {
-			if !jumpsTo(r, chain) {
-				continue
-			}
-			if slices.Equal(r, j) && !haveJump {
-				haveJump = true
-				continue
-			}
-			lines = append(lines, "-D "+builtin+" "+join(r)) // stale (old port) or duplicate
-		}
+	var b strings.Builder
+	fmt.Fprintf(&b, "create %s hash:ip %s -exist\n", Set(k), setOpts)
+	fmt.Fprintf(&b, "create %s hash:ip %s -exist\nflush %s\n", tempSet(k), setOpts, tempSet(k))
+	for _, m := range want {
+		fmt.Fprintf(&b, "add %s %s\n", tempSet(k), m)
 	}
-	lines = append(lines, chainLines(k, chains(s), ks.raw)...)
-	if !haveJump {
-		lines = append(lines, "-I "+builtin+" 1 "+join(j))
-	}
-	if len(lines) == 0 {
-		return setText, ""
-	}
-	return setText, "*" + table + "\n" + strings.Join(lines, "\n") + "\nCOMMIT\n"
-}
-
-// owned reports whether chain belongs to the guard of kind.
-func owned(kind, chain string) bool {
-	return chain == Chain(kind) || strings.HasPrefix(chain, Chain(kind)+"-")
-}
-
-// chainLines rewrites all the guard's chains when any differs from want,
-// and deletes the ones no longer wanted (after the rewrite dropped every
-// reference to them).
-func chainLines(k string, want []chainRules, d *iptables.Dump) []string {
-	wanted := map[string]bool{}
-	same := true
-	for _, c := range want {
-		wanted[c.name] = true
-		if have := d.Chains[c.name]; have == nil || !slices.EqualFunc(have.Rules, c.rules, slices.Equal) {
-			same = false
-		}
-	}
-	var stale []string
-	for _, name := range d.Order {
-		if owned(k, name) && !wanted[name] {
-			stale = append(stale, name)
-		}
-	}
-	if same && len(stale) == 0 {
-		return nil
-	}
-	var lines []string
-	for _, c := range want {
-		lines = append(lines, ":"+c.name+" - [0:0]")
-	}
-	for _, c := range want {
-		for _, r := range c.rules {
-			lines = append(lines, "-A "+c.name+" "+join(r))
-		}
-	}
-	for _, name := range stale {
-		lines = append(lines, "-F "+name)
-	}
-	for _, name := range stale {
-		lines = append(lines, "-X "+name)
-	}
-	return lines
+	fmt.Fprintf(&b, "swap %s %s\ndestroy %s\n", tempSet(k), Set(k), tempSet(k))
+	return b.String()
 }
 
 func sortedMembers(s *iptables.IPSet) []string {
@@ -195,52 +145,18 @@ func sortedMembers(s *iptables.IPSet) []string {
 	return out
 }
 
-func jumpsTo(r []string, chain string) bool {
-	i := slices.Index(r, "-j")
-	return i >= 0 && i+1 < len(r) && r[i+1] == chain
-}
-
-func join(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = iptables.Quote(a)
-	}
-	return strings.Join(q, " ")
-}
-
-// Remove deletes the jump and the chain, then the sets.
+// Remove deletes the jump and the chains, then the sets.
 func (g *IPTables) Remove(ctx context.Context, kind string) error {
-	ks, err := g.read(ctx, kind)
+	sets, err := g.readSets(ctx, kind)
 	if err != nil {
 		return err
 	}
-	chain := Chain(kind)
-	var lines []string
-	if c := ks.raw.Chains[builtin]; c != nil {
-		for _, r := range c.Rules {
-			if jumpsTo(r, chain) {
-				lines = append(lines, "-D "+builtin+" "+join(r))
-			}
-		}
-	}
-	var mine []string
-	for _, name := range ks.raw.Order {
-		if owned(kind, name) {
-			mine = append(mine, name)
-			lines = append(lines, "-F "+name)
-		}
-	}
-	for _, name := range mine {
-		lines = append(lines, "-X "+name)
-	}
-	if len(lines) > 0 {
-		if err := g.t.Restore(ctx, "*"+table+"\n"+strings.Join(lines, "\n")+"\nCOMMIT\n"); err != nil {
-			return fmt.Errorf("encapguard: remove %s rules: %w", kind, err)
-		}
+	if err := table.New(g.t, owner(kind)).Remove(ctx); err != nil {
+		return fmt.Errorf("encapguard: remove %s rules: %w", kind, err)
 	}
 	var b strings.Builder
 	for _, name := range []string{Set(kind), tempSet(kind)} {
-		if ks.sets[name] != nil {
+		if sets[name] != nil {
 			fmt.Fprintf(&b, "destroy %s\n", name)
 		}
 	}
@@ -253,14 +169,14 @@ func (g *IPTables) Remove(ctx context.Context, kind string) error {
 }
 
 // Drops returns the packets dropped since this guard was created (or, for
-// a guard adopted from an earlier weftd, since its chain was last
+// a guard adopted from an earlier weftd, since its chains were last
 // written), read from the drop rules' counters.
 func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, error) {
-	out, err := g.t.SaveCounters(ctx, table)
+	out, err := g.t.SaveCounters(ctx, rawTable)
 	if err != nil {
 		return nil, fmt.Errorf("encapguard: read counters: %w", err)
 	}
-	d, err := iptables.ParseSave(out, table)
+	d, err := iptables.ParseSave(out, rawTable)
 	if err != nil {
 		return nil, fmt.Errorf("encapguard: %w", err)
 	}
@@ -270,29 +186,30 @@ func (g *IPTables) Drops(ctx context.Context, kind string) (map[string]uint64, e
 	tot := g.total[kind]
 	if tot == nil {
 		tot = map[string]uint64{}
+		for _, r := range Reasons() {
+			tot[r] = 0
+		}
 		g.total[kind] = tot
 	}
 	last := g.last[kind]
-	for r, v := range cur {
-		if v >= last[r] {
-			tot[r] += v - last[r]
+	for key, v := range cur {
+		if v >= last[key] {
+			tot[key.reason] += v - last[key]
 		} else {
-			tot[r] += v // the chain was rewritten behind our back
+			tot[key.reason] += v // the chain was rewritten behind our back
 		}
 	}
 	g.last[kind] = cur
 	return maps.Clone(tot), nil
 }
 
-// dropsFrom sums the packet counters of kind's drop rules, by reason, in a
-// dump made with `iptables-save -c`.
-func dropsFrom(d *iptables.Dump, kind string) map[string]uint64 {
-	drops := map[string]uint64{}
-	for _, r := range Reasons() {
-		drops[r] = 0
-	}
+// dropsFrom returns the packet counters of kind's drop rules, by chain and
+// reason, in a dump made with `iptables-save -c`.
+func dropsFrom(d *iptables.Dump, kind string) map[counterKey]uint64 {
+	drops := map[counterKey]uint64{}
+	o := owner(kind)
 	for name, c := range d.Chains {
-		if !owned(kind, name) {
+		if !o.Owns(name) {
 			continue
 		}
 		for i, args := range c.Rules {
@@ -301,7 +218,7 @@ func dropsFrom(d *iptables.Dump, kind string) map[string]uint64 {
 			}
 			for _, r := range Reasons() {
 				if iptables.Comment(args) == dropComment(kind, r) {
-					drops[r] += c.Packets[i]
+					drops[counterKey{name, r}] += c.Packets[i]
 				}
 			}
 		}

@@ -1,8 +1,10 @@
-// Package iptables is a narrow exec shim over the iptables and ipset
-// userspace tools: detect which iptables backend (legacy or nft) a network
-// namespace uses, load rules with one `iptables-restore --noflush`
-// transaction, read them back with `iptables-save`, and load / read ipsets.
-// It knows nothing about what the rules mean.
+// Package iptables is a narrow exec shim over the iptables, ip6tables and
+// ipset userspace tools: detect which iptables backend (legacy or nft) a
+// network namespace uses, load rules with one `iptables-restore --noflush`
+// transaction, read them back with `iptables-save`, and load / read ipsets;
+// plus the save parser and the comment conventions. It knows nothing about
+// what the rules mean: the one writer of Weft's chains is the table
+// subpackage.
 package iptables
 
 import (
@@ -24,10 +26,12 @@ const (
 )
 
 // Runner runs the tools, optionally inside the network namespace at NetNS
-// (a path such as /run/netns/x, entered through nsenter).
+// (a path such as /run/netns/x, entered through nsenter). With IPv6 the
+// rules go through ip6tables (of the same mode); ipsets are unaffected.
 type Runner struct {
 	Mode  Mode
 	NetNS string
+	IPv6  bool
 }
 
 func (r Runner) command(ctx context.Context, name string, args ...string) *exec.Cmd {
@@ -53,7 +57,11 @@ func (r Runner) run(ctx context.Context, stdin string, name string, args ...stri
 func (r Runner) tool(base string) (string, error) {
 	switch r.Mode {
 	case Legacy, NFT:
-		return "iptables-" + string(r.Mode) + "-" + base, nil
+		fam := "iptables-"
+		if r.IPv6 {
+			fam = "ip6tables-"
+		}
+		return fam + string(r.Mode) + "-" + base, nil
 	default:
 		return "", fmt.Errorf("iptables: unknown mode %q", r.Mode)
 	}

@@ -32,3 +32,9 @@ func Quote(s string) string { return syntax.Quote(s) }
 
 // Comment: see syntax.Comment.
 func Comment(args []string) string { return syntax.Comment(args) }
+
+// HashComment: see syntax.HashComment.
+func HashComment(hash, text string) string { return syntax.HashComment(hash, text) }
+
+// HashOf: see syntax.HashOf.
+func HashOf(args []string) string { return syntax.HashOf(args) }

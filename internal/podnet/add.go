@@ -69,7 +69,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		return cniErr(types.ErrInternal, err, "ADD")
 	}
 	if conf.IPMasq {
-		if err := ensureMasq(res.IPs); err != nil {
+		if err := ensureMasq(ctx, res.IPs); err != nil {
 			p.undo(ctx, ipam, args, hostName)
 			return cniErr(types.ErrInternal, err, "ipMasq")
 		}
@@ -92,7 +92,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 func (p *Plugin) finishExisting(ctx context.Context, conf *NetConf, args *skel.CmdArgs, hostName string, res *current.Result) error {
 	p.log.Info("ADD of an attachment that is already wired: returning its result", "container", args.ContainerID, "ifname", args.IfName, "veth", hostName)
 	if conf.IPMasq {
-		if err := ensureMasq(res.IPs); err != nil {
+		if err := ensureMasq(ctx, res.IPs); err != nil {
 			return cniErr(types.ErrInternal, err, "ipMasq")
 		}
 	}

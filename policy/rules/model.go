@@ -156,7 +156,7 @@ func (r Rule) argsWithHash(h string) []string {
 
 // commentWithHash is the comment as written to the kernel.
 func (r Rule) commentWithHash(h string) string {
-	return syntax.BoundComment("weft:" + h + " " + r.Comment)
+	return syntax.HashComment(h, r.Comment)
 }
 
 // Text renders the rule for an iptables-restore line.
@@ -187,17 +187,7 @@ func (r Rule) Hash() string {
 }
 
 // HashOfArgs extracts the rule hash from read-back arguments ("" if none).
-func HashOfArgs(args []string) string {
-	c := syntax.Comment(args)
-	if !strings.HasPrefix(c, "weft:") {
-		return ""
-	}
-	c = c[len("weft:"):]
-	if i := strings.IndexByte(c, ' '); i >= 0 {
-		c = c[:i]
-	}
-	return c
-}
+func HashOfArgs(args []string) string { return syntax.HashOf(args) }
 
 func (r Rule) matchArgs() []string {
 	m := r.Match

@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// Fixed chain names. weftd owns WEFT-FORWARD and WEFT-POSTROUTING; these
+// Fixed chain names. weftd owns WEFT-FWD-ACCEPT and WEFT-MASQ-CLUSTER; these
 // are the policy engine's own.
 const (
 	ChainForward = "WEFT-POL-FWD"   // jumped to from FORWARD

@@ -19,6 +19,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/internal/testutil"
 )
@@ -123,7 +124,7 @@ func (e *env) installWeft(p nodePaths) {
 	var list map[string]any
 	_ = json.Unmarshal(data, &list)
 	weft := list["plugins"].([]any)[0].(map[string]any)
-	weft["ipMasq"] = true // the plugin's own WEFT-POSTRTG too
+	weft["ipMasq"] = true // the plugin's own WEFT-MASQ-SUBNET too
 	weft["ipam"].(map[string]any)["dataDir"] = p.ipamDir
 	data, _ = json.Marshal(list)
 	if _, err := install.WriteConflist(p.confDir, data); err != nil {
@@ -199,7 +200,7 @@ func TestUninstallLeavesNodeAsFound(t *testing.T) {
 			t.Fatalf("install did not create %s: %v", want, during.links)
 		}
 	}
-	if !slices.ContainsFunc(during.rules, func(r string) bool { return strings.Contains(r, "WEFT-POSTRTG") && strings.Contains(r, "iptables-") }) ||
+	if !slices.ContainsFunc(during.rules, func(r string) bool { return strings.Contains(r, podnet.MasqChain) && strings.Contains(r, "iptables-") }) ||
 		!slices.ContainsFunc(during.files, func(f string) bool { return strings.Contains(f, "/endpoints/wv") }) ||
 		!slices.ContainsFunc(during.files, func(f string) bool { return strings.Contains(f, "/networks/weft/weft-ipam.") }) {
 		t.Fatalf("install left no plugin state: rules %v\nfiles %v", during.rules, during.files)

@@ -1,0 +1,193 @@
+// Package udp benchmarks pod-to-pod TCP across two emulated nodes over
+// weft's UDP relay (internal/tun + udp.Relay, on udp.Socket and on
+// wireguard-go's StdNetBind), in the same run as the raw
+// underlay, a hand-built kernel VXLAN between the same node namespaces,
+// and a naive one-packet-per-syscall relay (Flannel's UDP design).
+//
+//	go test -run '^$' -bench . -benchtime 1x ./bench/udp/
+package udp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime/pprof"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/udp"
+)
+
+const (
+	iperfSeconds = 3
+	rrSeconds    = 2
+	rounds       = 3
+	udpMTU       = 1500 - udp.Overhead
+)
+
+func measure(b *testing.B, from, to *nettopo.Pod) nettopo.Figures {
+	return nettopo.Measure(b, from.NS, to.NS, to.IP, iperfSeconds, rrSeconds)
+}
+
+// route gives weft.udp the node's pod CIDR address (so the ICMP errors
+// the node sends to remote pods, "fragmentation needed" among them, have
+// a source inside its pod CIDR and pass the peer's spoofing check) and
+// routes the peer's pod CIDR through it.
+func route(b *testing.B, n *nettopo.Node, dst netip.Prefix) {
+	nettopo.Sh(b, n.NS, "ip", "addr", "add", n.PodCIDR.Addr().String()+"/32", "dev", "weft.udp")
+	nettopo.Sh(b, n.NS, "ip", "route", "replace", dst.String(), "dev", "weft.udp")
+}
+
+// startRelays runs weft's relay on both nodes and returns its stop.
+func startRelays(b *testing.B, nodes []*nettopo.Node, bind func() conn.Bind) func() []udp.Stats {
+	var stops []func() udp.Stats
+	for i, n := range nodes {
+		peer := nodes[1-i]
+		dev, err := tun.Open(tun.Options{Name: udp.DefaultDevice, MTU: udpMTU, NetNS: n.NS.Path()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var r *udp.Relay
+		if err := n.NS.Do(func(ns.NetNS) error {
+			r, err = udp.NewRelay(udp.Options{Device: dev, Bind: bind(), Port: udp.DefaultPort})
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+		r.SetPeers([]netip.Prefix{n.PodCIDR}, []udp.Peer{{Name: peer.Name, UnderlayIP: peer.UnderlayIP, PodCIDRs: []netip.Prefix{peer.PodCIDR}}})
+		route(b, n, peer.PodCIDR)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- r.Run(ctx) }()
+		stops = append(stops, func() udp.Stats {
+			cancel()
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+			if err := tun.Remove(udp.DefaultDevice, n.NS.Path()); err != nil {
+				b.Error(err)
+			}
+			return r.Stats()
+		})
+	}
+	return func() []udp.Stats {
+		var s []udp.Stats
+		for _, stop := range stops {
+			s = append(s, stop())
+		}
+		return s
+	}
+}
+
+func startNaives(b *testing.B, nodes []*nettopo.Node) func() {
+	var rs []*naive
+	for i, n := range nodes {
+		peer := nodes[1-i]
+		r, err := startNaive(n.NS.Path(), n.NS, udpMTU, netip.AddrPortFrom(peer.UnderlayIP, udp.DefaultPort))
+		if err != nil {
+			b.Fatal(err)
+		}
+		route(b, n, peer.PodCIDR)
+		rs = append(rs, r)
+	}
+	return func() {
+		for i, r := range rs {
+			r.stop()
+			if err := tun.Remove("weft.udp", nodes[i].NS.Path()); err != nil {
+				b.Error(err)
+			}
+		}
+	}
+}
+
+func BenchmarkUDPRelay(b *testing.B) {
+	testutil.RequireRoot(b)
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatalf("iperf3 missing (make deps): %v", err)
+	}
+	u := nettopo.NewUnderlay(b)
+	nodes := []*nettopo.Node{u.AddNode(b, 1), u.AddNode(b, 2)}
+	// VXLAN pods at 1450, relay pods at 1472: each path at its own MTU.
+	v1, v2 := nodes[0].AddPod(b, 1450), nodes[1].AddPod(b, 1450)
+	r1, r2 := nodes[0].AddPod(b, udpMTU), nodes[1].AddPod(b, udpMTU)
+	for _, n := range nodes { // else the bridge takes its smallest port's MTU, 1450
+		nettopo.Sh(b, n.NS, "ip", "link", "set", "weft0", "mtu", "1500")
+	}
+	for range b.N {
+		all := map[string][]nettopo.Figures{}
+		var last []udp.Stats
+		for range rounds {
+			all["underlay"] = append(all["underlay"], measure(b, &nettopo.Pod{NS: nodes[0].NS}, &nettopo.Pod{NS: nodes[1].NS, IP: nodes[1].UnderlayIP}))
+
+			nettopo.HandVXLAN(b, nodes)
+			all["vxlan"] = append(all["vxlan"], measure(b, v1, v2))
+			for _, n := range nodes {
+				nettopo.Sh(b, n.NS, "ip", "link", "del", "hand.vxlan")
+			}
+
+			stop := startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
+			stopProfile := profile(b)
+			all["relay"] = append(all["relay"], measure(b, r1, r2))
+			stopProfile()
+			last = stop()
+
+			stop = startRelays(b, nodes, conn.NewStdNetBind)
+			all["relay-std"] = append(all["relay-std"], measure(b, r1, r2))
+			stop()
+
+			stopNaive := startNaives(b, nodes)
+			all["naive"] = append(all["naive"], measure(b, r1, r2))
+			stopNaive()
+		}
+		report(b, all, last)
+	}
+}
+
+// profile writes a CPU profile of the relay rounds (the relays run in
+// this process) to $WEFT_BENCH_CPUPROFILE when it is set.
+func profile(b *testing.B) func() {
+	path := os.Getenv("WEFT_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }
+}
+
+func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
+	med := nettopo.Medians(b, all)
+	w := os.Stderr
+	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
+	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
+	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
+		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"naive", "naive relay (pod->pod)"}} {
+		f := med[r.k]
+		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.G1, f.G4, f.RR)
+	}
+	ratio := func(n, a, c string) {
+		x, y := med[a], med[c]
+		fmt.Fprintf(w, "%-32s %10.3f %10.3f %10.3f\n", n, x.G1/y.G1, x.G4/y.G4, x.RR/y.RR)
+	}
+	ratio("relay / kernel vxlan", "relay", "vxlan")
+	ratio("relay / naive", "relay", "naive")
+	ratio("StdNetBind relay / kernel vxlan", "relay-std", "vxlan")
+	ratio("StdNetBind relay / naive", "relay-std", "naive")
+	ratio("relay / underlay", "relay", "underlay")
+	for i, s := range stats {
+		fmt.Fprintf(w, "node %d relay (last round): tx %d pkts in %d batches, rx %d pkts in %d batches, drops %v, tun %s, udp gso off %v\n",
+			i+1, s.Tx.Packets, s.Tx.Batches, s.Rx.Packets, s.Rx.Batches, s.Drops, s.TUNMode, s.UDPGSOOff)
+	}
+}
