@@ -58,16 +58,33 @@ func NewHandle() (*Handle, error) {
 // path (e.g. /var/run/netns/NAME or /proc/PID/ns/net), so no OS thread has
 // to switch namespaces.
 func NewHandleAt(path string) (*Handle, error) {
+	h, err := OpenAt(path, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	return &Handle{h: h}, nil
+}
+
+// OpenAt opens a raw netlink handle of protocol (unix.NETLINK_*) bound to
+// the network namespace at path ("" = the calling thread's current one).
+func OpenAt(path string, protocol int) (*netlink.Handle, error) {
+	if path == "" {
+		h, err := netlink.NewHandle(protocol)
+		if err != nil {
+			return nil, fmt.Errorf("open netlink socket: %w", err)
+		}
+		return h, nil
+	}
 	nsh, err := netns.GetFromPath(path)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
 	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandleAt(nsh, protocol)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket in %s: %w", path, err)
 	}
-	return &Handle{h: h}, nil
+	return h, nil
 }
 
 // Current returns a handle that sends each request from the calling
