@@ -8,30 +8,32 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/route"
 )
 
-// Backend is the VXLAN backend. It satisfies daemon/backend.Backend.
+// Backend is the VXLAN backend. It satisfies backend.Backend (internal/backend).
 type Backend struct {
-	cfg   Config
-	k     Kernel
-	guard encapguard.Guard // nil: the port is left open (tests of the bare data path only)
-	log   *slog.Logger
+	cfg    Config
+	k      Kernel
+	routes route.Writer     // shared by every backend of the node
+	guard  encapguard.Guard // nil: the port is left open (tests of the bare data path only)
+	log    *slog.Logger
 
 	mu    sync.Mutex
-	local fabric.LocalNode
+	local backend.LocalNode
 	dev   Device
 	spec  DeviceSpec
 	up    bool
 }
 
-// New returns a backend that programs k and keeps the VXLAN port closed
-// to all but the peers through guard (see internal/encapguard). A nil
-// guard leaves the port open to anyone; only tests of the bare data path
-// pass nil.
-func New(cfg Config, k Kernel, guard encapguard.Guard, log *slog.Logger) *Backend {
-	return &Backend{cfg: cfg, k: k, guard: guard, log: log.With("backend", Type)}
+// New returns a backend that programs k, writes its routes through routes
+// (owner "vxlan") and keeps the VXLAN port closed to all but the peers
+// through guard (see internal/encapguard). A nil guard leaves the port
+// open to anyone; only tests of the bare data path pass nil.
+func New(cfg Config, k Kernel, routes route.Writer, guard encapguard.Guard, log *slog.Logger) *Backend {
+	return &Backend{cfg: cfg, k: k, routes: routes, guard: guard, log: log.With("backend", Type)}
 }
 
 // Type returns "vxlan".
@@ -40,11 +42,11 @@ func (b *Backend) Type() string { return Type }
 // Start creates the device or adopts an existing matching one (keeping its
 // MAC and all entries), gives it the node subnet's network address /32 and
 // returns what peers need.
-func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Published, error) {
+func (b *Backend) Start(ctx context.Context, local backend.LocalNode) (backend.Published, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() {
-		return fabric.Published{}, fmt.Errorf("vxlan: local node needs an IPv4 underlay IP and a pod CIDR (got %v, %v)", local.UnderlayIP, local.PodCIDR)
+		return backend.Published{}, fmt.Errorf("vxlan: local node needs an IPv4 underlay IP and a pod CIDR (got %v, %v)", local.UnderlayIP, local.PodCIDR)
 	}
 	mtu := b.cfg.MTU
 	if mtu == 0 {
@@ -52,23 +54,25 @@ func (b *Backend) Start(ctx context.Context, local fabric.LocalNode) (fabric.Pub
 		if um == 0 {
 			m, err := b.k.LinkMTU(local.UnderlayLink)
 			if err != nil {
-				return fabric.Published{}, fmt.Errorf("vxlan: underlay mtu: %w", err)
+				return backend.Published{}, fmt.Errorf("vxlan: underlay mtu: %w", err)
 			}
 			um = m
 		}
 		mtu = um - Overhead
 	}
 	b.local = local
+	// A weftd before the route protocol wrote RTPROT_STATIC routes here.
+	b.routes.Adopt(DefaultDevice)
 	b.spec = DeviceSpec{Name: DefaultDevice, VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
 	if _, err := b.ensureDevice(); err != nil {
-		return fabric.Published{}, err
+		return backend.Published{}, err
 	}
 	b.up = true
 	return b.published(), nil
 }
 
-func (b *Backend) published() fabric.Published {
-	return fabric.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
+func (b *Backend) published() backend.Published {
+	return backend.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
 }
 
 // ensureDevice makes sure the device and its address exist; it returns the
@@ -117,18 +121,18 @@ func (b *Backend) ensureDevice() (int, error) {
 // Desired computes for peers. It reads the kernel each time, so calling it
 // periodically repairs drift. Additions go FDB -> neighbour -> route and
 // removals in the reverse order, so no route points at a missing entry.
-func (b *Backend) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyResult, error) {
+func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.ApplyResult, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.up {
-		return fabric.ApplyResult{}, errors.New("vxlan: not started")
+		return backend.ApplyResult{}, errors.New("vxlan: not started")
 	}
 	changes, err := b.ensureDevice()
 	if err != nil {
-		return fabric.ApplyResult{}, err
+		return backend.ApplyResult{}, err
 	}
 	want, probs := Desired(b.local, peers)
-	res := fabric.ApplyResult{Peers: len(want.FDB), Published: b.published()}
+	res := backend.ApplyResult{Peers: len(want.FDB), Published: b.published()}
 	for _, p := range probs {
 		res.Problems = append(res.Problems, p.String())
 	}
@@ -154,10 +158,6 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 		return 0, err
 	}
 	neighs, err := b.k.Neighs(dev)
-	if err != nil {
-		return 0, err
-	}
-	routes, err := b.k.Routes(dev)
 	if err != nil {
 		return 0, err
 	}
@@ -189,24 +189,17 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 			do(b.k.SetNeigh(dev, NeighEntry{IP: ip, MAC: mac}))
 		}
 	}
-	haveRoute := map[netip.Prefix]netip.Addr{}
-	for _, r := range routes {
-		haveRoute[r.Dst] = r.Gw
-	}
-	for dst, gw := range want.Routes {
-		if g, ok := haveRoute[dst]; !ok || g != gw {
-			do(b.k.ReplaceRoute(dev, RouteEntry{Dst: dst, Gw: gw}))
-		}
+	// Routes: the writer replaces what differs and removes our routes
+	// that are not wanted (a destination another backend took over stays).
+	n, err := b.routes.Apply(ctx, Type, b.wantRoutes(want))
+	changes += n
+	if err != nil {
+		errs = append(errs, err)
 	}
 	if err := ctx.Err(); err != nil {
-		return changes, err
+		return changes, errors.Join(append(errs, err)...)
 	}
-	// Removals: everything on our device that is not wanted.
-	for _, r := range routes {
-		if _, ok := want.Routes[r.Dst]; !ok {
-			do(b.k.DelRoute(dev, r))
-		}
-	}
+	// Removals: every entry on our device that is not wanted.
 	for _, e := range neighs {
 		if _, ok := want.Neigh[e.IP]; !ok {
 			do(b.k.DelNeigh(dev, e))
@@ -220,9 +213,20 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 	return changes, errors.Join(errs...)
 }
 
-// Stop ends the backend. With cleanup the device and so every entry on it
-// is removed (switching away, uninstall); without, everything stays for the
-// next weftd to adopt, so established pod traffic keeps flowing.
+// wantRoutes are the routes of st: each peer subnet via its network
+// address, onlink, out of the device.
+func (b *Backend) wantRoutes(st State) []route.Route {
+	out := make([]route.Route, 0, len(st.Routes))
+	for dst, gw := range st.Routes {
+		out = append(out, route.Route{Dst: dst, Gw: gw, Dev: b.dev.Name, OnLink: true})
+	}
+	return out
+}
+
+// Stop ends the backend. With cleanup its routes are released (those
+// another backend took over stay) and the device and so every entry on it
+// is removed (switching away, uninstall); without, everything stays for
+// the next weftd to adopt, so established pod traffic keeps flowing.
 func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -231,11 +235,23 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		return nil
 	}
 	var errs []error
-	if err := b.k.DeleteDevice(DefaultDevice); err != nil {
+	if _, err := b.routes.Release(ctx, Type); err != nil {
 		errs = append(errs, fmt.Errorf("vxlan: %w", err))
 	}
-	if b.guard != nil {
-		if err := b.guard.Remove(ctx, Type); err != nil {
+	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard))...)
+}
+
+// removeAll deletes the device (and with it every entry and route on it)
+// and the guard's chains and set (a nil k or guard is skipped).
+func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
+	var errs []error
+	if k != nil {
+		if err := k.DeleteDevice(DefaultDevice); err != nil {
+			errs = append(errs, fmt.Errorf("vxlan: %w", err))
+		}
+	}
+	if guard != nil {
+		if err := guard.Remove(ctx, Type); err != nil {
 			errs = append(errs, fmt.Errorf("vxlan: %w", err))
 		}
 	}

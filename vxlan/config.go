@@ -5,7 +5,9 @@
 //
 // The backend is declarative: Desired computes the whole wanted state from
 // the peers (pure), and Apply converges the kernel to it, touching only
-// entries on its own device. Apply re-reads the kernel every time, so the
+// entries on its own device; its routes (owner "vxlan") go through the
+// node's route writer (internal/route), which marks them with Weft's route
+// protocol. Apply re-reads the kernel every time, so the
 // periodic resync that calls it repairs anything deleted by hand. Start
 // adopts an existing device and its entries (the VTEP MAC survives a weftd
 // restart); nothing is flushed on start.

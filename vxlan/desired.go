@@ -7,7 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // State is the complete set of per-peer kernel entries the backend owns.
@@ -33,11 +33,11 @@ func (p Problem) String() string { return p.Peer + ": " + p.Reason }
 // pure. Peers are taken in name order, so when two peers claim the same
 // subnet or VTEP MAC the result is deterministic (the first keeps it) and
 // the conflict is reported.
-func Desired(local fabric.LocalNode, peers []fabric.Peer) (State, []Problem) {
+func Desired(local backend.LocalNode, peers []backend.Peer) (State, []Problem) {
 	st := State{FDB: map[string]netip.Addr{}, Neigh: map[netip.Addr]string{}, Routes: map[netip.Prefix]netip.Addr{}}
 	var probs []Problem
 	sorted := slices.Clone(peers)
-	slices.SortFunc(sorted, func(a, b fabric.Peer) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(sorted, func(a, b backend.Peer) int { return strings.Compare(a.Name, b.Name) })
 	owner := map[netip.Prefix]string{}
 	macOwner := map[string]string{}
 	for _, p := range sorted {

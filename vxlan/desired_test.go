@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 var (
@@ -16,13 +16,13 @@ var (
 	addr = netip.MustParseAddr
 )
 
-func local() fabric.LocalNode {
-	return fabric.LocalNode{Name: "n1", UnderlayIP: addr("172.18.0.2"), UnderlayLink: "eth0", UnderlayMTU: 1500,
+func local() backend.LocalNode {
+	return backend.LocalNode{Name: "n1", UnderlayIP: addr("172.18.0.2"), UnderlayLink: "eth0", UnderlayMTU: 1500,
 		PodCIDR: pfx("10.244.1.0/24"), Network: pfx("10.244.0.0/16")}
 }
 
-func peer(name, ip, mac string, cidrs ...string) fabric.Peer {
-	p := fabric.Peer{Name: name, UnderlayIP: addr(ip), Backends: []string{"vxlan"}, Attrs: map[string]string{AnnoVTEPMAC: mac}}
+func peer(name, ip, mac string, cidrs ...string) backend.Peer {
+	p := backend.Peer{Name: name, UnderlayIP: addr(ip), Backends: []string{"vxlan"}, Attrs: map[string]string{AnnoVTEPMAC: mac}}
 	for _, c := range cidrs {
 		p.PodCIDRs = append(p.PodCIDRs, pfx(c))
 	}
@@ -30,7 +30,7 @@ func peer(name, ip, mac string, cidrs ...string) fabric.Peer {
 }
 
 func TestDesired(t *testing.T) {
-	peers := []fabric.Peer{
+	peers := []backend.Peer{
 		peer("n3", "172.18.0.4", "02:00:00:00:00:03", "10.244.3.0/24"),
 		peer("n1", "172.18.0.2", "02:00:00:00:00:01", "10.244.1.0/24"), // ourselves
 		peer("n2", "172.18.0.3", "02:00:00:00:00:02", "10.244.2.0/24"),
@@ -56,19 +56,19 @@ func TestDesiredProblems(t *testing.T) {
 	udpOnly.Backends = []string{"udp"}
 	cases := []struct {
 		name string
-		p    []fabric.Peer
+		p    []backend.Peer
 		want string
 	}{
-		{"no vxlan", []fabric.Peer{udpOnly}, "does not decapsulate vxlan"},
-		{"bad mac", []fabric.Peer{peer("p", "172.18.0.9", "zz", "10.244.9.0/24")}, "invalid or missing"},
-		{"no mac", []fabric.Peer{peer("p", "172.18.0.9", "", "10.244.9.0/24")}, "invalid or missing"},
-		{"ipv6 underlay", []fabric.Peer{peer("p", "fd00::1", "02:00:00:00:00:09", "10.244.9.0/24")}, "invalid underlay"},
-		{"own underlay", []fabric.Peer{peer("p", "172.18.0.2", "02:00:00:00:00:09", "10.244.9.0/24")}, "is this node's"},
-		{"outside network", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.99.9.0/24")}, "outside the cluster network"},
-		{"overlaps own", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.244.1.0/25")}, "overlaps this node's"},
-		{"no cidr", []fabric.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09")}, "no pod CIDR yet"},
-		{"dup cidr", []fabric.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.9.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:09", "10.244.9.0/24")}, "b: pod CIDR 10.244.9.0/24 overlaps a's"},
-		{"dup mac", []fabric.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.8.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:08", "10.244.9.0/24")}, "b: VTEP MAC 02:00:00:00:00:08 already used by a"},
+		{"no vxlan", []backend.Peer{udpOnly}, "does not decapsulate vxlan"},
+		{"bad mac", []backend.Peer{peer("p", "172.18.0.9", "zz", "10.244.9.0/24")}, "invalid or missing"},
+		{"no mac", []backend.Peer{peer("p", "172.18.0.9", "", "10.244.9.0/24")}, "invalid or missing"},
+		{"ipv6 underlay", []backend.Peer{peer("p", "fd00::1", "02:00:00:00:00:09", "10.244.9.0/24")}, "invalid underlay"},
+		{"own underlay", []backend.Peer{peer("p", "172.18.0.2", "02:00:00:00:00:09", "10.244.9.0/24")}, "is this node's"},
+		{"outside network", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.99.9.0/24")}, "outside the cluster network"},
+		{"overlaps own", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09", "10.244.1.0/25")}, "overlaps this node's"},
+		{"no cidr", []backend.Peer{peer("p", "172.18.0.9", "02:00:00:00:00:09")}, "no pod CIDR yet"},
+		{"dup cidr", []backend.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.9.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:09", "10.244.9.0/24")}, "b: pod CIDR 10.244.9.0/24 overlaps a's"},
+		{"dup mac", []backend.Peer{peer("a", "172.18.0.8", "02:00:00:00:00:08", "10.244.8.0/24"), peer("b", "172.18.0.9", "02:00:00:00:00:08", "10.244.9.0/24")}, "b: VTEP MAC 02:00:00:00:00:08 already used by a"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -89,7 +89,7 @@ func TestDesiredProblems(t *testing.T) {
 
 func TestDesiredIgnoresIPv6CIDRAndMultipleCIDRs(t *testing.T) {
 	p := peer("n2", "172.18.0.3", "02:00:00:00:00:02", "10.244.2.0/24", "fd00:10:244:2::/64", "10.244.20.0/24")
-	st, probs := Desired(local(), []fabric.Peer{p})
+	st, probs := Desired(local(), []backend.Peer{p})
 	if len(probs) != 0 || len(st.FDB) != 1 || len(st.Routes) != 2 || len(st.Neigh) != 2 {
 		t.Fatalf("state %+v problems %v", st, probs)
 	}
@@ -123,7 +123,7 @@ func TestDecodeConfig(t *testing.T) {
 func TestBackendConverges(t *testing.T) {
 	ctx := context.Background()
 	k := NewFake(map[string]int{"eth0": 1500})
-	b := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+	b := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub, err := b.Start(ctx, local())
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +131,7 @@ func TestBackendConverges(t *testing.T) {
 	if pub.MTU != 1450 || pub.Attrs[AnnoVTEPMAC] == "" {
 		t.Fatalf("published %+v", pub)
 	}
-	peers := []fabric.Peer{peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"), peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24")}
+	peers := []backend.Peer{peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"), peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24")}
 	res, err := b.Apply(ctx, peers)
 	if err != nil || res.Peers != 2 || res.Changes != 6 { // 2*(fdb, neigh, route); the address came with Start
 		t.Fatalf("apply: %+v %v", res, err)
@@ -146,7 +146,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("second apply changed %d (%d writes): %v", res.Changes, k.Writes-w, err)
 	}
 	// Drift: a hand-deleted route and FDB entry come back; a foreign entry goes.
-	_ = k.DelRoute(b.dev, RouteEntry{Dst: pfx("10.244.2.0/24")})
+	k.RemoveRoute(pfx("10.244.2.0/24"))
 	_ = k.DelFDB(b.dev, FDBEntry{MAC: "02:00:00:00:00:33"})
 	_ = k.SetNeigh(b.dev, NeighEntry{IP: addr("10.244.77.0"), MAC: "02:00:00:00:00:77"})
 	if res, err := b.Apply(ctx, peers); err != nil || res.Changes != 3 || !equalState(k.Snapshot(), want) {
@@ -165,7 +165,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("stop without cleanup removed the device: %v", err)
 	}
 	w = k.Writes
-	b2 := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+	b2 := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub2, err := b2.Start(ctx, local())
 	if err != nil || pub2.Attrs[AnnoVTEPMAC] != pub.Attrs[AnnoVTEPMAC] || k.Writes != w {
 		t.Fatalf("restart: %+v %v, %d writes", pub2, err, k.Writes-w)
@@ -174,7 +174,7 @@ func TestBackendConverges(t *testing.T) {
 		t.Fatalf("apply after adopt: %+v %v", res, err)
 	}
 	// A changed VNI replaces the device.
-	b3 := New(Config{VNI: 2, Port: 8472}, k, nil, slog.Default())
+	b3 := New(Config{VNI: 2, Port: 8472}, k, k.Routes(), nil, slog.Default())
 	pub3, err := b3.Start(ctx, local())
 	if err != nil || pub3.Attrs[AnnoVTEPMAC] == pub.Attrs[AnnoVTEPMAC] {
 		t.Fatalf("vni change did not recreate: %+v %v", pub3, err)
@@ -188,11 +188,11 @@ func TestBackendMTU(t *testing.T) {
 	k := NewFake(map[string]int{"eth0": 9000})
 	l := local()
 	l.UnderlayMTU = 0
-	pub, err := New(Config{VNI: 1, Port: 8472}, k, nil, slog.Default()).Start(context.Background(), l)
+	pub, err := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), nil, slog.Default()).Start(context.Background(), l)
 	if err != nil || pub.MTU != 8950 {
 		t.Fatalf("derived mtu %d %v", pub.MTU, err)
 	}
-	pub, err = New(Config{VNI: 1, Port: 8472, MTU: 1300}, k, nil, slog.Default()).Start(context.Background(), l)
+	pub, err = New(Config{VNI: 1, Port: 8472, MTU: 1300}, k, k.Routes(), nil, slog.Default()).Start(context.Background(), l)
 	if err != nil || pub.MTU != 1300 {
 		t.Fatalf("configured mtu %d %v", pub.MTU, err)
 	}

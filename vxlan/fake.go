@@ -2,12 +2,18 @@ package vxlan
 
 import (
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
+
+	"github.com/weftnet/weft/internal/route"
 )
 
 // Fake is an in-memory Kernel for rootless tests. It records the number of
 // mutating calls so tests can assert that a converged state is left alone.
+// It is also the node's route table (a route.Kernel over a route.Fake),
+// so routes through the device vanish with it, as in the kernel, and route
+// writes count in Writes.
 type Fake struct {
 	mu      sync.Mutex
 	links   map[string]int // name -> MTU (underlay links)
@@ -17,14 +23,16 @@ type Fake struct {
 	addrs   map[netip.Prefix]bool
 	fdb     map[string]netip.Addr
 	neigh   map[netip.Addr]string
-	routes  map[netip.Prefix]netip.Addr
+	routes  *route.Fake
+	table   *route.Table
 	// Writes counts mutating calls.
 	Writes int
 }
 
 // NewFake returns a fake kernel with the given underlay links and MTUs.
 func NewFake(links map[string]int) *Fake {
-	f := &Fake{links: links}
+	f := &Fake{links: links, routes: route.NewFake()}
+	f.table = route.New(f, slog.Default())
 	f.reset()
 	return f
 }
@@ -33,7 +41,7 @@ func (f *Fake) reset() {
 	f.addrs = map[netip.Prefix]bool{}
 	f.fdb = map[string]netip.Addr{}
 	f.neigh = map[netip.Addr]string{}
-	f.routes = map[netip.Prefix]netip.Addr{}
+	f.routes.DeviceGone(DefaultDevice)
 }
 
 func (f *Fake) EnsureDevice(spec DeviceSpec) (Device, error) {
@@ -170,25 +178,45 @@ func (f *Fake) DelNeigh(_ Device, e NeighEntry) error {
 	return f.mutate(func() { delete(f.neigh, e.IP) })
 }
 
-func (f *Fake) Routes(Device) ([]RouteEntry, error) {
+// Routes returns a route writer over the fake (one per Fake; a test of a
+// restart makes a new one with route.New(f, log)).
+func (f *Fake) Routes() *route.Table { return f.table }
+
+// List implements route.Kernel.
+func (f *Fake) List() ([]route.KernelRoute, error) { return f.routes.List() }
+
+// Replace implements route.Kernel.
+func (f *Fake) Replace(r route.Route, owner string) error {
+	if err := f.routes.Replace(r, owner); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.check(); err != nil {
-		return nil, err
-	}
-	var out []RouteEntry
-	for d, gw := range f.routes {
-		out = append(out, RouteEntry{Dst: d, Gw: gw})
-	}
-	return out, nil
+	f.Writes++
+	return nil
 }
 
-func (f *Fake) ReplaceRoute(_ Device, r RouteEntry) error {
-	return f.mutate(func() { f.routes[r.Dst] = r.Gw })
+// Delete implements route.Kernel.
+func (f *Fake) Delete(kr route.KernelRoute) error {
+	if err := f.routes.Delete(kr); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Writes++
+	return nil
 }
 
-func (f *Fake) DelRoute(_ Device, r RouteEntry) error {
-	return f.mutate(func() { delete(f.routes, r.Dst) })
+// RouteKernel is the fake's route table (to add another program's routes
+// or inspect the owners).
+func (f *Fake) RouteKernel() *route.Fake { return f.routes }
+
+// RemoveRoute deletes the route to dst as a hand-made `ip route del`.
+func (f *Fake) RemoveRoute(dst netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Writes++
+	f.routes.Remove(dst)
 }
 
 // Snapshot returns the fake's per-peer state.
@@ -202,8 +230,10 @@ func (f *Fake) Snapshot() State {
 	for k, v := range f.neigh {
 		st.Neigh[k] = v
 	}
-	for k, v := range f.routes {
-		st.Routes[k] = v
+	for _, r := range f.routes.Routes() {
+		if r.Dev == DefaultDevice && r.OnLink {
+			st.Routes[r.Dst] = r.Gw
+		}
 	}
 	return st
 }

@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
 )
 
 // TestBackendKeepsGuardInStep: every Apply hands the guard exactly the
@@ -17,11 +17,11 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	ctx := context.Background()
 	k := NewFake(map[string]int{"eth0": 1500})
 	g := encapguard.NewFake()
-	b := New(Config{VNI: 1, Port: 8472}, k, g, slog.Default())
+	b := New(Config{VNI: 1, Port: 8472}, k, k.Routes(), g, slog.Default())
 	if _, err := b.Start(ctx, local()); err != nil {
 		t.Fatal(err)
 	}
-	peers := []fabric.Peer{
+	peers := []backend.Peer{
 		peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"),
 		peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24"),
 		peer("bad", "172.18.0.5", "not-a-mac", "10.244.5.0/24"), // left out by Desired: not admitted either
@@ -65,7 +65,7 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	if _, ok := g.Spec(Type); !ok {
 		t.Fatal("stop without cleanup removed the guard")
 	}
-	b2 := New(Config{VNI: 1, Port: 4789}, k, g, slog.Default())
+	b2 := New(Config{VNI: 1, Port: 4789}, k, k.Routes(), g, slog.Default())
 	if _, err := b2.Start(ctx, local()); err != nil {
 		t.Fatal(err)
 	}

@@ -37,15 +37,10 @@ type NeighEntry struct {
 	MAC string
 }
 
-// RouteEntry is one route via the device with an onlink gateway.
-type RouteEntry struct {
-	Dst netip.Prefix
-	Gw  netip.Addr
-}
-
-// Kernel is the small slice of netlink the backend uses. The real
-// implementation works in one network namespace; Fake keeps state in
-// memory for rootless tests.
+// Kernel is the small slice of netlink the backend uses for its device and
+// entries (its routes go through the node's route writer, internal/route).
+// The real implementation works in one network namespace; Fake keeps state
+// in memory for rootless tests.
 type Kernel interface {
 	// EnsureDevice adopts a matching device or (re)creates it, sets its
 	// MTU and brings it up.
@@ -67,9 +62,4 @@ type Kernel interface {
 	Neighs(dev Device) ([]NeighEntry, error)
 	SetNeigh(dev Device, e NeighEntry) error
 	DelNeigh(dev Device, e NeighEntry) error
-
-	// Routes lists IPv4 main-table routes whose output device is dev.
-	Routes(dev Device) ([]RouteEntry, error)
-	ReplaceRoute(dev Device, r RouteEntry) error
-	DelRoute(dev Device, r RouteEntry) error
 }

@@ -7,21 +7,23 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/netlinkx"
 )
 
 // Netlink is the real Kernel over a netlink handle bound to one network
-// namespace, so no OS thread has to switch namespaces.
+// namespace, so no OS thread has to switch namespaces. Requests go through
+// internal/netlinkx (interrupted dumps and EINTR are retried).
 type Netlink struct {
-	h *netlink.Handle
+	h *netlinkx.Handle
 }
 
 // NewNetlink returns a Kernel working in the current network namespace.
 func NewNetlink() (*Netlink, error) {
-	h, err := netlink.NewHandle()
+	h, err := netlinkx.NewHandle()
 	if err != nil {
-		return nil, fmt.Errorf("netlink handle: %w", err)
+		return nil, err
 	}
 	return &Netlink{h: h}, nil
 }
@@ -29,34 +31,19 @@ func NewNetlink() (*Netlink, error) {
 // NewNetlinkAt returns a Kernel working in the network namespace at path
 // (e.g. /var/run/netns/NAME or /proc/PID/ns/net).
 func NewNetlinkAt(path string) (*Netlink, error) {
-	nsh, err := netns.GetFromPath(path)
+	h, err := netlinkx.NewHandleAt(path)
 	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", path, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return nil, fmt.Errorf("netlink handle in %s: %w", path, err)
+		return nil, err
 	}
 	return &Netlink{h: h}, nil
 }
 
+// Handle returns the netlink handle (for a route.Netlink in the same
+// namespace).
+func (n *Netlink) Handle() *netlinkx.Handle { return n.h }
+
 // Close releases the handle.
 func (n *Netlink) Close() { n.h.Close() }
-
-// retry repeats a dump interrupted by a concurrent change (the kernel's
-// NLM_F_DUMP_INTR), which netlink reports with partial results.
-func retry[T any](f func() (T, error)) (T, error) {
-	var v T
-	var err error
-	for range 5 {
-		v, err = f()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
-			return v, err
-		}
-	}
-	return v, err
-}
 
 func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 	under, err := n.h.LinkByName(spec.UnderlayLink)
@@ -73,11 +60,11 @@ func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 		}
 		// Same name, other parameters (VNI, port, local IP changed) or
 		// another kind of link: replace it.
-		if err := n.h.LinkDel(l); err != nil {
+		if err := netlinkx.Do(func() error { return n.h.Raw().LinkDel(l) }); err != nil {
 			return Device{}, fmt.Errorf("delete mismatching %s: %w", spec.Name, err)
 		}
 		l = nil
-	case !isNotFound(err):
+	case !netlinkx.IsNotFound(err):
 		return Device{}, fmt.Errorf("link %s: %w", spec.Name, err)
 	}
 	if !adopted {
@@ -89,7 +76,7 @@ func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 			Port:         spec.Port,
 			Learning:     false,
 		}
-		if err := n.h.LinkAdd(vx); err != nil {
+		if err := netlinkx.Do(func() error { return n.h.Raw().LinkAdd(vx) }); err != nil {
 			return Device{}, fmt.Errorf("create %s: %w", spec.Name, err)
 		}
 		if l, err = n.h.LinkByName(spec.Name); err != nil {
@@ -97,12 +84,12 @@ func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 		}
 	}
 	if spec.MTU > 0 && l.Attrs().MTU != spec.MTU {
-		if err := n.h.LinkSetMTU(l, spec.MTU); err != nil {
+		if err := netlinkx.Do(func() error { return n.h.Raw().LinkSetMTU(l, spec.MTU) }); err != nil {
 			return Device{}, fmt.Errorf("set mtu of %s: %w", spec.Name, err)
 		}
 	}
 	if l.Attrs().Flags&net.FlagUp == 0 {
-		if err := n.h.LinkSetUp(l); err != nil {
+		if err := netlinkx.Do(func() error { return n.h.Raw().LinkSetUp(l) }); err != nil {
 			return Device{}, fmt.Errorf("set %s up: %w", spec.Name, err)
 		}
 	}
@@ -118,20 +105,15 @@ func matches(vx *netlink.Vxlan, spec DeviceSpec, underIdx int) bool {
 		!vx.Learning && (vx.VtepDevIndex == 0 || vx.VtepDevIndex == underIdx)
 }
 
-func isNotFound(err error) bool {
-	var lnf netlink.LinkNotFoundError
-	return errors.As(err, &lnf) || errors.Is(err, unix.ENODEV)
-}
-
 func (n *Netlink) DeleteDevice(name string) error {
 	l, err := n.h.LinkByName(name)
 	if err != nil {
-		if isNotFound(err) {
+		if netlinkx.IsNotFound(err) {
 			return nil
 		}
 		return fmt.Errorf("link %s: %w", name, err)
 	}
-	if err := n.h.LinkDel(l); err != nil {
+	if err := netlinkx.Do(func() error { return n.h.Raw().LinkDel(l) }); err != nil {
 		return fmt.Errorf("delete %s: %w", name, err)
 	}
 	return nil
@@ -158,7 +140,7 @@ func (n *Netlink) Addrs(dev Device) ([]netip.Prefix, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := retry(func() ([]netlink.Addr, error) { return n.h.AddrList(l, unix.AF_INET) })
+	addrs, err := n.h.AddrList(l, unix.AF_INET)
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", dev.Name, err)
 	}
@@ -183,7 +165,7 @@ func (n *Netlink) AddAddr(dev Device, p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.AddrReplace(l, &netlink.Addr{IPNet: toIPNet(p)}); err != nil {
+	if err := netlinkx.Do(func() error { return n.h.Raw().AddrReplace(l, &netlink.Addr{IPNet: toIPNet(p)}) }); err != nil {
 		return fmt.Errorf("add address %s to %s: %w", p, dev.Name, err)
 	}
 	return nil
@@ -194,14 +176,14 @@ func (n *Netlink) DelAddr(dev Device, p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.AddrDel(l, &netlink.Addr{IPNet: toIPNet(p)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+	if err := netlinkx.Do(func() error { return n.h.Raw().AddrDel(l, &netlink.Addr{IPNet: toIPNet(p)}) }); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 		return fmt.Errorf("delete address %s from %s: %w", p, dev.Name, err)
 	}
 	return nil
 }
 
 func (n *Netlink) FDB(dev Device) ([]FDBEntry, error) {
-	ns, err := retry(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, unix.AF_BRIDGE) })
+	ns, err := n.h.NeighList(dev.Index, unix.AF_BRIDGE)
 	if err != nil {
 		return nil, fmt.Errorf("list fdb of %s: %w", dev.Name, err)
 	}
@@ -232,7 +214,7 @@ func (n *Netlink) SetFDB(dev Device, e FDBEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.NeighSet(nb); err != nil {
+	if err := netlinkx.Do(func() error { return n.h.Raw().NeighSet(nb) }); err != nil {
 		return fmt.Errorf("set fdb %s -> %s on %s: %w", e.MAC, e.Dst, dev.Name, err)
 	}
 	return nil
@@ -243,14 +225,14 @@ func (n *Netlink) DelFDB(dev Device, e FDBEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.NeighDel(nb); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := netlinkx.Do(func() error { return n.h.Raw().NeighDel(nb) }); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete fdb %s -> %s on %s: %w", e.MAC, e.Dst, dev.Name, err)
 	}
 	return nil
 }
 
 func (n *Netlink) Neighs(dev Device) ([]NeighEntry, error) {
-	ns, err := retry(func() ([]netlink.Neigh, error) { return n.h.NeighList(dev.Index, unix.AF_INET) })
+	ns, err := n.h.NeighList(dev.Index, unix.AF_INET)
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours of %s: %w", dev.Name, err)
 	}
@@ -281,7 +263,7 @@ func (n *Netlink) SetNeigh(dev Device, e NeighEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.NeighSet(nb); err != nil {
+	if err := netlinkx.Do(func() error { return n.h.Raw().NeighSet(nb) }); err != nil {
 		return fmt.Errorf("set neighbour %s -> %s on %s: %w", e.IP, e.MAC, dev.Name, err)
 	}
 	return nil
@@ -292,51 +274,8 @@ func (n *Netlink) DelNeigh(dev Device, e NeighEntry) error {
 	if err != nil {
 		return err
 	}
-	if err := n.h.NeighDel(nb); err != nil && !errors.Is(err, unix.ENOENT) {
+	if err := netlinkx.Do(func() error { return n.h.Raw().NeighDel(nb) }); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("delete neighbour %s on %s: %w", e.IP, dev.Name, err)
-	}
-	return nil
-}
-
-func (n *Netlink) Routes(dev Device) ([]RouteEntry, error) {
-	filter := &netlink.Route{LinkIndex: dev.Index, Table: unix.RT_TABLE_MAIN}
-	rs, err := retry(func() ([]netlink.Route, error) {
-		return n.h.RouteListFiltered(unix.AF_INET, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list routes of %s: %w", dev.Name, err)
-	}
-	var out []RouteEntry
-	for _, r := range rs {
-		if r.Dst == nil || r.Type != unix.RTN_UNICAST {
-			continue
-		}
-		ip, _ := netip.AddrFromSlice(r.Dst.IP)
-		ones, _ := r.Dst.Mask.Size()
-		gw, _ := netip.AddrFromSlice(r.Gw)
-		out = append(out, RouteEntry{Dst: netip.PrefixFrom(ip.Unmap(), ones), Gw: gw.Unmap()})
-	}
-	return out, nil
-}
-
-func (n *Netlink) route(dev Device, r RouteEntry) *netlink.Route {
-	return &netlink.Route{
-		LinkIndex: dev.Index, Dst: toIPNet(r.Dst), Gw: net.IP(r.Gw.AsSlice()),
-		Flags: int(netlink.FLAG_ONLINK), Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_UNIVERSE,
-		Protocol: unix.RTPROT_STATIC, Type: unix.RTN_UNICAST,
-	}
-}
-
-func (n *Netlink) ReplaceRoute(dev Device, r RouteEntry) error {
-	if err := n.h.RouteReplace(n.route(dev, r)); err != nil {
-		return fmt.Errorf("route %s via %s dev %s onlink: %w", r.Dst, r.Gw, dev.Name, err)
-	}
-	return nil
-}
-
-func (n *Netlink) DelRoute(dev Device, r RouteEntry) error {
-	if err := n.h.RouteDel(n.route(dev, r)); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("delete route %s dev %s: %w", r.Dst, dev.Name, err)
 	}
 	return nil
 }

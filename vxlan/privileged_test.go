@@ -16,9 +16,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
 )
@@ -31,7 +32,7 @@ type node struct {
 	k   *vxlan.Netlink
 	b   *vxlan.Backend
 	g   *encapguard.IPTables
-	pub fabric.Published
+	pub backend.Published
 }
 
 func must(t *testing.T, err error, what string) {
@@ -56,19 +57,20 @@ func (n *node) start(t *testing.T) {
 	t.Cleanup(k.Close)
 	n.k = k
 	n.g = newGuard(t, n.NS.Path())
-	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, n.g, slog.Default().With("node", n.Name))
+	routes := route.New(route.NewNetlink(k.Handle()), slog.Default())
+	n.b = vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, routes, n.g, slog.Default().With("node", n.Name))
 	n.pub, err = n.b.Start(context.Background(), n.Local())
 	must(t, err, "start backend")
 }
 
-func (n *node) asPeer() fabric.Peer {
-	return fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
+func (n *node) asPeer() backend.Peer {
+	return backend.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
 		Backends: []string{vxlan.Type}, Attrs: n.pub.Attrs}
 }
 
-func (n *node) apply(t *testing.T, peers ...*node) fabric.ApplyResult {
+func (n *node) apply(t *testing.T, peers ...*node) backend.ApplyResult {
 	t.Helper()
-	var ps []fabric.Peer
+	var ps []backend.Peer
 	for _, p := range peers {
 		ps = append(ps, p.asPeer())
 	}
@@ -224,6 +226,37 @@ func TestTwoNodesOverVXLAN(t *testing.T) {
 		after := a.vxlanLink(t).Attrs()
 		if after.Index != before.Index {
 			t.Fatal("device was recreated")
+		}
+		expectEcho(t, conn, "node2")
+	})
+
+	t.Run("upgrade adopts the routes of a weftd before the route protocol", func(t *testing.T) {
+		conn, err := a.dial(t, b, 7000)
+		must(t, err, "dial")
+		expectEcho(t, conn, "node2")
+		// What an older weftd left: its routes with RTPROT_STATIC, one of
+		// them to a peer that has gone since.
+		idx := a.vxlanLink(t).Attrs().Index
+		for _, dst := range []string{"10.244.2.0/24", "10.244.9.0/24"} {
+			_, ipn, _ := net.ParseCIDR(dst)
+			must(t, a.H.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipn, Gw: ipn.IP, Flags: int(netlink.FLAG_ONLINK),
+				Protocol: unix.RTPROT_STATIC}), "old weftd's route "+dst)
+		}
+		must(t, a.b.Stop(context.Background(), false), "stop")
+		a.start(top)
+		if res := a.apply(t, b); res.Changes != 2 { // 10.244.2.0/24 replaced in place, 10.244.9.0/24 deleted
+			t.Fatalf("upgrade apply changed %d routes, want 2", res.Changes)
+		}
+		routes, err := a.H.RouteList(a.vxlanLink(t), unix.AF_INET)
+		must(t, err, "routes")
+		var got []string
+		for _, r := range routes {
+			if r.Dst != nil {
+				got = append(got, fmt.Sprintf("%s via %s proto %d", r.Dst, r.Gw, r.Protocol))
+			}
+		}
+		if want := fmt.Sprintf("10.244.2.0/24 via 10.244.2.0 proto %d", route.Protocol); len(got) != 1 || got[0] != want {
+			t.Fatalf("routes on weft.vxlan after upgrade %v, want [%s]", got, want)
 		}
 		expectEcho(t, conn, "node2")
 	})

@@ -18,10 +18,11 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/vxlan"
 )
@@ -45,7 +46,7 @@ const guardPeers = 100
 func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 	b.Helper()
 	var backends []*vxlan.Backend
-	var peers []fabric.Peer
+	var peers []backend.Peer
 	for _, n := range nodes {
 		k, err := vxlan.NewNetlinkAt(n.NS.Path())
 		if err != nil {
@@ -57,19 +58,20 @@ func startWeft(b *testing.B, nodes []*nettopo.Node) []*vxlan.Backend {
 			b.Fatal(err)
 		}
 		guard := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: n.NS.Path()})
-		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, guard, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+		be := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, route.New(route.NewNetlink(k.Handle()), quiet), guard, quiet)
 		pub, err := be.Start(context.Background(), n.Local())
 		if err != nil {
 			b.Fatal(err)
 		}
 		backends = append(backends, be)
-		peers = append(peers, fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
+		peers = append(peers, backend.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR},
 			Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
 	}
 	// Peers that exist only on paper, sorted before the real one, so every
 	// VXLAN packet walks the guard's longest path (one u32 rule per peer).
 	for i := range guardPeers {
-		peers = append(peers, fabric.Peer{Name: fmt.Sprintf("paper%d", i), UnderlayIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}),
+		peers = append(peers, backend.Peer{Name: fmt.Sprintf("paper%d", i), UnderlayIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}),
 			PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(100 + i), 0}), 24)},
 			Backends: []string{vxlan.Type}, Attrs: map[string]string{vxlan.AnnoVTEPMAC: fmt.Sprintf("02:00:00:00:01:%02x", i)}})
 	}

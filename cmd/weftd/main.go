@@ -31,7 +31,7 @@ import (
 
 	"github.com/weftnet/weft/daemon/agent"
 	"github.com/weftnet/weft/daemon/api"
-	"github.com/weftnet/weft/daemon/backend"
+	"github.com/weftnet/weft/daemon/fabric"
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/iptables"
@@ -139,15 +139,15 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 		return fmt.Errorf("iptables: %w", err)
 	}
 	log.Info("iptables backend", "mode", mode)
-	k, err := vxlan.NewNetlink()
+	nk, closeKernel, err := openNodeKernel(log)
 	if err != nil {
 		return err
 	}
-	defer k.Close()
+	defer closeKernel()
 	status, metrics := api.NewStatus(), api.NewMetrics()
-	guard := encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	metrics.Registry.MustRegister(encapguard.NewCollector(guard, log, vxlan.Type))
-	mgr := backend.NewManager([]backend.Factory{agent.VXLANFactory{Kernel: k, Guard: guard, Log: log.With("node", opt.NodeName)}}, log)
+	nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
+	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type))
+	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	// A server that fails stops weftd at once (not when the agent returns):
@@ -180,7 +180,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 
 // leave stops the backend but leaves the data plane in place for the next
 // weftd to adopt; with removeConflist the conflist goes.
-func leave(mgr *backend.Manager, confDir string, removeConflist bool, log *slog.Logger) {
+func leave(mgr *fabric.Manager, confDir string, removeConflist bool, log *slog.Logger) {
 	if err := mgr.Stop(context.Background(), false); err != nil {
 		log.Warn("stop backend", "err", err)
 	}
@@ -231,16 +231,16 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 		}
 		d.Client = client
 	}
-	if mode, err := iptables.Detect(ctx, ""); err == nil {
-		d.Tables = iptables.Runner{Mode: mode}
-		d.Guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	}
-	k, err := vxlan.NewNetlink()
+	nk, closeKernel, err := openNodeKernel(log)
 	if err != nil {
 		return err
 	}
-	defer k.Close()
-	d.Kernel = k
+	defer closeKernel()
+	if mode, err := iptables.Detect(ctx, ""); err == nil {
+		d.Tables = iptables.Runner{Mode: mode}
+		nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
+	}
+	d.Backends, d.Routes = factories(nk, log), nk.routes
 	if err := agent.Uninstall(ctx, opt, d); err != nil {
 		return err
 	}

@@ -26,12 +26,12 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/weftnet/weft/daemon/api"
-	"github.com/weftnet/weft/daemon/backend"
 	"github.com/weftnet/weft/daemon/config"
+	"github.com/weftnet/weft/daemon/fabric"
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/daemon/subnet"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/loop"
 	"github.com/weftnet/weft/internal/subnetfile"
 )
@@ -61,7 +61,7 @@ type Host interface {
 // Deps are the agent's collaborators, real or fake.
 type Deps struct {
 	Client   kubernetes.Interface
-	Backends *backend.Manager
+	Backends *fabric.Manager
 	Tables   masq.Tables
 	Host     Host
 	Status   *api.Status
@@ -174,12 +174,12 @@ func relevantNodeChange(o, n any) bool {
 		return true
 	}
 	for k, v := range nn.Annotations {
-		if strings.HasPrefix(k, fabric.AnnoPrefix) && on.Annotations[k] != v {
+		if strings.HasPrefix(k, backend.AnnoPrefix) && on.Annotations[k] != v {
 			return true
 		}
 	}
 	for k := range on.Annotations {
-		if _, ok := nn.Annotations[k]; !ok && strings.HasPrefix(k, fabric.AnnoPrefix) {
+		if _, ok := nn.Annotations[k]; !ok && strings.HasPrefix(k, backend.AnnoPrefix) {
 			return true
 		}
 	}
@@ -296,30 +296,30 @@ func InternalIP(n *corev1.Node) netip.Addr {
 	return netip.Addr{}
 }
 
-func (a *Agent) localNode(cfg *config.NetConf, node *corev1.Node) (fabric.LocalNode, error) {
+func (a *Agent) localNode(cfg *config.NetConf, node *corev1.Node) (backend.LocalNode, error) {
 	ip := a.opt.PublicIP
 	if !ip.IsValid() {
 		ip = InternalIP(node)
 	}
 	if !ip.IsValid() {
-		return fabric.LocalNode{}, fmt.Errorf("node %s has no IPv4 InternalIP (set --public-ip)", node.Name)
+		return backend.LocalNode{}, fmt.Errorf("node %s has no IPv4 InternalIP (set --public-ip)", node.Name)
 	}
 	link, mtu, err := a.d.Host.UnderlayLink(ip)
 	if err != nil {
-		return fabric.LocalNode{}, fmt.Errorf("underlay link for %s: %w", ip, err)
+		return backend.LocalNode{}, fmt.Errorf("underlay link for %s: %w", ip, err)
 	}
-	return fabric.LocalNode{Name: a.opt.NodeName, UnderlayIP: ip, UnderlayLink: link, UnderlayMTU: mtu,
+	return backend.LocalNode{Name: a.opt.NodeName, UnderlayIP: ip, UnderlayLink: link, UnderlayMTU: mtu,
 		PodCIDR: a.st.lease.Subnet, Network: cfg.Network}, nil
 }
 
 // publish writes the node's weft.dev/* annotations when the informer's
 // copy differs.
-func (a *Agent) publish(ctx context.Context, node *corev1.Node, local fabric.LocalNode, pub fabric.Published) error {
+func (a *Agent) publish(ctx context.Context, node *corev1.Node, local backend.LocalNode, pub backend.Published) error {
 	want := map[string]string{
-		fabric.AnnoPodCIDR:  local.PodCIDR.String(),
-		fabric.AnnoPublicIP: local.UnderlayIP.String(),
-		fabric.AnnoBackend:  a.d.Backends.Active(),
-		fabric.AnnoBackends: strings.Join(a.d.Backends.Decapsulates(), ","),
+		backend.AnnoPodCIDR:  local.PodCIDR.String(),
+		backend.AnnoPublicIP: local.UnderlayIP.String(),
+		backend.AnnoBackend:  a.d.Backends.Active(),
+		backend.AnnoBackends: strings.Join(a.d.Backends.Decapsulates(), ","),
 	}
 	for k, v := range pub.Attrs {
 		want[k] = v
@@ -343,12 +343,17 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local fabric.Loc
 	return nil
 }
 
-func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub fabric.Published) error {
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = pub.MTU
+// podMTU is the pods' MTU: net-conf.json's mtu, else what the backend
+// allows.
+func podMTU(cfg *config.NetConf, pub backend.Published) int {
+	if cfg.MTU != 0 {
+		return cfg.MTU
 	}
-	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: mtu}
+	return pub.MTU
+}
+
+func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub backend.Published) error {
+	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: podMTU(cfg, pub)}
 	if cur, err := subnetfile.Read(a.opt.SubnetFile); err == nil && *cur == *f {
 		return nil
 	}
@@ -377,11 +382,8 @@ func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) 
 	return nil
 }
 
-func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = pub.MTU
-	}
+func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published) error {
+	mtu := podMTU(cfg, pub)
 	if a.opt.CNIBinDir != "" {
 		if missing := install.MissingBinaries(a.opt.CNIBinDir); len(missing) > 0 {
 			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)
@@ -417,14 +419,14 @@ func (a *Agent) writeConflist(cfg *config.NetConf, pub fabric.Published) error {
 	return nil
 }
 
-func (a *Agent) peers() []fabric.Peer {
+func (a *Agent) peers() []backend.Peer {
 	nodes, err := a.nodes.List(everything())
 	if err != nil {
 		return nil
 	}
-	var out []fabric.Peer
+	var out []backend.Peer
 	for _, n := range nodes {
-		if n.Name == a.opt.NodeName || n.Annotations[fabric.AnnoBackends] == "" {
+		if n.Name == a.opt.NodeName || n.Annotations[backend.AnnoBackends] == "" {
 			continue // ourselves, or weftd not (yet) running there
 		}
 		out = append(out, PeerFromNode(n))
@@ -434,23 +436,23 @@ func (a *Agent) peers() []fabric.Peer {
 
 // PeerFromNode reads what a backend needs from a Node's annotations, with
 // its InternalIP and spec.podCIDR as fallbacks.
-func PeerFromNode(n *corev1.Node) fabric.Peer {
-	p := fabric.Peer{Name: n.Name, Attrs: map[string]string{}}
+func PeerFromNode(n *corev1.Node) backend.Peer {
+	p := backend.Peer{Name: n.Name, Attrs: map[string]string{}}
 	for k, v := range n.Annotations {
-		if strings.HasPrefix(k, fabric.AnnoPrefix) {
+		if strings.HasPrefix(k, backend.AnnoPrefix) {
 			p.Attrs[k] = v
 		}
 	}
-	if ip, err := netip.ParseAddr(n.Annotations[fabric.AnnoPublicIP]); err == nil {
+	if ip, err := netip.ParseAddr(n.Annotations[backend.AnnoPublicIP]); err == nil {
 		p.UnderlayIP = ip
 	} else {
 		p.UnderlayIP = InternalIP(n)
 	}
-	if c, err := netip.ParsePrefix(n.Annotations[fabric.AnnoPodCIDR]); err == nil {
+	if c, err := netip.ParsePrefix(n.Annotations[backend.AnnoPodCIDR]); err == nil {
 		p.PodCIDRs = []netip.Prefix{c}
 	} else if c := subnet.NodePodCIDR(n); c.IsValid() {
 		p.PodCIDRs = []netip.Prefix{c}
 	}
-	p.Backends = fabric.ParseBackends(n.Annotations[fabric.AnnoBackends])
+	p.Backends = backend.ParseBackends(n.Annotations[backend.AnnoBackends])
 	return p
 }

@@ -17,11 +17,12 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/weftnet/weft/daemon/api"
-	"github.com/weftnet/weft/daemon/backend"
 	"github.com/weftnet/weft/daemon/config"
+	"github.com/weftnet/weft/daemon/fabric"
 	"github.com/weftnet/weft/daemon/install"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/vxlan"
 )
@@ -96,7 +97,8 @@ func start(t *testing.T, objs ...any) *harness {
 
 func (h *harness) run() {
 	log := slog.Default()
-	mgr := backend.NewManager([]backend.Factory{VXLANFactory{Kernel: h.k, Guard: h.g, Log: log}}, log)
+	// A new route writer per run, as a restarted weftd has.
+	mgr := fabric.NewManager([]backend.Factory{vxlan.Factory{Kernel: h.k, Routes: route.New(h.k, log), Guard: h.g, Log: log}}, log)
 	a := New(h.opt, Deps{Client: h.c, Backends: mgr, Tables: &fakeTables{}, Host: fakeHost{}, Status: h.status, Metrics: api.NewMetrics(), Log: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
@@ -140,7 +142,7 @@ const goodConf = `{"network":"10.244.0.0/16","subnetLen":24,"backend":{"type":"v
 // peerNode is a node whose weftd already published its annotations.
 func peerNode(name, ip, cidr, mac string) *corev1.Node {
 	n := node(name, ip, cidr)
-	n.Annotations = map[string]string{fabric.AnnoBackends: "vxlan", fabric.AnnoPublicIP: ip, fabric.AnnoPodCIDR: cidr, vxlan.AnnoVTEPMAC: mac}
+	n.Annotations = map[string]string{backend.AnnoBackends: "vxlan", backend.AnnoPublicIP: ip, backend.AnnoPodCIDR: cidr, vxlan.AnnoVTEPMAC: mac}
 	return n
 }
 
@@ -149,8 +151,8 @@ func TestAgentBringsNodeUp(t *testing.T) {
 		node("n3", "172.18.0.4", "10.244.3.0/24"), netconf(goodConf))
 	h.eventually("ready", h.ready)
 	a := h.annotations("n1")
-	if a[fabric.AnnoPodCIDR] != "10.244.1.0/24" || a[fabric.AnnoPublicIP] != "172.18.0.2" || a[fabric.AnnoBackend] != "vxlan" ||
-		a[fabric.AnnoBackends] != "vxlan" || a[vxlan.AnnoVTEPMAC] == "" {
+	if a[backend.AnnoPodCIDR] != "10.244.1.0/24" || a[backend.AnnoPublicIP] != "172.18.0.2" || a[backend.AnnoBackend] != "vxlan" ||
+		a[backend.AnnoBackends] != "vxlan" || a[vxlan.AnnoVTEPMAC] == "" {
 		t.Fatalf("annotations %v", a)
 	}
 	sf, err := subnetfile.Read(h.opt.SubnetFile)
@@ -246,7 +248,7 @@ func TestAgentNoConfigNotReadyNoConflist(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.eventually("ready", h.ready)
-	if c := h.annotations("n1")[fabric.AnnoPodCIDR]; !strings.HasPrefix(c, "10.244.") {
+	if c := h.annotations("n1")[backend.AnnoPodCIDR]; !strings.HasPrefix(c, "10.244.") {
 		t.Fatalf("pod cidr %q", c)
 	}
 }
@@ -254,13 +256,13 @@ func TestAgentNoConfigNotReadyNoConflist(t *testing.T) {
 func TestAgentRestartAdopts(t *testing.T) {
 	h := start(t, node("n1", "172.18.0.2", ""), peerNode("n2", "172.18.0.3", "10.244.2.0/24", "02:00:00:00:00:22"), netconf(goodConf))
 	h.eventually("ready", h.ready)
-	cidr, mac := h.annotations("n1")[fabric.AnnoPodCIDR], h.annotations("n1")[vxlan.AnnoVTEPMAC]
+	cidr, mac := h.annotations("n1")[backend.AnnoPodCIDR], h.annotations("n1")[vxlan.AnnoVTEPMAC]
 	h.stop()
 	writes := h.k.Writes
 	h.status = api.NewStatus()
 	h.run()
 	h.eventually("ready again", h.ready)
-	if a := h.annotations("n1"); a[fabric.AnnoPodCIDR] != cidr || a[vxlan.AnnoVTEPMAC] != mac {
+	if a := h.annotations("n1"); a[backend.AnnoPodCIDR] != cidr || a[vxlan.AnnoVTEPMAC] != mac {
 		t.Fatalf("restart changed subnet or MAC: %v", a)
 	}
 	if h.k.Writes != writes {
@@ -297,9 +299,19 @@ func TestUninstall(t *testing.T) {
 	h.eventually("ready", h.ready)
 	h.stop()
 	tables := &fakeTables{}
-	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()}, Kernel: h.k, Guard: h.g})
+	// A Weft route out of the underlay (as a BGP backend writes) and
+	// another program's route there.
+	pfx, ip := netip.MustParsePrefix, netip.MustParseAddr
+	foreign := route.KernelRoute{Route: route.Route{Dst: pfx("10.9.0.0/16"), Gw: ip("172.18.0.1"), Dev: "eth0"}, Protocol: 3}
+	h.k.RouteKernel().Add(foreign)
+	h.k.RouteKernel().Add(route.KernelRoute{Route: route.Route{Dst: pfx("10.244.7.0/24"), Gw: ip("172.18.0.7"), Dev: "eth0"}, Protocol: route.Protocol})
+	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()},
+		Backends: []backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g}}, Routes: route.New(h.k, slog.Default())})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := h.k.RouteKernel().Routes(); len(got) != 1 || got[0] != foreign {
+		t.Fatalf("routes after uninstall %+v, want only the foreign one", got)
 	}
 	if _, err := os.Stat(filepath.Join(h.opt.CNIConfDir, install.ConflistName)); !os.IsNotExist(err) {
 		t.Fatal("conflist left")
@@ -314,7 +326,7 @@ func TestUninstall(t *testing.T) {
 		t.Fatal("encapsulation guard left")
 	}
 	for k := range h.annotations("n1") {
-		if strings.HasPrefix(k, fabric.AnnoPrefix) {
+		if strings.HasPrefix(k, backend.AnnoPrefix) {
 			t.Fatalf("annotation %s left", k)
 		}
 	}

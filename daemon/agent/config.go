@@ -12,7 +12,7 @@ import (
 	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/daemon/config"
 	"github.com/weftnet/weft/daemon/subnet"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"net/netip"
 )
 
@@ -97,7 +97,7 @@ func (a *Agent) environment() config.Environment {
 		if ip := InternalIP(n); ip.IsValid() {
 			env.NodeIPs = append(env.NodeIPs, ip)
 		}
-		if ip, err := netip.ParseAddr(n.Annotations[fabric.AnnoPublicIP]); err == nil {
+		if ip, err := netip.ParseAddr(n.Annotations[backend.AnnoPublicIP]); err == nil {
 			env.NodeIPs = append(env.NodeIPs, ip)
 		}
 		if n.Name == a.opt.NodeName {

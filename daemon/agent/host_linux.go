@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/netlinkx"
 )
 
 // NetlinkHost finds links in the current network namespace.
@@ -13,13 +14,14 @@ type NetlinkHost struct{}
 
 // UnderlayLink returns the link holding ip and its MTU.
 func (NetlinkHost) UnderlayLink(ip netip.Addr) (string, int, error) {
-	addrs, err := netlink.AddrList(nil, unix.AF_INET)
+	h := netlinkx.Current()
+	addrs, err := h.AddrList(nil, unix.AF_INET)
 	if err != nil {
 		return "", 0, fmt.Errorf("list addresses: %w", err)
 	}
 	for _, a := range addrs {
 		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
-			l, err := netlink.LinkByIndex(a.LinkIndex)
+			l, err := h.LinkByIndex(a.LinkIndex)
 			if err != nil {
 				return "", 0, fmt.Errorf("link %d: %w", a.LinkIndex, err)
 			}

@@ -8,7 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weftnet/weft/daemon/subnet"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/subnetfile"
 )
 
@@ -36,7 +36,7 @@ func TestAgentRechecksLease(t *testing.T) {
 	ctx := context.Background()
 	h := start(t, node("n1", "172.18.0.2", ""), netconf(goodConf))
 	h.eventually("ready", h.ready)
-	first := netip.MustParsePrefix(h.annotations("n1")[fabric.AnnoPodCIDR])
+	first := netip.MustParsePrefix(h.annotations("n1")[backend.AnnoPodCIDR])
 	if h.leaseHolder(first) != "n1" {
 		t.Fatalf("no lease for %s", first)
 	}
@@ -44,7 +44,7 @@ func TestAgentRechecksLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.eventually("lease claimed again", func() bool { return h.leaseHolder(first) == "n1" })
-	if got := h.annotations("n1")[fabric.AnnoPodCIDR]; got != first.String() {
+	if got := h.annotations("n1")[backend.AnnoPodCIDR]; got != first.String() {
 		t.Fatalf("annotation %s after re-claim, want %s", got, first)
 	}
 
@@ -58,10 +58,10 @@ func TestAgentRechecksLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.eventually("moved off the subnet n2 holds", func() bool {
-		a := h.annotations("n1")[fabric.AnnoPodCIDR]
+		a := h.annotations("n1")[backend.AnnoPodCIDR]
 		return a != first.String() && a == h.fileSubnet().String()
 	})
-	moved := netip.MustParsePrefix(h.annotations("n1")[fabric.AnnoPodCIDR])
+	moved := netip.MustParsePrefix(h.annotations("n1")[backend.AnnoPodCIDR])
 	if h.leaseHolder(moved) != "n1" {
 		t.Fatalf("no lease for the new subnet %s", moved)
 	}

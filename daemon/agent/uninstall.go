@@ -14,15 +14,20 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/daemon/masq"
 	"github.com/weftnet/weft/daemon/subnet"
-	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/vxlan"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // UninstallDeps are what Uninstall removes things from.
 type UninstallDeps struct {
 	Deps
-	Kernel vxlan.Kernel
-	Guard  encapguard.Guard
+	// Backends are the factories of every backend type weftd knows; each
+	// cleans up what its backends could have left.
+	Backends []backend.Factory
+	// Routes removes every route Weft owns (its route protocol) that a
+	// backend's cleanup left, e.g. ones out of the underlay; nil skips.
+	Routes interface {
+		Purge(ctx context.Context) (int, error)
+	}
 	// Leftovers removes the links, chains and sets weft owns by name; nil
 	// skips them.
 	Leftovers Leftovers
@@ -44,9 +49,10 @@ type Leftovers interface {
 }
 
 // Uninstall removes weft from the node: the conflist first (so no new pod
-// gets a weft address), then the pods' veths, the bridge, the VXLAN device
-// with all its entries, every WEFT-* chain and weft-* set (masquerade,
-// policy, and whatever a backend added), the subnet file, the endpoint
+// gets a weft address), then the pods' veths, the bridge, whatever each
+// backend type could have left (its devices, entries, routes and guard
+// chains), every WEFT-* chain and weft-* set (masquerade, policy, and
+// whatever a backend added), the subnet file, the endpoint
 // records, the local socket, the IPAM state and weft's own plugin binaries
 // (the reference plugins stay: the node's runtime may own them), and
 // finally the subnet lease and the node's weft.dev/* annotations. Paths
@@ -61,11 +67,15 @@ func Uninstall(ctx context.Context, opt Options, d UninstallDeps) error {
 	if d.Leftovers != nil {
 		errs = append(errs, d.Leftovers.DeleteLinks(conf.bridge()))
 	}
-	if d.Kernel != nil {
-		errs = append(errs, d.Kernel.DeleteDevice(vxlan.DefaultDevice))
+	for _, f := range d.Backends {
+		if err := f.Cleanup(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("clean up backend %s: %w", f.Type(), err))
+		}
 	}
-	if d.Guard != nil {
-		errs = append(errs, d.Guard.Remove(ctx, vxlan.Type))
+	if d.Routes != nil {
+		if _, err := d.Routes.Purge(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("remove weft's routes: %w", err))
+		}
 	}
 	if d.Tables != nil {
 		errs = append(errs, masq.New(d.Tables, netip.Prefix{}).Remove(ctx))

@@ -211,10 +211,12 @@ func (nc *NetConf) Equal(o *NetConf) bool {
 	}
 	return nc.Network == o.Network && nc.SubnetLen == o.SubnetLen && nc.MTU == o.MTU &&
 		nc.CNIVersion == o.CNIVersion && nc.Backend.Type == o.Backend.Type &&
-		jsonEqual(nc.Backend.Raw, o.Backend.Raw)
+		SameJSON(nc.Backend.Raw, o.Backend.Raw)
 }
 
-func jsonEqual(a, b json.RawMessage) bool {
+// SameJSON reports whether a and b are the same JSON value (key order and
+// white space aside); invalid JSON is compared byte for byte.
+func SameJSON(a, b json.RawMessage) bool {
 	var x, y any
 	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
 		return bytes.Equal(a, b)

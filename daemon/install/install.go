@@ -18,13 +18,14 @@ import (
 	"strings"
 
 	"github.com/weftnet/weft/internal/atomicfile"
+	"github.com/weftnet/weft/internal/names"
 )
 
 // Defaults.
 const (
 	ConflistName   = "10-weft.conflist"
 	NetworkName    = "weft"
-	DefaultBridge  = "weft0"
+	DefaultBridge  = names.Bridge
 	DefaultConfDir = "/etc/cni/net.d"
 	DefaultBinDir  = "/opt/cni/bin"
 )

@@ -14,9 +14,10 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/daemon/masq"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
+	"github.com/weftnet/weft/internal/route"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -73,7 +74,7 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 	u := nettopo.NewUnderlay(t)
 	n1, n2 := u.AddNode(t, 1), u.AddNode(t, 2)
 	p1, p2 := n1.AddPod(t, 1450), n2.AddPod(t, 1450)
-	var peers []fabric.Peer
+	var peers []backend.Peer
 	var backends []*vxlan.Backend
 	for _, n := range []*nettopo.Node{n1, n2} {
 		k, err := vxlan.NewNetlinkAt(n.NS.Path())
@@ -81,13 +82,13 @@ func TestSNATOnlyLeavingTheClusterNetwork(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(k.Close)
-		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, nil, slog.Default())
+		b := vxlan.New(vxlan.Config{VNI: 1, Port: 8472}, k, route.New(route.NewNetlink(k.Handle()), slog.Default()), nil, slog.Default())
 		pub, err := b.Start(ctx, n.Local())
 		if err != nil {
 			t.Fatal(err)
 		}
 		backends = append(backends, b)
-		peers = append(peers, fabric.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR}, Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
+		peers = append(peers, backend.Peer{Name: n.Name, UnderlayIP: n.UnderlayIP, PodCIDRs: []netip.Prefix{n.PodCIDR}, Backends: []string{vxlan.Type}, Attrs: pub.Attrs})
 	}
 	for _, b := range backends {
 		if _, err := b.Apply(ctx, peers); err != nil {

@@ -30,7 +30,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // Lease object coordinates.
@@ -119,7 +119,7 @@ func (m *Manager) Acquire(ctx context.Context, network netip.Prefix, subnetLen i
 		}
 		a = Assignment{Subnet: s, Source: FromLease}
 	}
-	if _, err := m.Publish(ctx, map[string]string{fabric.AnnoPodCIDR: a.Subnet.String()}); err != nil {
+	if _, err := m.Publish(ctx, map[string]string{backend.AnnoPodCIDR: a.Subnet.String()}); err != nil {
 		return Assignment{}, err
 	}
 	return a, nil
@@ -161,7 +161,7 @@ func (m *Manager) Ensure(ctx context.Context, node *corev1.Node, network netip.P
 	case !lost:
 		return cur, err // still ours: keep it until a new claim succeeds
 	}
-	if werr := m.patch(ctx, map[string]*string{fabric.AnnoPodCIDR: nil}); werr != nil {
+	if werr := m.patch(ctx, map[string]*string{backend.AnnoPodCIDR: nil}); werr != nil {
 		err = errors.Join(err, werr)
 	}
 	return Assignment{}, fmt.Errorf("subnet %s lost and no subnet could be claimed again, stopped advertising it: %w", cur.Subnet, err)
@@ -208,7 +208,7 @@ func (m *Manager) claim(ctx context.Context, node *corev1.Node, network netip.Pr
 	if err != nil {
 		return netip.Prefix{}, err
 	}
-	want, _ := netip.ParsePrefix(node.Annotations[fabric.AnnoPodCIDR])
+	want, _ := netip.ParsePrefix(node.Annotations[backend.AnnoPodCIDR])
 	if reuse, err := m.reuse(ctx, leases, want, network, subnetLen); err != nil || reuse.IsValid() {
 		return reuse, err
 	}
@@ -269,7 +269,7 @@ func nodeSubnets(n *corev1.Node, self string) []netip.Prefix {
 	if c := NodePodCIDR(n); c.IsValid() {
 		out = append(out, c)
 	}
-	if c, err := netip.ParsePrefix(n.Annotations[fabric.AnnoPodCIDR]); err == nil {
+	if c, err := netip.ParsePrefix(n.Annotations[backend.AnnoPodCIDR]); err == nil {
 		out = append(out, c.Masked())
 	}
 	return out
@@ -450,7 +450,7 @@ func (m *Manager) Release(ctx context.Context) error {
 	}
 	rm := map[string]*string{}
 	for k := range node.Annotations {
-		if strings.HasPrefix(k, fabric.AnnoPrefix) {
+		if strings.HasPrefix(k, backend.AnnoPrefix) {
 			rm[k] = nil
 		}
 	}

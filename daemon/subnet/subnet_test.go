@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 var network = netip.MustParsePrefix("10.244.0.0/16")
@@ -43,7 +43,7 @@ func TestUsesSpecPodCIDR(t *testing.T) {
 	if err != nil || a.Subnet != netip.MustParsePrefix("10.244.7.0/24") || a.Source != FromPodCIDR {
 		t.Fatalf("got %+v %v", a, err)
 	}
-	if got := annotation(t, c, "n1", fabric.AnnoPodCIDR); got != "10.244.7.0/24" {
+	if got := annotation(t, c, "n1", backend.AnnoPodCIDR); got != "10.244.7.0/24" {
 		t.Fatalf("annotation %q", got)
 	}
 	leases, _ := c.CoordinationV1().Leases(Namespace).List(context.Background(), metav1.ListOptions{})
@@ -72,7 +72,7 @@ func TestClaimAndReuse(t *testing.T) {
 	if err != nil || *l.Spec.HolderIdentity != "n1" || l.OwnerReferences[0].Kind != "Node" || l.OwnerReferences[0].UID != "uid-n1" {
 		t.Fatalf("lease %+v %v", l, err)
 	}
-	if annotation(t, c, "n1", fabric.AnnoPodCIDR) != a.Subnet.String() {
+	if annotation(t, c, "n1", backend.AnnoPodCIDR) != a.Subnet.String() {
 		t.Fatal("annotation not written")
 	}
 	// Restart: same subnet, no new lease.
@@ -81,7 +81,7 @@ func TestClaimAndReuse(t *testing.T) {
 		t.Fatalf("reuse: %+v %v", b, err)
 	}
 	// Crash between lease create and annotation: the lease is still found.
-	patchAnno(t, c, "n1", fabric.AnnoPodCIDR, nil)
+	patchAnno(t, c, "n1", backend.AnnoPodCIDR, nil)
 	b, err = New(c, "n1", slog.Default()).Acquire(ctx, network, 24)
 	if err != nil || b.Subnet != a.Subnet {
 		t.Fatalf("reuse without annotation: %+v %v", b, err)
@@ -105,7 +105,7 @@ func TestClaimAndReuse(t *testing.T) {
 		t.Fatal(err)
 	}
 	leases, _ = c.CoordinationV1().Leases(Namespace).List(ctx, metav1.ListOptions{})
-	if len(leases.Items) != 0 || annotation(t, c, "n1", fabric.AnnoPodCIDR) != "" {
+	if len(leases.Items) != 0 || annotation(t, c, "n1", backend.AnnoPodCIDR) != "" {
 		t.Fatalf("release left %v", leases.Items)
 	}
 }
@@ -159,7 +159,7 @@ func TestConcurrentNodes(t *testing.T) {
 					t.Fatalf("n%d and n%d both hold %s", i, j, got[i])
 				}
 				seen[got[i]] = i
-				if annotation(t, c, fmt.Sprintf("n%d", i), fabric.AnnoPodCIDR) != got[i].String() {
+				if annotation(t, c, fmt.Sprintf("n%d", i), backend.AnnoPodCIDR) != got[i].String() {
 					t.Fatalf("n%d annotation mismatch", i)
 				}
 			}
@@ -203,7 +203,7 @@ func TestPublishSkipsUnchanged(t *testing.T) {
 	ctx := context.Background()
 	c := fake.NewClientset(mkNode("n1", ""))
 	m := New(c, "n1", slog.Default())
-	anno := map[string]string{fabric.AnnoPublicIP: "172.18.0.2", fabric.AnnoBackends: "vxlan"}
+	anno := map[string]string{backend.AnnoPublicIP: "172.18.0.2", backend.AnnoBackends: "vxlan"}
 	if wrote, err := m.Publish(ctx, anno); err != nil || !wrote {
 		t.Fatal(wrote, err)
 	}
@@ -216,7 +216,7 @@ func TestPublishSkipsUnchanged(t *testing.T) {
 			t.Fatal("unchanged annotations were patched again")
 		}
 	}
-	if annotation(t, c, "n1", fabric.AnnoPublicIP) != "172.18.0.2" {
+	if annotation(t, c, "n1", backend.AnnoPublicIP) != "172.18.0.2" {
 		t.Fatal("not published")
 	}
 }
@@ -253,7 +253,7 @@ func TestAnnotatedSubnetIsTaken(t *testing.T) {
 	ctx := context.Background()
 	nw := netip.MustParsePrefix("10.244.0.0/23")
 	old := mkNode("old", "")
-	old.Annotations = map[string]string{fabric.AnnoPodCIDR: "10.244.0.0/24"}
+	old.Annotations = map[string]string{backend.AnnoPodCIDR: "10.244.0.0/24"}
 	c := fake.NewClientset(old, mkNode("n1", ""), mkNode("n2", ""))
 	a, err := New(c, "n1", slog.Default()).Acquire(ctx, nw, 24)
 	if err != nil || a.Subnet != netip.MustParsePrefix("10.244.1.0/24") {
@@ -306,12 +306,12 @@ func TestEnsureRechecksLease(t *testing.T) {
 	if _, err := c.CoordinationV1().Leases(Namespace).Update(ctx, l, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	patchAnno(t, c, "n2", fabric.AnnoPodCIDR, ptr(cur.Subnet.String()))
+	patchAnno(t, c, "n2", backend.AnnoPodCIDR, ptr(cur.Subnet.String()))
 	moved, err := m.Ensure(ctx, getNode("n1"), nw, 24, cur)
 	if err != nil || moved.Subnet == cur.Subnet || !moved.Subnet.IsValid() {
 		t.Fatalf("after n2 took the lease: %+v %v", moved, err)
 	}
-	if annotation(t, c, "n1", fabric.AnnoPodCIDR) != moved.Subnet.String() {
+	if annotation(t, c, "n1", backend.AnnoPodCIDR) != moved.Subnet.String() {
 		t.Fatal("annotation not moved")
 	}
 	// n2 takes that one too and nothing is left: n1 stops advertising.
@@ -324,7 +324,7 @@ func TestEnsureRechecksLease(t *testing.T) {
 	if !errors.Is(err, ErrExhausted) || got.Subnet.IsValid() {
 		t.Fatalf("nothing left: %+v %v, want a zero assignment and ErrExhausted", got, err)
 	}
-	if a := annotation(t, c, "n1", fabric.AnnoPodCIDR); a != "" {
+	if a := annotation(t, c, "n1", backend.AnnoPodCIDR); a != "" {
 		t.Fatalf("n1 still advertises %q", a)
 	}
 }

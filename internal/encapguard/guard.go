@@ -27,10 +27,12 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/weftnet/weft/internal/names"
 )
 
-// DefaultPodIface is the pod bridge (daemon/install.DefaultBridge).
-const DefaultPodIface = "weft0"
+// DefaultPodIface is the pod bridge.
+const DefaultPodIface = names.Bridge
 
 // Drop reasons, as used in rule comments and the metric label.
 const (

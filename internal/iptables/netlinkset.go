@@ -8,8 +8,9 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/netlinkx"
 )
 
 // NetlinkSets updates ipsets over netlink, without exec'ing `ipset`: an
@@ -21,21 +22,9 @@ type NetlinkSets struct {
 // NewNetlinkSets opens a netfilter netlink handle in the namespace at
 // netnsPath ("" = the current one).
 func NewNetlinkSets(netnsPath string) (*NetlinkSets, error) {
-	if netnsPath == "" {
-		h, err := netlink.NewHandle(unix.NETLINK_NETFILTER)
-		if err != nil {
-			return nil, fmt.Errorf("ipset netlink handle: %w", err)
-		}
-		return &NetlinkSets{h: h}, nil
-	}
-	nsh, err := netns.GetFromPath(netnsPath)
+	h, err := netlinkx.OpenAt(netnsPath, unix.NETLINK_NETFILTER)
 	if err != nil {
-		return nil, fmt.Errorf("ipset netlink: open %s: %w", netnsPath, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, fmt.Errorf("ipset netlink handle in %s: %w", netnsPath, err)
+		return nil, fmt.Errorf("ipset netlink: %w", err)
 	}
 	return &NetlinkSets{h: h}, nil
 }

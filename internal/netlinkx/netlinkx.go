@@ -11,6 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -53,6 +54,44 @@ func NewHandle() (*Handle, error) {
 	return &Handle{h: h}, nil
 }
 
+// NewHandleAt opens a netlink route socket in the network namespace at
+// path (e.g. /var/run/netns/NAME or /proc/PID/ns/net), so no OS thread has
+// to switch namespaces.
+func NewHandleAt(path string) (*Handle, error) {
+	h, err := OpenAt(path, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	return &Handle{h: h}, nil
+}
+
+// OpenAt opens a raw netlink handle of protocol (unix.NETLINK_*) bound to
+// the network namespace at path ("" = the calling thread's current one).
+func OpenAt(path string, protocol int) (*netlink.Handle, error) {
+	if path == "" {
+		h, err := netlink.NewHandle(protocol)
+		if err != nil {
+			return nil, fmt.Errorf("open netlink socket: %w", err)
+		}
+		return h, nil
+	}
+	nsh, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	defer nsh.Close()
+	h, err := netlink.NewHandleAt(nsh, protocol)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket in %s: %w", path, err)
+	}
+	return h, nil
+}
+
+// Current returns a handle that sends each request from the calling
+// thread's network namespace at the time (the library's package-level
+// behaviour). It holds no socket; Close is a no-op.
+func Current() *Handle { return &Handle{h: &netlink.Handle{}} }
+
 // Close releases the socket.
 func (x *Handle) Close() { x.h.Close() }
 
@@ -77,6 +116,23 @@ func (x *Handle) AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
 // RouteList dumps the routes of link (nil: all) of a family.
 func (x *Handle) RouteList(link netlink.Link, family int) ([]netlink.Route, error) {
 	return retry(func() ([]netlink.Route, error) { return x.h.RouteList(link, family) })
+}
+
+// LinkByIndex looks a link up by index.
+func (x *Handle) LinkByIndex(index int) (netlink.Link, error) {
+	return retry(func() (netlink.Link, error) { return x.h.LinkByIndex(index) })
+}
+
+// RouteListFiltered dumps the routes of a family that match filter on the
+// fields filterMask names (netlink.RT_FILTER_*).
+func (x *Handle) RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error) {
+	return retry(func() ([]netlink.Route, error) { return x.h.RouteListFiltered(family, filter, filterMask) })
+}
+
+// NeighList dumps the neighbour (or, with AF_BRIDGE, FDB) entries of the
+// link with index (0: all) of a family.
+func (x *Handle) NeighList(index, family int) ([]netlink.Neigh, error) {
+	return retry(func() ([]netlink.Neigh, error) { return x.h.NeighList(index, family) })
 }
 
 // Do runs a request that returns only an error, retrying on EINTR.

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -124,8 +124,8 @@ func (u *Underlay) AddNode(t testing.TB, i int) *Node {
 }
 
 // Local describes the node to a backend.
-func (n *Node) Local() fabric.LocalNode {
-	return fabric.LocalNode{Name: n.Name, UnderlayIP: n.UnderlayIP, UnderlayLink: "eth0", PodCIDR: n.PodCIDR, Network: PodNetwork()}
+func (n *Node) Local() backend.LocalNode {
+	return backend.LocalNode{Name: n.Name, UnderlayIP: n.UnderlayIP, UnderlayLink: "eth0", PodCIDR: n.PodCIDR, Network: PodNetwork()}
 }
 
 // AddPod creates a pod namespace behind weft0 with the next address of the

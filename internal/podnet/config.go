@@ -12,10 +12,12 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/weftnet/weft/internal/names"
 )
 
 // DefaultBridge is the node bridge used when the config names none.
-const DefaultBridge = "weft0"
+const DefaultBridge = names.Bridge
 
 // NetConf is the weft plugin's network configuration. Keys that mean the
 // same as in the reference bridge plugin carry the same names, so a config

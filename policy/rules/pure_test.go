@@ -44,6 +44,7 @@ var pureWeft = []string{
 	module + "policy/rules",
 	module + "internal/endpoint/record",
 	module + "internal/iptables/syntax",
+	module + "internal/names", // constants only
 }
 
 type listed struct {

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weftnet/weft/internal/endpoint/record"
+	"github.com/weftnet/weft/internal/names"
 )
 
 // Config is what the renderer needs to know about the node.
@@ -23,7 +24,7 @@ type Config struct {
 }
 
 // DefaultConfig is the node layout weft uses.
-func DefaultConfig() Config { return Config{Bridge: "weft0", AllowMark: 0x100000} }
+func DefaultConfig() Config { return Config{Bridge: names.Bridge, AllowMark: 0x100000} }
 
 // Input is everything the renderer looks at.
 type Input struct {

@@ -1,4 +1,4 @@
-package backend
+package fabric
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/daemon/config"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // rec records the lifecycle calls of fake backends in order.
@@ -22,16 +22,16 @@ type fakeBackend struct {
 }
 
 func (b *fakeBackend) Type() string { return b.typ }
-func (b *fakeBackend) Start(context.Context, fabric.LocalNode) (fabric.Published, error) {
+func (b *fakeBackend) Start(context.Context, backend.LocalNode) (backend.Published, error) {
 	b.r.calls = append(b.r.calls, "start "+b.id)
-	return fabric.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}, nil
+	return backend.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}, nil
 }
-func (b *fakeBackend) Apply(context.Context, []fabric.Peer) (fabric.ApplyResult, error) {
+func (b *fakeBackend) Apply(context.Context, []backend.Peer) (backend.ApplyResult, error) {
 	b.r.calls = append(b.r.calls, "apply "+b.id)
 	if b.fail {
-		return fabric.ApplyResult{}, errors.New("boom")
+		return backend.ApplyResult{}, errors.New("boom")
 	}
-	return fabric.ApplyResult{Published: fabric.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}}, nil
+	return backend.ApplyResult{Published: backend.Published{MTU: 1400, Attrs: map[string]string{"weft.dev/" + b.typ: b.id}}}, nil
 }
 func (b *fakeBackend) Stop(_ context.Context, cleanup bool) error {
 	b.r.calls = append(b.r.calls, "stop "+b.id+map[bool]string{true: " cleanup", false: ""}[cleanup])
@@ -46,18 +46,19 @@ type fakeFactory struct {
 
 func (f fakeFactory) Type() string                         { return f.typ }
 func (f fakeFactory) ValidateConfig(json.RawMessage) error { return nil }
-func (f fakeFactory) New(raw json.RawMessage) (Backend, error) {
+func (f fakeFactory) Cleanup(context.Context) error        { return nil }
+func (f fakeFactory) New(raw json.RawMessage) (backend.Backend, error) {
 	return &fakeBackend{typ: f.typ, id: f.typ + string(raw), r: f.r, fail: f.fail}, nil
 }
 
 func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	ctx := context.Background()
 	r := &rec{}
-	m := NewManager([]Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r}}, slog.Default())
+	m := NewManager([]backend.Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r}}, slog.Default())
 	if _, ok := m.Validators()["a"]; !ok || len(m.Validators()) != 2 {
 		t.Fatal("validators")
 	}
-	if _, err := m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, fabric.LocalNode{}); err != nil {
+	if _, err := m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, backend.LocalNode{}); err != nil {
 		t.Fatal(err)
 	}
 	if m.Converged() {
@@ -65,10 +66,10 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	}
 	_, _ = m.Apply(ctx, nil)
 	// Same section: nothing happens.
-	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(` 1 `)}, fabric.LocalNode{})
+	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(` 1 `)}, backend.LocalNode{})
 	// Another type: the new one starts while the old keeps running; both
 	// are decapsulated until the new one converged.
-	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, fabric.LocalNode{})
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, backend.LocalNode{})
 	if got := m.Decapsulates(); !slices.Equal(got, []string{"b", "a"}) || m.Active() != "b" {
 		t.Fatalf("during switch: active %s decap %v", m.Active(), got)
 	}
@@ -77,13 +78,13 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 		t.Fatalf("after switch: %v", got)
 	}
 	// Same type, new parameters: the old instance lets go without cleanup.
-	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`3`)}, fabric.LocalNode{})
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`3`)}, backend.LocalNode{})
 	_ = m.Stop(ctx, false)
 	want := []string{"start a1", "apply a1", "start b2", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
 	if !slices.Equal(r.calls, want) {
 		t.Fatalf("calls\n%v\nwant\n%v", r.calls, want)
 	}
-	if _, err := m.Ensure(ctx, config.Backend{Type: "zzz"}, fabric.LocalNode{}); err == nil {
+	if _, err := m.Ensure(ctx, config.Backend{Type: "zzz"}, backend.LocalNode{}); err == nil {
 		t.Fatal("unknown type accepted")
 	}
 }
@@ -91,10 +92,10 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 func TestManagerKeepsOldWhileNewFails(t *testing.T) {
 	ctx := context.Background()
 	r := &rec{}
-	m := NewManager([]Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r, fail: true}}, slog.Default())
-	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, fabric.LocalNode{})
+	m := NewManager([]backend.Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r, fail: true}}, slog.Default())
+	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(`1`)}, backend.LocalNode{})
 	_, _ = m.Apply(ctx, nil)
-	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, fabric.LocalNode{})
+	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, backend.LocalNode{})
 	if _, err := m.Apply(ctx, nil); err == nil {
 		t.Fatal("failing backend reported success")
 	}

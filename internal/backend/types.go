@@ -1,8 +1,4 @@
-// Package fabric holds the plain types that weftd's parts and its backends
-// share: the local node as a backend sees it, the peers it must reach, and
-// the names of the weft.dev/* Node annotations. It imports nothing of
-// Kubernetes so that backends (vxlan/, udp/, bgp/) stay independent of it.
-package fabric
+package backend
 
 import (
 	"net/netip"

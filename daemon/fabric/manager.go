@@ -1,9 +1,11 @@
-// Package backend defines what every weft backend (vxlan/, udp/, bgp/)
-// implements, and the Manager that runs exactly one of them and can switch
-// to another at runtime, make-before-break: the new backend starts next to
-// the old one, the node publishes that it can decapsulate both, the new one
-// converges, and only then is the old one stopped and cleaned up.
-package backend
+// Package fabric is the node's fabric: it runs the active backend and
+// switches between backends (the contract they implement is
+// internal/backend). A switch is make-before-break: the new backend starts
+// next to the old one, the node publishes that it can decapsulate both, the
+// new one converges (taking over each peer route from the old one with one
+// replace in the shared route writer, internal/route), and only then is the
+// old one stopped and cleaned up.
+package fabric
 
 import (
 	"context"
@@ -15,37 +17,12 @@ import (
 	"sync"
 
 	"github.com/weftnet/weft/daemon/config"
-	"github.com/weftnet/weft/internal/fabric"
+	"github.com/weftnet/weft/internal/backend"
 )
-
-// Backend carries pod traffic to other nodes.
-type Backend interface {
-	// Type is the backend's name in net-conf.json (e.g. "vxlan").
-	Type() string
-	// Start creates or adopts the backend's devices for the local node
-	// (never flushing what a previous weftd left) and returns what the
-	// node must publish for peers.
-	Start(ctx context.Context, local fabric.LocalNode) (fabric.Published, error)
-	// Apply converges the data plane so every peer in the list is
-	// reachable and nothing else is programmed. It is called on every
-	// change and periodically, so it must also repair drift.
-	Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyResult, error)
-	// Stop ends the backend. With cleanup its devices and entries are
-	// removed (switching away, uninstall); without, they stay for the next
-	// weftd to adopt so established traffic keeps flowing.
-	Stop(ctx context.Context, cleanup bool) error
-}
-
-// Factory builds backends of one type from their net-conf.json section.
-type Factory interface {
-	Type() string
-	ValidateConfig(raw json.RawMessage) error
-	New(raw json.RawMessage) (Backend, error)
-}
 
 // Manager runs the active backend.
 type Manager struct {
-	factories map[string]Factory
+	factories map[string]backend.Factory
 	log       *slog.Logger
 
 	mu      sync.Mutex
@@ -55,14 +32,23 @@ type Manager struct {
 }
 
 type running struct {
-	b   Backend
+	b   backend.Backend
 	raw json.RawMessage
-	pub fabric.Published
+	pub backend.Published
+	// end cancels the backend's lifetime context (see backend.Backend).
+	end context.CancelFunc
+}
+
+// stop stops r and then ends its lifetime context.
+func (r running) stop(ctx context.Context, cleanup bool) error {
+	err := r.b.Stop(ctx, cleanup)
+	r.end()
+	return err
 }
 
 // NewManager returns a manager that knows the given backend types.
-func NewManager(factories []Factory, log *slog.Logger) *Manager {
-	m := &Manager{factories: map[string]Factory{}, log: log.With("component", "backend")}
+func NewManager(factories []backend.Factory, log *slog.Logger) *Manager {
+	m := &Manager{factories: map[string]backend.Factory{}, log: log.With("component", "backend")}
 	for _, f := range factories {
 		m.factories[f.Type()] = f
 	}
@@ -83,38 +69,42 @@ func (m *Manager) Validators() map[string]config.BackendValidator {
 // restarts the backend in place (it adopts or replaces its own device);
 // another type starts next to the current one, which keeps running until
 // the new one has converged once (see Apply).
-func (m *Manager) Ensure(ctx context.Context, sec config.Backend, local fabric.LocalNode) (fabric.Published, error) {
+func (m *Manager) Ensure(ctx context.Context, sec config.Backend, local backend.LocalNode) (backend.Published, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.cur.b != nil && m.cur.b.Type() == sec.Type && jsonEqual(m.cur.raw, sec.Raw) {
+	if m.cur.b != nil && m.cur.b.Type() == sec.Type && config.SameJSON(m.cur.raw, sec.Raw) {
 		return m.cur.pub, nil
 	}
 	f, ok := m.factories[sec.Type]
 	if !ok {
-		return fabric.Published{}, fmt.Errorf("unknown backend %q", sec.Type)
+		return backend.Published{}, fmt.Errorf("unknown backend %q", sec.Type)
 	}
 	nb, err := f.New(sec.Raw)
 	if err != nil {
-		return fabric.Published{}, fmt.Errorf("backend %s: %w", sec.Type, err)
+		return backend.Published{}, fmt.Errorf("backend %s: %w", sec.Type, err)
 	}
 	if m.cur.b != nil && m.cur.b.Type() == sec.Type {
 		// Same type, new parameters: the old instance lets go (keeping the
 		// kernel state) and the new one adopts or replaces it.
-		if err := m.cur.b.Stop(ctx, false); err != nil {
+		if err := m.cur.stop(ctx, false); err != nil {
 			m.log.Warn("stop backend for reconfiguration", "err", err)
 		}
 		m.cur = running{}
 	}
-	pub, err := nb.Start(ctx, local)
+	// The lifetime context outlives this sync (it keeps ctx's values, not
+	// its deadline) and ends when the backend is stopped.
+	life, end := context.WithCancel(context.WithoutCancel(ctx))
+	pub, err := nb.Start(life, local)
 	if err != nil {
-		return fabric.Published{}, fmt.Errorf("start backend %s: %w", sec.Type, err)
+		end()
+		return backend.Published{}, fmt.Errorf("start backend %s: %w", sec.Type, err)
 	}
 	if m.cur.b != nil {
 		m.log.Info("switching backend (make-before-break)", "from", m.cur.b.Type(), "to", sec.Type)
 		old := m.cur
 		m.old = &old
 	}
-	m.cur = running{b: nb, raw: sec.Raw, pub: pub}
+	m.cur = running{b: nb, raw: sec.Raw, pub: pub, end: end}
 	m.applied = false
 	return pub, nil
 }
@@ -122,11 +112,11 @@ func (m *Manager) Ensure(ctx context.Context, sec config.Backend, local fabric.L
 // Apply converges the active backend (and, while switching, the one being
 // replaced, so traffic keeps flowing). When the new backend has converged
 // the old one is stopped with cleanup.
-func (m *Manager) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyResult, error) {
+func (m *Manager) Apply(ctx context.Context, peers []backend.Peer) (backend.ApplyResult, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.cur.b == nil {
-		return fabric.ApplyResult{}, errors.New("no backend running")
+		return backend.ApplyResult{}, errors.New("no backend running")
 	}
 	res, err := m.cur.b.Apply(ctx, peers)
 	if err != nil {
@@ -143,7 +133,7 @@ func (m *Manager) Apply(ctx context.Context, peers []fabric.Peer) (fabric.ApplyR
 	m.applied = true
 	if m.old != nil {
 		m.log.Info("new backend converged; stopping the old one", "old", m.old.b.Type())
-		if err := m.old.b.Stop(ctx, true); err != nil {
+		if err := m.old.stop(ctx, true); err != nil {
 			m.log.Warn("stop old backend", "err", err)
 		}
 		m.old = nil
@@ -177,7 +167,7 @@ func (m *Manager) Decapsulates() []string {
 }
 
 // Published returns what the active backend needs published.
-func (m *Manager) Published() fabric.Published {
+func (m *Manager) Published() backend.Published {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.cur.pub
@@ -196,22 +186,12 @@ func (m *Manager) Stop(ctx context.Context, cleanup bool) error {
 	defer m.mu.Unlock()
 	var errs []error
 	if m.old != nil {
-		errs = append(errs, m.old.b.Stop(ctx, true))
+		errs = append(errs, m.old.stop(ctx, true))
 		m.old = nil
 	}
 	if m.cur.b != nil {
-		errs = append(errs, m.cur.b.Stop(ctx, cleanup))
+		errs = append(errs, m.cur.stop(ctx, cleanup))
 		m.cur = running{}
 	}
 	return errors.Join(errs...)
-}
-
-func jsonEqual(a, b json.RawMessage) bool {
-	var x, y any
-	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
-		return string(a) == string(b)
-	}
-	xa, _ := json.Marshal(x)
-	ya, _ := json.Marshal(y)
-	return string(xa) == string(ya)
 }
