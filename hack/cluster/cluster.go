@@ -51,7 +51,7 @@ const (
 // namespace (like on a real machine) and vanish with it; the harness
 // reaches them through /proc/<node emulator pid>/root.
 var nodeDirs = []string{"/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni", "/run/weft",
-	"/var/run/secrets/kubernetes.io/serviceaccount", NetnsDir}
+	"/var/run/secrets/kubernetes.io/serviceaccount", "/var/lib/kube-proxy", NetnsDir}
 
 // Options configure a cluster.
 type Options struct {
@@ -60,7 +60,9 @@ type Options struct {
 	StateDir string // default <Root>/.localcluster
 	Nodes    int
 	CNI      string // "auto" (manifest if present, else static), "static", "manifest"
-	Log      *slog.Logger
+	// ProxyMode is kube-proxy's mode: "iptables" (default) or "nftables".
+	ProxyMode string
+	Log       *slog.Logger
 }
 
 // Cluster is a handle on the local cluster's state directory.
@@ -88,6 +90,12 @@ func New(opt Options) (*Cluster, error) {
 	}
 	if opt.CNI == "" {
 		opt.CNI = "auto"
+	}
+	if opt.ProxyMode == "" {
+		opt.ProxyMode = ProxyIPTables
+	}
+	if !validProxyMode(opt.ProxyMode) {
+		return nil, fmt.Errorf("proxy mode %q: want %s or %s", opt.ProxyMode, ProxyIPTables, ProxyNFTables)
 	}
 	if opt.Log == nil {
 		opt.Log = slog.Default()
@@ -123,6 +131,8 @@ func APIServerURL() string { return "https://" + ControlIP + ":" + APIPort }
 type state struct {
 	Nodes int    `json:"nodes"`
 	CNI   string `json:"cni"`
+	// ProxyMode is the mode kube-proxy runs in.
+	ProxyMode string `json:"proxyMode"`
 	// MadeRunNetnsMount: /run/netns was not a mount point before Up.
 	MadeRunNetnsMount bool `json:"madeRunNetnsMount"`
 	// MadeRunNetnsDir: /run/netns did not exist before Up.

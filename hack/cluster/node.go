@@ -128,13 +128,18 @@ func (c *Cluster) startNodeemu(ctx context.Context, i int, flags map[string]bool
 		"--state-dir", filepath.Join(dir, "state"),
 	}
 	opt := map[string]string{
-		"image-bin-dir": c.bin("weft"),
-		"api-host":      ControlIP,
-		"api-port":      APIPort,
-		"ca-cert":       c.pki().path("ca.crt"),
-		"log-dir":       c.logDir(),
+		// Weft's image, then the cache itself (kube-proxy, coredns,
+		// testserver) stand for the images pods name.
+		"image-bin-dir":  c.bin("weft") + ":" + c.opt.BinDir,
+		"api-host":       ControlIP,
+		"api-port":       APIPort,
+		"ca-cert":        c.pki().path("ca.crt"),
+		"log-dir":        c.logDir(),
+		"cluster-dns":    DNSServiceIP,
+		"cluster-domain": ClusterDomain,
+		"pod-programs":   PodPrograms,
 	}
-	for _, k := range []string{"image-bin-dir", "api-host", "api-port", "ca-cert"} {
+	for _, k := range []string{"image-bin-dir", "api-host", "api-port", "ca-cert", "cluster-dns", "cluster-domain", "pod-programs"} {
 		if flags[k] {
 			args = append(args, "--"+k, opt[k])
 		}

@@ -122,9 +122,28 @@ func (c *Cluster) Probe(ctx context.Context, from, to string, port int, proto st
 	if dst.Status.PodIP == "" {
 		return nil, fmt.Errorf("pod %s has no IP yet", to)
 	}
-	target := net.JoinHostPort(dst.Status.PodIP, fmt.Sprint(port))
+	return probeFrom(path, proto, net.JoinHostPort(dst.Status.PodIP, fmt.Sprint(port)), timeout)
+}
+
+// ProbeAddr connects from one pod's netns to any address (a Service's
+// ClusterIP, a node's NodePort).
+func (c *Cluster) ProbeAddr(ctx context.Context, from, addr, proto string, timeout time.Duration) (*ProbeResult, error) {
+	if proto != "tcp" && proto != "udp" {
+		return nil, fmt.Errorf("proto %q: want tcp or udp", proto)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("address %q: %w", addr, err)
+	}
+	path, _, err := c.PodNetns(ctx, from)
+	if err != nil {
+		return nil, err
+	}
+	return probeFrom(path, proto, addr, timeout)
+}
+
+func probeFrom(path, proto, target string, timeout time.Duration) (*ProbeResult, error) {
 	res := &ProbeResult{Target: target}
-	err = ns.WithNetNSPath(path, func(ns.NetNS) error {
+	err := ns.WithNetNSPath(path, func(ns.NetNS) error {
 		reply, perr := probeOnce(proto, target, timeout)
 		if perr != nil {
 			res.Reason = perr.Error()

@@ -49,15 +49,23 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if mode != "static" && mode != "manifest" {
 		return fmt.Errorf("cni mode %q: want auto, static or manifest", c.opt.CNI)
 	}
-	for _, b := range []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "nodeemu"} {
+	for _, b := range []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "nodeemu",
+		"kube-proxy", "coredns"} {
 		if _, err := os.Stat(c.bin(b)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (run hack/localcluster build): %w", b, c.opt.BinDir, err)
 		}
 	}
 	if st, err := c.readState(); err == nil {
 		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && c.healthy(ctx, st) == nil {
-			c.log.Info("cluster already up", "nodes", st.Nodes, "cni", st.CNI)
-			return nil
+			c.log.Info("cluster already up", "nodes", st.Nodes, "cni", st.CNI, "proxyMode", st.ProxyMode)
+			if st.ProxyMode == c.opt.ProxyMode {
+				return nil
+			}
+			client, err := c.Client()
+			if err != nil {
+				return err
+			}
+			return c.switchProxyMode(ctx, client, st, c.opt.ProxyMode)
 		}
 		c.log.Info("existing cluster is partial or different: recreating")
 		if err := c.Down(ctx); err != nil {
@@ -84,7 +92,7 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := checkUnderlayFree(ctx); err != nil {
 		return err
 	}
-	st := &state{Nodes: c.opt.Nodes, CNI: mode, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
+	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
 	if _, err := os.Stat(NetnsDir); errors.Is(err, os.ErrNotExist) {
 		st.MadeRunNetnsDir = true
 	}
@@ -106,6 +114,14 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	for i := 1; i <= c.opt.Nodes; i++ {
 		n := NodeName(i)
 		if err := attach(ctx, n, NodeIP(i)); err != nil {
+			return err
+		}
+		// Nodes have no default route (nothing leaves the machine), so
+		// the Service range gets one on the underlay, as a default route
+		// would carry it: a packet to a ClusterIP without endpoints must
+		// reach FORWARD, where kube-proxy rejects it, instead of meeting
+		// "network unreachable" at the routing decision.
+		if err := run(ctx, "ip", "-n", n, "route", "replace", ServiceCIDR, "dev", "eth0"); err != nil {
 			return err
 		}
 		for _, d := range []string{"", "state"} {
@@ -136,6 +152,9 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	} else if err := c.installStaticPlugins(); err != nil {
 		return err
 	}
+	if err := c.applyAddons(ctx, c.opt.ProxyMode); err != nil {
+		return err
+	}
 	flags := nodeemuFlags(ctx, c.bin("nodeemu"))
 	for i := 1; i <= c.opt.Nodes; i++ {
 		if err := c.startNodeemu(ctx, i, flags); err != nil {
@@ -145,11 +164,14 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := c.waitNodes(ctx, client, mode, 3*time.Minute); err != nil {
 		return err
 	}
+	if err := c.waitAddons(ctx, client, c.opt.ProxyMode, 3*time.Minute); err != nil {
+		return err
+	}
 	st.Complete = true
 	if err := c.writeState(st); err != nil {
 		return err
 	}
-	c.log.Info("cluster up", "nodes", c.opt.Nodes, "cni", mode, "kubeconfig", c.Kubeconfig(),
+	c.log.Info("cluster up", "nodes", c.opt.Nodes, "cni", mode, "proxyMode", c.opt.ProxyMode, "kubeconfig", c.Kubeconfig(),
 		"elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -39,6 +39,7 @@ type Config struct {
 	Node     NodeOptions
 	CNI      CNIOptions
 	Proc     ProcOptions
+	Programs ProgramOptions
 	StateDir string
 	// APIHost/APIPort: the apiserver as hostNetwork pods should reach it
 	// (KUBERNETES_SERVICE_HOST/PORT); CACert: fallback ca.crt.
@@ -277,6 +278,9 @@ func (e *Emulator) stopRun(r *podRun, grace time.Duration) {
 	r.servers.Close()
 	if r.procs != nil {
 		r.procs.Stop(grace)
+		if r.procs.sandbox != nil {
+			_ = os.RemoveAll(filepath.Join(e.cfg.StateDir, "pods", string(r.uid)))
+		}
 	}
 }
 

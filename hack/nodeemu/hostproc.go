@@ -18,7 +18,7 @@ import (
 
 // ProcOptions configure how hostNetwork pods run as node processes.
 type ProcOptions struct {
-	ImageBinDir  string        // where a container's command (or image name) is looked up
+	ImageBinDir  string        // where a container's command (or image name) is looked up (colon-separated list)
 	LogDir       string        // <ns>_<pod>_<container>.log files
 	BackoffBase  time.Duration // first restart delay (kubelet: 10s)
 	BackoffMax   time.Duration // cap (kubelet: 5m)
@@ -37,6 +37,12 @@ type podProcs struct {
 	done   chan struct{}
 	grace  chan time.Duration
 
+	// sandbox, when set, runs the processes inside a pod's own network
+	// namespace and a mount namespace of their own (pod programs);
+	// probeHost is where probes connect (the pod IP; else the node IP).
+	sandbox   *progSandbox
+	probeHost string
+
 	mu    sync.Mutex
 	init  []ContainerState
 	ctrs  []ContainerState
@@ -44,13 +50,20 @@ type podProcs struct {
 }
 
 func startPodProcs(ctx context.Context, pod *v1.Pod, opts ProcOptions, env *envResolver, log *slog.Logger, notify func()) *podProcs {
+	return startProcs(ctx, pod, opts, env, log, notify, nil, env.nodeIP)
+}
+
+func startProcs(ctx context.Context, pod *v1.Pod, opts ProcOptions, env *envResolver, log *slog.Logger, notify func(),
+	sandbox *progSandbox, probeHost string) *podProcs {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p := &podProcs{
 		pod: pod.DeepCopy(), opts: opts, env: env, notify: notify, cancel: cancel,
-		log:   log.With("pod", pod.Namespace+"/"+pod.Name),
-		done:  make(chan struct{}),
-		grace: make(chan time.Duration, 1),
-		start: time.Now(),
+		log:       log.With("pod", pod.Namespace+"/"+pod.Name),
+		done:      make(chan struct{}),
+		grace:     make(chan time.Duration, 1),
+		start:     time.Now(),
+		sandbox:   sandbox,
+		probeHost: probeHost,
 	}
 	for _, c := range pod.Spec.InitContainers {
 		p.init = append(p.init, ContainerState{Name: c.Name, Waiting: "PodInitializing"})
@@ -222,14 +235,14 @@ func (p *podProcs) runOnce(ctx context.Context, init bool, i int, c *v1.Containe
 	defer stopProbe()
 	unhealthy := make(chan struct{}, 1)
 	if !init {
-		if pr := newProber(c, c.ReadinessProbe, p.env.nodeIP); pr != nil {
+		if pr := newProber(c, c.ReadinessProbe, p.probeHost); pr != nil {
 			go pr.run(pctx, false, func(ready bool) {
 				if pctx.Err() == nil {
 					p.update(init, i, func(s *ContainerState) { s.NotReady = !ready })
 				}
 			})
 		}
-		if pr := newProber(c, c.LivenessProbe, p.env.nodeIP); pr != nil {
+		if pr := newProber(c, c.LivenessProbe, p.probeHost); pr != nil {
 			go pr.run(pctx, true, func(alive bool) {
 				if !alive {
 					select {
@@ -312,6 +325,9 @@ func (p *podProcs) command(ctx context.Context, c *v1.Container) (*exec.Cmd, *os
 	if err != nil {
 		return nil, nil, err
 	}
+	if p.sandbox != nil {
+		env = overrideEnv(env, p.sandbox.env)
+	}
 	vals := envMap(env)
 	argv := make([]string, 0, len(c.Command)+len(c.Args)+1)
 	for _, a := range c.Command {
@@ -337,6 +353,12 @@ func (p *podProcs) command(ctx context.Context, c *v1.Container) (*exec.Cmd, *os
 	}
 	cmd := exec.Command(bin, argv[1:]...)
 	cmd.Args[0] = argv[0]
+	if p.sandbox != nil {
+		if cmd, err = p.sandbox.command(bin, argv[1:]); err != nil {
+			_ = logf.Close()
+			return nil, nil, fmt.Errorf("container %s: %w", c.Name, err)
+		}
+	}
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = "/"
@@ -369,13 +391,15 @@ func imageEntrypoint(image string) string {
 
 // ResolveBinary finds the executable for a container's command[0]:
 // imageBinDir/<command[0]> (the bin dir stands for the image's root
-// filesystem), then imageBinDir/<base name>, then the node's own file
-// system (absolute paths) or PATH (for sh, cp, ...).
+// filesystem), then imageBinDir/<base name>, for each directory of the
+// colon-separated list in turn, then the node's own file system (absolute
+// paths) or PATH (for sh, cp, ...).
 func ResolveBinary(imageBinDir, name string) (string, error) {
 	var cands []string
-	if imageBinDir != "" {
-		cands = append(cands, filepath.Join(imageBinDir, filepath.Clean("/"+name)),
-			filepath.Join(imageBinDir, filepath.Base(name)))
+	for _, dir := range filepath.SplitList(imageBinDir) {
+		if dir != "" {
+			cands = append(cands, filepath.Join(dir, filepath.Clean("/"+name)), filepath.Join(dir, filepath.Base(name)))
+		}
 	}
 	for _, c := range cands {
 		if fi, err := os.Stat(c); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {

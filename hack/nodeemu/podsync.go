@@ -108,6 +108,16 @@ func (e *Emulator) start(ctx context.Context, pod *v1.Pod, prev *podRun) *podRun
 		}
 		run.ips = ips
 	}
+	if e.cfg.Programs.programPod(pod) {
+		if err := e.startPrograms(ctx, pod, run, path); err != nil {
+			run.setupErr = fmt.Sprintf("Failed to start pod programs: %v", err)
+			e.event(pod, "Failed", run.setupErr)
+			return run
+		}
+		run.ready = true
+		e.log.InfoContext(ctx, "pod programs started", "pod", key, "ips", run.ips, "adopted", adopt)
+		return run
+	}
 	servers, err := startServers(ctx, e.log, path, pod.Name, pod)
 	if err != nil {
 		run.setupErr = fmt.Sprintf("Failed to start pod servers: %v", err)

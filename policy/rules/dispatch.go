@@ -37,8 +37,16 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		{Match: Match{InIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "from local pods"},
 		{Match: Match{OutIface: br}, Action: Action{Verb: Goto, Target: ChainCheck}, Comment: "to local pods"},
 	}
+	// Weft's verdicts compose with the other rules of FORWARD (kube-proxy's
+	// above all): a packet policy allows is not accepted here but RETURNs,
+	// so it still meets kube-proxy's INVALID drop, its firewall chain
+	// (loadBalancerSourceRanges) and its REJECT of Services without
+	// endpoints; masq's WEFT-FWD-ACCEPT, appended at the end of FORWARD, is
+	// the final accept. Only drops are final here, and the jump to
+	// WEFT-POL-FWD stays first in FORWARD, so the source-address check and
+	// policy run before anyone's conntrack or mark based accept.
 	r.chains[ChainCheck] = []Rule{
-		{Match: Match{CTStates: "RELATED,ESTABLISHED"}, Action: Action{Verb: Accept}, Comment: "replies and related"},
+		{Match: Match{CTStates: "RELATED,ESTABLISHED"}, Action: Action{Verb: Return}, Comment: "replies and related"},
 		{Match: Match{CTStates: "INVALID"}, Action: Action{Verb: Drop}, Comment: "invalid"},
 		// The rest of a connection whose entry is gone (deleted when a policy
 		// denied it) must not open a new one, in either direction.
@@ -46,7 +54,7 @@ func (r *renderer) dispatch(st *State, locals []*localEP) {
 		{Match: Match{InIface: br}, Action: Action{Verb: Jump, Target: ChainFrom}, Comment: "egress of the source pod"},
 		{Match: Match{OutIface: br}, Action: Action{Verb: Jump, Target: ChainTo}, Comment: "ingress of the destination pod"},
 		{Action: Action{Verb: SetMark, Mark: 0, Mask: m}, Comment: "clear policy mark"},
-		{Action: Action{Verb: Accept}, Comment: "allowed by policy"},
+		{Action: Action{Verb: Return}, Comment: "allowed by policy"},
 	}
 	var sig strings.Builder // the per-endpoint dispatch depends only on this
 	for _, l := range locals {

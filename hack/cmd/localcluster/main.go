@@ -1,6 +1,6 @@
 // Command localcluster runs Weft's local multi-node Kubernetes cluster:
 //
-//	localcluster up [--nodes N] [--cni auto|static|manifest]
+//	localcluster up [--nodes N] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]
 //	localcluster down
 //	localcluster status
 //	localcluster exec NAMESPACE/POD -- CMD...
@@ -33,11 +33,11 @@ func main() {
 }
 
 const usage = `usage: localcluster [--root DIR] [--bin DIR] [-v] up|down|status|exec|probe|kubeconfig ...
-  up [--nodes N] [--cni auto|static|manifest]   (NODES env sets the default)
+  up [--nodes N] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]   (NODES env sets the default)
   down
   status
   exec NAMESPACE/POD -- CMD...
-  probe --from NS/POD --to NS/POD --port N --proto tcp|udp [--timeout 1s] [-v]
+  probe --from NS/POD (--to NS/POD --port N | --addr HOST:PORT) --proto tcp|udp [--timeout 1s] [-v]
   kubeconfig                                   print the admin kubeconfig path`
 
 func run(args []string) error {
@@ -83,10 +83,11 @@ func run(args []string) error {
 		}
 		nodes := fs.Int("nodes", def, "number of nodes")
 		cni := fs.String("cni", "auto", "auto (manifests/weft.yaml if present), static or manifest")
+		proxyMode := fs.String("proxy-mode", cluster.ProxyIPTables, "kube-proxy mode: iptables or nftables (a running cluster switches in place)")
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
-		opt.Nodes, opt.CNI = *nodes, *cni
+		opt.Nodes, opt.CNI, opt.ProxyMode = *nodes, *cni, *proxyMode
 		c, err := cluster.New(opt)
 		if err != nil {
 			return err
@@ -124,6 +125,7 @@ func run(args []string) error {
 		fs := flag.NewFlagSet("probe", flag.ContinueOnError)
 		from := fs.String("from", "", "source pod NAMESPACE/NAME")
 		to := fs.String("to", "", "target pod NAMESPACE/NAME")
+		addr := fs.String("addr", "", "target address HOST:PORT instead of a pod (a ClusterIP, a NodePort)")
 		port := fs.Int("port", 80, "target port")
 		proto := fs.String("proto", "tcp", "tcp or udp")
 		timeout := fs.Duration("timeout", time.Second, "how long to wait for an answer")
@@ -131,14 +133,19 @@ func run(args []string) error {
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
-		if *from == "" || *to == "" {
-			return errors.New("probe: --from and --to are required")
+		if *from == "" || (*to == "") == (*addr == "") {
+			return errors.New("probe: --from and one of --to or --addr are required")
 		}
 		c, err := cluster.New(opt)
 		if err != nil {
 			return err
 		}
-		res, err := c.Probe(ctx, *from, *to, *port, *proto, *timeout)
+		var res *cluster.ProbeResult
+		if *addr != "" {
+			res, err = c.ProbeAddr(ctx, *from, *addr, *proto, *timeout)
+		} else {
+			res, err = c.Probe(ctx, *from, *to, *port, *proto, *timeout)
+		}
 		if err != nil {
 			return err
 		}

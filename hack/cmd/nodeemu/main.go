@@ -55,13 +55,16 @@ func run() error {
 	binDir := fs.String("cni-bin-dir", "/opt/cni/bin", "CNI plugin binaries (colon-separated list allowed)")
 	cacheDir := fs.String("cni-cache-dir", "/var/lib/cni", "libcni cache dir")
 	netnsDir := fs.String("netns-dir", "/run/netns", "where pod network namespaces are bind-mounted (wlp-<uid12>)")
-	imageBinDir := fs.String("image-bin-dir", "", "stands for container images of hostNetwork pods: command[0] is looked up as DIR/<command[0]>, then DIR/<basename>, then on the node; without a command the image's last path element is the binary")
+	imageBinDir := fs.String("image-bin-dir", "", "stands for container images (colon-separated list): command[0] is looked up as DIR/<command[0]>, then DIR/<basename>, then on the node; without a command the image's last path element is the binary")
 	cpu := fs.String("cpu", fmt.Sprint(runtime.NumCPU()), "node cpu capacity")
 	memory := fs.String("memory", "8Gi", "node memory capacity")
 	version := fs.String("kubelet-version", "v1.37.2", "kubelet version reported in NodeInfo")
 	apiHostFlag := fs.String("api-host", "", "KUBERNETES_SERVICE_HOST for hostNetwork pods (default: the kubeconfig's server host)")
 	apiPortFlag := fs.String("api-port", "", "KUBERNETES_SERVICE_PORT for hostNetwork pods (default: the kubeconfig's server port)")
 	caCertFlag := fs.String("ca-cert", "", "ca.crt written into ServiceAccount volumes when the kube-root-ca.crt ConfigMap is unreadable (default: the kubeconfig's CA)")
+	clusterDNS := fs.String("cluster-dns", "", "kube-dns Service IP written into the resolv.conf of pod programs (kubelet's --cluster-dns)")
+	clusterDomain := fs.String("cluster-domain", "cluster.local", "cluster DNS domain (kubelet's --cluster-domain)")
+	podPrograms := fs.String("pod-programs", "", "IMAGE=BINARY,...: pods (not hostNetwork) whose every container has one of these images run the binary (looked up in --image-bin-dir) inside the pod's namespaces; other pods get built-in echo servers")
 	logLevel := fs.String("log-level", "info", "debug|info|warn|error")
 	maxResult := fs.String("max-cni-result-version", "1.0.0", "newest CNI result version accepted, like the runtime emulated (1.0.0 = containerd 1.6, the strictest in use; \"\" = any)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -75,7 +78,7 @@ func run() error {
 		return fmt.Errorf("--node-ip %q is not an IP address", *nodeIP)
 	}
 	// Plugins get paths (CNI_NETNS, ...) verbatim: make them absolute.
-	for _, p := range []*string{stateDir, confDir, cacheDir, netnsDir, imageBinDir} {
+	for _, p := range []*string{stateDir, confDir, cacheDir, netnsDir} {
 		if *p == "" {
 			continue
 		}
@@ -123,6 +126,10 @@ func run() error {
 			return fmt.Errorf("--ca-cert: %w", err)
 		}
 	}
+	images, err := nodeemu.ParsePodPrograms(*podPrograms)
+	if err != nil {
+		return fmt.Errorf("--pod-programs: %w", err)
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
@@ -132,7 +139,8 @@ func run() error {
 		Node: nodeemu.NodeOptions{Name: *nodeName, IP: *nodeIP, KubeletVersion: *version, CPU: cpuQ, Memory: memQ},
 		CNI: nodeemu.CNIOptions{ConfDir: *confDir, BinDirs: strings.Split(*binDir, ":"),
 			CacheDir: *cacheDir, NetnsDir: *netnsDir, MaxResultVersion: *maxResult},
-		Proc:     nodeemu.ProcOptions{ImageBinDir: *imageBinDir},
+		Proc:     nodeemu.ProcOptions{ImageBinDir: absList(*imageBinDir)},
+		Programs: nodeemu.ProgramOptions{Images: images, ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain},
 		StateDir: *stateDir,
 		APIHost:  host,
 		APIPort:  port,
@@ -173,4 +181,15 @@ func caPEM(c *rest.Config) ([]byte, error) {
 		return b, nil
 	}
 	return nil, nil
+}
+
+// absList makes every entry of a colon-separated path list absolute.
+func absList(s string) string {
+	parts := filepath.SplitList(s)
+	for i, p := range parts {
+		if abs, err := filepath.Abs(p); err == nil && p != "" {
+			parts[i] = abs
+		}
+	}
+	return strings.Join(parts, string(filepath.ListSeparator))
 }
