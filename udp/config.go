@@ -16,6 +16,12 @@
 // The routing table (pod CIDR -> node) is immutable and swapped atomically
 // by SetPeers, so the loops never take a lock. Every datagram is validated
 // before it reaches the TUN (see Reason); drops are counted by reason.
+//
+// Backend (built by Factory) runs the relay behind internal/backend's
+// contract: the device and its pod CIDR address, the relay for the
+// backend's lifetime (re-opened by Apply when it stopped), the routes
+// through the node's route writer (owner "udp"), the encapsulation guard,
+// the Prometheus collector (Metrics) and the offload mode for /readyz.
 package udp
 
 import (

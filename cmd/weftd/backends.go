@@ -6,6 +6,7 @@ import (
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/route"
+	"github.com/weftnet/weft/udp"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -16,6 +17,10 @@ type nodeKernel struct {
 	// switch hands each destination over by one replace.
 	routes *route.Table
 	guard  encapguard.Guard // nil: no iptables (uninstall without it)
+	// udpMetrics and status are the udp backend's metrics and readiness
+	// details (nil in uninstall).
+	udpMetrics *udp.Metrics
+	status     udp.Reporter
 }
 
 // openNodeKernel opens the netlink sockets of the current namespace.
@@ -32,5 +37,6 @@ func openNodeKernel(log *slog.Logger) (nodeKernel, func(), error) {
 func factories(k nodeKernel, log *slog.Logger) []backend.Factory {
 	return []backend.Factory{
 		vxlan.Factory{Kernel: k.vxlan, Routes: k.routes, Guard: k.guard, Log: log},
+		udp.Factory{Kernel: udp.Netlink{Log: log}, Routes: k.routes, Guard: k.guard, Metrics: k.udpMetrics, Status: k.status, Log: log},
 	}
 }

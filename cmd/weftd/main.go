@@ -37,6 +37,7 @@ import (
 	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/policy"
+	"github.com/weftnet/weft/udp"
 	"github.com/weftnet/weft/vxlan"
 )
 
@@ -146,7 +147,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	defer closeKernel()
 	status, metrics := api.NewStatus(), api.NewMetrics()
 	nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type))
+	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type))
+	nk.udpMetrics, nk.status = udp.NewMetrics(), status
+	metrics.Registry.MustRegister(nk.udpMetrics)
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})

@@ -103,8 +103,8 @@ func testForgedVXLANDropped(t *testing.T, ctx context.Context, c kubernetes.Inte
 	if send(strangerNS(t)) {
 		t.Errorf("a frame (inner %s -> %s) from %s on the underlay, no node, reached b", a.ip, b.ip, strangerIP)
 	}
-	d2 := guardDrops(t, ctx, nodes[1].Name)
-	d3 := guardDrops(t, ctx, nodes[2].Name)
+	d2 := guardDrops(t, ctx, nodes[1].Name, "vxlan")
+	d3 := guardDrops(t, ctx, nodes[2].Name, "vxlan")
 	t.Logf("drops: %s %v, %s %v", nodes[1].Name, d2, nodes[2].Name, d3)
 	if d2[encapguard.ReasonUnknownSender] < 3 || d3[encapguard.ReasonFromPod] < 3 {
 		t.Errorf("drop counters did not move: %s %v, %s %v", nodes[1].Name, d2, nodes[2].Name, d3)
@@ -194,15 +194,16 @@ func strangerNS(t *testing.T) string {
 	return s.Path()
 }
 
-// guardDrops reads the VXLAN guard's drop counters in node's namespace.
-func guardDrops(t *testing.T, ctx context.Context, node string) map[string]uint64 {
+// guardDrops reads the drop counters of one encapsulation's guard (kind
+// "vxlan", "udp") in node's namespace.
+func guardDrops(t *testing.T, ctx context.Context, node, kind string) map[string]uint64 {
 	t.Helper()
 	path := filepath.Join("/run/netns", node)
 	mode, err := iptables.Detect(ctx, path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: path}).Drops(ctx, "vxlan")
+	d, err := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: path}).Drops(ctx, kind)
 	if err != nil {
 		t.Fatalf("%s: %v", node, err)
 	}

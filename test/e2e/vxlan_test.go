@@ -290,7 +290,11 @@ func weftdPID(node string) (int, error) {
 }
 
 // readyz fetches weftd's /readyz from inside the node's namespace.
-func readyz(node, ip string) (int, string, error) {
+func readyz(node, ip string) (int, string, error) { return nodeGet(node, ip, "/readyz") }
+
+// nodeGet fetches path from weftd's health server, from inside the node's
+// namespace.
+func nodeGet(node, ip, urlPath string) (int, string, error) {
 	path := filepath.Join("/run/netns", node)
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
@@ -302,7 +306,7 @@ func readyz(node, ip string) (int, string, error) {
 		return c, err
 	}}
 	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Get(fmt.Sprintf("http://%s:%d/readyz", ip, healthPort))
+	resp, err := (&http.Client{Transport: tr, Timeout: 3 * time.Second}).Get(fmt.Sprintf("http://%s:%d%s", ip, healthPort, urlPath))
 	if err != nil {
 		return 0, "", err
 	}
@@ -426,6 +430,10 @@ func TestVXLANMesh(t *testing.T) {
 		testStreamSurvivesKill(t, ctx, c, nodes, remote[0])
 	})
 
+	t.Run("udp backend: switch, pairs, capture, forged datagrams, restart, switch back", func(t *testing.T) {
+		nodes = testUDPBackend(t, ctx, c, nsName, nodes, local, remote)
+	})
+
 	t.Run("removed node's entries go and come back", func(t *testing.T) {
 		victim := nodes[len(nodes)-1]
 		if err := c.CoreV1().Nodes().Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
@@ -468,6 +476,35 @@ func TestVXLANMesh(t *testing.T) {
 
 func testStreamSurvivesKill(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, p pair) {
 	node := p.from.Spec.NodeName
+	oldPID, intervals := streamWithKill(t, ctx, p, streamSecs)
+	for i, b := range intervals {
+		if b == 0 {
+			t.Errorf("second %d of the stream carried nothing", i+1)
+		}
+	}
+	// weftd is back (a new process), and nothing got duplicated.
+	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+		pid, err := weftdPID(node)
+		return err == nil && pid != oldPID, fmt.Errorf("weftd not restarted: %v", err)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	after := waitMesh(t, ctx, c, len(nodes), time.Minute)
+	for i, n := range after {
+		if n.Annotations[annoPodCIDR] != nodes[i].Annotations[annoPodCIDR] || n.Annotations[annoVTEPMAC] != nodes[i].Annotations[annoVTEPMAC] {
+			t.Errorf("%s changed subnet or VTEP across the restart: %s/%s -> %s/%s", n.Name, nodes[i].Annotations[annoPodCIDR],
+				nodes[i].Annotations[annoVTEPMAC], n.Annotations[annoPodCIDR], n.Annotations[annoVTEPMAC])
+		}
+	}
+}
+
+// streamWithKill runs an iperf3 stream of secs seconds from p.from to
+// p.to and SIGKILLs weftd on p.from's node 4 s in. It fails the test when
+// the stream broke (an error, or fewer intervals than seconds), and
+// returns the killed pid and the bytes carried in each second.
+func streamWithKill(t *testing.T, ctx context.Context, p pair, secs int) (int, []int64) {
+	t.Helper()
+	node := p.from.Spec.NodeName
 	oldPID, err := weftdPID(node)
 	if err != nil {
 		t.Fatal(err)
@@ -487,7 +524,7 @@ func testStreamSurvivesKill(t *testing.T, ctx context.Context, c kubernetes.Inte
 	go func() {
 		time.Sleep(time.Second)
 		out, errOut, err := cli(ctx, "exec", p.from.Namespace+"/"+p.from.Name, "--", "iperf3", "-c", p.to.Status.PodIP,
-			"-p", "5299", "-t", fmt.Sprint(streamSecs), "-i", "1", "-J", "-b", "200M")
+			"-p", "5299", "-t", fmt.Sprint(secs), "-i", "1", "-J", "-b", "200M")
 		if err != nil {
 			err = fmt.Errorf("%w: %s", err, errOut)
 		}
@@ -513,28 +550,14 @@ func testStreamSurvivesKill(t *testing.T, ctx context.Context, c kubernetes.Inte
 	if err := json.Unmarshal([]byte(res.out), &rep); err != nil {
 		t.Fatalf("iperf3 json: %v", err)
 	}
-	if rep.Error != "" || len(rep.Intervals) < streamSecs {
+	if rep.Error != "" || len(rep.Intervals) < secs {
 		t.Fatalf("stream broke: %q, %d intervals", rep.Error, len(rep.Intervals))
 	}
-	for i, iv := range rep.Intervals {
-		if iv.Sum.Bytes == 0 {
-			t.Errorf("second %d of the stream carried nothing", i+1)
-		}
+	var out []int64
+	for _, iv := range rep.Intervals {
+		out = append(out, iv.Sum.Bytes)
 	}
-	// weftd is back (a new process), and nothing got duplicated.
-	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
-		pid, err := weftdPID(node)
-		return err == nil && pid != oldPID, fmt.Errorf("weftd not restarted: %v", err)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	after := waitMesh(t, ctx, c, len(nodes), time.Minute)
-	for i, n := range after {
-		if n.Annotations[annoPodCIDR] != nodes[i].Annotations[annoPodCIDR] || n.Annotations[annoVTEPMAC] != nodes[i].Annotations[annoVTEPMAC] {
-			t.Errorf("%s changed subnet or VTEP across the restart: %s/%s -> %s/%s", n.Name, nodes[i].Annotations[annoPodCIDR],
-				nodes[i].Annotations[annoVTEPMAC], n.Annotations[annoPodCIDR], n.Annotations[annoVTEPMAC])
-		}
-	}
+	return oldPID, out
 }
 
 func testBrokenConfigMap(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {
