@@ -426,6 +426,10 @@ func TestVXLANMesh(t *testing.T) {
 		testStreamSurvivesKill(t, ctx, c, nodes, remote[0])
 	})
 
+	t.Run("bgp backend, ipipMode Never, route reflector, and back", func(t *testing.T) {
+		checkBGP(t, ctx, c, nodes, remote)
+	})
+
 	t.Run("removed node's entries go and come back", func(t *testing.T) {
 		victim := nodes[len(nodes)-1]
 		if err := c.CoreV1().Nodes().Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {

@@ -1,0 +1,190 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+)
+
+const (
+	labelRR     = "weft.dev/route-reflector"
+	weftRtProto = 87
+)
+
+// checkBGP switches the cluster of TestVXLANMesh to the bgp backend with
+// ipipMode Never and back (issue 10): every node gets an Established
+// session with each other node and their pod CIDRs as proto-87 routes via
+// their underlay addresses, every remote pair answers; labelling one node
+// a route reflector re-forms the sessions without restarting weftd (the
+// others peer only with it) and the pairs still answer; removing the label
+// brings the mesh back; back on vxlan the mesh and the pairs are as before.
+func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {
+	cms := c.CoreV1().ConfigMaps("kube-system")
+	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	restore := func(ctx context.Context) error {
+		cur, err := cms.Get(ctx, "weft", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Data = orig.Data
+		_, err = cms.Update(ctx, cur, metav1.UpdateOptions{})
+		return err
+	}
+	t.Cleanup(func() {
+		setRR(context.Background(), c, nodes[0].Name, false)
+		_ = restore(context.Background())
+	})
+	pids := map[string]int{}
+	for _, n := range nodes {
+		if pids[n.Name], err = weftdPID(n.Name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setBackend(t, ctx, c, orig.Data["net-conf.json"], `{"type":"bgp","ipipMode":"Never"}`)
+	start := time.Now()
+	mesh := func(n *corev1.Node) []*corev1.Node { return others(nodes, n.Name) }
+	waitBGP(t, ctx, nodes, mesh, 2*time.Minute)
+	t.Logf("bgp full mesh established and routed after %s", time.Since(start).Round(time.Millisecond))
+	probeAll(t, ctx, remote)
+
+	// One route reflector: the clients peer with it only.
+	setRR(ctx, c, nodes[0].Name, true)
+	start = time.Now()
+	waitBGP(t, ctx, nodes, func(n *corev1.Node) []*corev1.Node {
+		if n.Name == nodes[0].Name {
+			return others(nodes, n.Name)
+		}
+		return nodes[:1]
+	}, time.Minute)
+	t.Logf("sessions re-formed around reflector %s after %s", nodes[0].Name, time.Since(start).Round(time.Millisecond))
+	probeAll(t, ctx, remote)
+	setRR(ctx, c, nodes[0].Name, false)
+	waitBGP(t, ctx, nodes, mesh, time.Minute)
+	for _, n := range nodes {
+		if pid, err := weftdPID(n.Name); err != nil || pid != pids[n.Name] {
+			t.Errorf("%s: weftd pid %d -> %d (%v): sessions must re-form without a restart", n.Name, pids[n.Name], pid, err)
+		}
+	}
+
+	// Back to vxlan.
+	if err := restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+		for _, n := range nodes {
+			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
+				return false, err
+			}
+			if code, body, err := readyz(n.Name, internalIP(n)); err != nil || code != http.StatusOK || strings.Contains(body, "info: bgp:") {
+				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("back on vxlan: %v", err)
+	}
+	probeAll(t, ctx, remote)
+}
+
+// setBackend replaces the backend section of net-conf.json.
+func setBackend(t *testing.T, ctx context.Context, c kubernetes.Interface, netconf, section string) {
+	t.Helper()
+	var conf map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(netconf), &conf); err != nil {
+		t.Fatalf("net-conf.json: %v", err)
+	}
+	conf["backend"] = json.RawMessage(section)
+	data, _ := json.Marshal(conf)
+	cms := c.CoreV1().ConfigMaps("kube-system")
+	cur, err := cms.Get(ctx, "weft", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur.Data = map[string]string{"net-conf.json": string(data)}
+	if _, err := cms.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func setRR(ctx context.Context, c kubernetes.Interface, node string, on bool) {
+	v := "null"
+	if on {
+		v = `"true"`
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, labelRR, v)
+	_, _ = c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+}
+
+var sessionsRE = regexp.MustCompile(`info: bgp: ipipMode Never; sessions (\d+)/(\d+) established \(([^)]*)\)`)
+
+// waitBGP waits until every node runs bgp, has exactly one Established
+// session with each node peersOf lists (per /readyz) and a proto-87 route
+// to every other node's pod CIDR via that node's underlay address.
+func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, peersOf func(*corev1.Node) []*corev1.Node, within time.Duration) {
+	t.Helper()
+	if err := waitFor(ctx, within, func() (bool, error) {
+		for _, n := range nodes {
+			code, body, err := readyz(n.Name, internalIP(n))
+			if err != nil || code != http.StatusOK {
+				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
+			}
+			m := sessionsRE.FindStringSubmatch(body)
+			want := peersOf(n)
+			if m == nil || m[1] != fmt.Sprint(len(want)) || m[2] != m[1] {
+				return false, fmt.Errorf("%s: want %d established sessions, /readyz %q", n.Name, len(want), body)
+			}
+			for _, p := range want {
+				if !strings.Contains(m[3], internalIP(p)+" AS64512 established") {
+					return false, fmt.Errorf("%s: no established session with %s: %q", n.Name, p.Name, m[3])
+				}
+			}
+			if err := bgpRoutes(t, n, others(nodes, n.Name)); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// bgpRoutes checks node's main table: each peer's pod CIDR via its
+// underlay address, proto 87, not through weft.vxlan (which is gone).
+func bgpRoutes(t *testing.T, node *corev1.Node, peers []*corev1.Node) error {
+	h := nodeHandle(t, node.Name)
+	defer h.Close()
+	if _, err := h.LinkByName(vxlanDev); err == nil {
+		return fmt.Errorf("%s: %s still exists on bgp", node.Name, vxlanDev)
+	}
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return err
+	}
+	got := map[string]string{}
+	for _, r := range rs {
+		if r.Dst != nil && r.Gw != nil && int(r.Protocol) == weftRtProto {
+			got[r.Dst.String()] = r.Gw.String()
+		}
+	}
+	for _, p := range peers {
+		if cidr := p.Annotations[annoPodCIDR]; got[cidr] != internalIP(p) {
+			return fmt.Errorf("%s: want %s via %s proto %d, have proto-%d routes %v", node.Name, cidr, internalIP(p), weftRtProto, weftRtProto, got)
+		}
+	}
+	return nil
+}
