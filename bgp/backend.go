@@ -62,7 +62,7 @@ type Backend struct {
 	self    Node
 	peers   []backend.Peer
 	started time.Time
-	warm    bool // every peer's CIDR was learned once, or Warmup passed
+	warm    bool // every peer ran bgp and its CIDR was learned, or Warmup passed
 	stop    context.CancelFunc
 	done    chan struct{}
 }

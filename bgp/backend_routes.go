@@ -15,8 +15,8 @@ import (
 // address, out of the underlay link). It returns the writer's changes and
 // how many bgp peers have all their pod CIDRs routed.
 //
-// Until the backend is warm (every bgp peer's CIDR learned once, or Warmup
-// after Start) it also keeps, for a bgp peer whose CIDR it has not learned
+// Until the backend is warm (every peer runs bgp and its CIDR was learned,
+// or Warmup after Start) it also keeps, for a bgp peer whose CIDR it has not learned
 // yet, the route the filter would accept from that peer (its pod CIDR via
 // its underlay address, per its Node object): a restarted weftd thus never
 // deletes the routes its predecessor installed while its sessions come up,
@@ -32,7 +32,11 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 	}
 	reached, missing := 0, 0
 	for _, p := range b.peers {
-		if !p.Accepts(Type) || !p.UnderlayIP.IsValid() || len(p.PodCIDRs) == 0 {
+		if !p.UnderlayIP.IsValid() || len(p.PodCIDRs) == 0 {
+			continue
+		}
+		if !p.Accepts(Type) {
+			missing++ // not switched to bgp yet: the warmup goes on
 			continue
 		}
 		all := true
