@@ -65,6 +65,19 @@ type Backend struct {
 	warm    bool // every peer ran bgp and its CIDR was learned, or Warmup passed
 	stop    context.CancelFunc
 	done    chan struct{}
+	mtu     int
+	tun     Tunnel // ipipMode Always and CrossSubnet
+}
+
+// ipipOverhead is IP-in-IP's outer IPv4 header.
+const ipipOverhead = 20
+
+// impl is the IP-in-IP implementation in use ("" for ipipMode Never).
+func (b *Backend) impl() string {
+	if b.tun == nil {
+		return ""
+	}
+	return b.tun.Impl()
 }
 
 var (
@@ -82,8 +95,8 @@ func (b *Backend) Type() string { return Type }
 func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.Published, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cfg.IPIPMode != IPIPNever {
-		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (IP-in-IP is not wired yet); use \"ipipMode\": \"Never\" (plain routes, needs L2 adjacency between nodes)", b.cfg.IPIPMode)
+	if b.cfg.IPIPMode != IPIPNever && b.f.IPIP == nil {
+		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP); use \"ipipMode\": \"Never\" (plain routes, needs L2 adjacency between nodes)", b.cfg.IPIPMode)
 	}
 	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() || local.UnderlayLink == "" {
 		return backend.Published{}, fmt.Errorf("bgp: local node needs an IPv4 underlay IP, its link and a pod CIDR (got %v, %q, %v)", local.UnderlayIP, local.UnderlayLink, local.PodCIDR)
@@ -95,25 +108,46 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 	if err != nil {
 		return backend.Published{}, err
 	}
-	if err := b.f.startSpeaker(life, b.cfg.SpeakerConfig(self)); err != nil {
-		return backend.Published{}, err
+	b.mtu = local.UnderlayMTU
+	if b.cfg.IPIPMode != IPIPNever {
+		b.mtu = local.UnderlayMTU - ipipOverhead
+		t, err := b.f.IPIP.Start(life, local, b.mtu)
+		if err != nil {
+			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s: %w", b.cfg.IPIPMode, err)
+		}
+		b.tun = t
 	}
-	// Graceful restart: the own prefix goes out before the first session.
-	if err := b.f.Speaker.Advertise(life, self.PodCIDRs); err != nil {
-		_ = b.f.stopSpeaker(context.WithoutCancel(life))
-		return backend.Published{}, fmt.Errorf("bgp: advertise %v: %w", self.PodCIDRs, err)
+	if err := b.startSpeaker(life, self); err != nil {
+		if b.tun != nil {
+			_ = b.tun.Stop(false)
+			b.tun = nil
+		}
+		return backend.Published{}, err
 	}
 	b.local, b.self, b.up, b.started, b.warm, b.peers = local, self, true, time.Now(), false, nil
 	ctx, cancel := context.WithCancel(life)
 	b.stop, b.done = cancel, make(chan struct{})
 	go b.follow(ctx, b.done)
 	b.log.Info("bgp speaker started", "asn", self.ASN, "listen", local.UnderlayIP, "port", b.cfg.Port,
-		"ipip_mode", b.cfg.IPIPMode, "pod_cidr", local.PodCIDR)
+		"ipip_mode", b.cfg.IPIPMode, "ipip", b.impl(), "pod_cidr", local.PodCIDR, "mtu", b.mtu)
 	return b.published(), nil
 }
 
+// startSpeaker starts the speaker and advertises the own prefix before the
+// first session (graceful restart).
+func (b *Backend) startSpeaker(life context.Context, self Node) error {
+	if err := b.f.startSpeaker(life, b.cfg.SpeakerConfig(self)); err != nil {
+		return err
+	}
+	if err := b.f.Speaker.Advertise(life, self.PodCIDRs); err != nil {
+		_ = b.f.stopSpeaker(context.WithoutCancel(life))
+		return fmt.Errorf("bgp: advertise %v: %w", self.PodCIDRs, err)
+	}
+	return nil
+}
+
 func (b *Backend) published() backend.Published {
-	return backend.Published{MTU: b.local.UnderlayMTU, Attrs: map[string]string{AnnoSpeakerASN: strconv.FormatUint(uint64(b.self.ASN), 10)}}
+	return backend.Published{MTU: b.mtu, Attrs: map[string]string{AnnoSpeakerASN: strconv.FormatUint(uint64(b.self.ASN), 10)}}
 }
 
 // UpdateLocal takes the local node's new labels (a route-reflector label,
@@ -167,6 +201,9 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	b.f.Speaker.SetImportPolicy(PolicyFor(b.self, all, sessions))
 	bp, sprobs := b.resolve(ctx, sessions)
 	probs = append(probs, sprobs...)
+	if b.tun != nil {
+		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, bgpPeers(peers))...)
+	}
 	res := backend.ApplyResult{Published: b.published()}
 	if err := b.f.Speaker.Advertise(ctx, b.self.PodCIDRs); err != nil {
 		return res, fmt.Errorf("bgp: advertise: %w", err)
@@ -244,11 +281,18 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		b.f.Report.Detail(DetailKey, "")
 	}
 	b.f.stats.reset()
+	var errs []error
+	if b.tun != nil {
+		// Without cleanup the device and its routes stay for the next weftd.
+		if err := b.tun.Stop(cleanup); err != nil {
+			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
+		}
+		b.tun = nil
+	}
 	if !cleanup {
 		b.f.leaveSpeaker()
-		return nil
+		return errors.Join(errs...)
 	}
-	var errs []error
 	if err := b.f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
@@ -256,4 +300,15 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		errs = append(errs, fmt.Errorf("bgp: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// bgpPeers are the peers that run bgp.
+func bgpPeers(peers []backend.Peer) []backend.Peer {
+	var out []backend.Peer
+	for _, p := range peers {
+		if p.Accepts(Type) {
+			out = append(out, p)
+		}
+	}
+	return out
 }

@@ -26,9 +26,13 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 	learned := b.f.Speaker.Learned()
 	have := map[netip.Prefix]bool{}
 	var want []route.Route
+	nodes := map[netip.Addr]bool{}
+	for _, p := range b.peers {
+		nodes[p.UnderlayIP] = p.Accepts(Type)
+	}
 	for _, r := range learned {
 		have[r.Prefix] = true
-		want = append(want, route.Route{Dst: r.Prefix, Gw: r.NextHop, Dev: b.local.UnderlayLink})
+		want = append(want, b.routeVia(r.Prefix, r.NextHop, nodes[r.NextHop]))
 	}
 	reached, missing := 0, 0
 	for _, p := range b.peers {
@@ -46,7 +50,7 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 			}
 			all = false
 			if !b.warm {
-				want = append(want, route.Route{Dst: c.Masked(), Gw: p.UnderlayIP, Dev: b.local.UnderlayLink})
+				want = append(want, b.routeVia(c.Masked(), p.UnderlayIP, true))
 			}
 		}
 		if all {
@@ -64,6 +68,17 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 		err = fmt.Errorf("bgp: routes: %w", err)
 	}
 	return n, reached, err
+}
+
+// routeVia is the route to dst via next hop nh: into the IP-in-IP device
+// when nh is a bgp node that ipipMode says to encapsulate to (Always: all;
+// CrossSubnet: those outside the node's underlay subnet), else via nh out
+// of the underlay link (ipipMode Never, external peers' routes).
+func (b *Backend) routeVia(dst netip.Prefix, nh netip.Addr, node bool) route.Route {
+	if b.tun != nil && node && (b.cfg.IPIPMode == IPIPAlways || !b.tun.UnderlaySubnet().Contains(nh)) {
+		return route.Route{Dst: dst, Dev: b.tun.Device()}
+	}
+	return route.Route{Dst: dst, Gw: nh, Dev: b.local.UnderlayLink}
 }
 
 // unreached lists the bgp peers none of whose sessions delivered their
@@ -125,7 +140,7 @@ func (b *Backend) report(ctx context.Context) {
 	states, err := b.f.Speaker.PeerStates(ctx)
 	learned := len(b.f.Speaker.Learned())
 	rejected, total := b.f.Speaker.Rejected()
-	snap := Snapshot{Mode: b.cfg.IPIPMode, Running: true, Sessions: states, Learned: learned,
+	snap := Snapshot{Mode: b.cfg.IPIPMode, Impl: b.impl(), Running: true, Sessions: states, Learned: learned,
 		Rejected: len(rejected), RejectedTotal: total}
 	b.f.stats.set(snap)
 	if b.f.Report == nil {
@@ -140,7 +155,10 @@ func (b *Backend) report(ctx context.Context) {
 
 // Snapshot is the backend's state as /readyz and the metrics show it.
 type Snapshot struct {
-	Mode          IPIPMode
+	Mode IPIPMode
+	// Impl is the IP-in-IP implementation ("userspace", "kernel"; "" for
+	// ipipMode Never).
+	Impl          string
 	Running       bool
 	Sessions      []PeerState
 	Learned       int
@@ -167,6 +185,10 @@ func (s Snapshot) String() string {
 	for _, p := range s.Sessions {
 		ps = append(ps, fmt.Sprintf("%s AS%d %s", p.Addr, p.ASN, strings.ToLower(p.State)))
 	}
+	mode := string(s.Mode)
+	if s.Impl != "" {
+		mode += " (" + s.Impl + " ipip)"
+	}
 	return fmt.Sprintf("ipipMode %s; sessions %d/%d established (%s); routes learned %d, rejected %d (%d since start)",
-		s.Mode, s.Established(), len(s.Sessions), strings.Join(ps, ", "), s.Learned, s.Rejected, s.RejectedTotal)
+		mode, s.Established(), len(s.Sessions), strings.Join(ps, ", "), s.Learned, s.Rejected, s.RejectedTotal)
 }

@@ -359,7 +359,7 @@ func TestBackendStop(t *testing.T) {
 	}
 }
 
-func TestBackendIPIPModesNotWired(t *testing.T) {
+func TestBackendIPIPModesNeedIPIP(t *testing.T) {
 	for _, mode := range []string{"Always", "CrossSubnet", ""} {
 		sec := `{"type":"bgp"}`
 		if mode != "" {

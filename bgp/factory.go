@@ -29,7 +29,10 @@ type Factory struct {
 	Secrets SecretGetter
 	// Report shows the sessions in /readyz (nil: not shown).
 	Report Reporter
-	Log    *slog.Logger
+	// IPIP opens the IP-in-IP data path of ipipMode Always and
+	// CrossSubnet (nil: those modes fail at Start).
+	IPIP IPIP
+	Log  *slog.Logger
 
 	mu      sync.Mutex
 	running bool // the speaker is started
@@ -71,11 +74,16 @@ func (f *Factory) logger() *slog.Logger {
 }
 
 // Cleanup removes what any bgp backend could have left on the node: its
-// routes (ipipMode Never has no device). A running speaker is stopped.
+// routes and the device weft.ipip. A running speaker is stopped.
 func (f *Factory) Cleanup(ctx context.Context) error {
 	var errs []error
 	if err := f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	if f.IPIP != nil {
+		if err := f.IPIP.Remove(); err != nil {
+			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
+		}
 	}
 	if f.Routes != nil {
 		if _, err := f.Routes.Release(ctx, Type); err != nil {
@@ -150,7 +158,7 @@ var (
 	descLearned  = prometheus.NewDesc("weft_bgp_routes_learned", "Learned routes accepted by the import filter (one per prefix).", nil, nil)
 	descRejected = prometheus.NewDesc("weft_bgp_routes_rejected", "Learned paths the import filter currently rejects.", nil, nil)
 	descRejTotal = prometheus.NewDesc("weft_bgp_routes_rejected_total", "Distinct paths the import filter rejected since the speaker started.", nil, nil)
-	descMode     = prometheus.NewDesc("weft_bgp_ipip_mode", "1 for the ipipMode the running bgp backend uses.", []string{"mode"}, nil)
+	descMode     = prometheus.NewDesc("weft_bgp_ipip_mode", "1 for the ipipMode the running bgp backend uses and its IP-in-IP implementation (impl \"\" for Never).", []string{"mode", "impl"}, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -178,5 +186,5 @@ func (f *Factory) Collect(ch chan<- prometheus.Metric) {
 	gauge(descLearned, float64(s.Learned))
 	gauge(descRejected, float64(s.Rejected))
 	ch <- prometheus.MustNewConstMetric(descRejTotal, prometheus.CounterValue, float64(s.RejectedTotal))
-	gauge(descMode, 1, string(s.Mode))
+	gauge(descMode, 1, string(s.Mode), s.Impl)
 }

@@ -24,12 +24,13 @@ const (
 )
 
 // checkBGP switches the cluster of TestVXLANMesh to the bgp backend with
-// ipipMode Never and back (issue 10): every node gets an Established
+// ipipMode Never, then Always, and back to vxlan (issue 10): every node gets an Established
 // session with each other node and their pod CIDRs as proto-87 routes via
 // their underlay addresses, every remote pair answers; labelling one node
 // a route reflector re-forms the sessions without restarting weftd (the
 // others peer only with it) and the pairs still answer; removing the label
-// brings the mesh back; back on vxlan the mesh and the pairs are as before.
+// brings the mesh back; with ipipMode Always every other node's pod CIDR
+// goes into weft.ipip and the pairs answer; back on vxlan the mesh and the pairs are as before.
 func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {
 	cms := c.CoreV1().ConfigMaps("kube-system")
 	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
@@ -58,14 +59,14 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 	setBackend(t, ctx, c, orig.Data["net-conf.json"], `{"type":"bgp","ipipMode":"Never"}`)
 	start := time.Now()
 	mesh := func(n *corev1.Node) []*corev1.Node { return others(nodes, n.Name) }
-	waitBGP(t, ctx, nodes, mesh, 2*time.Minute)
+	waitBGP(t, ctx, nodes, never, mesh, 2*time.Minute)
 	t.Logf("bgp full mesh established and routed after %s", time.Since(start).Round(time.Millisecond))
 	probeAll(t, ctx, remote)
 
 	// One route reflector: the clients peer with it only.
 	setRR(ctx, c, nodes[0].Name, true)
 	start = time.Now()
-	waitBGP(t, ctx, nodes, func(n *corev1.Node) []*corev1.Node {
+	waitBGP(t, ctx, nodes, never, func(n *corev1.Node) []*corev1.Node {
 		if n.Name == nodes[0].Name {
 			return others(nodes, n.Name)
 		}
@@ -74,12 +75,20 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 	t.Logf("sessions re-formed around reflector %s after %s", nodes[0].Name, time.Since(start).Round(time.Millisecond))
 	probeAll(t, ctx, remote)
 	setRR(ctx, c, nodes[0].Name, false)
-	waitBGP(t, ctx, nodes, mesh, time.Minute)
+	waitBGP(t, ctx, nodes, never, mesh, time.Minute)
 	for _, n := range nodes {
 		if pid, err := weftdPID(n.Name); err != nil || pid != pids[n.Name] {
 			t.Errorf("%s: weftd pid %d -> %d (%v): sessions must re-form without a restart", n.Name, pids[n.Name], pid, err)
 		}
 	}
+
+	// ipipMode Always: every remote pod CIDR into weft.ipip (userspace
+	// IP-in-IP on this kernel, which has no ipip module).
+	setBackend(t, ctx, c, orig.Data["net-conf.json"], `{"type":"bgp","ipipMode":"Always"}`)
+	start = time.Now()
+	waitBGP(t, ctx, nodes, always, mesh, 2*time.Minute)
+	t.Logf("bgp ipipMode Always established and routed after %s", time.Since(start).Round(time.Millisecond))
+	probeAll(t, ctx, remote)
 
 	// Back to vxlan.
 	if err := restore(ctx); err != nil {
@@ -89,6 +98,12 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 		for _, n := range nodes {
 			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
 				return false, err
+			}
+			h := nodeHandle(t, n.Name)
+			_, err := h.LinkByName("weft.ipip")
+			h.Close()
+			if err == nil {
+				return false, fmt.Errorf("%s: weft.ipip still there after switching away from bgp", n.Name)
 			}
 			if code, body, err := readyz(n.Name, internalIP(n)); err != nil || code != http.StatusOK || strings.Contains(body, "info: bgp:") {
 				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
@@ -130,12 +145,23 @@ func setRR(ctx context.Context, c kubernetes.Interface, node string, on bool) {
 	_, _ = c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 }
 
-var sessionsRE = regexp.MustCompile(`info: bgp: ipipMode Never; sessions (\d+)/(\d+) established \(([^)]*)\)`)
+// bgpMode is what one ipipMode shows: its /readyz line and its routes.
+type bgpMode struct {
+	readyz *regexp.Regexp
+	// dev is the device of routes to other nodes ("" = via the owner's
+	// underlay address).
+	dev string
+}
+
+var (
+	never  = bgpMode{readyz: regexp.MustCompile(`info: bgp: ipipMode Never; sessions (\d+)/(\d+) established \(([^)]*)\)`)}
+	always = bgpMode{readyz: regexp.MustCompile(`info: bgp: ipipMode Always \(userspace ipip\); sessions (\d+)/(\d+) established \(([^)]*)\)`), dev: "weft.ipip"}
+)
 
 // waitBGP waits until every node runs bgp, has exactly one Established
 // session with each node peersOf lists (per /readyz) and a proto-87 route
 // to every other node's pod CIDR via that node's underlay address.
-func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, peersOf func(*corev1.Node) []*corev1.Node, within time.Duration) {
+func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, mode bgpMode, peersOf func(*corev1.Node) []*corev1.Node, within time.Duration) {
 	t.Helper()
 	if err := waitFor(ctx, within, func() (bool, error) {
 		for _, n := range nodes {
@@ -143,7 +169,7 @@ func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, peersOf fu
 			if err != nil || code != http.StatusOK {
 				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
 			}
-			m := sessionsRE.FindStringSubmatch(body)
+			m := mode.readyz.FindStringSubmatch(body)
 			want := peersOf(n)
 			if m == nil || m[1] != fmt.Sprint(len(want)) || m[2] != m[1] {
 				return false, fmt.Errorf("%s: want %d established sessions, /readyz %q", n.Name, len(want), body)
@@ -153,7 +179,7 @@ func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, peersOf fu
 					return false, fmt.Errorf("%s: no established session with %s: %q", n.Name, p.Name, m[3])
 				}
 			}
-			if err := bgpRoutes(t, n, others(nodes, n.Name)); err != nil {
+			if err := bgpRoutes(t, n, others(nodes, n.Name), mode.dev); err != nil {
 				return false, err
 			}
 		}
@@ -163,9 +189,9 @@ func waitBGP(t *testing.T, ctx context.Context, nodes []*corev1.Node, peersOf fu
 	}
 }
 
-// bgpRoutes checks node's main table: each peer's pod CIDR via its
-// underlay address, proto 87, not through weft.vxlan (which is gone).
-func bgpRoutes(t *testing.T, node *corev1.Node, peers []*corev1.Node) error {
+// bgpRoutes checks node's main table: each peer's pod CIDR with proto 87,
+// via its underlay address (dev "") or out of dev, and weft.vxlan gone.
+func bgpRoutes(t *testing.T, node *corev1.Node, peers []*corev1.Node, dev string) error {
 	h := nodeHandle(t, node.Name)
 	defer h.Close()
 	if _, err := h.LinkByName(vxlanDev); err == nil {
@@ -177,13 +203,25 @@ func bgpRoutes(t *testing.T, node *corev1.Node, peers []*corev1.Node) error {
 	}
 	got := map[string]string{}
 	for _, r := range rs {
-		if r.Dst != nil && r.Gw != nil && int(r.Protocol) == weftRtProto {
-			got[r.Dst.String()] = r.Gw.String()
+		if r.Dst == nil || int(r.Protocol) != weftRtProto {
+			continue
+		}
+		switch l, err := h.LinkByIndex(r.LinkIndex); {
+		case err != nil:
+			got[r.Dst.String()] = err.Error()
+		case r.Gw != nil:
+			got[r.Dst.String()] = "via " + r.Gw.String()
+		default:
+			got[r.Dst.String()] = "dev " + l.Attrs().Name
 		}
 	}
 	for _, p := range peers {
-		if cidr := p.Annotations[annoPodCIDR]; got[cidr] != internalIP(p) {
-			return fmt.Errorf("%s: want %s via %s proto %d, have proto-%d routes %v", node.Name, cidr, internalIP(p), weftRtProto, weftRtProto, got)
+		want := "via " + internalIP(p)
+		if dev != "" {
+			want = "dev " + dev
+		}
+		if cidr := p.Annotations[annoPodCIDR]; got[cidr] != want {
+			return fmt.Errorf("%s: want %s %s proto %d, have proto-%d routes %v", node.Name, cidr, want, weftRtProto, weftRtProto, got)
 		}
 	}
 	return nil
