@@ -135,6 +135,9 @@ func (t *Tunnel) Run(ctx context.Context) error {
 // closing, stop with the error when the device or socket went away, else
 // count it, pause briefly and go on.
 func (t *Tunnel) loopErr(err error) (stop bool, _ error) {
+	if t.stopping.Load() {
+		return true, nil // whatever a closed fd returns (EBADF, "use of closed file")
+	}
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		if t.stopping.Load() {
 			return true, nil
