@@ -197,7 +197,9 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	}
 	b.peers = peers
 	all, speakers, probs := b.nodes(peers)
-	sessions := Sessions(b.self, speakers, b.cfg, nil)
+	// Sessions decides the topology over all nodes, the local one included
+	// (it may be the only reflector).
+	sessions := Sessions(b.self, append(speakers, b.self), b.cfg, nil)
 	b.f.Speaker.SetImportPolicy(PolicyFor(b.self, all, sessions))
 	bp, sprobs := b.resolve(ctx, sessions)
 	probs = append(probs, sprobs...)

@@ -210,6 +210,11 @@ func TestBackendRouteReflectorLabels(t *testing.T) {
 	if got := peerAddrs(r.sp.Peers()); got != "10.0.0.2(rr-client) 10.0.0.3 10.0.0.4(rr-client)" {
 		t.Fatalf("a reflector peers with every node, clients marked, got %s", got)
 	}
+	// The local node is the only reflector.
+	r.apply(t, peer(2, nil), peer(3, nil), peer(4, nil))
+	if got := peerAddrs(r.sp.Peers()); got != "10.0.0.2(rr-client) 10.0.0.3(rr-client) 10.0.0.4(rr-client)" {
+		t.Fatalf("the only reflector reflects for every node, got %s", got)
+	}
 	// No reflector left: full mesh again.
 	u.UpdateLocal(local(nil))
 	r.apply(t, peer(2, nil), peer(3, nil), peer(4, nil))
