@@ -47,8 +47,16 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 		return err
 	}
 	t.Cleanup(func() {
-		setRR(context.Background(), c, nodes[0].Name, false)
-		_ = restore(context.Background())
+		if !t.Failed() {
+			return
+		}
+		// Leave the cluster on vxlan for the next subtests.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		setRR(ctx, c, nodes[0].Name, false)
+		if err := restore(ctx); err == nil {
+			_ = waitVXLAN(t, ctx, nodes)
+		}
 	})
 	pids := map[string]int{}
 	for _, n := range nodes {
@@ -94,7 +102,16 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 	if err := restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
+	if err := waitVXLAN(t, ctx, nodes); err != nil {
+		t.Fatalf("back on vxlan: %v", err)
+	}
+	probeAll(t, ctx, remote)
+}
+
+// waitVXLAN waits until every node is back on vxlan: its entries for the
+// others, ready, no bgp line in /readyz, weft.ipip gone.
+func waitVXLAN(t *testing.T, ctx context.Context, nodes []*corev1.Node) error {
+	return waitFor(ctx, 2*time.Minute, func() (bool, error) {
 		for _, n := range nodes {
 			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
 				return false, err
@@ -110,10 +127,7 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 			}
 		}
 		return true, nil
-	}); err != nil {
-		t.Fatalf("back on vxlan: %v", err)
-	}
-	probeAll(t, ctx, remote)
+	})
 }
 
 // setBackend replaces the backend section of net-conf.json.
