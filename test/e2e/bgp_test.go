@@ -113,14 +113,18 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 func waitVXLAN(t *testing.T, ctx context.Context, nodes []*corev1.Node) error {
 	return waitFor(ctx, 2*time.Minute, func() (bool, error) {
 		for _, n := range nodes {
+			h := nodeHandle(t, n.Name)
+			_, errV := h.LinkByName(vxlanDev)
+			_, errI := h.LinkByName("weft.ipip")
+			h.Close()
+			if errV != nil {
+				return false, fmt.Errorf("%s: no %s yet: %v", n.Name, vxlanDev, errV)
+			}
+			if errI == nil {
+				return false, fmt.Errorf("%s: weft.ipip still there after switching away from bgp", n.Name)
+			}
 			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
 				return false, err
-			}
-			h := nodeHandle(t, n.Name)
-			_, err := h.LinkByName("weft.ipip")
-			h.Close()
-			if err == nil {
-				return false, fmt.Errorf("%s: weft.ipip still there after switching away from bgp", n.Name)
 			}
 			if code, body, err := readyz(n.Name, internalIP(n)); err != nil || code != http.StatusOK || strings.Contains(body, "info: bgp:") {
 				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
