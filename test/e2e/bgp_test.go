@@ -55,7 +55,7 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 		defer cancel()
 		setRR(ctx, c, nodes[0].Name, false)
 		if err := restore(ctx); err == nil {
-			_ = waitVXLAN(t, ctx, nodes)
+			_ = waitVXLAN(t, ctx, c, nodes)
 		}
 	})
 	pids := map[string]int{}
@@ -102,17 +102,23 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 	if err := restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := waitVXLAN(t, ctx, nodes); err != nil {
+	if err := waitVXLAN(t, ctx, c, nodes); err != nil {
 		t.Fatalf("back on vxlan: %v", err)
 	}
 	probeAll(t, ctx, remote)
 }
 
-// waitVXLAN waits until every node is back on vxlan: its entries for the
-// others, ready, no bgp line in /readyz, weft.ipip gone.
-func waitVXLAN(t *testing.T, ctx context.Context, nodes []*corev1.Node) error {
+// waitVXLAN waits until every node is back on vxlan: ready, no bgp line
+// in /readyz, weft.ipip gone, and its entries for the others as the Nodes
+// now announce them (the devices were recreated: new VTEP MACs). nodes is
+// then updated in place, for the caller's later checks.
+func waitVXLAN(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node) error {
 	return waitFor(ctx, 2*time.Minute, func() (bool, error) {
-		for _, n := range nodes {
+		fresh := weftNodes(t, ctx, c)
+		if len(fresh) != len(nodes) {
+			return false, fmt.Errorf("%d nodes", len(fresh))
+		}
+		for _, n := range fresh {
 			h := nodeHandle(t, n.Name)
 			_, errV := h.LinkByName(vxlanDev)
 			_, errI := h.LinkByName("weft.ipip")
@@ -123,13 +129,14 @@ func waitVXLAN(t *testing.T, ctx context.Context, nodes []*corev1.Node) error {
 			if errI == nil {
 				return false, fmt.Errorf("%s: weft.ipip still there after switching away from bgp", n.Name)
 			}
-			if err := expectPeers(t, n.Name, others(nodes, n.Name)); err != nil {
-				return false, err
-			}
 			if code, body, err := readyz(n.Name, internalIP(n)); err != nil || code != http.StatusOK || strings.Contains(body, "info: bgp:") {
 				return false, fmt.Errorf("%s: /readyz %d %q %v", n.Name, code, body, err)
 			}
+			if err := expectPeers(t, n.Name, others(fresh, n.Name)); err != nil {
+				return false, err
+			}
 		}
+		copy(nodes, fresh)
 		return true, nil
 	})
 }
