@@ -97,6 +97,14 @@ func TestWeftYAML(t *testing.T) {
 				if v == "*" || res == "*" {
 					t.Fatalf("wildcard rule %+v", r)
 				}
+				if res == "secrets" {
+					// The bgp backend's TCP-MD5 passwords: get by name only
+					// (an empty resourceNames would grant every Secret).
+					if v != "get" || !slices.Equal(r.ResourceNames, []string{"weft-bgp-passwords"}) {
+						t.Errorf("secrets rule beyond get on weft-bgp-passwords: %+v", r)
+					}
+					continue
+				}
 				allowed[res+":"+v] = true
 			}
 		}

@@ -1,7 +1,14 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/weftnet/weft/bgp"
 
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/encapguard"
@@ -21,6 +28,9 @@ type nodeKernel struct {
 	// details (nil in uninstall).
 	udpMetrics *udp.Metrics
 	status     udp.Reporter
+	// bgp is the process's one bgp factory (it owns the one GoBGP
+	// server); without a speaker it can only clean up (uninstall).
+	bgp *bgp.Factory
 }
 
 // openNodeKernel opens the netlink sockets of the current namespace.
@@ -29,7 +39,8 @@ func openNodeKernel(log *slog.Logger) (nodeKernel, func(), error) {
 	if err != nil {
 		return nodeKernel{}, nil, err
 	}
-	return nodeKernel{vxlan: k, routes: route.New(route.NewNetlink(k.Handle()), log)}, k.Close, nil
+	routes := route.New(route.NewNetlink(k.Handle()), log)
+	return nodeKernel{vxlan: k, routes: routes, bgp: &bgp.Factory{Routes: routes, Log: log, IPIP: bgp.UserspaceIPIP{Log: log}}}, k.Close, nil
 }
 
 // factories is the one list of the backend types weftd knows: the agent
@@ -38,5 +49,22 @@ func factories(k nodeKernel, log *slog.Logger) []backend.Factory {
 	return []backend.Factory{
 		vxlan.Factory{Kernel: k.vxlan, Routes: k.routes, Guard: k.guard, Log: log},
 		udp.Factory{Kernel: udp.Netlink{Log: log}, Routes: k.routes, Guard: k.guard, Metrics: k.udpMetrics, Status: k.status, Log: log},
+		k.bgp,
 	}
+}
+
+// secretKeys reads TCP-MD5 passwords for the bgp backend from Secrets in
+// kube-system (the manifest grants get on the named Secret only).
+type secretKeys struct{ c kubernetes.Interface }
+
+func (s secretKeys) SecretKey(ctx context.Context, name, key string) (string, error) {
+	sec, err := s.c.CoreV1().Secrets("kube-system").Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	v, ok := sec.Data[key]
+	if !ok {
+		return "", fmt.Errorf("secret kube-system/%s has no key %q", name, key)
+	}
+	return string(v), nil
 }

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/bgp"
 	"github.com/weftnet/weft/daemon/agent"
 	"github.com/weftnet/weft/daemon/api"
 	"github.com/weftnet/weft/daemon/fabric"
@@ -150,6 +151,8 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type))
 	nk.udpMetrics, nk.status = udp.NewMetrics(), status
 	metrics.Registry.MustRegister(nk.udpMetrics)
+	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
+	metrics.Registry.MustRegister(nk.bgp)
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})

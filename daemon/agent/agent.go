@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"strings"
@@ -173,6 +174,9 @@ func relevantNodeChange(o, n any) bool {
 	if fmt.Sprint(on.Status.Addresses) != fmt.Sprint(nn.Status.Addresses) {
 		return true
 	}
+	if !maps.Equal(on.Labels, nn.Labels) {
+		return true // e.g. weft.dev/route-reflector, an external BGP peer's nodeSelector
+	}
 	for k, v := range nn.Annotations {
 		if strings.HasPrefix(k, backend.AnnoPrefix) && on.Annotations[k] != v {
 			return true
@@ -308,8 +312,9 @@ func (a *Agent) localNode(cfg *config.NetConf, node *corev1.Node) (backend.Local
 	if err != nil {
 		return backend.LocalNode{}, fmt.Errorf("underlay link for %s: %w", ip, err)
 	}
+	self := PeerFromNode(node)
 	return backend.LocalNode{Name: a.opt.NodeName, UnderlayIP: ip, UnderlayLink: link, UnderlayMTU: mtu,
-		PodCIDR: a.st.lease.Subnet, Network: cfg.Network}, nil
+		PodCIDR: a.st.lease.Subnet, Network: cfg.Network, Labels: self.Labels, Attrs: self.Attrs}, nil
 }
 
 // publish writes the node's weft.dev/* annotations when the informer's
@@ -437,7 +442,7 @@ func (a *Agent) peers() []backend.Peer {
 // PeerFromNode reads what a backend needs from a Node's annotations, with
 // its InternalIP and spec.podCIDR as fallbacks.
 func PeerFromNode(n *corev1.Node) backend.Peer {
-	p := backend.Peer{Name: n.Name, Attrs: map[string]string{}}
+	p := backend.Peer{Name: n.Name, Attrs: map[string]string{}, Labels: maps.Clone(n.Labels)}
 	for k, v := range n.Annotations {
 		if strings.HasPrefix(k, backend.AnnoPrefix) {
 			p.Attrs[k] = v

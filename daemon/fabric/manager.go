@@ -73,6 +73,9 @@ func (m *Manager) Ensure(ctx context.Context, sec config.Backend, local backend.
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.cur.b != nil && m.cur.b.Type() == sec.Type && config.SameJSON(m.cur.raw, sec.Raw) {
+		if u, ok := m.cur.b.(backend.LocalUpdater); ok {
+			u.UpdateLocal(local) // e.g. a label that changes the BGP topology
+		}
 		return m.cur.pub, nil
 	}
 	f, ok := m.factories[sec.Type]

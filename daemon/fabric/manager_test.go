@@ -106,3 +106,37 @@ func TestManagerKeepsOldWhileNewFails(t *testing.T) {
 		t.Fatalf("old backend not kept converged: %v", r.calls)
 	}
 }
+
+type updatingBackend struct {
+	fakeBackend
+	locals []backend.LocalNode
+}
+
+func (b *updatingBackend) UpdateLocal(l backend.LocalNode) { b.locals = append(b.locals, l) }
+
+type updatingFactory struct {
+	fakeFactory
+	b *updatingBackend
+}
+
+func (f updatingFactory) New(json.RawMessage) (backend.Backend, error) { return f.b, nil }
+
+// The same section again does not restart the backend, but a backend that
+// follows the local node (bgp: its labels pick the topology) is told.
+func TestManagerUpdatesLocalNode(t *testing.T) {
+	ctx := context.Background()
+	r := &rec{}
+	ub := &updatingBackend{fakeBackend: fakeBackend{typ: "u", id: "u", r: r}}
+	m := NewManager([]backend.Factory{updatingFactory{fakeFactory{typ: "u", r: r}, ub}}, slog.Default())
+	sec := config.Backend{Type: "u", Raw: json.RawMessage(`{"type":"u"}`)}
+	if _, err := m.Ensure(ctx, sec, backend.LocalNode{Name: "n"}); err != nil {
+		t.Fatal(err)
+	}
+	l := backend.LocalNode{Name: "n", Labels: map[string]string{"weft.dev/route-reflector": "true"}}
+	if _, err := m.Ensure(ctx, sec, l); err != nil {
+		t.Fatal(err)
+	}
+	if len(ub.locals) != 1 || ub.locals[0].Labels["weft.dev/route-reflector"] != "true" || !slices.Equal(r.calls, []string{"start u"}) {
+		t.Fatalf("updates %v, calls %v", ub.locals, r.calls)
+	}
+}

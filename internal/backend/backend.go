@@ -36,6 +36,14 @@ type Backend interface {
 	Stop(ctx context.Context, cleanup bool) error
 }
 
+// LocalUpdater is implemented by a backend that follows changes of the
+// local node's labels and annotations without a restart: the manager calls
+// UpdateLocal before Apply when the section is unchanged. A backend
+// without it sees the LocalNode of its Start only.
+type LocalUpdater interface {
+	UpdateLocal(local LocalNode)
+}
+
 // Factory builds backends of one type from their net-conf.json section.
 // Each backend package exports its own; cmd/weftd assembles the list.
 type Factory interface {

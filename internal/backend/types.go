@@ -31,6 +31,8 @@ type Peer struct {
 	// Attrs are the peer's weft.dev/* annotations (backend specific data,
 	// e.g. the VXLAN VTEP MAC).
 	Attrs map[string]string
+	// Labels are the Node's labels (e.g. weft.dev/route-reflector).
+	Labels map[string]string
 }
 
 // Accepts reports whether the peer can receive traffic of the backend.
@@ -47,6 +49,10 @@ type LocalNode struct {
 	UnderlayMTU  int
 	PodCIDR      netip.Prefix
 	Network      netip.Prefix
+	// Labels and Attrs (weft.dev/* annotations) of the own Node object, as
+	// for a Peer.
+	Labels map[string]string
+	Attrs  map[string]string
 }
 
 // ParseBackends splits a weft.dev/backends annotation value.

@@ -1,5 +1,5 @@
 // Package encapguard closes a node's encapsulation endpoint (the VXLAN UDP
-// port today; the udp backend's port and IP-in-IP later) to everyone but
+// port, the udp backend's port, IP-in-IP) to everyone but
 // the known nodes, and binds every encapsulated packet's outer sender to
 // the pod addresses that sender owns:
 //
@@ -70,6 +70,11 @@ func VXLAN(port int) Encap {
 // UDP is the udp backend's encapsulation: the bare IP packet in a UDP
 // datagram to port.
 func UDP(port int) Encap { return Encap{Kind: "udp", Proto: "udp", Port: port, InnerSrc: 8 + 12} }
+
+// IPIP is IP-in-IP (IP protocol 4): the inner IPv4 header right behind
+// the outer one (source at +12). iptables-save names protocol 4 after
+// /etc/protocols ("ipencap"; netbase, which Debian's iptables depends on).
+func IPIP() Encap { return Encap{Kind: "ipip", Proto: "ipencap", InnerSrc: 12} }
 
 // Peer is a known node: its underlay address and the pod CIDRs behind it.
 type Peer struct {

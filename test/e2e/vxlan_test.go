@@ -434,6 +434,10 @@ func TestVXLANMesh(t *testing.T) {
 		nodes = testUDPBackend(t, ctx, c, nsName, nodes, local, remote)
 	})
 
+	t.Run("bgp backend, ipipMode Never, route reflector, and back", func(t *testing.T) {
+		checkBGP(t, ctx, c, nodes, remote)
+	})
+
 	t.Run("removed node's entries go and come back", func(t *testing.T) {
 		victim := nodes[len(nodes)-1]
 		if err := c.CoreV1().Nodes().Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {

@@ -1,0 +1,116 @@
+package bgp
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/weftnet/weft/internal/backend"
+)
+
+type fakeIPIP struct {
+	mu      sync.Mutex
+	t       *fakeTunnel
+	removed int
+}
+
+type fakeTunnel struct {
+	f       *fakeIPIP
+	mtu     int
+	peers   []string
+	stopped string
+}
+
+func (f *fakeIPIP) Start(_ context.Context, _ backend.LocalNode, mtu int) (Tunnel, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.t = &fakeTunnel{f: f, mtu: mtu}
+	return f.t, nil
+}
+func (f *fakeIPIP) Remove() error { f.mu.Lock(); f.removed++; f.mu.Unlock(); return nil }
+
+func (t *fakeTunnel) Device() string               { return "weft.ipip" }
+func (t *fakeTunnel) Impl() string                 { return "fake" }
+func (t *fakeTunnel) UnderlaySubnet() netip.Prefix { return pfx("10.0.0.0/24") }
+func (t *fakeTunnel) SetPeers(_ []netip.Prefix, peers []backend.Peer) []string {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	t.peers = nil
+	for _, p := range peers {
+		t.peers = append(t.peers, p.UnderlayIP.String())
+	}
+	return nil
+}
+func (t *fakeTunnel) Stop(remove bool) error {
+	t.f.mu.Lock()
+	defer t.f.mu.Unlock()
+	t.stopped = map[bool]string{true: "removed", false: "kept"}[remove]
+	return nil
+}
+
+func newIPIPRig(t *testing.T, section string) (*rig, *fakeIPIP) {
+	r := newRig(t, `{"type":"bgp","ipipMode":"Never"}`)
+	fi := &fakeIPIP{}
+	r.f.IPIP = fi
+	b, err := r.f.New(json.RawMessage(section))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.b = b
+	t.Cleanup(func() { _ = b.Stop(context.Background(), true) })
+	return r, fi
+}
+
+func TestBackendIPIPAlways(t *testing.T) {
+	r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always","peers":[{"peerIP":"10.0.0.254","asNumber":65000,"acceptedPrefixes":["198.51.100.0/24"]}]}`)
+	if pub := r.start(t, local(nil)); pub.MTU != 1480 || fi.t == nil || fi.t.mtu != 1480 {
+		t.Fatalf("published %+v, tunnel %+v", pub, fi.t)
+	}
+	p4 := peer(4, nil)
+	p4.Backends = []string{"vxlan"}
+	r.apply(t, peer(2, nil), peer(3, nil), p4)
+	if got := strings.Join(fi.t.peers, " "); got != "10.0.0.2 10.0.0.3" {
+		t.Fatalf("tunnel peers %q: want the bgp nodes", got)
+	}
+	r.sp.Inject(cand("10.244.2.0/24", "10.0.0.2", "10.0.0.2"), cand("10.244.3.0/24", "10.0.0.3", "10.0.0.3"),
+		cand("198.51.100.0/24", "10.0.0.254", "10.0.0.254"))
+	// Node routes into the tunnel; the external router's route is plain.
+	r.waitRoutes(t, "10.244.2.0/24 dev weft.ipip proto 87; 10.244.3.0/24 dev weft.ipip proto 87; 198.51.100.0/24 via 10.0.0.254 dev eth0 proto 87")
+	r.apply(t, peer(2, nil), peer(3, nil), p4)
+	if d := r.rep.get(DetailKey); !strings.HasPrefix(d, "ipipMode Always (fake ipip); sessions 3/3 established") {
+		t.Fatalf("readyz detail %q", d)
+	}
+	if err := r.b.Stop(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if fi.t.stopped != "removed" || r.kernelRoutes() != "" {
+		t.Fatalf("cleanup: tunnel %q, routes %q", fi.t.stopped, r.kernelRoutes())
+	}
+	if err := r.f.Cleanup(context.Background()); err != nil || fi.removed != 1 {
+		t.Fatalf("factory cleanup: %v, removed %d", err, fi.removed)
+	}
+}
+
+func TestBackendIPIPCrossSubnet(t *testing.T) {
+	r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"CrossSubnet"}`)
+	r.start(t, local(nil))
+	far := peer(5, nil)
+	far.UnderlayIP = addr("10.0.1.5") // another underlay subnet
+	r.apply(t, peer(2, nil), far)
+	// Before anything is learned the kept routes follow the same rule.
+	r.waitRoutes(t, "10.244.2.0/24 via 10.0.0.2 dev eth0 proto 87; 10.244.5.0/24 dev weft.ipip proto 87")
+	r.sp.Inject(cand("10.244.2.0/24", "10.0.0.2", "10.0.0.2"), cand("10.244.5.0/24", "10.0.1.5", "10.0.1.5"))
+	r.apply(t, peer(2, nil), far)
+	r.waitRoutes(t, "10.244.2.0/24 via 10.0.0.2 dev eth0 proto 87; 10.244.5.0/24 dev weft.ipip proto 87")
+	if !slices.Equal(fi.t.peers, []string{"10.0.0.2", "10.0.1.5"}) {
+		t.Fatalf("tunnel peers %v", fi.t.peers)
+	}
+	// weftd exits: the device and routes stay.
+	if err := r.b.Stop(context.Background(), false); err != nil || fi.t.stopped != "kept" || r.kernelRoutes() == "" {
+		t.Fatalf("stop without cleanup: %v, tunnel %q, routes %q", err, fi.t.stopped, r.kernelRoutes())
+	}
+}
