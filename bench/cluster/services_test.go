@@ -1,10 +1,10 @@
-// Package services benchmarks Service traffic through Weft in the local
-// cluster (hack/localcluster, real kube-proxy): pod -> ClusterIP -> pod
-// across nodes against pod -> pod directly, in the same run (issue 12).
-package services
+package cluster
+
+// Service traffic through Weft in the local cluster (real kube-proxy):
+// pod -> ClusterIP -> pod across nodes against pod -> pod directly, in the
+// same run (issue 12).
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -22,7 +22,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
@@ -36,18 +35,6 @@ const (
 	// runs -benchtime 1x); the medians are reported.
 	rounds = 5
 )
-
-func localcluster(b *testing.B, args ...string) {
-	b.Helper()
-	root := testutil.RepoRoot()
-	cmd := exec.Command(filepath.Join(root, "hack", "localcluster"), args...)
-	cmd.Dir = root
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		b.Fatalf("hack/localcluster %v: %v\n%s", args, err, out.String())
-	}
-}
 
 // BenchmarkClusterIPvsDirect: a server pod on node 1 and a client pod on
 // node 2 (VXLAN between them), a ClusterIP Service selecting the server
@@ -110,14 +97,7 @@ type env struct {
 // the Service, and waits for both pods to run with an IP.
 func setup(b *testing.B) *env {
 	b.Helper()
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(testutil.RepoRoot(), ".localcluster", "kubeconfig"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client := adminClient(b)
 	e := &env{ctx: context.Background(), client: client, ns: fmt.Sprintf("svcbench-%06x", rand.IntN(1<<24))}
 	nodes, err := client.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{})
 	if err != nil || len(nodes.Items) < 2 {
