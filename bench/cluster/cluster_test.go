@@ -1,5 +1,6 @@
 // Package cluster benchmarks the local cluster (hack/localcluster): how long
-// a warm `up` of 3 nodes takes, and pod create -> Running-with-IP latency.
+// a warm `up` of 3 nodes takes, pod create -> Running-with-IP latency, and
+// pod -> ClusterIP -> pod against pod -> pod across nodes.
 package cluster
 
 import (
@@ -35,6 +36,20 @@ func localcluster(b *testing.B, args ...string) {
 	}
 }
 
+// adminClient returns a client with the cluster's admin kubeconfig.
+func adminClient(b *testing.B) kubernetes.Interface {
+	b.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(testutil.RepoRoot(), ".localcluster", "kubeconfig"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return client
+}
+
 // BenchmarkClusterUpWarm: `hack/localcluster up --nodes 3` with every
 // binary already built, from nothing to 3 Ready nodes with pod CIDRs.
 func BenchmarkClusterUpWarm(b *testing.B) {
@@ -60,14 +75,7 @@ func BenchmarkPodStartLatency(b *testing.B) {
 	testutil.RequireRoot(b)
 	localcluster(b, "up", "--nodes", "3")
 	b.Cleanup(func() { localcluster(b, "down") })
-	cfg, err := clientcmd.BuildConfigFromFlags("", filepath.Join(testutil.RepoRoot(), ".localcluster", "kubeconfig"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
+	client := adminClient(b)
 	ctx := context.Background()
 	ns := fmt.Sprintf("bench-%06x", rand.IntN(1<<24))
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

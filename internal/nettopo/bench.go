@@ -17,10 +17,17 @@ import (
 // from to a server on dst:7100 in to, for the given seconds.
 func RR(b testing.TB, from, to ns.NetNS, dst netip.Addr, seconds int) float64 {
 	b.Helper()
+	return RRVia(b, from, to, netip.AddrPortFrom(dst, 7100), netip.AddrPortFrom(dst, 7100), seconds)
+}
+
+// RRVia is RR with the server listening on listen and the client dialling
+// dst, e.g. a Service address that DNATs to listen.
+func RRVia(b testing.TB, from, to ns.NetNS, listen, dst netip.AddrPort, seconds int) float64 {
+	b.Helper()
 	var ln net.Listener
 	if err := to.Do(func(ns.NetNS) error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(dst, 7100).String())
+		ln, err = net.Listen("tcp", listen.String())
 		return err
 	}); err != nil {
 		b.Fatalf("listen: %v", err)
@@ -45,7 +52,7 @@ func RR(b testing.TB, from, to ns.NetNS, dst netip.Addr, seconds int) float64 {
 	var c net.Conn
 	if err := from.Do(func(ns.NetNS) error {
 		var err error
-		c, err = net.DialTimeout("tcp", netip.AddrPortFrom(dst, 7100).String(), 3*time.Second)
+		c, err = net.DialTimeout("tcp", dst.String(), 3*time.Second)
 		return err
 	}); err != nil {
 		b.Fatalf("dial: %v", err)

@@ -18,8 +18,15 @@ import (
 // inside the two namespaces; the server is killed when it returns.
 func IPerf3(b testing.TB, from, to ns.NetNS, dst netip.Addr, streams, seconds int) float64 {
 	b.Helper()
-	const port = "5201"
-	srv := exec.Command("nsenter", "--net="+to.Path(), "iperf3", "-s", "-1", "-B", dst.String(), "-p", port)
+	return IPerf3Via(b, from, to, dst, netip.AddrPortFrom(dst, 5201), streams, seconds)
+}
+
+// IPerf3Via is IPerf3 with the server bound to bind (port dst's) and the
+// client connecting to dst, e.g. a Service address that DNATs to bind.
+func IPerf3Via(b testing.TB, from, to ns.NetNS, bind netip.Addr, dst netip.AddrPort, streams, seconds int) float64 {
+	b.Helper()
+	port := fmt.Sprint(dst.Port())
+	srv := exec.Command("nsenter", "--net="+to.Path(), "iperf3", "-s", "-1", "-B", bind.String(), "-p", port)
 	if err := srv.Start(); err != nil {
 		b.Fatalf("iperf3 server: %v", err)
 	}
@@ -28,7 +35,7 @@ func IPerf3(b testing.TB, from, to ns.NetNS, dst netip.Addr, streams, seconds in
 	var err error
 	for range 50 { // wait for the server to listen
 		time.Sleep(100 * time.Millisecond)
-		out, err = exec.Command("nsenter", "--net="+from.Path(), "iperf3", "-c", dst.String(), "-p", port,
+		out, err = exec.Command("nsenter", "--net="+from.Path(), "iperf3", "-c", dst.Addr().String(), "-p", port,
 			"-t", fmt.Sprint(seconds), "-P", fmt.Sprint(streams), "-J").Output()
 		if err == nil || !strings.Contains(string(out), "Connection refused") {
 			break
