@@ -3,9 +3,9 @@ package ipip
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
-	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -27,7 +27,7 @@ type RawSocket struct {
 	// closed: RawConn calls on a closed file fail with poll's own
 	// "use of closed file", which matches no exported error.
 	closed atomic.Bool
-	rx rawRx
+	rx     rawRx
 	// txMu guards tx (Send may be called from several goroutines).
 	txMu sync.Mutex
 	tx   rawTx
