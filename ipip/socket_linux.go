@@ -3,9 +3,11 @@ package ipip
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -22,7 +24,10 @@ import (
 type RawSocket struct {
 	f  *os.File
 	rc syscall.RawConn
-	rx rawRx
+	// closed: RawConn calls on a closed file fail with poll's own
+	// "use of closed file", which matches no exported error.
+	closed atomic.Bool
+	rx     rawRx
 	// txMu guards tx (Send may be called from several goroutines).
 	txMu sync.Mutex
 	tx   rawTx
@@ -73,8 +78,19 @@ func OpenRawSocket(local netip.Addr) (*RawSocket, error) {
 // BatchSize implements Conn.
 func (s *RawSocket) BatchSize() int { return rawBatch }
 
-// Close implements Conn; a blocked Recv returns os.ErrClosed.
-func (s *RawSocket) Close() error { return s.f.Close() }
+// Close implements Conn; a blocked Recv returns net.ErrClosed.
+func (s *RawSocket) Close() error {
+	s.closed.Store(true)
+	return s.f.Close()
+}
+
+// ioErr is err from the RawConn, net.ErrClosed once the socket is closed.
+func (s *RawSocket) ioErr(err error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("ipip socket: %w", net.ErrClosed)
+	}
+	return fmt.Errorf("ipip socket: %w", err)
+}
 
 type rawRx struct {
 	hdrs  []mmsghdr
@@ -108,7 +124,7 @@ func (s *RawSocket) Recv(bufs [][]byte, sizes []int) (int, error) {
 		r.hdrs[i].hdr.SetIovlen(1)
 	}
 	if err := s.rc.Read(r.fn); err != nil {
-		return 0, err
+		return 0, s.ioErr(err)
 	}
 	if r.errno != 0 {
 		return 0, r.errno
@@ -183,7 +199,7 @@ func (s *RawSocket) sendBatch(pkts [][]byte, dsts []netip.Addr) (int, error) {
 	var last error
 	for t.start = 0; t.start < t.n; {
 		if err := s.rc.Write(t.fn); err != nil {
-			return failed + t.n - t.start, err // the socket is closed
+			return failed + t.n - t.start, s.ioErr(err)
 		}
 		if t.errno != 0 || t.sent <= 0 { // message t.start was refused: skip it
 			failed++
