@@ -81,6 +81,21 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 		return nodes[:1]
 	}, time.Minute)
 	t.Logf("sessions re-formed around reflector %s after %s", nodes[0].Name, time.Since(start).Round(time.Millisecond))
+	// GoBGP cannot change a session's reflector role in place: the
+	// rebuilt sessions withdraw and re-learn their routes, a gap of a few
+	// seconds (a known miss of issue 10). Measure it, bound it, then
+	// require every pair.
+	if err := waitFor(ctx, 30*time.Second, func() (bool, error) {
+		for _, p := range remote {
+			if got, err := probe(ctx, p.from, p.to, tcpPort, "tcp"); err != nil || got != p.to.Name {
+				return false, fmt.Errorf("%s -> %s: %q %v", p.from.Name, p.to.Name, got, err)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		t.Fatalf("pairs after the reflector label: %v", err)
+	}
+	t.Logf("every pair answers again %s after the reflector label", time.Since(start).Round(time.Millisecond))
 	probeAll(t, ctx, remote)
 	setRR(ctx, c, nodes[0].Name, false)
 	waitBGP(t, ctx, nodes, never, mesh, time.Minute)
