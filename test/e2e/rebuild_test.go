@@ -25,8 +25,20 @@ func (e *polEnv) recordsRebuilt() {
 	dir := filepath.Join(testutil.RepoRoot(), ".localcluster", "nodes", node, "run-weft", "endpoints")
 	records := func() []string { m, _ := filepath.Glob(filepath.Join(dir, "*.json")); return m }
 	before := records()
-	if len(before) != 3 {
-		t.Fatalf("%s: %d endpoint records in %s, want 3", node, len(before), dir)
+	// One record per pod network attachment on the node: the test's three
+	// pods, plus any add-on pod (CoreDNS) the scheduler put there.
+	pods, err := e.client.CoreV1().Pods("").List(e.ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 0
+	for _, p := range pods.Items {
+		if !p.Spec.HostNetwork && p.DeletionTimestamp == nil {
+			want++
+		}
+	}
+	if len(before) != want || want < 3 {
+		t.Fatalf("%s: %d endpoint records in %s, want %d (pods on the node, at least the test's 3)", node, len(before), dir, want)
 	}
 	e.apply(netpol("x", "deny", nil, ingress))
 	denyX := func(f, to pp, s probeSpec) bool { return to.ns != "x" }
