@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -484,7 +485,10 @@ func (s *svcEnv) policies() {
 	})
 }
 
-func (s *svcEnv) all(mode string) {
+func (s *svcEnv) all(mode string) { s.some(mode) }
+
+// some runs the named cases (all of them when none is named) under mode.
+func (s *svcEnv) some(mode string, names ...string) {
 	for _, c := range []struct {
 		name string
 		f    func()
@@ -496,6 +500,9 @@ func (s *svcEnv) all(mode string) {
 		{"DNS", s.dns},
 		{"NetworkPolicy", s.policies},
 	} {
+		if len(names) > 0 && !slices.Contains(names, c.name) {
+			continue
+		}
 		s.t.Run(mode+"/"+c.name, func(t *testing.T) {
 			outer := s.t
 			s.t = t
@@ -521,4 +528,42 @@ func TestServices(t *testing.T) {
 		t.Fatalf("switch kube-proxy to nftables: %v", err)
 	}
 	s.all("nftables")
+	// The Service cases do not depend on the backend: run the ones that
+	// leave nothing behind again on udp and on bgp, then go back.
+	cms := s.client.CoreV1().ConfigMaps("kube-system")
+	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		setBackend(t, ctx, s.client, orig.Data["net-conf.json"], `{"type":"vxlan"}`)
+		s.waitBackend("vxlan")
+	}()
+	for _, b := range []struct{ typ, section string }{
+		{"udp", `{"type":"udp"}`},
+		{"bgp", `{"type":"bgp","ipipMode":"Never"}`},
+	} {
+		setBackend(t, ctx, s.client, orig.Data["net-conf.json"], b.section)
+		s.waitBackend(b.typ)
+		s.some("nftables+"+b.typ, "ClusterIP", "Hairpin", "NoEndpoints", "DNS")
+	}
+}
+
+// waitBackend waits until every node announces that it sends with typ.
+func (s *svcEnv) waitBackend(typ string) {
+	s.t.Helper()
+	if err := waitFor(s.ctx, 2*time.Minute, func() (bool, error) {
+		nodes, err := s.client.CoreV1().Nodes().List(s.ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, n := range nodes.Items {
+			if got := n.Annotations[annoBackend]; got != typ {
+				return false, fmt.Errorf("%s sends with %q, want %q", n.Name, got, typ)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		s.t.Fatal(err)
+	}
 }
