@@ -227,7 +227,9 @@ func TestGROWriteFallback(t *testing.T) {
 	d.wg = einvalWrites{d.wg}
 
 	src, dst := netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
-	if _, err := d.Write(packetBufs(testutil.UDPPacket(src, dst, 7001, 7000, []byte("lost")))); err == nil {
+	// Two packets: a batch of one is written plainly, never coalesced.
+	lost := testutil.UDPPacket(src, dst, 7001, 7000, []byte("lost"))
+	if _, err := d.Write(packetBufs(lost, lost)); err == nil {
 		t.Fatal("rejected GRO write returned no error")
 	}
 	m := d.Mode()
@@ -248,4 +250,27 @@ func TestGROWriteFallback(t *testing.T) {
 
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// TestSinglePacketWriteIsPlain: a batch of one packet is written without
+// the coalescing path (which has nothing to merge and costs a 1-byte
+// request/response more than the write): with coalescing writes failing
+// it still arrives, and GRO writes stay on for larger batches.
+func TestSinglePacketWriteIsPlain(t *testing.T) {
+	n := testutil.NewNS(t)
+	h := nettopo.Handle(t, n)
+	d := open(t, n, "weft.udp", 1400)
+	log := tunNet(t, n, h, 7000)
+	d.wg = einvalWrites{d.wg}
+
+	src, dst := netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
+	if k, err := d.Write(packetBufs(testutil.UDPPacket(src, dst, 7001, 7000, []byte("single")))); err != nil || k != 1 {
+		t.Fatalf("single-packet write: %d, %v", k, err)
+	}
+	if !log.Await("single", 3*time.Second) {
+		t.Fatal("the single packet never arrived")
+	}
+	if m := d.Mode(); !m.GROWrite || m.Fallback != "" {
+		t.Fatalf("mode after a single-packet write: %+v", m)
+	}
 }
