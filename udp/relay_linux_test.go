@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.zx2c4.com/wireguard/conn"
@@ -99,6 +100,7 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 			testutil.SendUDP(t, outsider.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), forged)
 			testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), spoofed)
 		}}.Check(t)
+	pastGuard(t, n1, n2, p1, p2, r2)
 
 	// A restarted weftd: node 2's relay stops, the next one adopts the
 	// device (its address and route stayed) and traffic flows again.
@@ -110,5 +112,28 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 	r2.SetPeers([]netip.Prefix{n2.PodCIDR}, []Peer{peerOf(n1)})
 	if err := ping(t, p1.NS, p2.IP); err != nil {
 		t.Fatalf("ping after node 2's relay restarted: %v", err)
+	}
+}
+
+// pastGuard: with the guard in front of node 2 (Forgery.Check left it
+// there), node 1 sends datagrams the guard passes (known sender, inner
+// source in node 1's pod CIDR) but the relay must not: the inner
+// destination is node 2's own underlay address (outside its pod CIDR:
+// written into the TUN it would reach node 2's host sockets), or the inner
+// packet is cut short. The relay drops and counts both, three of each, and
+// no host socket sees them.
+func pastGuard(t *testing.T, n1, n2 *nettopo.Node, p1, p2 *nettopo.Pod, r2 *Relay) {
+	t.Helper()
+	host := testutil.ListenUDP(t, n2.NS, 9001)
+	toHost := testutil.UDPPacket(p1.IP, n2.UnderlayIP, 4000, 9001, []byte("past-guard"))
+	cut := testutil.UDPPacket(p1.IP, p2.IP, 4000, 9001, []byte("past-guard-cut"))
+	testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), toHost)
+	testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), cut[:len(cut)-4])
+	testutil.Eventually(t, "relay drops past the guard", func() bool {
+		d := r2.Stats().Drops
+		return d["foreign-destination"] == 3 && d["truncated"] == 3
+	})
+	if host.Await("past-guard", 300*time.Millisecond) {
+		t.Fatalf("a datagram to node 2's host address reached a host socket: %v", host.Received("past-guard"))
 	}
 }
