@@ -69,6 +69,7 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 	nodes := checkNodeCIDRs(t, ctx, client)
 	checkNoWayOut(t, ctx)
 	checkCredentials(t, ctx)
+	checkManifest(t, ctx, client)
 
 	ns := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
