@@ -3,11 +3,13 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -295,6 +298,23 @@ func checkForbiddenLive(t *testing.T, ctx context.Context, admin kubernetes.Inte
 // runs, nothing is stored.
 func checkOwnNodeOnly(t *testing.T, ctx context.Context, weft kubernetes.Interface) {
 	t.Helper()
+	// What weftd itself writes passes the policy: every node's weftd has
+	// published its address (as weft.dev/public-ip, through the policy).
+	err := waitFor(ctx, time.Minute, func() (bool, error) {
+		nodes, err := weft.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, n := range nodes.Items {
+			if n.Annotations[backend.AnnoPublicIP] == "" {
+				return false, fmt.Errorf("node %s has no %s annotation", n.Name, backend.AnnoPublicIP)
+			}
+		}
+		return len(nodes.Items) == e2eNodes, fmt.Errorf("%d nodes", len(nodes.Items))
+	})
+	if err != nil {
+		t.Errorf("weftd's own annotations: %v", err)
+	}
 	dry := metav1.PatchOptions{DryRun: []string{metav1.DryRunAll}}
 	patch := func(node, body string) error {
 		_, err := weft.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(body), dry)
