@@ -90,7 +90,7 @@ with_daemon() {
   dockerd --config-file "$run/daemon.json" --data-root "$CACHE/docker" --exec-root "$run/exec" \
     --pidfile "$run/dockerd.pid" -H "unix://$run/docker.sock" \
     --iptables=false --ip6tables=false --bridge=none --ip-forward=false --ip-masq=false \
-    --userland-proxy=false --log-level warn >"$run/dockerd.log" 2>&1 &
+    --userland-proxy=false --log-level warn >"$run/dockerd.log" 2>&1 9>&- & # not holding the lock
   export DOCKER_HOST=unix://$run/docker.sock
   export WEFT_DOCKER_HOST=$DOCKER_HOST # for CMD: test/image, a nested build
   for _ in $(seq 150); do
