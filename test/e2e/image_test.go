@@ -39,9 +39,15 @@ func e2eImage(t *testing.T) string {
 // calls for every pod of the test) are byte for byte the image's.
 func checkRunsFromImage(t *testing.T, ctx context.Context, client kubernetes.Interface) {
 	t.Helper()
-	rootfs, err := filepath.Glob(filepath.Join(testutil.RepoRoot(), ".localcluster", "image-rootfs", "*"))
+	ents, err := filepath.Glob(filepath.Join(testutil.RepoRoot(), ".localcluster", "image-rootfs", "*"))
+	var rootfs []string
+	for _, e := range ents {
+		if fi, err := os.Stat(e); err == nil && fi.IsDir() {
+			rootfs = append(rootfs, e)
+		}
+	}
 	if err != nil || len(rootfs) != 1 {
-		t.Fatalf("unpacked image rootfs: %v %v", rootfs, err)
+		t.Fatalf("unpacked image rootfs: %v %v", ents, err)
 	}
 	root := rootfs[0]
 	pods, err := client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "app=weft"})
