@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -64,10 +65,13 @@ func checkRunsFromImage(t *testing.T, ctx context.Context, client kubernetes.Int
 			t.Errorf("pod %s: container ID %q: %v", p.Name, p.Status.ContainerStatuses[0].ContainerID, err)
 			continue
 		}
+		// The links read from another mount namespace may name the path
+		// in either; the inodes must be the image's.
 		procRoot, _ := os.Readlink(fmt.Sprintf("/proc/%d/root", pid))
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-		if procRoot != root || exe != "/usr/local/bin/weftd" {
-			t.Errorf("pod %s: weftd (pid %d) has root %q and exe %q, want %s and /usr/local/bin/weftd", p.Name, pid, procRoot, exe, root)
+		if !sameInode(fmt.Sprintf("/proc/%d/root", pid), root) || strings.TrimPrefix(exe, root) != "/usr/local/bin/weftd" ||
+			!sameInode(fmt.Sprintf("/proc/%d/exe", pid), filepath.Join(root, "usr/local/bin/weftd")) {
+			t.Errorf("pod %s: weftd (pid %d) has root %q and exe %q, want %s and its /usr/local/bin/weftd", p.Name, pid, procRoot, exe, root)
 		}
 		sameFile(t, fmt.Sprintf("/proc/%d/exe", pid), filepath.Join(root, "usr/local/bin/weftd"))
 		node := filepath.Join(testutil.RepoRoot(), ".localcluster", "nodes", p.Spec.NodeName, "opt-cni-bin")
@@ -76,6 +80,12 @@ func checkRunsFromImage(t *testing.T, ctx context.Context, client kubernetes.Int
 		}
 		t.Logf("pod %s on %s: weftd pid %d runs %s in %s; the node's plugins are the image's", p.Name, p.Spec.NodeName, pid, exe, root)
 	}
+}
+
+func sameInode(a, b string) bool {
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
 }
 
 func sameFile(t *testing.T, a, b string) {
