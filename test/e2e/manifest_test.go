@@ -36,8 +36,8 @@ var weftSA = authzv1.SubjectAccessReviewSpec{
 // checkManifest: manifests/weft.yaml passes the apiserver's own validation
 // (kubectl apply --dry-run=server, strict field validation, and the same
 // file with an unknown field does not), and weftd's ServiceAccount may do
-// exactly what the file's roles grant, each rule with a comment giving its
-// reason, and none of what weftd has no business doing.
+// everything the file's roles grant (each rule with a comment giving its
+// reason) and none of a list of things weftd has no business doing.
 func checkManifest(t *testing.T, ctx context.Context, client kubernetes.Interface) {
 	t.Helper()
 	path := filepath.Join(testutil.RepoRoot(), "manifests", "weft.yaml")
