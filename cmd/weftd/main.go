@@ -3,6 +3,7 @@
 //	weftd [flags]              run the agent (the DaemonSet's main container)
 //	weftd install-cni [flags]  copy the CNI plugins into /opt/cni/bin (init container)
 //	weftd uninstall [flags]    remove weft from this node
+//	weftd version              print the version and how it was built
 //
 // On SIGTERM weftd exits and leaves everything in place (conflist, subnet
 // file, VXLAN device and entries, masquerade rules), so pods keep their
@@ -60,8 +61,10 @@ func main() {
 		err = installCNI(args, log)
 	case "uninstall":
 		err = uninstall(ctx, args, log)
+	case "version":
+		err = printVersion(os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall)", cmd)
+		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall, version)", cmd)
 	}
 	if err != nil {
 		log.Error("weftd "+cmd+" failed", "err", err)
