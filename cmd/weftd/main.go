@@ -156,7 +156,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	nk.udpMetrics, nk.status = udp.NewMetrics(), status
 	metrics.Registry.MustRegister(nk.udpMetrics)
 	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
-	metrics.Registry.MustRegister(nk.bgp)
+	metrics.Registry.MustRegister(nk.bgp, nodeCollector{status: status, subnetFile: opt.SubnetFile, stats: netlinkStats})
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})

@@ -81,7 +81,14 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
 	routes := api.NewRoutes()
-	if err := policy.RegisterLocalAPI(routes, ctl); err != nil {
+	cniMetrics, err := api.NewCNIMetrics(d.reg)
+	if err == nil {
+		err = cniMetrics.Register(routes)
+	}
+	if err == nil {
+		err = policy.RegisterLocalAPI(routes, ctl)
+	}
+	if err != nil {
 		stopEvents()
 		_ = closeFn()
 		return nil, fmt.Errorf("local API: %w", err)

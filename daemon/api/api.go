@@ -92,6 +92,14 @@ func (s *Status) Beat() {
 	s.beat = time.Now()
 }
 
+// Met reports whether cond holds now.
+func (s *Status) Met(cond string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, bad := s.notReady[cond]
+	return !bad
+}
+
 // Ready returns whether all conditions hold, and the reasons if not.
 func (s *Status) Ready() (bool, []string) {
 	s.mu.Lock()
