@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/weftnet/weft/internal/nodeapi"
@@ -219,7 +221,15 @@ func (e *polEnv) checkConnectivity(w *weftctl) {
 func (e *polEnv) checkAccess(nodes map[string]*corev1.Node) {
 	t := e.t
 	ns := e.ns("x")
-	noKC, noTok := serviceAccount(t, e.ctx, e.client, ns, "noperm", nil, []string{"weft-proxy"})
+	// noperm may read pods and nodes and proxy to the weft pods, so weftctl
+	// gets as far as weftd, but it has no weft-reader.
+	read := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: e.ns("read-pods-nodes")},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "nodes"}, Verbs: []string{"get", "list"}}}}
+	if _, err := e.client.RbacV1().ClusterRoles().Create(e.ctx, read, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e.client.RbacV1().ClusterRoles().Delete(context.Background(), read.Name, metav1.DeleteOptions{}) })
+	noKC, noTok := serviceAccount(t, e.ctx, e.client, ns, "noperm", []string{read.Name}, []string{"weft-proxy"})
 	rdKC, rdTok := serviceAccount(t, e.ctx, e.client, ns, "reader", []string{"weft-reader"}, []string{"weft-proxy"})
 	no := &weftctl{t: t, bin: e.ctl.bin, kubeconfig: noKC}
 	var st struct{ Nodes []statusRow }

@@ -76,7 +76,7 @@ func (w *weftctl) run(ctx context.Context, args ...string) (string, string, int)
 func (w *weftctl) json(ctx context.Context, v any, want int, args ...string) {
 	w.t.Helper()
 	out, errs, code := w.run(ctx, append(args, "-o", "json")...)
-	if code != want {
+	if code != want || out == "" {
 		w.t.Fatalf("weftctl %v: exit %d, want %d: %s%s", args, code, want, errs, out)
 	}
 	if err := json.Unmarshal([]byte(out), v); err != nil {
