@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"sync"
 	"text/tabwriter"
@@ -41,34 +40,30 @@ func connectivityCmd(g *globals) *cobra.Command {
 			if ns == "" {
 				return fmt.Errorf("--namespace is required")
 			}
-			e, err := g.connect()
-			if err != nil {
-				return err
+			fetch := func(e *env, ctx context.Context) ([]ProbeRow, error) {
+				return e.connectivity(ctx, ns, selector, split(ports), timeout)
 			}
-			rows, err := e.connectivity(cmd.Context(), ns, selector, split(ports), timeout)
-			if err != nil {
-				return err
-			}
-			werr := emit(os.Stdout, g.output, map[string]any{"probes": rows}, func(w *tabwriter.Writer) {
-				row(w, "FROM", "TO", "PORT", "RESULT", "DETAIL")
-				for _, r := range rows {
-					res, detail := "blocked", r.Reason
-					if r.Allowed {
-						res, detail = "ok", "reply "+r.Reply
-					}
-					if r.Error != "" {
-						res, detail = "unknown", r.Error
-					}
-					row(w, r.From, r.To, r.Port, res, detail)
-				}
-			})
-			return partial(werr, rows, func(r ProbeRow) bool { return r.Error != "" })
+			return show(cmd, g, "probes", fetch, probeTable, func(r ProbeRow) bool { return r.Error != "" })
 		},
 	}
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "label selector of the pods (default: all in the namespace)")
 	cmd.Flags().StringVar(&ports, "port", "80/tcp", "PORT/PROTO[,...] (tcp or udp)")
 	cmd.Flags().DurationVar(&timeout, "timeout", time.Second, "per probe")
 	return cmd
+}
+
+func probeTable(w *tabwriter.Writer, rows []ProbeRow) {
+	row(w, "FROM", "TO", "PORT", "RESULT", "DETAIL")
+	for _, r := range rows {
+		res, detail := "blocked", r.Reason
+		if r.Allowed {
+			res, detail = "ok", "reply "+r.Reply
+		}
+		if r.Error != "" {
+			res, detail = "unknown", r.Error
+		}
+		row(w, r.From, r.To, r.Port, res, detail)
+	}
 }
 
 func (e *env) connectivity(ctx context.Context, ns, selector string, ports []string, timeout time.Duration) ([]ProbeRow, error) {

@@ -40,37 +40,30 @@ func ipamCmd(g *globals) *cobra.Command {
 		Short: "Addresses allocated on each node, the pod holding each, and leaked ones",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.connect()
-			if err != nil {
-				return err
-			}
-			res, err := e.ipam(cmd.Context())
-			if err != nil {
-				return err
-			}
-			werr := emit(os.Stdout, g.output, map[string]any{"nodes": res}, func(w *tabwriter.Writer) {
-				row(w, "NODE", "ADDRESS", "POD", "CONTAINER", "STATE")
-				for _, n := range res {
-					if !n.Reachable {
-						row(w, n.Node, "", "", "", "weftd not answering: "+n.Error)
-					}
-					for _, a := range n.Allocations {
-						pod, state := "", "in use"
-						if a.PodName != "" {
-							pod = a.PodNamespace + "/" + a.PodName
-						}
-						if a.Leaked {
-							state = "leaked"
-						}
-						row(w, n.Node, a.IP, pod, shortID(a.ContainerID), state)
-					}
-				}
-			})
-			return partial(werr, res, func(n NodeIPAM) bool { return !n.Reachable })
+			return show(cmd, g, "nodes", (*env).ipam, ipamTable, func(n NodeIPAM) bool { return !n.Reachable })
 		},
 	}
 	cmd.AddCommand(releaseCmd(g))
 	return cmd
+}
+
+func ipamTable(w *tabwriter.Writer, res []NodeIPAM) {
+	row(w, "NODE", "ADDRESS", "POD", "CONTAINER", "STATE")
+	for _, n := range res {
+		if !n.Reachable {
+			row(w, n.Node, "", "", "", "weftd not answering: "+n.Error)
+		}
+		for _, a := range n.Allocations {
+			pod, state := "", "in use"
+			if a.PodName != "" {
+				pod = a.PodNamespace + "/" + a.PodName
+			}
+			if a.Leaked {
+				state = "leaked"
+			}
+			row(w, n.Node, a.IP, pod, shortID(a.ContainerID), state)
+		}
+	}
 }
 
 func shortID(id string) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -35,44 +34,24 @@ func statusCmd(g *globals) *cobra.Command {
 		Short: "Nodes, their pod subnets, backends, readiness and its reasons",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.connect()
-			if err != nil {
-				return err
-			}
-			rows, err := e.status(cmd.Context())
-			if err != nil {
-				return err
-			}
-			werr := emit(os.Stdout, g.output, map[string]any{"nodes": rows}, func(w *tabwriter.Writer) {
-				row(w, "NODE", "POD CIDR", "BACKEND", "DECAPSULATES", "MIGRATION", "READY", "REASONS")
-				for _, r := range rows {
-					ready := fmt.Sprint(r.Ready)
-					if !r.Reachable {
-						ready = "unknown"
-					}
-					why := strings.Join(r.Reasons, "; ")
-					if r.Error != "" {
-						why = "weftd not answering: " + r.Error
-					}
-					row(w, r.Node, r.PodCIDR, r.Backend, strings.Join(r.Decapsulates, ","), r.Migration, ready, why)
-				}
-			})
-			return partial(werr, rows, func(r NodeRow) bool { return !r.Reachable })
+			return show(cmd, g, "nodes", (*env).status, statusTable, func(r NodeRow) bool { return !r.Reachable })
 		},
 	}
 }
 
-// partial returns errPartial when some row failed (after a good write).
-func partial[T any](werr error, rows []T, failed func(T) bool) error {
-	if werr != nil {
-		return werr
-	}
+func statusTable(w *tabwriter.Writer, rows []NodeRow) {
+	row(w, "NODE", "POD CIDR", "BACKEND", "DECAPSULATES", "MIGRATION", "READY", "REASONS")
 	for _, r := range rows {
-		if failed(r) {
-			return errPartial
+		ready := fmt.Sprint(r.Ready)
+		if !r.Reachable {
+			ready = "unknown"
 		}
+		why := strings.Join(r.Reasons, "; ")
+		if r.Error != "" {
+			why = "weftd not answering: " + r.Error
+		}
+		row(w, r.Node, r.PodCIDR, r.Backend, strings.Join(r.Decapsulates, ","), r.Migration, ready, why)
 	}
-	return nil
 }
 
 func (e *env) status(ctx context.Context) ([]NodeRow, error) {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -44,16 +43,10 @@ func policyCmd(g *globals) *cobra.Command {
 			"and ipsets. --from, --to and --port take comma-separated lists: every combination is traced.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := g.connect()
-			if err != nil {
-				return err
+			fetch := func(e *env, ctx context.Context) ([]TraceRow, error) {
+				return e.trace(ctx, split(from), split(to), split(ports))
 			}
-			rows, err := e.trace(cmd.Context(), split(from), split(to), split(ports))
-			if err != nil {
-				return err
-			}
-			werr := emit(os.Stdout, g.output, map[string]any{"traces": rows}, func(w *tabwriter.Writer) { traceTable(w, rows) })
-			return partial(werr, rows, func(r TraceRow) bool { return r.Error != "" })
+			return show(cmd, g, "traces", fetch, traceTable, func(r TraceRow) bool { return r.Error != "" })
 		},
 	}
 	trace.Flags().StringVar(&from, "from", "", "source pods, NS/POD[,NS/POD...]")
