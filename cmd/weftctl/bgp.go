@@ -29,11 +29,7 @@ func bgpCmd(g *globals) *cobra.Command {
 }
 
 func (e *env) bgp(ctx context.Context) ([]NodeBGP, error) {
-	nodes, err := e.nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pods, err := e.weftPods(ctx)
+	nodes, pods, err := e.nodesAndPods(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -191,6 +191,16 @@ func get[T any](ctx context.Context, e *env, nodes []string, pods map[string]cor
 	})
 }
 
+// nodesAndPods lists the nodes and the weft pod of each.
+func (e *env) nodesAndPods(ctx context.Context) ([]corev1.Node, map[string]corev1.Pod, error) {
+	nodes, err := e.nodes(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	pods, err := e.weftPods(ctx)
+	return nodes, pods, err
+}
+
 func names(nodes []corev1.Node) []string {
 	out := make([]string, len(nodes))
 	for i, n := range nodes {

@@ -74,11 +74,7 @@ func shortID(id string) string {
 }
 
 func (e *env) ipam(ctx context.Context) ([]NodeIPAM, error) {
-	nodes, err := e.nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pods, err := e.weftPods(ctx)
+	nodes, pods, err := e.nodesAndPods(ctx)
 	if err != nil {
 		return nil, err
 	}

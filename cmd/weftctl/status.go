@@ -55,11 +55,7 @@ func statusTable(w *tabwriter.Writer, rows []NodeRow) {
 }
 
 func (e *env) status(ctx context.Context) ([]NodeRow, error) {
-	nodes, err := e.nodes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pods, err := e.weftPods(ctx)
+	nodes, pods, err := e.nodesAndPods(ctx)
 	if err != nil {
 		return nil, err
 	}
