@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -136,21 +138,29 @@ func (e *env) call(ctx context.Context, pod corev1.Pod, path string, in, out any
 	return nil
 }
 
-// explain turns a failed proxy call into one line.
+// explain turns a failed proxy call into one line with its HTTP code
+// (client-go keeps it only in the error when weftd answers text).
 func explain(code int, raw []byte, err error) string {
-	body := string(bytes.TrimSpace(raw))
-	if len(body) > 300 {
-		body = body[:300] + "..."
+	var st apierrors.APIStatus
+	if code == 0 && errors.As(err, &st) {
+		code = int(st.Status().Code)
+	}
+	detail := string(bytes.TrimSpace(raw))
+	if detail == "" {
+		detail = err.Error()
+	}
+	if len(detail) > 300 {
+		detail = detail[:300] + "..."
 	}
 	switch {
 	case code == http.StatusUnauthorized:
-		return "401 unauthorized (weftctl forwards the kubeconfig user's bearer token; a client-certificate user has none: use a token): " + body
+		return "401 unauthorized (weftctl forwards the kubeconfig user's bearer token; a client-certificate user has none: use a token): " + detail
 	case code == http.StatusForbidden:
-		return "403 forbidden: " + body
-	case code != 0 && body != "":
-		return fmt.Sprintf("%d: %s", code, body)
+		return "403 forbidden: " + detail
+	case code != 0:
+		return fmt.Sprintf("%d: %s", code, detail)
 	}
-	return err.Error()
+	return detail
 }
 
 // nodeAnswer is one node's answer or why it has none.

@@ -6,11 +6,14 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/weftnet/weft/internal/nodeapi"
@@ -77,5 +80,18 @@ func TestLeaked(t *testing.T) {
 		if got := leaked(c.a, c.node, pods); got != c.want {
 			t.Errorf("leaked(%+v on %s) = %v, want %v", c.a, c.node, got, c.want)
 		}
+	}
+}
+
+// weftd's text answers through the proxy keep their HTTP code in the
+// message (client-go only keeps it inside the error).
+func TestExplain(t *testing.T) {
+	err := apierrors.NewGenericServerResponse(403, "get", schema.GroupResource{Resource: "pods"}, "https:weft-x:9413",
+		`user "u" may not get /v1/node on weftd`, 0, true)
+	if got := explain(0, nil, err); !strings.HasPrefix(got, "403 forbidden: ") || !strings.Contains(got, "may not get /v1/node") {
+		t.Errorf("explain = %q", got)
+	}
+	if got := explain(401, []byte("Unauthorized: the token is not valid\n"), err); !strings.HasPrefix(got, "401 unauthorized") || !strings.HasSuffix(got, "not valid") {
+		t.Errorf("explain = %q", got)
 	}
 }
