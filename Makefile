@@ -15,6 +15,7 @@ all: build
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ ./plugins/... ./cmd/...
+	@ln -sf weftctl $(BIN)/kubectl-weft  # the kubectl plugin "kubectl weft"
 
 # The reference CNI plugins, unmodified, for chaining and comparison.
 ref-plugins:

@@ -385,10 +385,11 @@ func testUDPStreamSurvivesRestart(t *testing.T, ctx context.Context, c kubernete
 	waitUDPMesh(t, ctx, c, e2eNodes)
 }
 
-// nodeMetrics fetches weftd's /metrics from inside the node's namespace.
+// nodeMetrics fetches weftd's /metrics from inside the node's namespace
+// (the operational API's port, as the admin).
 func nodeMetrics(t *testing.T, n *corev1.Node) string {
 	t.Helper()
-	_, body, err := nodeGet(n.Name, internalIP(n), "/metrics")
+	body, err := scrapeMetrics(t, n.Name, internalIP(n))
 	if err != nil {
 		t.Errorf("%s: /metrics: %v", n.Name, err)
 	}
