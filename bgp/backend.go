@@ -63,10 +63,16 @@ type Backend struct {
 	peers   []backend.Peer
 	started time.Time
 	warm    bool // every peer ran bgp and its CIDR was learned, or Warmup passed
-	stop    context.CancelFunc
-	done    chan struct{}
-	mtu     int
-	tun     Tunnel // ipipMode Always and CrossSubnet
+	// last is the learned set of the previous converge; held are the pod
+	// CIDRs of bgp peers lost since without their owner withdrawing them
+	// (a session re-formed, a reflector moved), with the time of the loss.
+	last map[netip.Prefix]Route
+	held map[netip.Prefix]time.Time
+	hold time.Duration // how long a lost route is kept; Warmup unless a test says
+	stop context.CancelFunc
+	done chan struct{}
+	mtu  int
+	tun  Tunnel // ipipMode Always and CrossSubnet
 }
 
 // ipipOverhead is IP-in-IP's outer IPv4 header.
@@ -125,6 +131,7 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 		return backend.Published{}, err
 	}
 	b.local, b.self, b.up, b.started, b.warm, b.peers = local, self, true, time.Now(), false, nil
+	b.last, b.held = nil, map[netip.Prefix]time.Time{}
 	ctx, cancel := context.WithCancel(life)
 	b.stop, b.done = cancel, make(chan struct{})
 	go b.follow(ctx, b.done)

@@ -63,7 +63,7 @@ func (f *Factory) New(raw json.RawMessage) (backend.Backend, error) {
 	if f.Routes == nil {
 		return nil, errors.New("bgp: no route writer")
 	}
-	return &Backend{cfg: cfg, f: f, log: f.logger().With("backend", Type)}, nil
+	return &Backend{cfg: cfg, f: f, log: f.logger().With("backend", Type), hold: Warmup}, nil
 }
 
 func (f *Factory) logger() *slog.Logger {
