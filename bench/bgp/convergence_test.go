@@ -5,9 +5,10 @@
 //   - BenchmarkConvergence: 50 speakers behind 2 route reflectors; a new
 //     node joins and the time until its pod CIDR is written into the route
 //     table of every one of the 50 is measured, round after round;
+//
 //   - BenchmarkMemory: the heap one backend needs per 1,000 learned routes.
 //
-//	go test -run '^$' -bench . -benchtime 1x ./bench/bgp/
+//     go test -run '^$' -bench . -benchtime 1x ./bench/bgp/
 package bgp
 
 import (
@@ -162,4 +163,3 @@ func join(ctx context.Context, nodes []*simNode, peers []backend.Peer, j int) (e
 	}
 	return est, first, last, nil
 }
-
