@@ -1,14 +1,12 @@
 // Package bgp benchmarks the bgp backend's control plane with whole
 // backends (each its own embedded GoBGP, the import filter, the route
-// writer over an in-memory kernel) simulated in one process:
+// writer over an in-memory kernel) simulated in one process.
+// BenchmarkConvergence: 50 speakers behind 2 route reflectors; a new node
+// joins and the time until its pod CIDR is written into the route table of
+// every one of the 50 is measured, round after round. BenchmarkMemory: the
+// heap one backend needs per 1,000 learned routes.
 //
-//   - BenchmarkConvergence: 50 speakers behind 2 route reflectors; a new
-//     node joins and the time until its pod CIDR is written into the route
-//     table of every one of the 50 is measured, round after round;
-//
-//   - BenchmarkMemory: the heap one backend needs per 1,000 learned routes.
-//
-//     go test -run '^$' -bench . -benchtime 1x ./bench/bgp/
+//	go test -run '^$' -bench . -benchtime 1x ./bench/bgp/
 package bgp
 
 import (
