@@ -63,10 +63,11 @@ type Backend struct {
 	peers   []backend.Peer
 	started time.Time
 	warm    bool // every peer ran bgp and its CIDR was learned, or Warmup passed
-	// last is the learned set of the previous converge; held are the pod
-	// CIDRs of bgp peers lost since without their owner withdrawing them
-	// (a session re-formed, a reflector moved), with the time of the loss.
-	last map[netip.Prefix]Route
+	// last is the learned set of the previous converge (prefix -> the
+	// neighbor it came from); held are the pod CIDRs of bgp peers lost
+	// since without their owner withdrawing them (a session re-formed, a
+	// reflector moved), with the time of the loss.
+	last map[netip.Prefix]netip.Addr
 	held map[netip.Prefix]time.Time
 	hold time.Duration // how long a lost route is kept; Warmup unless a test says
 	stop context.CancelFunc

@@ -91,9 +91,9 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 // routes of bgp peers) or after b.hold. b.mu is held.
 func (b *Backend) lose(ctx context.Context, learned []Route) {
 	now := time.Now()
-	cur := make(map[netip.Prefix]Route, len(learned))
+	cur := make(map[netip.Prefix]netip.Addr, len(learned))
 	for _, r := range learned {
-		cur[r.Prefix] = r
+		cur[r.Prefix] = r.From
 		delete(b.held, r.Prefix)
 	}
 	owner := map[netip.Prefix]netip.Addr{}
@@ -105,7 +105,7 @@ func (b *Backend) lose(ctx context.Context, learned []Route) {
 		}
 	}
 	var est map[netip.Addr]bool
-	for pfx, r := range b.last {
+	for pfx, from := range b.last {
 		o, ok := owner[pfx]
 		if _, still := cur[pfx]; still || !ok {
 			continue
@@ -113,12 +113,12 @@ func (b *Backend) lose(ctx context.Context, learned []Route) {
 		if est == nil {
 			est = b.establishedPeers(ctx)
 		}
-		if r.From == o && est[o] {
+		if from == o && est[o] {
 			continue // withdrawn by its owner
 		}
 		b.held[pfx] = now
 		b.log.Info("bgp: route lost while sessions change; keeping the owner's route until it is learned again",
-			"prefix", pfx, "owner", o, "learned_from", r.From, "for", b.hold)
+			"prefix", pfx, "owner", o, "learned_from", from, "for", b.hold)
 	}
 	b.last = cur
 	for pfx, at := range b.held {

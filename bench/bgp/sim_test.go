@@ -1,6 +1,7 @@
 package bgp
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/bgp"
 	"github.com/weftnet/weft/internal/backend"
@@ -33,7 +36,9 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "bench child:", err)
 			os.Exit(1)
 		}
-		_ = json.NewEncoder(os.Stdout).Encode(res)
+		if res != nil {
+			_ = json.NewEncoder(os.Stdout).Encode(res)
+		}
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
@@ -44,18 +49,23 @@ func runChild(mode string) (any, error) {
 	if _, err := fmt.Sscanf(mode, "mem:%d", &n); err == nil {
 		return memory(n)
 	}
+	if _, err := fmt.Sscanf(mode, "send:%d", &n); err == nil {
+		return send(n)
+	}
 	if _, err := fmt.Sscanf(mode, "converge:%d", &n); err == nil {
 		return converge(n)
 	}
 	return nil, fmt.Errorf("unknown mode %q", mode)
 }
 
-// inNetNS runs this test binary in a fresh namespace (loopback up) in the
-// given mode and decodes its result into out.
-func inNetNS(b *testing.B, mode string, out any) {
-	b.Helper()
+// newLoopbackNS is a fresh namespace with its loopback up.
+func newLoopbackNS(b *testing.B) ns.NetNS {
 	n := testutil.NewNS(b)
 	nettopo.Sh(b, n, "ip", "link", "set", "lo", "up")
+	return n
+}
+
+func childCmd(b *testing.B, n ns.NetNS, mode string) *exec.Cmd {
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
@@ -63,13 +73,49 @@ func inNetNS(b *testing.B, mode string, out any) {
 	cmd := exec.Command("nsenter", "--net="+n.Path(), exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+mode)
 	cmd.Stderr = os.Stderr
-	o, err := cmd.Output()
+	return cmd
+}
+
+// inNetNS runs this test binary in a fresh namespace in the given mode and
+// decodes its result into out.
+func inNetNS(b *testing.B, mode string, out any) {
+	b.Helper()
+	runChildIn(b, newLoopbackNS(b), mode, out)
+}
+
+func runChildIn(b *testing.B, n ns.NetNS, mode string, out any) {
+	b.Helper()
+	o, err := childCmd(b, n, mode).Output()
 	if err != nil {
 		b.Fatalf("%s: %v", mode, err)
 	}
 	if err := json.Unmarshal(o, out); err != nil {
 		b.Fatalf("%s: %v: %s", mode, err, o)
 	}
+}
+
+// startChild starts a child that runs until stop (its stdin closes), once
+// it printed its first line.
+func startChild(b *testing.B, n ns.NetNS, mode string) (stop func()) {
+	b.Helper()
+	cmd := childCmd(b, n, mode)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	stop = func() { _ = in.Close(); _ = cmd.Wait() }
+	b.Cleanup(func() { _ = cmd.Process.Kill(); stop() })
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		b.Fatalf("%s: %v", mode, err)
+	}
+	return stop
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
