@@ -156,7 +156,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	defer closeKernel()
 	status, metrics := api.NewStatus(), api.NewMetrics()
 	nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type))
+	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type, encapguard.IPIP().Kind))
 	nk.udpMetrics, nk.status = udp.NewMetrics(), status
 	metrics.Registry.MustRegister(nk.udpMetrics)
 	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
