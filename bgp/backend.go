@@ -66,7 +66,9 @@ type Backend struct {
 	stop    context.CancelFunc
 	done    chan struct{}
 	mtu     int
-	tun     Tunnel // ipipMode Always and CrossSubnet
+	tun     Tunnel // ipipMode Always and CrossSubnet (or still received)
+	life    context.Context
+	prev    []BackendConfig // ipipModes still received (see Reconfigure)
 }
 
 // ipipOverhead is IP-in-IP's outer IPv4 header.
@@ -124,7 +126,7 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 		}
 		return backend.Published{}, err
 	}
-	b.local, b.self, b.up, b.started, b.warm, b.peers = local, self, true, time.Now(), false, nil
+	b.local, b.self, b.up, b.started, b.warm, b.peers, b.life = local, self, true, time.Now(), false, nil, life
 	ctx, cancel := context.WithCancel(life)
 	b.stop, b.done = cancel, make(chan struct{})
 	go b.follow(ctx, b.done)
@@ -204,7 +206,9 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	bp, sprobs := b.resolve(ctx, sessions)
 	probs = append(probs, sprobs...)
 	if b.tun != nil {
-		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, bgpPeers(peers))...)
+		// Every node: one may send IP-in-IP as soon as it sees this node
+		// announce it, before this node sees it announce it back.
+		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, peers)...)
 	}
 	res := backend.ApplyResult{Published: b.published()}
 	if err := b.f.Speaker.Advertise(ctx, b.self.PodCIDRs); err != nil {
@@ -230,7 +234,7 @@ func (b *Backend) nodes(peers []backend.Peer) (all, speakers []Node, probs []str
 			continue
 		}
 		all = append(all, n)
-		if p.Accepts(Type) {
+		if p.AcceptsType(Type) {
 			speakers = append(speakers, n)
 		}
 	}
@@ -304,13 +308,3 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	return errors.Join(errs...)
 }
 
-// bgpPeers are the peers that run bgp.
-func bgpPeers(peers []backend.Peer) []backend.Peer {
-	var out []backend.Peer
-	for _, p := range peers {
-		if p.Accepts(Type) {
-			out = append(out, p)
-		}
-	}
-	return out
-}
