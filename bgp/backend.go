@@ -307,4 +307,3 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	}
 	return errors.Join(errs...)
 }
-
