@@ -89,6 +89,9 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		}
 		t0 := time.Now()
 		setBackend(t, ctx, c, orig.Data["net-conf.json"], st.section)
+		if i == 4 {
+			killMidway(t, ctx, c, nodes, p, st)
+		}
 		took := waitSwitched(t, ctx, c, nodes, st)
 		time.Sleep(time.Second) // what was in flight arrives
 		t1 := time.Now()
@@ -114,6 +117,37 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	}
 	stop()
 	copy(nodes, weftNodes(t, ctx, c))
+}
+
+// killMidway SIGKILLs weftd on the node outside the streams' pair as soon
+// as it has started receiving st (phase 1): its restarted weftd must find
+// the migration in its own annotations and the cluster finish it.
+func killMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, p pair, st switchStep) {
+	t.Helper()
+	var victim string
+	for _, n := range nodes {
+		if n.Name != p.from.Spec.NodeName && n.Name != p.to.Spec.NodeName {
+			victim = n.Name
+		}
+	}
+	if err := waitFor(ctx, time.Minute, func() (bool, error) {
+		n, err := c.CoreV1().Nodes().Get(ctx, victim, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		d := n.Annotations[annoDecaps]
+		return strings.HasPrefix(d, st.id+","), fmt.Errorf("%s decapsulates %q", victim, d)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := weftdPID(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
 }
 
 // podNS is a pod's network namespace, held open.
