@@ -400,14 +400,19 @@ func fullSizeUDP(from, to podNS, size, port int) error {
 // waitSwitched waits until every node announces only st's identity, with
 // no migration running, exactly st's weft.* devices, its routes to every
 // other node and no guard chain of another identity; it returns how long
-// that took.
+// that took, and logs when the last node announced it sends st to all.
 func waitSwitched(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, st switchStep) time.Duration {
 	t.Helper()
 	start := time.Now()
+	var sending time.Duration
 	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
 		fresh := weftNodes(t, ctx, c)
 		if len(fresh) != len(nodes) {
 			return false, fmt.Errorf("%d nodes", len(fresh))
+		}
+		if sending == 0 && !slices.ContainsFunc(fresh, func(n *corev1.Node) bool { return n.Annotations[annoBackend] != st.id }) {
+			sending = time.Since(start)
+			t.Logf("every node sends %s after %s", st.id, sending.Round(time.Millisecond))
 		}
 		for _, n := range fresh {
 			an := n.Annotations
