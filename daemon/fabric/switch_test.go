@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"maps"
 	"net/netip"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftnet/weft/daemon/config"
 	"github.com/weftnet/weft/internal/backend"
@@ -451,5 +454,41 @@ func TestMigrationInPlace(t *testing.T) {
 	}
 	if !slices.Equal(b.calls, []string{"reconfigure bgp", "forget bgp/ipip"}) || slices.Contains(log, "stop bgp/ipip cleanup") {
 		t.Fatalf("calls %v, lifecycle %v", b.calls, log)
+	}
+}
+
+// The metrics follow the migration: what the node receives, what it
+// sends with, and the phase.
+func TestMigrationMetrics(t *testing.T) {
+	w := newWorld(t, "a", "b")
+	for i := range w.peers {
+		w.peer(i, "a", "a")
+	}
+	w.ensure(sec("a", ""), backend.LocalNode{})
+	w.apply()
+	w.ensure(sec("b", ""), backend.LocalNode{})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(w.m)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var ls []string
+			for _, l := range m.GetLabel() {
+				ls = append(ls, l.GetName()+"="+l.GetValue())
+			}
+			got = append(got, fmt.Sprintf("%s{%s} %g", mf.GetName(), strings.Join(ls, ","), m.GetGauge().GetValue()))
+		}
+	}
+	want := []string{
+		"weft_backend_info{identity=a,sending=true,type=a} 1",
+		"weft_backend_info{identity=b,sending=false,type=b} 1",
+		"weft_backend_migration_phase{} 1",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("metrics\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
