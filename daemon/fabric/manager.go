@@ -72,6 +72,7 @@ type Manager struct {
 	cur        *instance   // the target: sends to every peer that accepts it
 	olds       []*instance // still receiving, oldest first
 	applied    bool        // cur converged at least once
+	ready      bool        // cur converged since it became the target
 	moved      bool        // every peer accepts cur (last Apply)
 	drainSince time.Time   // every peer sends cur since then (zero: not yet)
 	retired    map[string]bool
@@ -244,7 +245,7 @@ func (m *Manager) ensure(ctx context.Context, sec config.Backend, id string, loc
 		m.olds = append(m.olds, m.cur)
 	}
 	m.cur = inst
-	m.applied, m.moved, m.drainSince = false, false, time.Time{}
+	m.applied, m.ready, m.moved, m.drainSince = false, false, false, time.Time{}
 	return nil
 }
 
@@ -262,7 +263,7 @@ func (m *Manager) reconfigure(ctx context.Context, r backend.Reconfigurer, sec c
 		m.olds = append(m.olds, &instance{b: m.cur.b, id: prev, sec: m.cur.sec, inPlace: true})
 	}
 	m.cur.sec, m.cur.id, m.cur.pub = sec, id, pub
-	m.moved, m.drainSince = false, time.Time{}
+	m.ready, m.moved, m.drainSince = false, false, time.Time{}
 	return nil
 }
 
@@ -329,7 +330,7 @@ func (m *Manager) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	if res.Published.Attrs != nil {
 		m.cur.pub = res.Published
 	}
-	m.applied = true
+	m.applied, m.ready = true, true
 	m.advance(ctx, peers)
 	res.Published = m.published()
 	return res, nil
@@ -423,7 +424,9 @@ func (m *Manager) phase() string {
 }
 
 // Decapsulates lists the identities this node can receive right now: the
-// target first, then the old ones, newest first.
+// target first, then the old ones, newest first. During a migration the
+// target is listed only once it converged (its guard admits the peers, its
+// relay or tunnel knows them): a peer sends it as soon as it is listed.
 func (m *Manager) Decapsulates() []string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -432,7 +435,7 @@ func (m *Manager) Decapsulates() []string {
 
 func (m *Manager) decapsulates() []string {
 	var out []string
-	if m.cur != nil {
+	if m.cur != nil && (m.ready || len(m.olds) == 0) {
 		out = append(out, m.cur.id)
 	}
 	for _, o := range slices.Backward(m.olds) {

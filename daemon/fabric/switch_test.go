@@ -233,7 +233,9 @@ func TestMigrationPerPeer(t *testing.T) {
 		t.Fatal("backend a's lifetime ended with the sync context")
 	}
 	w.ensure(sec("b", ""), backend.LocalNode{})
-	w.expect("b started next to a", []string{"a", "a", "a"}, "a", PhaseReceive, "b", "a")
+	// b is announced only once it converged (its guard and tables know
+	// every peer): a peer sends it as soon as it is announced.
+	w.expect("b started next to a", []string{"a", "a", "a"}, "a", PhaseReceive, "a")
 	if pub := w.m.Published(); pub.MTU != 1401 || pub.Attrs["weft.dev/mac-a"] != "m" || pub.Attrs["weft.dev/mac-b"] != "m" {
 		t.Fatalf("published during the migration: %+v (want the smaller MTU and both backends' annotations)", pub)
 	}
@@ -442,10 +444,10 @@ func TestMigrationInPlace(t *testing.T) {
 	if _, err := m.Ensure(ctx, sec("bgp", ""), backend.LocalNode{}); err != nil {
 		t.Fatal(err)
 	}
+	_, _ = m.Apply(ctx, p)
 	if st := m.Snapshot(); !slices.Equal(st.Decapsulates, []string{"bgp", "bgp/ipip"}) || st.Sending != "bgp/ipip" {
 		t.Fatalf("in place: %+v", st)
 	}
-	_, _ = m.Apply(ctx, p)
 	p[0].Backends, p[0].Attrs[backend.AnnoBackend] = []string{"bgp", "bgp/ipip"}, "bgp"
 	_, _ = m.Apply(ctx, p)
 	_, _ = m.Apply(ctx, p)
@@ -467,6 +469,7 @@ func TestMigrationMetrics(t *testing.T) {
 	w.ensure(sec("a", ""), backend.LocalNode{})
 	w.apply()
 	w.ensure(sec("b", ""), backend.LocalNode{})
+	w.apply()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(w.m)
 	mfs, err := reg.Gather()

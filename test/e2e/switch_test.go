@@ -96,9 +96,9 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		time.Sleep(time.Second) // what was in flight arrives
 		t1 := time.Now()
 		for _, s := range []*stream{ab, ba} {
-			sent, lost, gap := s.window(t0, t1)
-			t.Logf("switch %d to %s: converged in %s; %s: %d of %d datagrams lost, longest gap %s",
-				i+1, st.id, took.Round(time.Millisecond), s.name, lost, sent, gap.Round(time.Millisecond))
+			sent, lost, gap, why := s.window(t0, t1)
+			t.Logf("switch %d to %s: converged in %s; %s: %d of %d datagrams lost %v, longest gap %s",
+				i+1, st.id, took.Round(time.Millisecond), s.name, lost, sent, why, gap.Round(time.Millisecond))
 			if lost != 0 || gap > time.Second {
 				t.Errorf("switch to %s: %s lost %d datagrams, longest gap %s (want 0 lost, gap <= 1s)", st.id, s.name, lost, gap)
 			}
@@ -190,15 +190,16 @@ func podMTU(t *testing.T, p podNS) int {
 // stream sends a sequence-numbered datagram every 2 ms from one pod to
 // another and records when each was sent and received.
 type stream struct {
-	name string
-	mu   sync.Mutex
-	sent []time.Time
-	recv []time.Time
+	name    string
+	mu      sync.Mutex
+	sent    []time.Time
+	recv    []time.Time
+	sendErr map[int]error // seq -> the send's error (an ICMP error pending on the socket, ...)
 }
 
 func startStream(t *testing.T, ctx context.Context, from, to podNS, port int) *stream {
 	t.Helper()
-	s := &stream{name: from.pod.Name + "->" + to.pod.Name}
+	s := &stream{name: from.pod.Name + "->" + to.pod.Name, sendErr: map[int]error{}}
 	var rx, tx *net.UDPConn
 	if err := to.ns.Do(func(ns.NetNS) (err error) {
 		rx, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
@@ -247,15 +248,20 @@ func startStream(t *testing.T, ctx context.Context, from, to podNS, port int) *s
 			s.sent, s.recv = append(s.sent, time.Now()), append(s.recv, time.Time{})
 			s.mu.Unlock()
 			binary.BigEndian.PutUint64(buf, uint64(seq))
-			_, _ = tx.Write(buf) // a send error is a lost datagram
+			if _, err := tx.Write(buf); err != nil { // a lost datagram
+				s.mu.Lock()
+				s.sendErr[seq] = err
+				s.mu.Unlock()
+			}
 		}
 	})
 	return s
 }
 
 // window counts the datagrams sent between t0 and t1, those never
-// received, and the longest time between two consecutive arrivals.
-func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration) {
+// received, and the longest time between two consecutive arrivals; it
+// describes each lost one (when it was sent after t0, its send error).
+func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration, why []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var last time.Time
@@ -267,6 +273,7 @@ func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration) {
 		r := s.recv[i]
 		if r.IsZero() {
 			lost++
+			why = append(why, fmt.Sprintf("#%d sent at +%s (send error: %v)", i, at.Sub(t0).Round(time.Millisecond), s.sendErr[i]))
 			continue
 		}
 		if last.IsZero() {
@@ -274,7 +281,7 @@ func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration) {
 		}
 		gap, last = max(gap, r.Sub(last)), r
 	}
-	return sent, lost, gap
+	return sent, lost, gap, why
 }
 
 // pinger is one TCP connection carrying a request/response every 10 ms.
@@ -614,8 +621,8 @@ func testInvalidSectionMidway(t *testing.T, ctx context.Context, c kubernetes.In
 		}
 	}
 	for _, s := range streams {
-		sent, lost, gap := s.window(t0, time.Now().Add(-500*time.Millisecond))
-		t.Logf("invalid section: %s: %d of %d lost, longest gap %s", s.name, lost, sent, gap.Round(time.Millisecond))
+		sent, lost, gap, why := s.window(t0, time.Now().Add(-500*time.Millisecond))
+		t.Logf("invalid section: %s: %d of %d lost %v, longest gap %s", s.name, lost, sent, why, gap.Round(time.Millisecond))
 		if lost != 0 {
 			t.Errorf("invalid section: %s lost %d datagrams", s.name, lost)
 		}
