@@ -147,11 +147,7 @@ func (b *Backend) modeFor(nh netip.Addr) IPIPMode {
 
 // Identity implements backend.Identifier.
 func (*Factory) Identity(raw json.RawMessage) (string, error) {
-	c, err := DecodeConfig(raw)
-	if err != nil {
-		return "", err
-	}
-	return c.Identity(), nil
+	return backend.SectionIdentity(DecodeConfig, raw)
 }
 
 // SectionFor implements backend.Receiver: the current section with the

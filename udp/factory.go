@@ -61,11 +61,7 @@ func (f Factory) Cleanup(ctx context.Context) error {
 
 // Identity is the section's encapsulation identity (Config.Identity).
 func (Factory) Identity(raw json.RawMessage) (string, error) {
-	c, err := DecodeConfig(raw)
-	if err != nil {
-		return "", err
-	}
-	return c.Identity(), nil
+	return backend.SectionIdentity(DecodeConfig, raw)
 }
 
 // SectionFor rebuilds a section receiving a udp identity (see

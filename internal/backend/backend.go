@@ -111,3 +111,13 @@ func IdentityType(id string) string {
 	t, _, _ := strings.Cut(id, "/")
 	return t
 }
+
+// SectionIdentity decodes raw with decode and returns the decoded
+// section's identity (a Factory's Identity, see Identifier).
+func SectionIdentity[C Identified](decode func(json.RawMessage) (C, error), raw json.RawMessage) (string, error) {
+	c, err := decode(raw)
+	if err != nil {
+		return "", err
+	}
+	return c.Identity(), nil
+}
