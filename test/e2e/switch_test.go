@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -101,6 +102,9 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 				i+1, st.id, took.Round(time.Millisecond), s.name, lost, sent, why, gap.Round(time.Millisecond))
 			if lost != 0 || gap > time.Second {
 				t.Errorf("switch to %s: %s lost %d datagrams, longest gap %s (want 0 lost, gap <= 1s)", st.id, s.name, lost, gap)
+				for _, n := range []string{p.from.Spec.NodeName, p.to.Spec.NodeName} {
+					logWeftd(t, n, t0, t1)
+				}
 			}
 		}
 		if rtt, err := tcp.state(); err != nil {
@@ -148,6 +152,29 @@ func killMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes
 		t.Fatal(err)
 	}
 	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
+}
+
+// logWeftd logs what weftd on node said between t0 and t1 (its stdout
+// file, as the node emulator keeps it).
+func logWeftd(t *testing.T, node string, t0, t1 time.Time) {
+	pid, err := weftdPID(node)
+	if err != nil {
+		return
+	}
+	path, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/1", pid))
+	if err != nil {
+		return
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		ts, _, _ := strings.Cut(strings.TrimPrefix(l, "time="), " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && !at.Before(t0) && !at.After(t1) {
+			t.Logf("%s weftd: %s", node, l)
+		}
+	}
 }
 
 // podNS is a pod's network namespace, held open.
