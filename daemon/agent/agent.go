@@ -53,6 +53,10 @@ type Options struct {
 	PolicySocket string
 }
 
+// DetailMigration is the /readyz detail of a backend migration in
+// progress (absent when none runs).
+const DetailMigration = "backend-migration"
+
 // Host finds the node's underlay link.
 type Host interface {
 	// UnderlayLink returns the name and MTU of the link holding ip.
@@ -328,6 +332,11 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local backend.Lo
 	st := a.d.Backends.Snapshot()
 	want[backend.AnnoBackend], want[backend.AnnoMigration] = st.Sending, st.Phase
 	want[backend.AnnoBackends] = strings.Join(st.Decapsulates, ",")
+	migration := ""
+	if st.Phase != "" {
+		migration = fmt.Sprintf("phase %s; sending %s; receiving %s", st.Phase, st.Sending, want[backend.AnnoBackends])
+	}
+	a.d.Status.Detail(DetailMigration, migration)
 	for k, v := range pub.Attrs {
 		want[k] = v
 	}
