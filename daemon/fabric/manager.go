@@ -221,7 +221,14 @@ func (m *Manager) ensure(ctx context.Context, sec config.Backend, id string, loc
 	}
 	if c := m.cur; c != nil && c.sec.Type == sec.Type {
 		if r, ok := c.b.(backend.Reconfigurer); ok {
-			return m.reconfigure(ctx, r, sec, id)
+			err := m.reconfigure(ctx, r, sec, id)
+			if err == nil {
+				return nil
+			}
+			// More than the identity changed (bgp: the AS number too):
+			// applied by a restart, which is not loss-free.
+			m.log.Warn("cannot migrate in place; restarting the backend", "from", c.id, "to", id, "err", err)
+			return m.restart(ctx, sec, id, local)
 		}
 	}
 	// Back to an identity still draining: that instance lets go (keeping
