@@ -401,11 +401,16 @@ func TestMigrationInvalidSection(t *testing.T) {
 // reconfBackend migrates between identities of its type in place.
 type reconfBackend struct {
 	routeBackend
-	calls []string
+	calls  []string
+	refuse bool
 }
 
 func (b *reconfBackend) Reconfigure(_ context.Context, raw json.RawMessage) (backend.Published, error) {
 	id, _ := routeFactory{typ: b.typ}.Identity(raw)
+	if b.refuse {
+		b.calls = append(b.calls, "refuse "+id)
+		return backend.Published{}, errors.New("more than the identity changed")
+	}
 	b.calls = append(b.calls, "reconfigure "+id)
 	if !slices.Contains(b.recv, b.id) {
 		b.recv = append(b.recv, b.id)
@@ -493,5 +498,24 @@ func TestMigrationMetrics(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("metrics\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A same-type change the backend cannot migrate in place (bgp: the AS
+// number changed too) is applied by a restart, never left unapplied.
+func TestMigrationInPlaceRefusedRestarts(t *testing.T) {
+	var log []string
+	tab, _ := route.NewFakeTable()
+	b := &reconfBackend{routeBackend: routeBackend{typ: "bgp", id: "bgp/ipip", routes: tab, log: &log}, refuse: true}
+	m := NewManager([]backend.Factory{reconfFactory{routeFactory{typ: "bgp"}, b}}, slog.Default())
+	ctx := context.Background()
+	if _, err := m.Ensure(ctx, sec("bgp", "ipip"), backend.LocalNode{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Ensure(ctx, sec("bgp", "native"), backend.LocalNode{}); err != nil {
+		t.Fatalf("refused in-place change left unapplied: %v", err)
+	}
+	if !slices.Equal(b.calls, []string{"refuse bgp/native"}) || !slices.Equal(log, []string{"start bgp/ipip", "stop bgp/ipip", "start bgp/ipip"}) {
+		t.Fatalf("calls %v, lifecycle %v", b.calls, log)
 	}
 }
