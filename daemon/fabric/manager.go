@@ -78,6 +78,8 @@ type Manager struct {
 	retired    map[string]bool
 	wake       func()
 	routes     Renewer
+	peers      []backend.Peer // of the last Apply
+	havePeers  bool
 }
 
 // Renewer is the route writer's Renew (internal/route.Table): routes are
@@ -253,7 +255,26 @@ func (m *Manager) ensure(ctx context.Context, sec config.Backend, id string, loc
 	}
 	m.cur = inst
 	m.applied, m.ready, m.moved, m.drainSince = false, false, false, time.Time{}
+	m.converge(ctx)
 	return nil
+}
+
+// converge applies a new migration target at once with the last peers, so
+// its guard and tables admit them before the node announces it (in the
+// same sync); m.mu is held.
+func (m *Manager) converge(ctx context.Context) {
+	if len(m.olds) == 0 || !m.havePeers {
+		return
+	}
+	res, err := m.cur.b.Apply(ctx, m.peers)
+	if err != nil {
+		m.log.Warn("first converge of the new backend", "identity", m.cur.id, "err", err)
+		return
+	}
+	if res.Published.Attrs != nil {
+		m.cur.pub = res.Published
+	}
+	m.ready = true
 }
 
 // reconfigure migrates a Reconfigurer in place: the identity it sent with
@@ -271,6 +292,7 @@ func (m *Manager) reconfigure(ctx context.Context, r backend.Reconfigurer, sec c
 	}
 	m.cur.sec, m.cur.id, m.cur.pub = sec, id, pub
 	m.ready, m.moved, m.drainSince = false, false, time.Time{}
+	m.converge(ctx)
 	return nil
 }
 
@@ -317,6 +339,7 @@ func (m *Manager) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	if m.cur == nil {
 		return backend.ApplyResult{}, errors.New("no backend running")
 	}
+	m.peers, m.havePeers = slices.Clone(peers), true
 	for _, o := range m.olds {
 		if o.inPlace {
 			continue

@@ -72,7 +72,7 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	// announced once it converged, and the old one goes once every peer
 	// moved (with no peers, and no drain period, at once).
 	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, backend.LocalNode{})
-	if got := m.Decapsulates(); !slices.Equal(got, []string{"a"}) || m.Active() != "a" {
+	if got := m.Decapsulates(); !slices.Equal(got, []string{"b", "a"}) || m.Active() != "a" {
 		t.Fatalf("during switch: active %s decap %v", m.Active(), got)
 	}
 	_, _ = m.Apply(ctx, nil)
@@ -82,7 +82,7 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	// Same type, new parameters: the old instance lets go without cleanup.
 	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`3`)}, backend.LocalNode{})
 	_ = m.Stop(ctx, false)
-	want := []string{"start a1", "apply a1", "start b2", "apply a1", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
+	want := []string{"start a1", "apply a1", "start b2", "apply b2", "apply a1", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
 	if !slices.Equal(r.calls, want) {
 		t.Fatalf("calls\n%v\nwant\n%v", r.calls, want)
 	}

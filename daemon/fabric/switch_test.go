@@ -234,8 +234,9 @@ func TestMigrationPerPeer(t *testing.T) {
 	}
 	w.ensure(sec("b", ""), backend.LocalNode{})
 	// b is announced only once it converged (its guard and tables know
-	// every peer): a peer sends it as soon as it is announced.
-	w.expect("b started next to a", []string{"a", "a", "a"}, "a", PhaseReceive, "a")
+	// every peer: a peer sends it as soon as it is announced), which
+	// Ensure does at once with the last peers.
+	w.expect("b started next to a", []string{"a", "a", "a"}, "a", PhaseReceive, "b", "a")
 	if pub := w.m.Published(); pub.MTU != 1401 || pub.Attrs["weft.dev/mac-a"] != "m" || pub.Attrs["weft.dev/mac-b"] != "m" {
 		t.Fatalf("published during the migration: %+v (want the smaller MTU and both backends' annotations)", pub)
 	}
