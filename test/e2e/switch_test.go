@@ -116,6 +116,8 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		for _, dir := range [][2]podNS{{a, b}, {b, a}} {
 			if err := fullSizeUDP(dir[0], dir[1], mtu-28, 5404); err != nil {
 				t.Errorf("switch to %s: %d-byte datagram with DF %s -> %s: %v", st.id, mtu-28, dir[0].pod.Name, dir[1].pod.Name, err)
+			} else {
+				t.Logf("switch %d to %s: a %d-byte datagram with DF (%d-byte packet) crossed %s -> %s", i+1, st.id, mtu-28, mtu, dir[0].pod.Name, dir[1].pod.Name)
 			}
 		}
 	}
