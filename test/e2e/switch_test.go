@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -113,6 +114,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 			t.Logf("switch %d to %s: TCP connection alive, slowest request/response %s", i+1, st.id, rtt.Round(time.Millisecond))
 		}
 		checkWire(t, st)
+		checkNewPodMTU(t, nodes, mtu, st)
 		for _, dir := range [][2]podNS{{a, b}, {b, a}} {
 			if err := fullSizeUDP(dir[0], dir[1], mtu-28, 5404); err != nil {
 				t.Errorf("switch to %s: %d-byte datagram with DF %s -> %s: %v", st.id, mtu-28, dir[0].pod.Name, dir[1].pod.Name, err)
@@ -154,6 +156,28 @@ func killMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes
 		t.Fatal(err)
 	}
 	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
+}
+
+// checkNewPodMTU checks that pods created now would get the same MTU as
+// the running ones (weftd's subnet file, which weft-ipam hands to the
+// plugin): a pod started on bgp Never must not get 1500 and then
+// black-hole full-size packets on VXLAN.
+func checkNewPodMTU(t *testing.T, nodes []*corev1.Node, want int, st switchStep) {
+	t.Helper()
+	for _, n := range nodes {
+		pid, err := weftdPID(n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/run/weft/subnet.json", pid))
+		var f struct{ MTU int }
+		if err == nil {
+			err = json.Unmarshal(data, &f)
+		}
+		if err != nil || f.MTU != want {
+			t.Errorf("%s on %s: new pods get MTU %d (%v), running ones have %d", n.Name, st.id, f.MTU, err, want)
+		}
+	}
 }
 
 // logWeftd logs what weftd on node said between t0 and t1 (its stdout
