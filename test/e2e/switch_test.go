@@ -85,6 +85,10 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	mtu := podMTU(t, a)
 	t.Logf("streams %s (%s) <-> %s (%s), pod MTU %d", p.from.Name, p.from.Spec.NodeName, p.to.Name, p.to.Spec.NodeName, mtu)
 	time.Sleep(time.Second)
+	// The windows are contiguous: each counts every datagram sent from the
+	// end of the previous one (its checks included) until 1 s after its
+	// switch finished, less the last 300 ms (still in flight when counted).
+	from := time.Now()
 	for i, st := range liveSwitches {
 		if i == 3 {
 			testInvalidSectionMidway(t, ctx, c, nodes, ab, ba)
@@ -95,19 +99,20 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 			killMidway(t, ctx, c, nodes, p, st)
 		}
 		took := waitSwitched(t, ctx, c, nodes, st)
-		time.Sleep(time.Second) // what was in flight arrives
-		t1 := time.Now()
+		time.Sleep(time.Second)
+		t1 := time.Now().Add(-300 * time.Millisecond)
 		for _, s := range []*stream{ab, ba} {
-			sent, lost, gap, why := s.window(t0, t1)
-			t.Logf("switch %d to %s: converged in %s; %s: %d of %d datagrams lost %v, longest gap %s",
-				i+1, st.id, took.Round(time.Millisecond), s.name, lost, sent, why, gap.Round(time.Millisecond))
+			sent, lost, gap, why := s.window(from, t1)
+			t.Logf("switch %d to %s (ConfigMap updated at +%s): converged in %s; %s: %d of %d datagrams lost %v, longest gap %s",
+				i+1, st.id, t0.Sub(from).Round(time.Millisecond), took.Round(time.Millisecond), s.name, lost, sent, why, gap.Round(time.Millisecond))
 			if lost != 0 || gap > time.Second {
 				t.Errorf("switch to %s: %s lost %d datagrams, longest gap %s (want 0 lost, gap <= 1s)", st.id, s.name, lost, gap)
 				for _, n := range []string{p.from.Spec.NodeName, p.to.Spec.NodeName} {
-					logWeftd(t, n, t0, t1)
+					logWeftd(t, n, from, t1)
 				}
 			}
 		}
+		from = t1
 		if rtt, err := tcp.state(); err != nil {
 			t.Fatalf("switch to %s: TCP connection broke: %v", st.id, err)
 		} else {
