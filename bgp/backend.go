@@ -73,7 +73,9 @@ type Backend struct {
 	stop context.CancelFunc
 	done chan struct{}
 	mtu  int
-	tun  Tunnel // ipipMode Always and CrossSubnet
+	tun  Tunnel // ipipMode Always and CrossSubnet (or still received)
+	life context.Context
+	prev []BackendConfig // ipipModes still received (see Reconfigure)
 }
 
 // ipipOverhead is IP-in-IP's outer IPv4 header.
@@ -139,7 +141,7 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 		}
 		return backend.Published{}, err
 	}
-	b.local, b.self, b.up, b.started, b.warm, b.peers = local, self, true, time.Now(), false, nil
+	b.local, b.self, b.up, b.started, b.warm, b.peers, b.life = local, self, true, time.Now(), false, nil, life
 	b.last, b.held = nil, map[netip.Prefix]time.Time{}
 	ctx, cancel := context.WithCancel(life)
 	b.stop, b.done = cancel, make(chan struct{})
@@ -221,11 +223,13 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	probs = append(probs, sprobs...)
 	if b.tun != nil {
 		// The guard first, so a new peer is admitted before routes make
-		// this node answer it.
-		if err := b.f.applyGuard(ctx, bgpPeers(peers)); err != nil {
+		// this node answer it. Every node, not only those announcing bgp:
+		// one may send IP-in-IP as soon as it sees this node announce it,
+		// before this node sees it announce it back.
+		if err := b.f.applyGuard(ctx, peers); err != nil {
 			return backend.ApplyResult{Published: b.published()}, err
 		}
-		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, bgpPeers(peers))...)
+		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, peers)...)
 	}
 	res := backend.ApplyResult{Published: b.published()}
 	if err := b.f.Speaker.Advertise(ctx, b.self.PodCIDRs); err != nil {
@@ -251,7 +255,7 @@ func (b *Backend) nodes(peers []backend.Peer) (all, speakers []Node, probs []str
 			continue
 		}
 		all = append(all, n)
-		if p.Accepts(Type) {
+		if p.AcceptsType(Type) {
 			speakers = append(speakers, n)
 		}
 	}
@@ -325,15 +329,4 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		errs = append(errs, fmt.Errorf("bgp: %w", err))
 	}
 	return errors.Join(errs...)
-}
-
-// bgpPeers are the peers that run bgp.
-func bgpPeers(peers []backend.Peer) []backend.Peer {
-	var out []backend.Peer
-	for _, p := range peers {
-		if p.Accepts(Type) {
-			out = append(out, p)
-		}
-	}
-	return out
 }

@@ -38,7 +38,7 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 	var want []route.Route
 	nodes := map[netip.Addr]bool{}
 	for _, p := range b.peers {
-		nodes[p.UnderlayIP] = p.Accepts(Type)
+		nodes[p.UnderlayIP] = p.AcceptsType(Type)
 	}
 	for _, r := range learned {
 		have[r.Prefix] = true
@@ -49,7 +49,7 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 		if !p.UnderlayIP.IsValid() || len(p.PodCIDRs) == 0 {
 			continue
 		}
-		if !p.Accepts(Type) {
+		if !p.AcceptsType(Type) {
 			missing++ // not switched to bgp yet: the warmup goes on
 			continue
 		}
@@ -150,7 +150,8 @@ func (b *Backend) establishedPeers(ctx context.Context) map[netip.Addr]bool {
 // CrossSubnet: those outside the node's underlay subnet), else via nh out
 // of the underlay link (ipipMode Never, external peers' routes).
 func (b *Backend) routeVia(dst netip.Prefix, nh netip.Addr, node bool) route.Route {
-	if b.tun != nil && node && (b.cfg.IPIPMode == IPIPAlways || !b.tun.UnderlaySubnet().Contains(nh)) {
+	mode := b.modeFor(nh)
+	if b.tun != nil && node && mode != IPIPNever && (mode == IPIPAlways || !b.tun.UnderlaySubnet().Contains(nh)) {
 		return route.Route{Dst: dst, Dev: b.tun.Device()}
 	}
 	return route.Route{Dst: dst, Gw: nh, Dev: b.local.UnderlayLink}

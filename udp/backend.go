@@ -73,6 +73,10 @@ func New(cfg Config, k Kernel, routes route.Writer, guard encapguard.Guard, metr
 // Type returns "udp".
 func (b *Backend) Type() string { return Type }
 
+// Identity is the section's encapsulation identity (Config.Identity): the
+// owner of its routes and what peers must accept to be sent it.
+func (b *Backend) Identity() string { return b.cfg.Identity() }
+
 // Start opens (or adopts) weft.udp with the node's pod CIDR network
 // address and runs the relay on life until Stop. Routes stay as they
 // are until the first Apply.
@@ -104,9 +108,9 @@ func (b *Backend) published() backend.Published {
 
 // open opens the device, gives it its address and starts a relay on it.
 func (b *Backend) open() error {
-	dev, err := b.k.OpenDevice(DefaultDevice, b.mtu)
+	dev, err := b.k.OpenDevice(b.cfg.Device(), b.mtu)
 	if err != nil {
-		return fmt.Errorf("udp: open %s: %w", DefaultDevice, err)
+		return fmt.Errorf("udp: open %s: %w", b.cfg.Device(), err)
 	}
 	index, err := b.ensureAddr()
 	if err != nil {
@@ -126,7 +130,7 @@ func (b *Backend) open() error {
 	}()
 	b.run = r
 	b.metrics.attach(relay)
-	b.log.Info("udp relay running", "device", DefaultDevice, "mtu", b.mtu, "port", b.cfg.Port, "offload", offloadDetail(relay.Stats()))
+	b.log.Info("udp relay running", "device", b.cfg.Device(), "mtu", b.mtu, "port", b.cfg.Port, "offload", offloadDetail(relay.Stats()))
 	return nil
 }
 
@@ -135,9 +139,9 @@ func (b *Backend) open() error {
 // check against its pod CIDR) and returns the device's ifindex.
 func (b *Backend) ensureAddr() (int, error) {
 	want := netip.PrefixFrom(b.local.PodCIDR.Masked().Addr(), 32)
-	index, err := b.k.SetAddr(DefaultDevice, want)
+	index, err := b.k.SetAddr(b.cfg.Device(), want)
 	if err != nil {
-		return 0, fmt.Errorf("udp: address %s on %s: %w", want, DefaultDevice, err)
+		return 0, fmt.Errorf("udp: address %s on %s: %w", want, b.cfg.Device(), err)
 	}
 	return index, nil
 }
@@ -170,14 +174,14 @@ func (b *Backend) repair(ctx context.Context) (string, error) {
 	case b.run.finished():
 		why = fmt.Sprintf("relay stopped: %v", b.run.err)
 	default:
-		index, err := b.k.DeviceIndex(DefaultDevice)
+		index, err := b.k.DeviceIndex(b.cfg.Device())
 		if err != nil {
 			return "", fmt.Errorf("udp: %w", err)
 		}
 		if index == b.run.index {
 			return "", nil
 		}
-		why = fmt.Sprintf("device %s gone or recreated (index %d, relay on %d)", DefaultDevice, index, b.run.index)
+		why = fmt.Sprintf("device %s gone or recreated (index %d, relay on %d)", b.cfg.Device(), index, b.run.index)
 	}
 	b.log.Warn("udp relay restarting", "reason", why)
 	if err := b.closeRun(ctx); err != nil {
@@ -210,17 +214,20 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	if _, err := b.ensureAddr(); err != nil {
 		return res, err
 	}
-	want := b.peers(peers)
-	res.Problems = append(res.Problems, b.run.relay.SetPeers([]netip.Prefix{b.local.PodCIDR.Masked()}, want)...)
+	// The relay and the guard know every peer (one may send this
+	// identity as soon as it sees this node announce it, before this node
+	// has seen it announce it back); routes go to those that accept it.
+	all, want := b.peers(peers)
+	res.Problems = append(res.Problems, b.run.relay.SetPeers([]netip.Prefix{b.local.PodCIDR.Masked()}, all)...)
 	res.Peers = len(want)
 	if b.guard != nil {
-		n, err := b.guard.Apply(ctx, guardSpec(b.cfg.Port, want))
+		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, all))
 		res.Changes += n
 		if err != nil {
 			return res, fmt.Errorf("udp: %w", err)
 		}
 	}
-	n, err := b.routes.Apply(ctx, Type, wantRoutes(want))
+	n, err := b.routes.Apply(ctx, b.Identity(), wantRoutes(b.cfg.Device(), want))
 	res.Changes += n
 	if b.status != nil {
 		b.status.Detail(DetailOffload, offloadDetail(b.run.relay.Stats()))
@@ -231,32 +238,38 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	return res, nil
 }
 
-// peers are the remote nodes that decapsulate udp, as the relay needs them.
-func (b *Backend) peers(peers []backend.Peer) []Peer {
-	var out []Peer
+// peers are the remote nodes as the relay needs them: all of them, and
+// those that decapsulate this identity.
+func (b *Backend) peers(peers []backend.Peer) (all, accept []Peer) {
 	for _, p := range peers {
-		if p.Name == b.local.Name || p.UnderlayIP == b.local.UnderlayIP || !p.Accepts(Type) {
+		if p.Name == b.local.Name || p.UnderlayIP == b.local.UnderlayIP {
 			continue
 		}
-		out = append(out, Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs})
+		q := Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs}
+		all = append(all, q)
+		if p.Accepts(b.Identity()) {
+			accept = append(accept, q)
+		}
 	}
-	return out
+	return all, accept
 }
 
 // wantRoutes routes every peer pod CIDR into the device.
-func wantRoutes(peers []Peer) []route.Route {
+func wantRoutes(dev string, peers []Peer) []route.Route {
 	var out []route.Route
 	for _, p := range peers {
 		for _, c := range p.PodCIDRs {
-			out = append(out, route.Route{Dst: c.Masked(), Dev: DefaultDevice})
+			out = append(out, route.Route{Dst: c.Masked(), Dev: dev})
 		}
 	}
 	return out
 }
 
 // guardSpec admits each peer's underlay address, for its pod CIDRs. Pure.
-func guardSpec(port int, peers []Peer) encapguard.Spec {
-	s := encapguard.Spec{Encap: encapguard.UDP(port), PodIface: encapguard.DefaultPodIface}
+func guardSpec(cfg Config, peers []Peer) encapguard.Spec {
+	e := encapguard.UDP(cfg.Port)
+	e.Kind = cfg.GuardKind()
+	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface}
 	for _, p := range peers {
 		s.Peers = append(s.Peers, encapguard.Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs})
 	}
@@ -285,18 +298,18 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	if b.status != nil {
 		b.status.Detail(DetailOffload, "")
 	}
-	if _, err := b.routes.Release(ctx, Type); err != nil {
+	if _, err := b.routes.Release(ctx, b.Identity()); err != nil {
 		errs = append(errs, fmt.Errorf("udp: %w", err))
 	}
-	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard))...)
+	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard, b.cfg))...)
 }
 
-// removeAll deletes the device (and every route out of it) and the
+// removeAll deletes the device of cfg (and every route out of it) and its
 // guard's chains and set (a nil k or guard is skipped).
-func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
+func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard, cfg Config) error {
 	var rm func() error
 	if k != nil {
-		rm = func() error { return k.RemoveDevice(DefaultDevice) }
+		rm = func() error { return k.RemoveDevice(cfg.Device()) }
 	}
-	return backend.Teardown(ctx, Type, rm, guard)
+	return backend.Teardown(ctx, Type, cfg.GuardKind(), rm, guard)
 }

@@ -121,8 +121,14 @@ func TestBackendCarriesPodTraffic(t *testing.T) {
 		t.Fatalf("owner of %s: %q", cidrB, o)
 	}
 	if !na.guard.Admits(Type, nodeB, a("10.244.2.7")) || na.guard.Admits(Type, nodeB, a("10.244.1.7")) ||
-		na.guard.Admits(Type, a("192.168.77.13"), a("10.244.3.1")) {
+		na.guard.Admits(Type, a("192.168.77.13"), a("10.244.2.7")) {
 		t.Fatal("guard does not admit exactly b's pods from b")
+	}
+	// c does not announce udp yet, but may send it as soon as it sees a
+	// announce it (before a sees c's announcement): admitted, for its own
+	// pods only; a routes nothing to it.
+	if !na.guard.Admits(Type, a("192.168.77.13"), a("10.244.3.1")) {
+		t.Fatal("a known node not yet announcing udp is not admitted for its own pods")
 	}
 	if s, _ := na.guard.Spec(Type); s.Encap.Port != DefaultPort {
 		t.Fatalf("guard port %d", s.Encap.Port)
@@ -216,7 +222,7 @@ func TestBackendSwitchAndStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := encapguard.NewFake()
-	if _, err := g.Apply(ctx, guardSpec(DefaultPort, nil)); err != nil {
+	if _, err := g.Apply(ctx, guardSpec(Config{Port: DefaultPort}, nil)); err != nil {
 		t.Fatal(err)
 	}
 	if err := (Factory{Kernel: k, Guard: g}).Cleanup(ctx); err != nil {

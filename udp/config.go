@@ -79,6 +79,44 @@ func (c Config) DeviceMTU(underlayMTU int) int {
 	return underlayMTU - Overhead
 }
 
+// Identity is the section's encapsulation identity: "udp" for the
+// default port, else "udp/<port>" (a port change is a migration).
+func (c Config) Identity() string {
+	if c.Port == DefaultPort {
+		return Type
+	}
+	return fmt.Sprintf("%s/%d", Type, c.Port)
+}
+
+// Device is the section's TUN device: weft.udp for the default port,
+// weft.udp.<port> for the others (two run side by side in a migration).
+func (c Config) Device() string {
+	if c.Port == DefaultPort {
+		return DefaultDevice
+	}
+	return fmt.Sprintf("%s.%d", DefaultDevice, c.Port)
+}
+
+// GuardKind names the section's guard chain and set ("udp", "udp9000").
+func (c Config) GuardKind() string {
+	if c.Port == DefaultPort {
+		return Type
+	}
+	return fmt.Sprintf("%s%d", Type, c.Port)
+}
+
+// ParseIdentity returns the section of a udp identity.
+func ParseIdentity(id string) (Config, bool) {
+	c := Config{Port: DefaultPort}
+	if id == Type {
+		return c, true
+	}
+	if _, err := fmt.Sscanf(id, Type+"/%d", &c.Port); err != nil || c.Identity() != id {
+		return Config{}, false
+	}
+	return c, true
+}
+
 // Validator implements the config package's stage-two check for udp.
 type Validator struct{}
 

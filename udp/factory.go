@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/weftnet/weft/internal/backend"
@@ -55,5 +56,20 @@ func (f Factory) New(raw json.RawMessage) (backend.Backend, error) {
 // device weft.udp (and with it every route out of it, whatever its
 // protocol) and the guard's chains and set.
 func (f Factory) Cleanup(ctx context.Context) error {
-	return removeAll(ctx, f.Kernel, f.Guard)
+	return removeAll(ctx, f.Kernel, f.Guard, Config{Port: DefaultPort})
+}
+
+// Identity is the section's encapsulation identity (Config.Identity).
+func (Factory) Identity(raw json.RawMessage) (string, error) {
+	return backend.SectionIdentity(DecodeConfig, raw)
+}
+
+// SectionFor rebuilds a section receiving a udp identity (see
+// backend.Receiver).
+func (Factory) SectionFor(id string, _ json.RawMessage) (json.RawMessage, bool) {
+	c, ok := ParseIdentity(id)
+	if !ok {
+		return nil, false
+	}
+	return json.RawMessage(fmt.Sprintf(`{"type":%q,"port":%d}`, Type, c.Port)), true
 }

@@ -39,6 +39,10 @@ func New(cfg Config, k Kernel, routes route.Writer, guard encapguard.Guard, log 
 // Type returns "vxlan".
 func (b *Backend) Type() string { return Type }
 
+// Identity is the section's encapsulation identity (Config.Identity): the
+// owner of its routes and what peers must accept to be sent it.
+func (b *Backend) Identity() string { return b.cfg.Identity() }
+
 // Start creates the device or adopts an existing matching one (keeping its
 // MAC and all entries), gives it the node subnet's network address /32 and
 // returns what peers need.
@@ -62,8 +66,8 @@ func (b *Backend) Start(ctx context.Context, local backend.LocalNode) (backend.P
 	}
 	b.local = local
 	// A weftd before the route protocol wrote RTPROT_STATIC routes here.
-	b.routes.Adopt(DefaultDevice)
-	b.spec = DeviceSpec{Name: DefaultDevice, VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
+	b.routes.Adopt(b.cfg.Device())
+	b.spec = DeviceSpec{Name: b.cfg.Device(), VNI: b.cfg.VNI, Port: b.cfg.Port, LocalIP: local.UnderlayIP, UnderlayLink: local.UnderlayLink, MTU: mtu}
 	if _, err := b.ensureDevice(); err != nil {
 		return backend.Published{}, err
 	}
@@ -72,7 +76,7 @@ func (b *Backend) Start(ctx context.Context, local backend.LocalNode) (backend.P
 }
 
 func (b *Backend) published() backend.Published {
-	return backend.Published{MTU: b.dev.MTU, Attrs: map[string]string{AnnoVTEPMAC: b.dev.MAC}}
+	return backend.Published{MTU: b.dev.MTU, Attrs: map[string]string{b.cfg.MACAnnotation(): b.dev.MAC}}
 }
 
 // ensureDevice makes sure the device and its address exist; it returns the
@@ -131,7 +135,7 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	if err != nil {
 		return backend.ApplyResult{}, err
 	}
-	want, probs := Desired(b.local, peers)
+	want, probs := DesiredFor(b.cfg, b.local, peers)
 	res := backend.ApplyResult{Peers: len(want.FDB), Published: b.published()}
 	for _, p := range probs {
 		res.Problems = append(res.Problems, p.String())
@@ -139,7 +143,7 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	// The guard first: a new peer's packets are admitted before our routes
 	// make it answer; a removed peer's routes go below, its admission now.
 	if b.guard != nil {
-		n, err := b.guard.Apply(ctx, guardSpec(b.spec.Port, want))
+		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, admitted(b.cfg, b.local, peers)))
 		changes += n
 		if err != nil {
 			res.Changes = changes
@@ -191,7 +195,7 @@ func (b *Backend) converge(ctx context.Context, want State) (int, error) {
 	}
 	// Routes: the writer replaces what differs and removes our routes
 	// that are not wanted (a destination another backend took over stays).
-	n, err := b.routes.Apply(ctx, Type, b.wantRoutes(want))
+	n, err := b.routes.Apply(ctx, b.Identity(), b.wantRoutes(want))
 	changes += n
 	if err != nil {
 		errs = append(errs, err)
@@ -235,18 +239,18 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 		return nil
 	}
 	var errs []error
-	if _, err := b.routes.Release(ctx, Type); err != nil {
+	if _, err := b.routes.Release(ctx, b.Identity()); err != nil {
 		errs = append(errs, fmt.Errorf("vxlan: %w", err))
 	}
-	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard))...)
+	return errors.Join(append(errs, removeAll(ctx, b.k, b.guard, b.cfg))...)
 }
 
-// removeAll deletes the device (and with it every entry and route on it)
-// and the guard's chains and set (a nil k or guard is skipped).
-func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
+// removeAll deletes the device of cfg (and with it every entry and route
+// on it) and its guard's chains and set (a nil k or guard is skipped).
+func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard, cfg Config) error {
 	var rm func() error
 	if k != nil {
-		rm = func() error { return k.DeleteDevice(DefaultDevice) }
+		rm = func() error { return k.DeleteDevice(cfg.Device()) }
 	}
-	return backend.Teardown(ctx, Type, rm, guard)
+	return backend.Teardown(ctx, Type, cfg.GuardKind(), rm, guard)
 }

@@ -16,6 +16,7 @@ package vxlan
 import (
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 
 	"github.com/weftnet/weft/internal/backend"
 )
@@ -64,6 +65,70 @@ func DecodeConfig(raw json.RawMessage) (Config, error) {
 		return Config{}, fmt.Errorf("mtu %d: must be 0 (underlay - 50) or 576..65485", c.MTU)
 	}
 	return c, nil
+}
+
+// Identity is the section's encapsulation identity: "vxlan" for the
+// default VNI and port (what every weft before identities announced),
+// else "vxlan/<vni>/<port>". Two sections of one identity talk to each
+// other; a change of either is a migration (daemon/fabric).
+func (c Config) Identity() string {
+	if c.VNI == DefaultVNI && c.Port == DefaultPort {
+		return Type
+	}
+	return fmt.Sprintf("%s/%d/%d", Type, c.VNI, c.Port)
+}
+
+// suffix tells the objects of a non-default identity apart ("" for the
+// default one): "7-4789".
+func (c Config) suffix() string {
+	if c.Identity() == Type {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", c.VNI, c.Port)
+}
+
+// Device is the VXLAN device of the section: weft.vxlan for the default
+// identity, weft.vx<vni>.<port> (shortened by a hash when longer than a
+// link name may be) for the others, so two run side by side during a
+// migration.
+func (c Config) Device() string {
+	if c.suffix() == "" {
+		return DefaultDevice
+	}
+	if n := fmt.Sprintf("weft.vx%d.%d", c.VNI, c.Port); len(n) <= 15 {
+		return n
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(c.suffix()))
+	return fmt.Sprintf("weft.vx%08x", h.Sum32())
+}
+
+// GuardKind names the section's guard chain and set ("vxlan", "vx7-4789").
+func (c Config) GuardKind() string {
+	if c.suffix() == "" {
+		return Type
+	}
+	return "vx" + c.suffix()
+}
+
+// MACAnnotation is the Node annotation of the section's VTEP MAC.
+func (c Config) MACAnnotation() string {
+	if c.suffix() == "" {
+		return AnnoVTEPMAC
+	}
+	return AnnoVTEPMAC + "-" + c.suffix()
+}
+
+// ParseIdentity returns the section of a vxlan identity.
+func ParseIdentity(id string) (Config, bool) {
+	c := Config{VNI: DefaultVNI, Port: DefaultPort}
+	if id == Type {
+		return c, true
+	}
+	if _, err := fmt.Sscanf(id, Type+"/%d/%d", &c.VNI, &c.Port); err != nil || c.Identity() != id {
+		return Config{}, false
+	}
+	return c, true
 }
 
 // Validator implements the config package's stage-two check for vxlan.

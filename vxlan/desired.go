@@ -34,6 +34,13 @@ func (p Problem) String() string { return p.Peer + ": " + p.Reason }
 // subnet or VTEP MAC the result is deterministic (the first keeps it) and
 // the conflict is reported.
 func Desired(local backend.LocalNode, peers []backend.Peer) (State, []Problem) {
+	return DesiredFor(Config{VNI: DefaultVNI, Port: DefaultPort}, local, peers)
+}
+
+// DesiredFor is Desired for the section cfg: peers that accept its
+// identity, their VTEP MAC under its annotation.
+func DesiredFor(cfg Config, local backend.LocalNode, peers []backend.Peer) (State, []Problem) {
+	id, anno := cfg.Identity(), cfg.MACAnnotation()
 	st := State{FDB: map[string]netip.Addr{}, Neigh: map[netip.Addr]string{}, Routes: map[netip.Prefix]netip.Addr{}}
 	var probs []Problem
 	sorted := slices.Clone(peers)
@@ -47,13 +54,13 @@ func Desired(local backend.LocalNode, peers []backend.Peer) (State, []Problem) {
 		bad := func(format string, args ...any) {
 			probs = append(probs, Problem{Peer: p.Name, Reason: fmt.Sprintf(format, args...)})
 		}
-		if !p.Accepts(Type) {
-			bad("does not decapsulate vxlan (backends %v)", p.Backends)
+		if !p.Accepts(id) {
+			bad("does not decapsulate %s (backends %v)", id, p.Backends)
 			continue
 		}
-		hw, err := net.ParseMAC(p.Attrs[AnnoVTEPMAC])
+		hw, err := net.ParseMAC(p.Attrs[anno])
 		if err != nil || len(hw) != 6 {
-			bad("invalid or missing %s %q", AnnoVTEPMAC, p.Attrs[AnnoVTEPMAC])
+			bad("invalid or missing %s %q", anno, p.Attrs[anno])
 			continue
 		}
 		mac := hw.String()
@@ -114,4 +121,23 @@ func overlapOwner(owner map[netip.Prefix]string, c netip.Prefix) string {
 		}
 	}
 	return ""
+}
+
+// admitted is the state whose senders the guard admits: the peers
+// Desired programs, and those that do not announce this identity yet, as
+// if they did (a peer moves to sending it as soon as it sees this node
+// announce it, maybe before this node has seen the peer announce it
+// back), with the same checks of addresses and pod CIDRs. A peer that
+// announces it with a broken MAC stays out.
+func admitted(cfg Config, local backend.LocalNode, peers []backend.Peer) State {
+	all := make([]backend.Peer, 0, len(peers))
+	for i, p := range peers {
+		if !p.Accepts(cfg.Identity()) {
+			p.Backends = []string{cfg.Identity()}
+			p.Attrs = map[string]string{cfg.MACAnnotation(): fmt.Sprintf("02:00:00:00:%02x:%02x", i>>8&0xff, i&0xff)}
+		}
+		all = append(all, p)
+	}
+	st, _ := DesiredFor(cfg, local, all)
+	return st
 }

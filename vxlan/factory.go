@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 
 	"github.com/weftnet/weft/internal/backend"
@@ -47,9 +48,26 @@ func (f Factory) New(raw json.RawMessage) (backend.Backend, error) {
 	return New(cfg, f.Kernel, f.Routes, f.Guard, f.Log), nil
 }
 
-// Cleanup removes what any vxlan backend could have left on the node: the
-// device weft.vxlan (and with it its FDB, neighbours and every route out
-// of it, whatever its protocol) and the guard's chains and set.
+// Cleanup removes what the default vxlan backend could have left on the
+// node: the device weft.vxlan (and with it its FDB, neighbours and every
+// route out of it, whatever its protocol) and the guard's chains and set.
+// Devices of other identities (weft.vx<vni>.<port>) go with the leftovers
+// sweep of uninstall (every weft.* link).
 func (f Factory) Cleanup(ctx context.Context) error {
-	return removeAll(ctx, f.Kernel, f.Guard)
+	return removeAll(ctx, f.Kernel, f.Guard, Config{VNI: DefaultVNI, Port: DefaultPort})
+}
+
+// Identity is the section's encapsulation identity (Config.Identity).
+func (Factory) Identity(raw json.RawMessage) (string, error) {
+	return backend.SectionIdentity(DecodeConfig, raw)
+}
+
+// SectionFor rebuilds a section receiving a vxlan identity (see
+// backend.Receiver).
+func (Factory) SectionFor(id string, _ json.RawMessage) (json.RawMessage, bool) {
+	c, ok := ParseIdentity(id)
+	if !ok {
+		return nil, false
+	}
+	return json.RawMessage(fmt.Sprintf(`{"type":%q,"vni":%d,"port":%d}`, Type, c.VNI, c.Port)), true
 }

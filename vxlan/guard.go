@@ -10,7 +10,7 @@ import (
 // guardSpec turns the desired entries into the encapsulation guard's
 // state: every peer the backend programs is a known sender, owning exactly
 // the pod CIDRs routed to it. Pure.
-func guardSpec(port int, st State) encapguard.Spec {
+func guardSpec(cfg Config, st State) encapguard.Spec {
 	byIP := map[netip.Addr]*encapguard.Peer{}
 	for c, gw := range st.Routes {
 		ip, ok := st.FDB[st.Neigh[gw]]
@@ -24,7 +24,9 @@ func guardSpec(port int, st State) encapguard.Spec {
 		}
 		p.PodCIDRs = append(p.PodCIDRs, c)
 	}
-	s := encapguard.Spec{Encap: encapguard.VXLAN(port), PodIface: encapguard.DefaultPodIface}
+	e := encapguard.VXLAN(cfg.Port)
+	e.Kind = cfg.GuardKind()
+	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface}
 	for _, p := range byIP {
 		s.Peers = append(s.Peers, *p)
 	}

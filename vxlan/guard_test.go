@@ -57,8 +57,8 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	if g.Admits(Type, netip.MustParseAddr("172.18.0.4"), netip.MustParseAddr("10.244.3.9")) {
 		t.Fatal("removed peer still admitted")
 	}
-	// Port change: the manager stops the old instance without cleanup and
-	// starts a new one.
+	// Port change: another identity, whose instance runs beside this one
+	// (daemon/fabric) with its own guard; this one's stays until it stops.
 	if err := b.Stop(ctx, false); err != nil {
 		t.Fatal(err)
 	}
@@ -72,13 +72,14 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 	if _, err := b2.Apply(ctx, peers[:1]); err != nil {
 		t.Fatal(err)
 	}
-	if s, _ := g.Spec(Type); s.Encap.Port != 4789 {
+	kind2 := Config{VNI: 1, Port: 4789}.GuardKind()
+	if s, _ := g.Spec(kind2); s.Encap.Port != 4789 {
 		t.Fatalf("guard port %d after port change", s.Encap.Port)
 	}
 	if err := b2.Stop(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := g.Spec(Type); ok {
+	if _, ok := g.Spec(kind2); ok {
 		t.Fatal("cleanup stop left the guard")
 	}
 }

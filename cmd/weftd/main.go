@@ -162,6 +162,8 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
 	metrics.Registry.MustRegister(nk.bgp, nodeCollector{status: status, subnetFile: opt.SubnetFile, stats: netlinkStats})
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
+	mgr.SetRoutes(nk.routes)
+	metrics.Registry.MustRegister(mgr)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
 	// A server that fails stops weftd at once (not when the agent returns):

@@ -53,6 +53,10 @@ type Options struct {
 	PolicySocket string
 }
 
+// DetailMigration is the /readyz detail of a backend migration in
+// progress (absent when none runs).
+const DetailMigration = "backend-migration"
+
 // Host finds the node's underlay link.
 type Host interface {
 	// UnderlayLink returns the name and MTU of the link holding ip.
@@ -110,6 +114,7 @@ func New(opt Options, d Deps) *Agent {
 func (a *Agent) Run(ctx context.Context) error {
 	lp := loop.New(loop.Config{Sync: a.pass, Resync: a.opt.ResyncInterval,
 		BackoffMin: time.Second, BackoffMax: a.opt.ResyncInterval, Log: a.d.Log})
+	a.d.Backends.SetWake(lp.MarkDirty) // the end of a migration's drain
 	all := informers.NewSharedInformerFactory(a.d.Client, 0)
 	cmf := informers.NewSharedInformerFactoryWithOptions(a.d.Client, 0, informers.WithNamespace(config.Namespace),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + config.Name }))
@@ -227,7 +232,7 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	if err := a.publish(ctx, node, local, pub); err != nil {
 		return err
 	}
-	if err := a.writeSubnetFile(cfg, pub); err != nil {
+	if err := a.writeSubnetFile(cfg, pub, local.UnderlayMTU); err != nil {
 		a.d.Status.Set(api.CondBackend, err.Error())
 		return err
 	}
@@ -254,7 +259,7 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	if err := a.publish(ctx, node, local, a.d.Backends.Published()); err != nil {
 		return err
 	}
-	if err := a.writeConflist(cfg, pub); err != nil {
+	if err := a.writeConflist(cfg, pub, local.UnderlayMTU); err != nil {
 		a.d.Status.Set(api.CondConflist, err.Error())
 		return err
 	}
@@ -323,9 +328,15 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local backend.Lo
 	want := map[string]string{
 		backend.AnnoPodCIDR:  local.PodCIDR.String(),
 		backend.AnnoPublicIP: local.UnderlayIP.String(),
-		backend.AnnoBackend:  a.d.Backends.Active(),
-		backend.AnnoBackends: strings.Join(a.d.Backends.Decapsulates(), ","),
 	}
+	st := a.d.Backends.Snapshot()
+	want[backend.AnnoBackend], want[backend.AnnoMigration] = st.Sending, st.Phase
+	want[backend.AnnoBackends] = strings.Join(st.Decapsulates, ",")
+	migration := ""
+	if st.Phase != "" {
+		migration = fmt.Sprintf("phase %s; sending %s; receiving %s", st.Phase, st.Sending, want[backend.AnnoBackends])
+	}
+	a.d.Status.Detail(DetailMigration, migration)
 	for k, v := range pub.Attrs {
 		want[k] = v
 	}
@@ -348,17 +359,24 @@ func (a *Agent) publish(ctx context.Context, node *corev1.Node, local backend.Lo
 	return nil
 }
 
-// podMTU is the pods' MTU: net-conf.json's mtu, else what the backend
-// allows.
-func podMTU(cfg *config.NetConf, pub backend.Published) int {
+// podMTU is the pods' MTU: net-conf.json's mtu, else the underlay's
+// minus the largest overhead of any backend (VXLAN's 50), never more than
+// the running backends allow. Pods thus keep one MTU across every backend
+// switch (a pod's MTU is only set at ADD), at the price of 30 bytes on
+// udp and 50 on bgp Never.
+func podMTU(cfg *config.NetConf, pub backend.Published, underlayMTU int) int {
 	if cfg.MTU != 0 {
 		return cfg.MTU
 	}
-	return pub.MTU
+	mtu := pub.MTU
+	if m := underlayMTU - backend.MaxOverhead; underlayMTU > 0 && (mtu == 0 || m < mtu) {
+		mtu = m
+	}
+	return mtu
 }
 
-func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub backend.Published) error {
-	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: podMTU(cfg, pub)}
+func (a *Agent) writeSubnetFile(cfg *config.NetConf, pub backend.Published, underlayMTU int) error {
+	f := &subnetfile.File{Network: cfg.Network, Subnet: a.st.lease.Subnet, MTU: podMTU(cfg, pub, underlayMTU)}
 	if cur, err := subnetfile.Read(a.opt.SubnetFile); err == nil && *cur == *f {
 		return nil
 	}
@@ -387,8 +405,8 @@ func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) 
 	return nil
 }
 
-func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published) error {
-	mtu := podMTU(cfg, pub)
+func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published, underlayMTU int) error {
+	mtu := podMTU(cfg, pub, underlayMTU)
 	if a.opt.CNIBinDir != "" {
 		if missing := install.MissingBinaries(a.opt.CNIBinDir); len(missing) > 0 {
 			return fmt.Errorf("plugins %v missing in %s (install-cni init container)", missing, a.opt.CNIBinDir)

@@ -55,6 +55,7 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	ctx := context.Background()
 	r := &rec{}
 	m := NewManager([]backend.Factory{fakeFactory{typ: "a", r: r}, fakeFactory{typ: "b", r: r}}, slog.Default())
+	m.SetDrain(0)
 	if _, ok := m.Validators()["a"]; !ok || len(m.Validators()) != 2 {
 		t.Fatal("validators")
 	}
@@ -67,10 +68,11 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	_, _ = m.Apply(ctx, nil)
 	// Same section: nothing happens.
 	_, _ = m.Ensure(ctx, config.Backend{Type: "a", Raw: json.RawMessage(` 1 `)}, backend.LocalNode{})
-	// Another type: the new one starts while the old keeps running; both
-	// are decapsulated until the new one converged.
+	// Another type: the new one starts while the old keeps running; it is
+	// announced once it converged, and the old one goes once every peer
+	// moved (with no peers, and no drain period, at once).
 	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`2`)}, backend.LocalNode{})
-	if got := m.Decapsulates(); !slices.Equal(got, []string{"b", "a"}) || m.Active() != "b" {
+	if got := m.Decapsulates(); !slices.Equal(got, []string{"b", "a"}) || m.Active() != "a" {
 		t.Fatalf("during switch: active %s decap %v", m.Active(), got)
 	}
 	_, _ = m.Apply(ctx, nil)
@@ -80,7 +82,7 @@ func TestManagerSwitchMakeBeforeBreak(t *testing.T) {
 	// Same type, new parameters: the old instance lets go without cleanup.
 	_, _ = m.Ensure(ctx, config.Backend{Type: "b", Raw: json.RawMessage(`3`)}, backend.LocalNode{})
 	_ = m.Stop(ctx, false)
-	want := []string{"start a1", "apply a1", "start b2", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
+	want := []string{"start a1", "apply a1", "start b2", "apply b2", "apply a1", "apply b2", "stop a1 cleanup", "stop b2", "start b3", "stop b3"}
 	if !slices.Equal(r.calls, want) {
 		t.Fatalf("calls\n%v\nwant\n%v", r.calls, want)
 	}
@@ -99,10 +101,11 @@ func TestManagerKeepsOldWhileNewFails(t *testing.T) {
 	if _, err := m.Apply(ctx, nil); err == nil {
 		t.Fatal("failing backend reported success")
 	}
-	if slices.Contains(r.calls, "stop a1 cleanup") || !slices.Equal(m.Decapsulates(), []string{"b", "a"}) {
+	// b never converged: it is not announced, a keeps running.
+	if slices.Contains(r.calls, "stop a1 cleanup") || !slices.Equal(m.Decapsulates(), []string{"a"}) {
 		t.Fatalf("old backend stopped before the new one converged: %v", r.calls)
 	}
-	if r.calls[len(r.calls)-1] != "apply a1" {
+	if i := slices.Index(r.calls, "start b2"); i < 0 || !slices.Contains(r.calls[i:], "apply a1") {
 		t.Fatalf("old backend not kept converged: %v", r.calls)
 	}
 }

@@ -9,6 +9,7 @@ package backend
 import (
 	"context"
 	"encoding/json"
+	"strings"
 )
 
 // Backend carries pod traffic to other nodes.
@@ -56,4 +57,67 @@ type Factory interface {
 	// the node (devices, chains, sets, routes), whether or not one runs and
 	// whatever its configuration was. A node without any is success.
 	Cleanup(ctx context.Context) error
+}
+
+// Identified is a backend whose encapsulation identity is not simply its
+// type. The identity names what is on the wire ("vxlan/7/4789",
+// "bgp/ipip"); two sections with the same identity can talk to each
+// other, two with different identities cannot, so a change of identity is
+// a migration (see daemon/fabric) and a change within one identity (an
+// MTU, an AS number) a restart in place. A backend without it has its
+// type as identity.
+type Identified interface {
+	Identity() string
+}
+
+// Identifier is a Factory that tells the identity of a section without
+// building a backend (a Factory without it: the section's type).
+type Identifier interface {
+	Identity(raw json.RawMessage) (string, error)
+}
+
+// Receiver is a Factory that can rebuild a section receiving identity id
+// (a weftd restarted mid-migration finds identities in its own
+// weft.dev/backends that the ConfigMap no longer names, and must keep
+// receiving them until its peers moved). current is the section now
+// configured (of any type); ok is false when id is not this type's.
+type Receiver interface {
+	SectionFor(id string, current json.RawMessage) (raw json.RawMessage, ok bool)
+}
+
+// Reconfigurer is a backend that migrates between sections of its own
+// type in place (bgp: one speaker per process; ipipMode is a per-peer
+// choice). Reconfigure makes raw the section it sends with to every peer
+// that accepts the new identity, while it keeps receiving (and sending to
+// the other peers) the previous ones; Forget stops receiving id once no
+// peer sends it any more.
+type Reconfigurer interface {
+	Reconfigure(ctx context.Context, raw json.RawMessage) (Published, error)
+	Decapsulates() []string
+	Forget(ctx context.Context, id string) error
+}
+
+// IdentityOf is b's identity.
+func IdentityOf(b Backend) string {
+	if i, ok := b.(Identified); ok {
+		return i.Identity()
+	}
+	return b.Type()
+}
+
+// IdentityType is the backend type of an identity ("vxlan/7/4789" ->
+// "vxlan").
+func IdentityType(id string) string {
+	t, _, _ := strings.Cut(id, "/")
+	return t
+}
+
+// SectionIdentity decodes raw with decode and returns the decoded
+// section's identity (a Factory's Identity, see Identifier).
+func SectionIdentity[C Identified](decode func(json.RawMessage) (C, error), raw json.RawMessage) (string, error) {
+	c, err := decode(raw)
+	if err != nil {
+		return "", err
+	}
+	return c.Identity(), nil
 }

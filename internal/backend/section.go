@@ -35,9 +35,10 @@ type GuardRemover interface {
 
 // Teardown removes what a backend of type typ left on the node: its
 // device (removeDevice, which also takes every route and entry on it) and
-// its guard's chains and set. A nil removeDevice or guard is skipped;
-// every error is kept, prefixed with typ.
-func Teardown(ctx context.Context, typ string, removeDevice func() error, guard GuardRemover) error {
+// its guard's chains and set (guardKind: one per encapsulation identity).
+// A nil removeDevice or guard is skipped; every error is kept, prefixed
+// with typ.
+func Teardown(ctx context.Context, typ, guardKind string, removeDevice func() error, guard GuardRemover) error {
 	var errs []error
 	if removeDevice != nil {
 		if err := removeDevice(); err != nil {
@@ -45,7 +46,7 @@ func Teardown(ctx context.Context, typ string, removeDevice func() error, guard 
 		}
 	}
 	if guard != nil {
-		if err := guard.Remove(ctx, typ); err != nil {
+		if err := guard.Remove(ctx, guardKind); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", typ, err))
 		}
 	}

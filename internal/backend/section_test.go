@@ -40,11 +40,11 @@ func TestTeardown(t *testing.T) {
 	var removed []string
 	dev := func() error { removed = append(removed, "dev"); return errors.New("busy") }
 	guard := guardFunc(func(_ context.Context, kind string) error { removed = append(removed, "guard "+kind); return nil })
-	err := Teardown(context.Background(), "udp", dev, guard)
+	err := Teardown(context.Background(), "udp", "udp", dev, guard)
 	if err == nil || err.Error() != "udp: busy" || strings.Join(removed, ",") != "dev,guard udp" {
 		t.Fatalf("err %v, removed %v", err, removed)
 	}
-	if err := Teardown(context.Background(), "udp", nil, nil); err != nil {
+	if err := Teardown(context.Background(), "udp", "udp", nil, nil); err != nil {
 		t.Fatal(err)
 	}
 }

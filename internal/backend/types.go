@@ -12,11 +12,16 @@ const (
 	AnnoPodCIDR = "weft.dev/pod-cidr"
 	// AnnoPublicIP is the node's underlay address peers send to.
 	AnnoPublicIP = "weft.dev/public-ip"
-	// AnnoBackend is the backend the node currently sends with.
+	// AnnoBackend is the encapsulation identity the node sends with to
+	// every peer (during a migration: the previous one until it sends the
+	// new one to all).
 	AnnoBackend = "weft.dev/backend"
-	// AnnoBackends lists, comma separated, the backends the node can
-	// decapsulate (receive) right now.
+	// AnnoBackends lists, comma separated, the encapsulation identities
+	// the node can decapsulate (receive) right now.
 	AnnoBackends = "weft.dev/backends"
+	// AnnoMigration is the node's migration phase ("" when none runs):
+	// "receive", "send" or "drain" (see daemon/fabric).
+	AnnoMigration = "weft.dev/migration"
 	// AnnoPrefix is the prefix of every weft annotation.
 	AnnoPrefix = "weft.dev/"
 )
@@ -35,10 +40,23 @@ type Peer struct {
 	Labels map[string]string
 }
 
-// Accepts reports whether the peer can receive traffic of the backend.
-func (p Peer) Accepts(backend string) bool {
-	return slices.Contains(p.Backends, backend)
+// Accepts reports whether the peer can receive traffic of the
+// encapsulation identity id (a backend's type is the identity of its
+// default section).
+func (p Peer) Accepts(id string) bool {
+	return slices.Contains(p.Backends, id)
 }
+
+// AcceptsType reports whether the peer receives any identity of backend
+// type t (bgp: it runs a speaker, whatever its ipipMode).
+func (p Peer) AcceptsType(t string) bool {
+	return slices.ContainsFunc(p.Backends, func(id string) bool { return IdentityType(id) == t })
+}
+
+// MaxOverhead is the largest encapsulation overhead of any backend (VXLAN
+// over IPv4: 50 bytes). Pods get the underlay MTU minus it, whatever
+// backend runs, so a switch never needs their MTU changed.
+const MaxOverhead = 50
 
 // LocalNode is this node as a backend needs to know it.
 type LocalNode struct {

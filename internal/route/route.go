@@ -175,6 +175,27 @@ func (t *Table) Release(ctx context.Context, owner string) (int, error) {
 	return t.converge(ctx)
 }
 
+// Renew makes owner the latest claimer of every destination it wants,
+// without touching the kernel: the next converge gives it each of them
+// (a backend taken over again while it drained away wins its
+// destinations back from the one that superseded it).
+func (t *Table) Renew(owner string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	set := t.sets[owner]
+	dsts := make([]netip.Prefix, 0, len(set))
+	for dst := range set {
+		dsts = append(dsts, dst)
+	}
+	slices.SortFunc(dsts, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
+	for _, dst := range dsts {
+		t.seq++
+		c := set[dst]
+		c.seq = t.seq
+		set[dst] = c
+	}
+}
+
 // Purge drops every set and deletes every route Weft owns (uninstall).
 func (t *Table) Purge(ctx context.Context) (int, error) {
 	t.mu.Lock()

@@ -438,6 +438,8 @@ func TestVXLANMesh(t *testing.T) {
 		checkBGP(t, ctx, c, nodes, remote)
 	})
 
+	t.Run("live switch through every backend pair, no datagram lost", func(t *testing.T) { testLiveSwitch(t, ctx, c, nodes, remote) })
+
 	t.Run("removed node's entries go and come back", func(t *testing.T) {
 		victim := nodes[len(nodes)-1]
 		if err := c.CoreV1().Nodes().Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {

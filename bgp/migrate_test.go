@@ -1,0 +1,51 @@
+package bgp
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"testing"
+
+	"github.com/weftnet/weft/internal/backend"
+)
+
+// ipipMode Always -> Never in place: each peer is routed natively once it
+// announces bgp/native and through IP-in-IP until then; the tunnel stays
+// (receiving) until the previous identity is forgotten.
+func TestBackendMigratesIPIPModeInPlace(t *testing.T) {
+	r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always"}`)
+	r.start(t, local(nil))
+	b := r.b.(*Backend)
+	p2, p3 := peer(2, nil), peer(3, nil)
+	p2.Backends, p3.Backends = []string{IdentityIPIP}, []string{IdentityIPIP}
+	r.apply(t, p2, p3)
+	r.sp.Inject(cand("10.244.2.0/24", "10.0.0.2", "10.0.0.2"), cand("10.244.3.0/24", "10.0.0.3", "10.0.0.3"))
+	r.apply(t, p2, p3)
+	r.waitRoutes(t, "10.244.2.0/24 dev weft.ipip proto 87; 10.244.3.0/24 dev weft.ipip proto 87")
+	if _, err := b.Reconfigure(context.Background(), json.RawMessage(`{"type":"bgp","ipipMode":"Always","asNumber":65001}`)); err == nil {
+		t.Fatal("an AS number change was taken in place")
+	}
+	pub, err := b.Reconfigure(context.Background(), json.RawMessage(`{"type":"bgp","ipipMode":"Never"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Decapsulates(); !slices.Equal(got, []string{IdentityNative, IdentityIPIP}) || b.Identity() != IdentityNative || pub.MTU != 1480 {
+		t.Fatalf("after Reconfigure: identity %s, decapsulates %v, mtu %d", b.Identity(), got, pub.MTU)
+	}
+	p2.Backends = []string{IdentityNative, IdentityIPIP}
+	r.apply(t, p2, p3)
+	r.waitRoutes(t, "10.244.2.0/24 via 10.0.0.2 dev eth0 proto 87; 10.244.3.0/24 dev weft.ipip proto 87")
+	p3.Backends = []string{IdentityNative}
+	r.apply(t, p2, p3)
+	r.waitRoutes(t, "10.244.2.0/24 via 10.0.0.2 dev eth0 proto 87; 10.244.3.0/24 via 10.0.0.3 dev eth0 proto 87")
+	if fi.t.stopped != "" {
+		t.Fatalf("tunnel stopped (%s) while the previous identity is still received", fi.t.stopped)
+	}
+	if err := b.Forget(context.Background(), IdentityIPIP); err != nil {
+		t.Fatal(err)
+	}
+	if fi.t.stopped != "removed" || !slices.Equal(b.Decapsulates(), []string{IdentityNative}) || b.published().MTU != 1500 {
+		t.Fatalf("after Forget: tunnel %q, decapsulates %v, mtu %d", fi.t.stopped, b.Decapsulates(), b.published().MTU)
+	}
+	var _ backend.Reconfigurer = b
+}
