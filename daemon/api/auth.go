@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -163,8 +164,21 @@ func (g *Guard) user(ctx context.Context, tok string) (authnv1.UserInfo, bool, e
 	return u, ok, nil
 }
 
+// verdictKey names a verdict by everything the access review is asked:
+// the whole identity (name, UID, groups, extra; the authorizer may use any
+// of them) and the request, JSON-encoded so that no two differ only in how
+// they print, hashed to bound the key's size.
+func verdictKey(u authnv1.UserInfo, path, verb string) string {
+	b, _ := json.Marshal(struct {
+		U          authnv1.UserInfo
+		Path, Verb string
+	}{u, path, verb}) // maps marshal with sorted keys
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
 func (g *Guard) verdict(ctx context.Context, u authnv1.UserInfo, path, verb string) (bool, string, error) {
-	key := fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%v", u.UID, u.Username, path, verb, u.Groups)
+	key := verdictKey(u, path, verb)
 	g.mu.Lock()
 	c, hit := g.verdicts[key]
 	g.mu.Unlock()

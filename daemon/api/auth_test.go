@@ -1,10 +1,12 @@
 package api
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -95,5 +97,56 @@ func TestGuard(t *testing.T) {
 	}
 	if reviews.Load() != before {
 		t.Errorf("token reviews not cached: %d more", reviews.Load()-before)
+	}
+}
+
+// stubReviewer authenticates each token as the user it maps to and allows
+// a request only for users in the group "ops" exactly, or whose extra
+// "scope" is "weft"; it counts access reviews.
+type stubReviewer struct {
+	users map[string]authnv1.UserInfo
+	sars  atomic.Int32
+}
+
+func (s *stubReviewer) Authenticate(_ context.Context, tok string) (authnv1.UserInfo, bool, error) {
+	u, ok := s.users[tok]
+	return u, ok, nil
+}
+
+func (s *stubReviewer) Authorize(_ context.Context, u authnv1.UserInfo, _, _ string) (bool, string, error) {
+	s.sars.Add(1)
+	return slices.Contains(u.Groups, "ops") || slices.Equal(u.Extra["scope"], []string{"weft"}), "", nil
+}
+
+// A cached allow is the allow of one identity: two tokens of the same user
+// name and UID whose groups or extra differ (an OIDC token with other
+// claims, a pod-bound token of another pod) each get their own review, even
+// when the groups print alike ("a b" and "a", "b").
+func TestGuardVerdictCacheKeyIsTheWholeIdentity(t *testing.T) {
+	r := &stubReviewer{users: map[string]authnv1.UserInfo{
+		"spaced":   {Username: "carol", UID: "3", Groups: []string{"ops x"}},
+		"split":    {Username: "carol", UID: "3", Groups: []string{"ops", "x"}},
+		"scoped":   {Username: "dave", UID: "4", Extra: map[string]authnv1.ExtraValue{"scope": {"weft"}}},
+		"unscoped": {Username: "dave", UID: "4", Extra: map[string]authnv1.ExtraValue{"scope": {"other"}}},
+	}}
+	g := NewGuard(r, slog.New(slog.DiscardHandler))
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
+	do := func(tok string) int {
+		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	for _, c := range []struct {
+		first, second string
+		want          [2]int
+	}{{"split", "spaced", [2]int{200, 403}}, {"scoped", "unscoped", [2]int{200, 403}}} {
+		if got := [2]int{do(c.first), do(c.second)}; got != c.want {
+			t.Errorf("%s then %s: %v, want %v (a cached verdict of another identity)", c.first, c.second, got, c.want)
+		}
+	}
+	if n := r.sars.Load(); n != 4 {
+		t.Errorf("%d access reviews, want 4 (one per identity)", n)
 	}
 }

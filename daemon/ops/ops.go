@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 
@@ -180,6 +181,11 @@ func (d Deps) releaseAddr(ctx context.Context, ip netip.Addr, containerID string
 		}
 		if d.PodLive != nil && e.PodUID != "" && d.PodLive(e.PodUID) {
 			return res, fmt.Errorf("%s (%s/%s): %w", ip, e.PodNamespace, e.PodName, errLive)
+		}
+		// The informer lags a pod created a moment ago; the runtime
+		// removes the sandbox's netns only when the pod is gone.
+		if _, err := os.Stat(e.Netns); e.Netns != "" && err == nil {
+			return res, fmt.Errorf("%s (%s/%s, network namespace %s): %w", ip, e.PodNamespace, e.PodName, e.Netns, errLive)
 		}
 		stale = append(stale, e)
 	}

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -106,5 +108,41 @@ func TestIPAMAndRelease(t *testing.T) {
 	}
 	if code := call("GET", nodeapi.ReleasePath, nil, nil); code != http.StatusMethodNotAllowed {
 		t.Errorf("GET release: %d", code)
+	}
+}
+
+// A release is refused while the attachment's network namespace still
+// exists, even when the API does not (yet) show its pod: the informer lags
+// a pod created a moment ago, and freeing its address then hands it to the
+// next pod while the first still uses it.
+func TestReleaseRefusedWhileNetnsExists(t *testing.T) {
+	dir := t.TempDir()
+	st := disk.New(filepath.Join(dir, "ipam"), disk.Options{})
+	eps := filepath.Join(dir, "endpoints")
+	netns := filepath.Join(dir, "cni-1234")
+	if err := os.WriteFile(netns, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := st.Update(context.Background(), func(s *store.State) (bool, error) {
+		s.Allocations = append(s.Allocations, store.Allocation{IP: netip.MustParseAddr("10.244.1.5"), ContainerID: "new", IfName: "eth0"})
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := endpoint.Endpoint{ContainerID: "new", IfName: "eth0", PodNamespace: "n", PodName: "new", PodUID: "u3",
+		HostVeth: "wvnew", Netns: netns, IPs: []string{"10.244.1.5/24"}}
+	if err := endpoint.Write(eps, e); err != nil {
+		t.Fatal(err)
+	}
+	d := Deps{Node: "n1", IPAM: st, EndpointDir: eps, PodLive: func(string) bool { return false }, Log: slog.New(slog.DiscardHandler)}
+	if _, err := d.releaseAddr(context.Background(), netip.MustParseAddr("10.244.1.5"), "new"); !errors.Is(err, errLive) {
+		t.Errorf("release while the pod's netns %s exists: %v, want refused as live", netns, err)
+	}
+	if err := os.Remove(netns); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := d.releaseAddr(context.Background(), netip.MustParseAddr("10.244.1.5"), "new"); err != nil || r.Released != 1 || !r.RecordRemoved {
+		t.Errorf("release after the netns is gone: %+v %v", r, err)
 	}
 }

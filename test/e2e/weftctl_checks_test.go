@@ -228,7 +228,9 @@ func (e *polEnv) checkAccess(nodes map[string]*corev1.Node) {
 	if _, err := e.client.RbacV1().ClusterRoles().Create(e.ctx, read, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = e.client.RbacV1().ClusterRoles().Delete(context.Background(), read.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = e.client.RbacV1().ClusterRoles().Delete(context.Background(), read.Name, metav1.DeleteOptions{})
+	})
 	noKC, noTok := serviceAccount(t, e.ctx, e.client, ns, "noperm", []string{read.Name}, []string{"weft-proxy"})
 	rdKC, rdTok := serviceAccount(t, e.ctx, e.client, ns, "reader", []string{"weft-reader"}, []string{"weft-proxy"})
 	no := &weftctl{t: t, bin: e.ctl.bin, kubeconfig: noKC}
