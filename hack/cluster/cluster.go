@@ -62,6 +62,11 @@ type Options struct {
 	CNI      string // "auto" (manifest if present, else static), "static", "manifest"
 	// ProxyMode is kube-proxy's mode: "iptables" (default) or "nftables".
 	ProxyMode string
+	// Subnets is the number of underlay subnets (1, or 2 joined by a
+	// router namespace; see topology.go).
+	Subnets int
+	// BGPRouter starts bird2 as an external BGP router (see topology.go).
+	BGPRouter bool
 	Log       *slog.Logger
 }
 
@@ -91,6 +96,12 @@ func New(opt Options) (*Cluster, error) {
 	if opt.CNI == "" {
 		opt.CNI = "auto"
 	}
+	if opt.Subnets == 0 {
+		opt.Subnets = 1
+	}
+	if opt.Subnets < 1 || opt.Subnets > MaxSubnets || opt.Subnets > opt.Nodes {
+		return nil, fmt.Errorf("subnets %d: must be 1..%d and at most the number of nodes", opt.Subnets, MaxSubnets)
+	}
 	if opt.ProxyMode == "" {
 		opt.ProxyMode = ProxyIPTables
 	}
@@ -119,7 +130,8 @@ func (c *Cluster) bin(name string) string  { return filepath.Join(c.opt.BinDir, 
 // NodeName is the name of node i (1-based).
 func NodeName(i int) string { return fmt.Sprintf("wl-node%d", i) }
 
-// NodeIP is the underlay address of node i (1-based).
+// NodeIP is the underlay address of node i (1-based) on the first subnet
+// (see NodeAddr for a cluster of two subnets).
 func NodeIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{172, 18, byte((i + nodeIPOffset) / 256), byte((i + nodeIPOffset) % 256)})
 }
@@ -133,6 +145,9 @@ type state struct {
 	CNI   string `json:"cni"`
 	// ProxyMode is the mode kube-proxy runs in.
 	ProxyMode string `json:"proxyMode"`
+	// Subnets and BGPRouter are the topology options Up was given.
+	Subnets   int  `json:"subnets"`
+	BGPRouter bool `json:"bgpRouter"`
 	// MadeRunNetnsMount: /run/netns was not a mount point before Up.
 	MadeRunNetnsMount bool `json:"madeRunNetnsMount"`
 	// MadeRunNetnsDir: /run/netns did not exist before Up.
