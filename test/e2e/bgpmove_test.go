@@ -257,18 +257,7 @@ func (tp *topo) checkReflectorMove(t *testing.T, ctx context.Context) {
 	moved := time.Since(start)
 	_ = waitFor(ctx, 30*time.Second, func() (bool, error) { return tp.allAnswer(ctx) })
 	time.Sleep(3 * time.Second)
-	var worst time.Duration
-	var gaps []string
-	for _, pg := range pingers {
-		gap, replies := pg.stop()
-		worst = max(worst, gap)
-		if gap > 0 {
-			gaps = append(gaps, fmt.Sprintf("%s>%s:%s", pg.p.from.Name, pg.p.to.Name, gap))
-		}
-		if replies == 0 {
-			t.Errorf("%s -> %s: no ping reply at all", pg.p.from.Name, pg.p.to.Name)
-		}
-	}
+	worst, gaps := stopPingers(t, pingers)
 	t.Logf("reflector moved %s -> %s: sessions re-formed after %s; longest reply gap %s (%d of %d pairs had one: %v)",
 		n1.Name, n2.Name, moved.Round(time.Millisecond), worst, len(gaps), len(pingers), gaps)
 	// GoBGP v3 rebuilds a session whose reflector role changes, withdrawing
@@ -282,6 +271,24 @@ func (tp *topo) checkReflectorMove(t *testing.T, ctx context.Context) {
 			t.Errorf("%s: weftd pid %d -> %d (%v): sessions must move without a restart", n.Name, pids[n.Name], pid, err)
 		}
 	}
+}
+
+// stopPingers stops them and returns the longest reply gap and each
+// pair's gap that was not zero.
+func stopPingers(t *testing.T, pingers []*pinger) (time.Duration, []string) {
+	var worst time.Duration
+	var gaps []string
+	for _, pg := range pingers {
+		gap, replies := pg.stop()
+		worst = max(worst, gap)
+		if gap > 0 {
+			gaps = append(gaps, fmt.Sprintf("%s>%s:%s", pg.p.from.Name, pg.p.to.Name, gap))
+		}
+		if replies == 0 {
+			t.Errorf("%s -> %s: no ping reply at all", pg.p.from.Name, pg.p.to.Name)
+		}
+	}
+	return worst, gaps
 }
 
 // reflectorGapBound is the longest reply gap accepted while the reflector
