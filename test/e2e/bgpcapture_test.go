@@ -60,8 +60,29 @@ func captureIPIP(t *testing.T, nodes []*corev1.Node, bridges ...string) *ipipCap
 
 func (c *ipipCapture) run(t *testing.T, bridge string) func() {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", "wl-underlay", "tcpdump", "-i", bridge, "-nn", "-l", "-v",
-		"ip proto 4 or (ip and net 10.244.0.0/16)")
+	var rec strings.Builder
+	stop := tcpdump(t, func(l string) {
+		// tcpdump -v continues a packet on indented lines.
+		if strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t") {
+			rec.WriteString(" " + strings.TrimSpace(l))
+			return
+		}
+		c.record(rec.String())
+		rec.Reset()
+		rec.WriteString(l)
+	}, "-i", bridge, "-nn", "-l", "-v", "ip proto 4 or (ip and net 10.244.0.0/16)")
+	return func() {
+		stop()
+		c.record(rec.String())
+	}
+}
+
+// tcpdump runs tcpdump with args in the underlay namespace, waits until it
+// listens, and hands each line it prints to line (from one goroutine)
+// until stop, which returns once the last line was handled.
+func tcpdump(t *testing.T, line func(string), args ...string) (stop func()) {
+	t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", "wl-underlay", "tcpdump"}, args...)...)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,18 +95,9 @@ func (c *ipipCapture) run(t *testing.T, bridge string) func() {
 	go func() {
 		defer close(done)
 		sc := bufio.NewScanner(out)
-		var rec strings.Builder
 		for sc.Scan() {
-			// tcpdump -v continues a packet on indented lines.
-			if l := sc.Text(); strings.HasPrefix(l, " ") || strings.HasPrefix(l, "\t") {
-				rec.WriteString(" " + strings.TrimSpace(l))
-				continue
-			}
-			c.record(rec.String())
-			rec.Reset()
-			rec.WriteString(sc.Text())
+			line(sc.Text())
 		}
-		c.record(rec.String())
 	}()
 	ready := make(chan struct{})
 	go func() {
@@ -101,7 +113,8 @@ func (c *ipipCapture) run(t *testing.T, bridge string) func() {
 	select {
 	case <-ready:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("tcpdump on %s did not start", bridge)
+		_ = cmd.Process.Kill()
+		t.Fatalf("tcpdump %v did not start", args)
 	}
 	return func() {
 		_ = cmd.Process.Signal(syscall.SIGINT)

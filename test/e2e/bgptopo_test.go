@@ -92,28 +92,6 @@ func TestBGPTopology(t *testing.T) {
 	t.Run("route reflector with four clients, moved", func(t *testing.T) { tp.checkReflectorMove(t, ctx) })
 }
 
-// upFresh brings a cluster up with args (tearing down whatever ran
-// before) and, unless WEFT_E2E_KEEP, down again at the end, checking the
-// host is as it was.
-func upFresh(t *testing.T, ctx context.Context, args ...string) {
-	t.Helper()
-	if !keep() {
-		if _, err := localcluster(t, ctx, "down"); err != nil {
-			t.Fatalf("pre-clean: %v", err)
-		}
-		before := snapshot(t)
-		t.Cleanup(func() {
-			if _, err := localcluster(t, context.Background(), "down"); err != nil {
-				t.Errorf("down: %v", err)
-			}
-			assertHostRestored(t, before, snapshot(t))
-		})
-	}
-	if _, err := localcluster(t, ctx, args...); err != nil {
-		t.Fatalf("up: %v", err)
-	}
-}
-
 // subnetOf is "a" for the first underlay subnet (172.18/16), "b" for the
 // second.
 func subnetOf(n *corev1.Node) string {

@@ -325,21 +325,7 @@ func TestVXLANMesh(t *testing.T) {
 	testutil.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	if !keep() {
-		if _, err := localcluster(t, ctx, "down"); err != nil {
-			t.Fatalf("pre-clean: %v", err)
-		}
-		before := snapshot(t)
-		t.Cleanup(func() {
-			if _, err := localcluster(t, context.Background(), "down"); err != nil {
-				t.Errorf("down: %v", err)
-			}
-			assertHostRestored(t, before, snapshot(t))
-		})
-	}
-	if _, err := localcluster(t, ctx, "up", "--nodes", fmt.Sprint(e2eNodes), "--cni", "manifest"); err != nil {
-		t.Fatalf("up: %v", err)
-	}
+	upFresh(t, ctx, "up", "--nodes", fmt.Sprint(e2eNodes), "--cni", "manifest")
 	c := adminClient(t)
 	nodes := waitMesh(t, ctx, c, e2eNodes, 3*time.Minute)
 	seenCIDR := map[string]string{}
