@@ -36,6 +36,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/policy"
 	"github.com/weftnet/weft/udp"
@@ -229,7 +230,8 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	opt := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile, CNIBinDir: *binDir,
 		EndpointDir: pol.endpointDir, PolicySocket: pol.socket}
-	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}, Leftovers: agent.NodeLeftovers{}, IPAMDataDir: pol.ipamDir}
+	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}, Leftovers: agent.NodeLeftovers{}, IPAMDataDir: pol.ipamDir,
+		MasqLock: podnet.MasqLock}
 	if !*keepLease {
 		client, err := c.client()
 		if err != nil {
