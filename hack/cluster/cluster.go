@@ -158,6 +158,18 @@ type state struct {
 	Complete    bool     `json:"complete"`
 }
 
+// procs are the names of the long-running processes of a complete cluster.
+func (st *state) procs() []string {
+	names := []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+	for i := 1; i <= st.Nodes; i++ {
+		names = append(names, "nodeemu-"+NodeName(i))
+	}
+	if st.BGPRouter {
+		names = append(names, "bird-bird", "ext-server")
+	}
+	return names
+}
+
 func (c *Cluster) readState() (*state, error) {
 	data, err := os.ReadFile(c.path(stateFileName))
 	if err != nil {

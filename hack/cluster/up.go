@@ -247,14 +247,7 @@ func nodeReady(n *corev1.Node) bool {
 
 // healthy checks that every process runs and the apiserver is ready.
 func (c *Cluster) healthy(ctx context.Context, st *state) error {
-	names := []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
-	for i := 1; i <= st.Nodes; i++ {
-		names = append(names, "nodeemu-"+NodeName(i))
-	}
-	if st.BGPRouter {
-		names = append(names, "bird-bird", "ext-server")
-	}
-	for _, n := range names {
+	for _, n := range st.procs() {
 		if _, ok := c.running(n); !ok {
 			return fmt.Errorf("%s: %w", n, errNotRunning)
 		}
