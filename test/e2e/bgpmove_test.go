@@ -116,16 +116,28 @@ func nodeRoutes(node string, own bool) (map[string]string, error) {
 // (same subnet): the stream carries data every second, and the other
 // nodes and the router keep node 2's pod CIDR routed the whole time, until
 // the new weftd has its sessions back (graceful restart: no withdrawal).
+// A stream to node 4 (across the router, IP-in-IP) must survive too; its
+// pause is reported.
 func (tp *topo) checkRestart(t *testing.T, ctx context.Context) {
 	victim := tp.nodes[1]
 	p := pair{tp.pods[victim.Name], tp.pods[tp.nodes[2].Name]}
 	w := tp.watchRoute(ctx, victim)
+	// A second stream crosses the router: userspace IP-in-IP, which runs
+	// inside weftd, so it pauses while weftd restarts (measured).
+	across := pair{tp.pods[victim.Name], tp.pods[tp.nodes[3].Name]}
+	waitAcross := startStream(t, ctx, across, 5300, streamSecs)
 	start := time.Now()
 	oldPID, intervals := streamWithKill(t, ctx, p, streamSecs)
 	for i, b := range intervals {
 		if b == 0 {
 			t.Errorf("second %d of the stream carried nothing", i+1)
 		}
+	}
+	if iv, err := waitAcross(); err != nil {
+		t.Errorf("stream %s -> %s across the router: %v", across.from.Name, across.to.Name, err)
+	} else {
+		t.Logf("stream %s -> %s across the router (userspace IP-in-IP) survived; seconds without data: %d of %d",
+			across.from.Name, across.to.Name, zeros(iv), len(iv))
 	}
 	if err := waitFor(ctx, 2*time.Minute, func() (bool, error) {
 		pid, err := weftdPID(victim.Name)
@@ -145,6 +157,16 @@ func (tp *topo) checkRestart(t *testing.T, ctx context.Context) {
 	}
 	t.Logf("weftd on %s killed during the stream; sessions back after %s; %d route samples on 4 nodes and bird, none missing: %v",
 		victim.Name, back.Round(time.Millisecond), samples, len(missing) == 0)
+}
+
+func zeros(iv []int64) int {
+	n := 0
+	for _, b := range iv {
+		if b == 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // pinger pings from one pod to another every 200 ms until stopped.
