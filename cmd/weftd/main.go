@@ -3,6 +3,7 @@
 //	weftd [flags]              run the agent (the DaemonSet's main container)
 //	weftd install-cni [flags]  copy the CNI plugins into /opt/cni/bin (init container)
 //	weftd uninstall [flags]    remove weft from this node
+//	weftd version              print the version and how it was built
 //
 // On SIGTERM weftd exits and leaves everything in place (conflist, subnet
 // file, VXLAN device and entries, masquerade rules), so pods keep their
@@ -28,6 +29,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftnet/weft/bgp"
 	"github.com/weftnet/weft/daemon/agent"
@@ -60,8 +63,10 @@ func main() {
 		err = installCNI(args, log)
 	case "uninstall":
 		err = uninstall(ctx, args, log)
+	case "version":
+		err = printVersion(os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall)", cmd)
+		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall, version)", cmd)
 	}
 	if err != nil {
 		log.Error("weftd "+cmd+" failed", "err", err)
@@ -115,7 +120,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	var c common
 	c.register(fs)
-	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz, /readyz and /metrics")
+	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz and /readyz (open, for probes)")
+	var opsf opsFlags
+	opsf.register(fs)
 	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where the chained plugins must be before the conflist is written")
 	removeOnExit := fs.Bool("remove-cni-config-on-exit", false, "remove the conflist when weftd exits, so no pod is created while it is away (default: leave it, pods keep being created across a restart)")
 	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
@@ -153,7 +160,7 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	nk.udpMetrics, nk.status = udp.NewMetrics(), status
 	metrics.Registry.MustRegister(nk.udpMetrics)
 	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
-	metrics.Registry.MustRegister(nk.bgp)
+	metrics.Registry.MustRegister(nk.bgp, nodeCollector{status: status, subnetFile: opt.SubnetFile, stats: netlinkStats})
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
 		Status: status, Metrics: metrics, Log: log})
@@ -162,19 +169,27 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	// that looks healthy while no pod can start.
 	runCtx, fatal := context.WithCancelCause(ctx)
 	defer fatal(nil)
+	var openReg *prometheus.Registry
+	if opsf.openMetrics {
+		openReg = metrics.Registry
+	}
 	go func() {
-		if err := api.Serve(runCtx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log); err != nil {
+		if err := api.Serve(runCtx, *healthAddr, api.Handler(status, openReg, 3**resync+time.Minute), log); err != nil {
 			fatal(fmt.Errorf("health server: %w", err))
 		}
 	}()
+	opsSrv := newOpsServer(opt.NodeName, status, pol, nk, log)
 	if pol.enabled {
 		status.Set(policy.CondSync, "not yet synced")
 		stopPolicy, err := pol.start(runCtx, policyDeps{client: client, node: opt.NodeName, reg: metrics.Registry,
-			health: status, fatal: fatal, log: log})
+			health: status, fatal: fatal, log: log, ops: opsSrv})
 		if err != nil {
 			return err
 		}
 		defer stopPolicy()
+	}
+	if err := opsSrv.serve(runCtx, opsf, client, metrics, fatal); err != nil {
+		return err
 	}
 	runErr := a.Run(runCtx)
 	if runCtx.Err() != nil && ctx.Err() == nil {

@@ -48,6 +48,7 @@ type policyDeps struct {
 	// means no pod can start, and must not wait for the agent to return.
 	fatal func(error)
 	log   *slog.Logger
+	ops   *opsServer // the operational API the trace joins (nil: none)
 }
 
 // attachments is the IPAM store records are rebuilt from (nil: none).
@@ -80,10 +81,24 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
 	routes := api.NewRoutes()
-	if err := policy.RegisterLocalAPI(routes, ctl); err != nil {
+	cniMetrics, err := api.NewCNIMetrics(d.reg)
+	if err == nil {
+		err = cniMetrics.Register(routes)
+	}
+	if err == nil {
+		err = policy.RegisterLocalAPI(routes, ctl)
+	}
+	if err != nil {
 		stopEvents()
 		_ = closeFn()
 		return nil, fmt.Errorf("local API: %w", err)
+	}
+	if d.ops != nil {
+		if err := d.ops.withPolicy(ctl); err != nil {
+			stopEvents()
+			_ = closeFn()
+			return nil, fmt.Errorf("operational API: %w", err)
+		}
 	}
 	done := make(chan struct{})
 	go func() {

@@ -62,6 +62,10 @@ type Options struct {
 	CNI      string // "auto" (manifest if present, else static), "static", "manifest"
 	// ProxyMode is kube-proxy's mode: "iptables" (default) or "nftables".
 	ProxyMode string
+	// Image, when set, is a `docker save` archive of Weft's image (make
+	// image): the DaemonSet's containers run inside its root file system
+	// (its weftd, plugins, iptables) instead of from the built binaries.
+	Image string
 	// Subnets is the number of underlay subnets (1, or 2 joined by a
 	// router namespace; see topology.go).
 	Subnets int
@@ -145,6 +149,8 @@ type state struct {
 	CNI   string `json:"cni"`
 	// ProxyMode is the mode kube-proxy runs in.
 	ProxyMode string `json:"proxyMode"`
+	// Image is the image archive the DaemonSet's containers run from.
+	Image string `json:"image,omitempty"`
 	// Subnets and BGPRouter are the topology options Up was given.
 	Subnets   int  `json:"subnets"`
 	BGPRouter bool `json:"bgpRouter"`

@@ -56,7 +56,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 	}
 	if st, err := c.readState(); err == nil {
-		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && max(st.Subnets, 1) == c.opt.Subnets &&
+		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && st.Image == c.opt.Image && max(st.Subnets, 1) == c.opt.Subnets &&
 			st.BGPRouter == c.opt.BGPRouter && c.healthy(ctx, st) == nil {
 			c.log.Info("cluster already up", "nodes", st.Nodes, "cni", st.CNI, "proxyMode", st.ProxyMode)
 			if st.ProxyMode == c.opt.ProxyMode {
@@ -93,8 +93,8 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := checkUnderlayFree(ctx, c.opt.Subnets); err != nil {
 		return err
 	}
-	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, Subnets: c.opt.Subnets, BGPRouter: c.opt.BGPRouter,
-		MadeRunNetnsMount: !isMountPoint(NetnsDir)}
+	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, Image: c.opt.Image, Subnets: c.opt.Subnets,
+		BGPRouter: c.opt.BGPRouter, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
 	if _, err := os.Stat(NetnsDir); errors.Is(err, os.ErrNotExist) {
 		st.MadeRunNetnsDir = true
 	}
@@ -175,8 +175,12 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 		return err
 	}
 	flags := nodeemuFlags(ctx, c.bin("nodeemu"))
+	rootfs, err := c.imageRootfsFlag(flags)
+	if err != nil {
+		return err
+	}
 	for i := 1; i <= c.opt.Nodes; i++ {
-		if err := c.startNodeemu(ctx, i, flags); err != nil {
+		if err := c.startNodeemu(ctx, i, flags, rootfs); err != nil {
 			return err
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -94,10 +95,18 @@ func run(args []string) error {
 		proxyMode := fs.String("proxy-mode", cluster.ProxyIPTables, "kube-proxy mode: iptables or nftables (a running cluster switches in place)")
 		subnets := fs.Int("subnets", 1, "underlay subnets: 1, or 2 joined by a router namespace")
 		bgpRouter := fs.Bool("bgp-router", false, "run bird2 as an external BGP router peering with every node")
+		image := fs.String("image", "", "run the DaemonSet's containers inside this `docker save` archive of Weft's image (make image: bin/weft-image.tar) instead of from the built binaries")
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
 		opt.Nodes, opt.CNI, opt.ProxyMode, opt.Subnets, opt.BGPRouter = *nodes, *cni, *proxyMode, *subnets, *bgpRouter
+		if *image != "" {
+			abs, err := filepath.Abs(*image)
+			if err != nil {
+				return err
+			}
+			opt.Image = abs
+		}
 		c, err := cluster.New(opt)
 		if err != nil {
 			return err
