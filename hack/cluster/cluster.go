@@ -66,7 +66,12 @@ type Options struct {
 	// image): the DaemonSet's containers run inside its root file system
 	// (its weftd, plugins, iptables) instead of from the built binaries.
 	Image string
-	Log   *slog.Logger
+	// Subnets is the number of underlay subnets (1, or 2 joined by a
+	// router namespace; see topology.go).
+	Subnets int
+	// BGPRouter starts bird2 as an external BGP router (see topology.go).
+	BGPRouter bool
+	Log       *slog.Logger
 }
 
 // Cluster is a handle on the local cluster's state directory.
@@ -94,6 +99,12 @@ func New(opt Options) (*Cluster, error) {
 	}
 	if opt.CNI == "" {
 		opt.CNI = "auto"
+	}
+	if opt.Subnets == 0 {
+		opt.Subnets = 1
+	}
+	if opt.Subnets < 1 || opt.Subnets > MaxSubnets || opt.Subnets > opt.Nodes {
+		return nil, fmt.Errorf("subnets %d: must be 1..%d and at most the number of nodes", opt.Subnets, MaxSubnets)
 	}
 	if opt.ProxyMode == "" {
 		opt.ProxyMode = ProxyIPTables
@@ -123,7 +134,8 @@ func (c *Cluster) bin(name string) string  { return filepath.Join(c.opt.BinDir, 
 // NodeName is the name of node i (1-based).
 func NodeName(i int) string { return fmt.Sprintf("wl-node%d", i) }
 
-// NodeIP is the underlay address of node i (1-based).
+// NodeIP is the underlay address of node i (1-based) on the first subnet
+// (see NodeAddr for a cluster of two subnets).
 func NodeIP(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{172, 18, byte((i + nodeIPOffset) / 256), byte((i + nodeIPOffset) % 256)})
 }
@@ -139,6 +151,9 @@ type state struct {
 	ProxyMode string `json:"proxyMode"`
 	// Image is the image archive the DaemonSet's containers run from.
 	Image string `json:"image,omitempty"`
+	// Subnets and BGPRouter are the topology options Up was given.
+	Subnets   int  `json:"subnets"`
+	BGPRouter bool `json:"bgpRouter"`
 	// MadeRunNetnsMount: /run/netns was not a mount point before Up.
 	MadeRunNetnsMount bool `json:"madeRunNetnsMount"`
 	// MadeRunNetnsDir: /run/netns did not exist before Up.
@@ -147,6 +162,18 @@ type state struct {
 	// first within each chain; Down removes them if empty.
 	CreatedDirs []string `json:"createdDirs"`
 	Complete    bool     `json:"complete"`
+}
+
+// procs are the names of the long-running processes of a complete cluster.
+func (st *state) procs() []string {
+	names := []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+	for i := 1; i <= st.Nodes; i++ {
+		names = append(names, "nodeemu-"+NodeName(i))
+	}
+	if st.BGPRouter {
+		names = append(names, "bird-bird", "ext-server")
+	}
+	return names
 }
 
 func (c *Cluster) readState() (*state, error) {

@@ -98,3 +98,34 @@ func TestStaticCNIFiles(t *testing.T) {
 		t.Errorf("conflist = %s", data)
 	}
 }
+
+func TestTwoSubnetAddressing(t *testing.T) {
+	// 5 nodes on 2 subnets: 3 on the first, 2 on the second.
+	want := []string{"172.18.0.11", "172.18.0.12", "172.18.0.13", "172.19.0.14", "172.19.0.15"}
+	for i, w := range want {
+		if got := NodeAddr(i+1, 5, 2).String(); got != w {
+			t.Errorf("NodeAddr(%d, 5, 2) = %s, want %s", i+1, got, w)
+		}
+		if got := NodeAddr(i+1, 5, 1); got != NodeIP(i+1) {
+			t.Errorf("NodeAddr(%d, 5, 1) = %s, want NodeIP %s", i+1, got, NodeIP(i+1))
+		}
+	}
+	if RouterIP(0).String() != "172.18.0.254" || RouterIP(1).String() != "172.19.0.254" || BirdIP(1).String() != "172.19.0.253" {
+		t.Errorf("router %s %s, bird %s", RouterIP(0), RouterIP(1), BirdIP(1))
+	}
+	if _, err := New(Options{Root: "/repo", Nodes: 1, Subnets: 2}); err == nil {
+		t.Error("2 subnets for 1 node accepted")
+	}
+	c, err := New(Options{Root: "/repo", Nodes: 5, Subnets: 2, BGPRouter: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := c.birdConf()
+	for _, w := range []string{"protocol bgp node1 from node { source address 172.18.0.253; neighbor 172.18.0.11 as 64512; }",
+		"protocol bgp node5 from node { source address 172.19.0.253; neighbor 172.19.0.15 as 64512; }",
+		"local as 65001;", `password "weft-e2e-tor";`, "route 198.51.100.0/24 blackhole;", "route 0.0.0.0/0 blackhole;"} {
+		if !strings.Contains(conf, w) {
+			t.Errorf("bird config lacks %q:\n%s", w, conf)
+		}
+	}
+}

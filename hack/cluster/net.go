@@ -77,9 +77,9 @@ func isMountPoint(path string) bool {
 	return false
 }
 
-// checkUnderlayFree fails when the host already routes the underlay range
+// checkUnderlayFree fails when the host already routes an underlay range
 // through something that is not ours (e.g. a docker network).
-func checkUnderlayFree(ctx context.Context) error {
+func checkUnderlayFree(ctx context.Context, subnets int) error {
 	out, err := output(ctx, "ip", "-j", "-4", "route", "show", "table", "all")
 	if err != nil {
 		return err
@@ -91,7 +91,10 @@ func checkUnderlayFree(ctx context.Context) error {
 	if err := json.Unmarshal([]byte(out), &routes); err != nil {
 		return fmt.Errorf("decode routes: %w", err)
 	}
-	under := netip.MustParsePrefix(UnderlayCIDR)
+	var under []netip.Prefix
+	for _, u := range underlays[:subnets] {
+		under = append(under, netip.MustParsePrefix(u.cidr))
+	}
 	for _, r := range routes {
 		if r.Dst == "" || r.Dst == "default" || r.Dev == HostVeth {
 			continue
@@ -104,8 +107,10 @@ func checkUnderlayFree(ctx context.Context) error {
 				continue
 			}
 		}
-		if p.Overlaps(under) {
-			return fmt.Errorf("host already routes %s via %s, which overlaps the underlay %s", r.Dst, r.Dev, UnderlayCIDR)
+		for _, u := range under {
+			if p.Overlaps(u) {
+				return fmt.Errorf("host already routes %s via %s, which overlaps the underlay %s", r.Dst, r.Dev, u)
+			}
 		}
 	}
 	return nil
@@ -160,24 +165,33 @@ func ensureUnderlay(ctx context.Context) error {
 // attach creates namespace ns and plugs its eth0 (addr/16) into the
 // underlay bridge. No default route: nothing leaves the underlay.
 func attach(ctx context.Context, ns string, addr netip.Addr) error {
+	return attachTo(ctx, ns, 0, "eth0", addr)
+}
+
+// attachTo creates namespace ns and plugs its link ifname (addr/16) into
+// the bridge of underlay subnet s.
+func attachTo(ctx context.Context, ns string, s int, ifname string, addr netip.Addr) error {
 	if err := ensureNetns(ctx, ns); err != nil {
 		return err
 	}
 	peer := "u-" + strings.TrimPrefix(ns, Prefix)
+	if ifname != "eth0" {
+		peer = "u" + strings.TrimPrefix(ifname, "eth") + "-" + strings.TrimPrefix(ns, Prefix)
+	}
 	if len(peer) > 15 {
 		return fmt.Errorf("namespace name %q too long for a link name", ns)
 	}
-	if run(ctx, "ip", "-n", ns, "link", "show", "eth0") != nil {
+	if run(ctx, "ip", "-n", ns, "link", "show", ifname) != nil {
 		_ = run(ctx, "ip", "-n", UnderlayNS, "link", "del", peer) // half-made pair
-		if err := run(ctx, "ip", "-n", UnderlayNS, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns); err != nil {
+		if err := run(ctx, "ip", "-n", UnderlayNS, "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", ns); err != nil {
 			return err
 		}
 	}
 	cmds := [][]string{
-		{"ip", "-n", UnderlayNS, "link", "set", peer, "master", UnderlayBr},
+		{"ip", "-n", UnderlayNS, "link", "set", peer, "master", underlays[s].bridge},
 		{"ip", "-n", UnderlayNS, "link", "set", peer, "up"},
-		{"ip", "-n", ns, "addr", "replace", addr.String() + "/16", "dev", "eth0"},
-		{"ip", "-n", ns, "link", "set", "eth0", "up"},
+		{"ip", "-n", ns, "addr", "replace", addr.String() + "/16", "dev", ifname},
+		{"ip", "-n", ns, "link", "set", ifname, "up"},
 	}
 	for _, cmd := range cmds {
 		if err := run(ctx, cmd[0], cmd[1:]...); err != nil {

@@ -124,7 +124,7 @@ func (c *Cluster) startNodeemu(ctx context.Context, i int, flags map[string]bool
 	args := []string{c.bin("nodeemu"),
 		"--kubeconfig", filepath.Join(dir, "kubeconfig"),
 		"--node-name", n,
-		"--node-ip", NodeIP(i).String(),
+		"--node-ip", c.nodeIP(i).String(),
 		"--state-dir", filepath.Join(dir, "state"),
 	}
 	opt := map[string]string{

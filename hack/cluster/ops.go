@@ -203,12 +203,9 @@ func (c *Cluster) Status(ctx context.Context, w io.Writer) error {
 	} else if !st.Complete {
 		health = "starting"
 	}
-	fmt.Fprintf(w, "cluster: %s  nodes=%d cni=%s\nkubeconfig: %s\napiserver: %s\n", health, st.Nodes, st.CNI, c.Kubeconfig(), APIServerURL())
-	names := []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
-	for i := 1; i <= st.Nodes; i++ {
-		names = append(names, "nodeemu-"+NodeName(i))
-	}
-	for _, n := range names {
+	fmt.Fprintf(w, "cluster: %s  nodes=%d subnets=%d bgp-router=%v cni=%s\nkubeconfig: %s\napiserver: %s\n", health, st.Nodes,
+		max(st.Subnets, 1), st.BGPRouter, st.CNI, c.Kubeconfig(), APIServerURL())
+	for _, n := range st.procs() {
 		if pid, ok := c.running(n); ok {
 			fmt.Fprintf(w, "  %-28s running  pid %d\n", n, pid)
 		} else {

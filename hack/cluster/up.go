@@ -56,7 +56,8 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 	}
 	if st, err := c.readState(); err == nil {
-		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && st.Image == c.opt.Image && c.healthy(ctx, st) == nil {
+		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && st.Image == c.opt.Image && max(st.Subnets, 1) == c.opt.Subnets &&
+			st.BGPRouter == c.opt.BGPRouter && c.healthy(ctx, st) == nil {
 			c.log.Info("cluster already up", "nodes", st.Nodes, "cni", st.CNI, "proxyMode", st.ProxyMode)
 			if st.ProxyMode == c.opt.ProxyMode {
 				return nil
@@ -89,10 +90,11 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := os.MkdirAll(c.opt.StateDir, 0o755); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
 	}
-	if err := checkUnderlayFree(ctx); err != nil {
+	if err := checkUnderlayFree(ctx, c.opt.Subnets); err != nil {
 		return err
 	}
-	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, Image: c.opt.Image, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
+	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, Image: c.opt.Image, Subnets: c.opt.Subnets,
+		BGPRouter: c.opt.BGPRouter, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
 	if _, err := os.Stat(NetnsDir); errors.Is(err, os.ErrNotExist) {
 		st.MadeRunNetnsDir = true
 	}
@@ -105,6 +107,14 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := attach(ctx, ControlNS, mustAddr(ControlIP)); err != nil {
 		return err
 	}
+	if c.opt.Subnets > 1 {
+		if err := ensureSecondSubnet(ctx); err != nil {
+			return err
+		}
+		if err := routeOthers(ctx, ControlNS, 0, c.opt.Subnets); err != nil {
+			return err
+		}
+	}
 	if err := c.ensureHostDirs(st); err != nil {
 		return err
 	}
@@ -113,7 +123,11 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	}
 	for i := 1; i <= c.opt.Nodes; i++ {
 		n := NodeName(i)
-		if err := attach(ctx, n, NodeIP(i)); err != nil {
+		sub := NodeSubnet(i, c.opt.Nodes, c.opt.Subnets)
+		if err := attachTo(ctx, n, sub, "eth0", c.nodeIP(i)); err != nil {
+			return err
+		}
+		if err := routeOthers(ctx, n, sub, c.opt.Subnets); err != nil {
 			return err
 		}
 		// Nodes have no default route (nothing leaves the machine), so
@@ -135,6 +149,11 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	}
 	if err := c.writeCredentials(c.opt.Nodes); err != nil {
 		return err
+	}
+	if c.opt.BGPRouter {
+		if err := c.startBGPRouter(ctx); err != nil {
+			return err
+		}
 	}
 	c.log.Info("network ready; starting control plane", "elapsed", time.Since(start).Round(time.Millisecond))
 	if err := c.startControlPlane(ctx); err != nil {
@@ -175,7 +194,8 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := c.writeState(st); err != nil {
 		return err
 	}
-	c.log.Info("cluster up", "nodes", c.opt.Nodes, "cni", mode, "proxyMode", c.opt.ProxyMode, "kubeconfig", c.Kubeconfig(),
+	c.log.Info("cluster up", "nodes", c.opt.Nodes, "subnets", c.opt.Subnets, "bgpRouter", c.opt.BGPRouter, "cni", mode,
+		"proxyMode", c.opt.ProxyMode, "kubeconfig", c.Kubeconfig(),
 		"elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -231,11 +251,7 @@ func nodeReady(n *corev1.Node) bool {
 
 // healthy checks that every process runs and the apiserver is ready.
 func (c *Cluster) healthy(ctx context.Context, st *state) error {
-	names := []string{"weft-etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
-	for i := 1; i <= st.Nodes; i++ {
-		names = append(names, "nodeemu-"+NodeName(i))
-	}
-	for _, n := range names {
+	for _, n := range st.procs() {
 		if _, ok := c.running(n); !ok {
 			return fmt.Errorf("%s: %w", n, errNotRunning)
 		}

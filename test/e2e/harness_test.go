@@ -38,6 +38,28 @@ func localcluster(t testing.TB, ctx context.Context, args ...string) (string, er
 	return stdout.String(), nil
 }
 
+// upFresh brings a cluster up with args (tearing down whatever ran
+// before) and, unless WEFT_E2E_KEEP, down again at the end, checking the
+// host is as it was.
+func upFresh(t *testing.T, ctx context.Context, args ...string) {
+	t.Helper()
+	if !keep() {
+		if _, err := localcluster(t, ctx, "down"); err != nil {
+			t.Fatalf("pre-clean: %v", err)
+		}
+		before := snapshot(t)
+		t.Cleanup(func() {
+			if _, err := localcluster(t, context.Background(), "down"); err != nil {
+				t.Errorf("down: %v", err)
+			}
+			assertHostRestored(t, before, snapshot(t))
+		})
+	}
+	if _, err := localcluster(t, ctx, args...); err != nil {
+		t.Fatalf("up: %v", err)
+	}
+}
+
 // adminClient returns a client with the cluster's admin kubeconfig.
 func adminClient(t testing.TB) kubernetes.Interface {
 	t.Helper()

@@ -350,21 +350,7 @@ var (
 // and tears it down at the end, checking the host is as before.
 func upCluster(t *testing.T, ctx context.Context) {
 	t.Helper()
-	if !keep() {
-		if _, err := localcluster(t, ctx, "down"); err != nil {
-			t.Fatalf("pre-clean: %v", err)
-		}
-		before := snapshot(t)
-		t.Cleanup(func() {
-			if _, err := localcluster(t, context.Background(), "down"); err != nil {
-				t.Errorf("down: %v", err)
-			}
-			assertHostRestored(t, before, snapshot(t))
-		})
-	}
-	if _, err := localcluster(t, ctx, "up", "--nodes", "3"); err != nil {
-		t.Fatalf("up: %v", err)
-	}
+	upFresh(t, ctx, "up", "--nodes", "3")
 }
 
 // nodeNetns is the network namespace of cluster node i (1-based).

@@ -1,18 +1,15 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -186,60 +183,26 @@ func udpDevExists(t *testing.T, node string) bool {
 // that counts the UDP datagrams to the udp backend's port and to VXLAN's.
 func captureUnderlay(t *testing.T) func() (udp, vxlan int) {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", "wl-underlay", "tcpdump", "-i", "wl-br0", "-nn", "-l", "-q",
-		fmt.Sprintf("udp and (dst port %d or dst port %d)", udpEncPort, vxlanPort))
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	errOut, _ := cmd.StderrPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
 	var mu sync.Mutex
 	counts := map[int]int{}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			// "12:00:00.000000 IP 172.18.0.2.8285 > 172.18.0.3.8285: UDP, length 60"
-			f := strings.Fields(sc.Text())
-			if len(f) < 5 || f[1] != "IP" {
-				continue
-			}
-			dst := strings.TrimSuffix(f[4], ":")
-			port, _ := strconv.Atoi(dst[strings.LastIndex(dst, ".")+1:])
-			mu.Lock()
-			counts[port]++
-			mu.Unlock()
+	end := tcpdump(t, func(l string) {
+		// "12:00:00.000000 IP 172.18.0.2.8285 > 172.18.0.3.8285: UDP, length 60"
+		f := strings.Fields(l)
+		if len(f) < 5 || f[1] != "IP" {
+			return
 		}
-	}()
-	// tcpdump says "listening on" once the capture runs.
-	ready := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(errOut)
-		once := sync.Once{}
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				once.Do(func() { close(ready) })
-			}
-		}
-		once.Do(func() { close(ready) })
-	}()
-	select {
-	case <-ready:
-	case <-time.After(10 * time.Second):
-		t.Fatal("tcpdump did not start")
-	}
+		dst := strings.TrimSuffix(f[4], ":")
+		port, _ := strconv.Atoi(dst[strings.LastIndex(dst, ".")+1:])
+		mu.Lock()
+		counts[port]++
+		mu.Unlock()
+	}, "-i", "wl-br0", "-nn", "-l", "-q", fmt.Sprintf("udp and (dst port %d or dst port %d)", udpEncPort, vxlanPort))
 	stopped := false
 	stop := func() (int, int) {
 		if !stopped {
 			stopped = true
 			time.Sleep(500 * time.Millisecond) // the last probes' packets
-			_ = cmd.Process.Signal(syscall.SIGINT)
-			<-done
-			_ = cmd.Wait()
+			end()
 		}
 		mu.Lock()
 		defer mu.Unlock()

@@ -325,21 +325,7 @@ func TestVXLANMesh(t *testing.T) {
 	testutil.RequireRoot(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
-	if !keep() {
-		if _, err := localcluster(t, ctx, "down"); err != nil {
-			t.Fatalf("pre-clean: %v", err)
-		}
-		before := snapshot(t)
-		t.Cleanup(func() {
-			if _, err := localcluster(t, context.Background(), "down"); err != nil {
-				t.Errorf("down: %v", err)
-			}
-			assertHostRestored(t, before, snapshot(t))
-		})
-	}
-	if _, err := localcluster(t, ctx, "up", "--nodes", fmt.Sprint(e2eNodes), "--cni", "manifest"); err != nil {
-		t.Fatalf("up: %v", err)
-	}
+	upFresh(t, ctx, "up", "--nodes", fmt.Sprint(e2eNodes), "--cni", "manifest")
 	c := adminClient(t)
 	nodes := waitMesh(t, ctx, c, e2eNodes, 3*time.Minute)
 	seenCIDR := map[string]string{}
@@ -515,13 +501,30 @@ func streamWithKill(t *testing.T, ctx context.Context, p pair, secs int) (int, [
 	if err != nil {
 		t.Fatal(err)
 	}
+	wait := startStream(t, ctx, p, 5299, secs)
+	time.Sleep(4 * time.Second)
+	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill weftd %d on %s: %v", oldPID, node, err)
+	}
+	t.Logf("killed weftd (pid %d) on %s during the stream %s -> %s", oldPID, node, p.from.Name, p.to.Name)
+	intervals, err := wait()
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	return oldPID, intervals
+}
+
+// startStream runs an iperf3 stream of secs seconds from p.from to p.to on
+// port; the returned func waits for it and returns the bytes of each
+// second (an error when the stream broke).
+func startStream(t *testing.T, ctx context.Context, p pair, port, secs int) func() ([]int64, error) {
+	t.Helper()
 	srv := exec.CommandContext(ctx, filepath.Join(testutil.RepoRoot(), ".localcluster", "bin", "localcluster"),
 		"--root", testutil.RepoRoot(), "--bin", filepath.Join(testutil.RepoRoot(), ".localcluster", "bin"),
-		"exec", p.to.Namespace+"/"+p.to.Name, "--", "iperf3", "-s", "-1", "-p", "5299")
+		"exec", p.to.Namespace+"/"+p.to.Name, "--", "iperf3", "-s", "-1", "-p", fmt.Sprint(port))
 	if err := srv.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
 	type result struct {
 		out string
 		err error
@@ -530,40 +533,39 @@ func streamWithKill(t *testing.T, ctx context.Context, p pair, secs int) (int, [
 	go func() {
 		time.Sleep(time.Second)
 		out, errOut, err := cli(ctx, "exec", p.from.Namespace+"/"+p.from.Name, "--", "iperf3", "-c", p.to.Status.PodIP,
-			"-p", "5299", "-t", fmt.Sprint(secs), "-i", "1", "-J", "-b", "200M")
+			"-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-i", "1", "-J", "-b", "200M")
 		if err != nil {
 			err = fmt.Errorf("%w: %s", err, errOut)
 		}
 		done <- result{out, err}
 	}()
-	time.Sleep(4 * time.Second)
-	if err := syscall.Kill(oldPID, syscall.SIGKILL); err != nil {
-		t.Fatalf("kill weftd %d on %s: %v", oldPID, node, err)
+	return func() ([]int64, error) {
+		res := <-done
+		_ = srv.Process.Kill()
+		_ = srv.Wait()
+		if res.err != nil {
+			return nil, res.err
+		}
+		var rep struct {
+			Intervals []struct {
+				Sum struct {
+					Bytes int64 `json:"bytes"`
+				} `json:"sum"`
+			} `json:"intervals"`
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(res.out), &rep); err != nil {
+			return nil, fmt.Errorf("iperf3 json: %w", err)
+		}
+		if rep.Error != "" || len(rep.Intervals) < secs {
+			return nil, fmt.Errorf("stream broke: %q, %d intervals", rep.Error, len(rep.Intervals))
+		}
+		var out []int64
+		for _, iv := range rep.Intervals {
+			out = append(out, iv.Sum.Bytes)
+		}
+		return out, nil
 	}
-	t.Logf("killed weftd (pid %d) on %s during the stream %s -> %s", oldPID, node, p.from.Name, p.to.Name)
-	res := <-done
-	if res.err != nil {
-		t.Fatalf("stream: %v\n%s", res.err, res.out)
-	}
-	var rep struct {
-		Intervals []struct {
-			Sum struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"sum"`
-		} `json:"intervals"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(res.out), &rep); err != nil {
-		t.Fatalf("iperf3 json: %v", err)
-	}
-	if rep.Error != "" || len(rep.Intervals) < secs {
-		t.Fatalf("stream broke: %q, %d intervals", rep.Error, len(rep.Intervals))
-	}
-	var out []int64
-	for _, iv := range rep.Intervals {
-		out = append(out, iv.Sum.Bytes)
-	}
-	return oldPID, out
 }
 
 func testBrokenConfigMap(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {

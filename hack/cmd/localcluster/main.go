@@ -1,10 +1,12 @@
 // Command localcluster runs Weft's local multi-node Kubernetes cluster:
 //
-//	localcluster up [--nodes N] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]
+//	localcluster up [--nodes N] [--subnets 1|2] [--bgp-router] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]
 //	localcluster down
 //	localcluster status
 //	localcluster exec NAMESPACE/POD -- CMD...
 //	localcluster probe --from NS/POD --to NS/POD --port 80 --proto tcp|udp [--timeout 1s] [-v]
+//	localcluster birdc [--speaker NAME] ARGS...
+//	localcluster speaker start NAME --addr IP --conf FILE | speaker stop NAME
 //
 // It is normally run through hack/localcluster, which builds the binaries
 // into the cache directory first.
@@ -16,6 +18,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -34,12 +37,17 @@ func main() {
 }
 
 const usage = `usage: localcluster [--root DIR] [--bin DIR] [-v] up|down|status|exec|probe|kubeconfig ...
-  up [--nodes N] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]   (NODES env sets the default)
+  up [--nodes N] [--subnets 1|2] [--bgp-router] [--cni auto|static|manifest] [--proxy-mode iptables|nftables]
+                                               (NODES env sets the default; --subnets 2: two underlay subnets
+                                               joined by a router; --bgp-router: bird2 peering with every node)
   down
   status
   exec NAMESPACE/POD -- CMD...
   probe --from NS/POD (--to NS/POD --port N | --addr HOST:PORT) --proto tcp|udp [--timeout 1s] [-v]
-  kubeconfig                                   print the admin kubeconfig path`
+  kubeconfig                                   print the admin kubeconfig path
+  birdc [--speaker NAME] ARGS...               birdc on the BGP router (or a speaker)
+  speaker start NAME --addr IP --conf FILE     another bird2 speaker on the underlay, in namespace wl-NAME
+  speaker stop NAME`
 
 func run(args []string) error {
 	g := flag.NewFlagSet("localcluster", flag.ContinueOnError)
@@ -85,11 +93,13 @@ func run(args []string) error {
 		nodes := fs.Int("nodes", def, "number of nodes")
 		cni := fs.String("cni", "auto", "auto (manifests/weft.yaml if present), static or manifest")
 		proxyMode := fs.String("proxy-mode", cluster.ProxyIPTables, "kube-proxy mode: iptables or nftables (a running cluster switches in place)")
+		subnets := fs.Int("subnets", 1, "underlay subnets: 1, or 2 joined by a router namespace")
+		bgpRouter := fs.Bool("bgp-router", false, "run bird2 as an external BGP router peering with every node")
 		image := fs.String("image", "", "run the DaemonSet's containers inside this `docker save` archive of Weft's image (make image: bin/weft-image.tar) instead of from the built binaries")
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
-		opt.Nodes, opt.CNI, opt.ProxyMode = *nodes, *cni, *proxyMode
+		opt.Nodes, opt.CNI, opt.ProxyMode, opt.Subnets, opt.BGPRouter = *nodes, *cni, *proxyMode, *subnets, *bgpRouter
 		if *image != "" {
 			abs, err := filepath.Abs(*image)
 			if err != nil {
@@ -170,8 +180,52 @@ func run(args []string) error {
 			}
 		}
 		return nil
+	case "birdc":
+		fs := flag.NewFlagSet("birdc", flag.ContinueOnError)
+		speaker := fs.String("speaker", "bird", "which speaker (bird: the BGP router)")
+		if err := fs.Parse(rest); err != nil {
+			return err
+		}
+		c, err := cluster.New(opt)
+		if err != nil {
+			return err
+		}
+		out, err := c.Birdc(ctx, *speaker, fs.Args()...)
+		fmt.Print(out)
+		return err
+	case "speaker":
+		return speaker(ctx, opt, rest)
 	default:
 		g.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
 	}
+}
+
+func speaker(ctx context.Context, opt cluster.Options, args []string) error {
+	if len(args) < 2 || (args[0] != "start" && args[0] != "stop") {
+		return errors.New("usage: speaker start NAME --addr IP --conf FILE | speaker stop NAME")
+	}
+	c, err := cluster.New(opt)
+	if err != nil {
+		return err
+	}
+	name := args[1]
+	if args[0] == "stop" {
+		return c.StopSpeaker(ctx, name)
+	}
+	fs := flag.NewFlagSet("speaker start", flag.ContinueOnError)
+	addr := fs.String("addr", "", "the speaker's underlay address")
+	conf := fs.String("conf", "", "bird2 configuration file")
+	if err := fs.Parse(args[2:]); err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(*addr)
+	if err != nil {
+		return fmt.Errorf("speaker --addr: %w", err)
+	}
+	data, err := os.ReadFile(*conf)
+	if err != nil {
+		return fmt.Errorf("speaker --conf: %w", err)
+	}
+	return c.StartSpeaker(ctx, name, ip, string(data))
 }
