@@ -227,9 +227,17 @@ func (f *fakeEvents) all() []string {
 // the receiver's average and per-second rates in Mbit/s.
 func (n *node) iperf(p *pod, port int, secs int, reverse bool) (float64, []float64) {
 	n.t.Helper()
+	avg, per, err := n.runIperf(p, port, secs, reverse)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return avg, per
+}
+
+func (n *node) runIperf(p *pod, port int, secs int, reverse bool) (float64, []float64, error) {
 	srv := exec.Command("nsenter", "--net="+n.ns.Path(), "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", n.gateway)
 	if err := srv.Start(); err != nil {
-		n.t.Fatal(err)
+		return 0, nil, err
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
 	args := []string{"--net=" + p.ns.Path(), "iperf3", "-c", n.gateway, "-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-J"}
@@ -248,13 +256,13 @@ func (n *node) iperf(p *pod, port int, secs int, reverse bool) (float64, []float
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		n.t.Fatalf("iperf3 %v: %v\n%s", args, err, out)
+		return 0, nil, fmt.Errorf("iperf3 %v: %v\n%s", args, err, out)
 	}
-	avg, per := parseIperf(n.t, out, reverse)
-	if avg == 0 {
-		n.t.Logf("iperf3 %v: nothing received:\n%s", args, out)
+	avg, per, err := parseIperf(out, reverse)
+	if err == nil && avg == 0 {
+		err = fmt.Errorf("iperf3 %v: nothing received:\n%s", args, out)
 	}
-	return avg, per
+	return avg, per, err
 }
 
 type iperfInterval struct {
@@ -263,7 +271,7 @@ type iperfInterval struct {
 	} `json:"sum"`
 }
 
-func parseIperf(t *testing.T, out []byte, reverse bool) (float64, []float64) {
+func parseIperf(out []byte, reverse bool) (float64, []float64, error) {
 	var r struct {
 		Intervals []iperfInterval `json:"intervals"`
 		End       struct {
@@ -276,7 +284,7 @@ func parseIperf(t *testing.T, out []byte, reverse bool) (float64, []float64) {
 		} `json:"server_output_json"`
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("iperf3 json: %v\n%s", err, out)
+		return 0, nil, fmt.Errorf("iperf3 json: %v\n%s", err, out)
 	}
 	iv := r.Server.Intervals // the receiver's
 	if reverse {
@@ -286,7 +294,7 @@ func parseIperf(t *testing.T, out []byte, reverse bool) (float64, []float64) {
 	for _, i := range iv {
 		per = append(per, i.Sum.BitsPerSecond/1e6)
 	}
-	return r.End.SumReceived.BitsPerSecond / 1e6, per
+	return r.End.SumReceived.BitsPerSecond / 1e6, per, nil
 }
 
 func within(got, want, tol float64) bool { return got >= want*(1-tol) && got <= want*(1+tol) }

@@ -25,6 +25,7 @@ const (
 	rootClass     = 1 // 1:1 holds the node ceiling; pods are 1:2 .. 1:maxMinor
 	maxMinor      = 0xfff
 	frameOverhead = 18 // Ethernet header and a VLAN tag
+	ethHeader     = 14
 	minQuantum    = 1514
 	maxQuantum    = 200000 // above it the kernel warns and clamps
 	minBurst      = 2 * 1514
@@ -81,6 +82,8 @@ type Redirect struct {
 type Desired struct {
 	Trees     [2]Tree
 	Redirects []Redirect
+	// Off removes the trees, their devices and every redirect.
+	Off bool
 }
 
 // Check validates a pod's request against the configuration; the error
@@ -186,7 +189,7 @@ func tree(c Config, mtu int, dir Direction, pods []Pod, minors map[string]uint16
 		cl.Burst = burst(rate, req.Burst/8, c.MaxBurst)
 		cl.Cburst = burst(ceil, 0, c.MaxBurst)
 		cl.Quantum = uint32(min(max(rate/uint64(t.R2Q), minQuantum), maxQuantum))
-		cl.Queue = queueBytes(ceil, c.TargetDelay, uint32(mtu+frameOverhead))
+		cl.Queue = queueBytes(ceil, c.TargetDelay, uint32(mtu+ethHeader))
 		t.Classes = append(t.Classes, cl)
 	}
 	slices.SortFunc(t.Classes, func(a, b Class) int { return int(a.Minor) - int(b.Minor) })
@@ -218,9 +221,18 @@ func burst(rate, asked, maxBurst uint64) uint32 {
 // 10 Mbit/s, with eight frames 9.5.
 const minQueueFrames = 8
 
+// smallRoom is what a leaf queue holds beyond its whole frames. The leaf
+// is a byte FIFO fed with frames (the TBF in front splits GSO packets):
+// when a bulk flow has filled it with full frames, the next full frame is
+// dropped but a small packet (a request, an ACK, DNS) still fits. Without
+// the room a saturating flow's own 1-byte requests were tail-dropped and
+// waited for a 200 ms retransmission (p99 221 ms measured).
+const smallRoom = 512
+
 // queueBytes is a leaf's queue: delay's worth at ceil, at least
-// minQueueFrames frames.
+// minQueueFrames frames, as whole frames plus smallRoom.
 func queueBytes(ceil uint64, delay time.Duration, frame uint32) uint32 {
 	q := ceil * uint64(delay.Microseconds()) / 1e6
-	return uint32(min(max(q, minQueueFrames*uint64(frame)), 64<<20))
+	q = min(max(q, minQueueFrames*uint64(frame)), 64<<20)
+	return uint32(q/uint64(frame)*uint64(frame) + smallRoom)
 }

@@ -102,8 +102,8 @@ func TestComputeTree(t *testing.T) {
 	if ca.Rate != 1_250_000 || ca.Ceil != 6_250_000 || ca.Burst != DefaultMaxBurst || ca.Cburst != 16<<10 {
 		t.Errorf("class a %+v: rate 10M ceil podCeil 50M, burst bounded by maxBurst", ca)
 	}
-	// 5 ms at 50 Mbit/s = 31250 bytes.
-	if ca.Queue != 31250 || ca.Quantum != 1250000/eg.R2Q || cb.Quantum != 12_500_000/eg.R2Q || ca.Quantum < minQuantum {
+	// 5 ms at 50 Mbit/s = 31250 bytes: 20 whole frames of 1514 and 512.
+	if ca.Queue != 20*1514+512 || ca.Quantum != 1250000/eg.R2Q || cb.Quantum != 12_500_000/eg.R2Q || ca.Quantum < minQuantum {
 		t.Errorf("queue %d quantum a %d b %d (r2q %d)", ca.Queue, ca.Quantum, cb.Quantum, eg.R2Q)
 	}
 	// A pod rate above podCeil keeps ceil = rate.
@@ -141,10 +141,10 @@ func TestQuantumAndQueueBounds(t *testing.T) {
 		t.Errorf("quantum small %d big %d: want %d and %d (no kernel warning either way)", small.Quantum, big.Quantum, minQuantum, maxQuantum)
 	}
 	// Queue at least eight frames, however small delay × ceil.
-	if small.Queue != minQueueFrames*(1450+frameOverhead) {
-		t.Errorf("queue %d, want eight frames of %d", small.Queue, 1450+frameOverhead)
+	if small.Queue != minQueueFrames*(1450+ethHeader)+smallRoom {
+		t.Errorf("queue %d, want eight frames of %d and %d", small.Queue, 1450+ethHeader, smallRoom)
 	}
-	if big.Queue != 10_000_000_000/8*5/1000 {
+	if want := 10_000_000_000 / 8 * 5 / 1000 / 1464 * 1464; big.Queue != uint32(want+smallRoom) {
 		t.Errorf("queue at 10G: %d, want 5 ms", big.Queue)
 	}
 	if small.Burst < minBurst {

@@ -73,6 +73,9 @@ func probeFQCodel() error {
 // Apply converges both trees, then the veth redirects, then removes the
 // classes no pod needs any more (after their filters and redirects).
 func (k *Netlink) Apply(ctx context.Context, d Desired) (int, error) {
+	if d.Off {
+		return k.remove()
+	}
 	leaf := k.Leaf()
 	changes := 0
 	err := k.in(func() error {
@@ -481,4 +484,28 @@ func redirectsTo(u *netlink.U32, ifb int) bool {
 	}
 	m, ok := u.Actions[0].(*netlink.MirredAction)
 	return ok && m.Ifindex == ifb && m.MirredAction == netlink.TCA_EGRESS_REDIR
+}
+
+// remove takes every redirect off the host veths and deletes both IFBs
+// (their trees go with them).
+func (k *Netlink) remove() (int, error) {
+	n := 0
+	err := k.in(func() error {
+		var ifbs [2]netlink.Link
+		m, err := k.redirects(nil, ifbs)
+		n += m
+		if err != nil {
+			return err
+		}
+		for _, dev := range []string{DeviceEgress, DeviceIngress} {
+			err := netlinkx.DelLinkByName(dev)
+			if err == nil {
+				n++
+			} else if !netlinkx.IsNotFound(err) {
+				return fmt.Errorf("delete %s: %w", dev, err)
+			}
+		}
+		return nil
+	})
+	return n, err
 }

@@ -41,6 +41,8 @@ type Reconciler struct {
 	Log         *slog.Logger
 
 	mu       sync.Mutex
+	off      bool // weftd's section is absent: remove everything
+	waiting  bool // weftd has not read its configuration yet: touch nothing
 	minors   map[string]uint16
 	lastGood map[string][2]Request
 	warned   map[string]string
@@ -56,6 +58,17 @@ func (r *Reconciler) Sync(ctx context.Context, _ bool) error {
 }
 
 func (r *Reconciler) syncLocked(ctx context.Context) error {
+	if r.waiting {
+		return nil // a restarted weftd keeps what it finds until it knows the section
+	}
+	if r.off {
+		n, err := r.Kernel.Apply(ctx, Desired{Off: true})
+		if n > 0 && err == nil && r.Log != nil {
+			r.Log.Info("bandwidth shaping off: removed the trees and redirects", "changes", n)
+		}
+		r.applied = Desired{Off: true}
+		return err
+	}
 	recs, err := endpoint.List(r.EndpointDir)
 	if err != nil {
 		return fmt.Errorf("endpoint records: %w", err)
@@ -172,6 +185,12 @@ func (c Config) Requests(ann map[string]string, bursts [2]uint64) ([2]Request, e
 // ADD-time request be valid (else the error names the annotation and
 // nothing is applied); then the node converges with it.
 func (r *Reconciler) Admit(ctx context.Context, veth string) error {
+	r.mu.Lock()
+	off := r.off || r.waiting
+	r.mu.Unlock()
+	if off {
+		return errors.New("weftd does not shape (no bandwidth section in net-conf.json)")
+	}
 	rec, ok, err := endpoint.Read(r.EndpointDir, veth)
 	if err != nil {
 		return err
@@ -195,6 +214,14 @@ type InvalidError struct{ Err error }
 
 func (e *InvalidError) Error() string { return e.Err.Error() }
 func (e *InvalidError) Unwrap() error { return e.Err }
+
+// SetPods sets the pod source and the event recorder (weftd: once its
+// Pod informer exists).
+func (r *Reconciler) SetPods(p PodSource, e Recorder) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.Pods, r.Events = p, e
+}
 
 // Applied returns the last desired state converged.
 func (r *Reconciler) Applied() Desired {

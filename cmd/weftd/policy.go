@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -48,6 +49,8 @@ type policyDeps struct {
 	// means no pod can start, and must not wait for the agent to return.
 	fatal func(error)
 	log   *slog.Logger
+	// extra are more routes of the local socket (bandwidth shaping's).
+	extra map[string]http.Handler
 }
 
 // attachments is the IPAM store records are rebuilt from (nil: none).
@@ -80,7 +83,13 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
 	routes := api.NewRoutes()
-	if err := policy.RegisterLocalAPI(routes, ctl); err != nil {
+	err = policy.RegisterLocalAPI(routes, ctl)
+	for path, h := range d.extra {
+		if err == nil {
+			err = routes.Handle(path, h)
+		}
+	}
+	if err != nil {
 		stopEvents()
 		_ = closeFn()
 		return nil, fmt.Errorf("local API: %w", err)
