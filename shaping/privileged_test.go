@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,23 +13,55 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/internal/loop"
 	"github.com/weftnet/weft/shaping"
+	st "github.com/weftnet/weft/shaping/shapingtest"
 )
+
+// A pod annotated 10M in both directions, through libcni: each direction
+// measures 10 Mbit/s ±10% over 6 s, the first second at most 12 Mbit
+// (the runtime's 4294967295-bit burst is bounded by maxBurst); DEL removes
+// its classes and filters.
+func TestPodRateBothDirections(t *testing.T) {
+	cfg := shaping.DefaultConfig()
+	cfg.PodCeil = 10_000_000 // no borrowing: the pod gets exactly its rate
+	n := st.NewNode(t, cfg)
+	p := n.NewPod("ten", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
+	n.MustAdd(p)
+	for _, rev := range []bool{false, true} {
+		avg, per := n.Iperf(p, map[bool]int{false: 5201, true: 5202}[rev], 6, rev)
+		dir := map[bool]string{false: "egress", true: "ingress"}[rev]
+		t.Logf("%s: %.2f Mbit/s, per second %v", dir, avg, per)
+		if !st.Within(avg, 10, 0.10) {
+			t.Errorf("%s: %.2f Mbit/s, want 10 ±10%%\n%s%s", dir, avg, n.TC("-s", "qdisc", "show", "dev", shaping.DeviceEgress), n.TC("-s", "class", "show", "dev", shaping.DeviceIngress))
+		}
+		if len(per) == 0 || per[0] > 12 {
+			t.Errorf("%s: first second %v Mbit, want ≤ 12", dir, per)
+		}
+	}
+	n.Del(p)
+	for _, dev := range []string{shaping.DeviceEgress, shaping.DeviceIngress} {
+		if out := n.TC("class", "show", "dev", dev); strings.Contains(out, "parent 1:1 ") {
+			t.Errorf("after DEL, %s still has pod classes:\n%s", dev, out)
+		}
+		if out := n.TC("filter", "show", "dev", dev); strings.Contains(out, "flowid") {
+			t.Errorf("after DEL, %s still has address filters:\n%s", dev, out)
+		}
+	}
+}
 
 // Two pods with rate 10 and ceil 50 under a 50 Mbit/s node ceiling: one
 // alone borrows to ≥ 40; both at once each keep ≥ 9.
 func TestBorrowing(t *testing.T) {
 	cfg := shaping.DefaultConfig()
 	cfg.EgressCeiling, cfg.IngressCeiling, cfg.PodCeil = 50_000_000, 50_000_000, 50_000_000
-	n := newNode(t, cfg)
-	a := n.newPod("a", map[string]string{shaping.AnnotationEgress: "10M"})
-	b := n.newPod("b", map[string]string{shaping.AnnotationEgress: "10M"})
-	n.mustAdd(a)
-	n.mustAdd(b)
-	alone, _ := n.iperf(a, 5201, 5, false)
+	n := st.NewNode(t, cfg)
+	a := n.NewPod("a", map[string]string{shaping.AnnotationEgress: "10M"})
+	b := n.NewPod("b", map[string]string{shaping.AnnotationEgress: "10M"})
+	n.MustAdd(a)
+	n.MustAdd(b)
+	alone, _ := n.Iperf(a, 5201, 5, false)
 	t.Logf("a alone: %.2f Mbit/s", alone)
 	if alone < 40 {
 		t.Errorf("a alone: %.2f Mbit/s, want ≥ 40 (borrowing up to ceil 50)", alone)
@@ -38,11 +69,11 @@ func TestBorrowing(t *testing.T) {
 	var wg sync.WaitGroup
 	got := make([]float64, 2)
 	errs := make([]error, 2)
-	for i, p := range []*pod{a, b} {
+	for i, p := range []*st.Pod{a, b} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			got[i], _, errs[i] = n.runIperf(p, 5210+i, 5, false)
+			got[i], _, errs[i] = n.RunIperf(p, 5210+i, 5, false)
 		}()
 	}
 	wg.Wait()
@@ -60,14 +91,14 @@ func TestBorrowing(t *testing.T) {
 func TestLatencyUnderLoad(t *testing.T) {
 	cfg := shaping.DefaultConfig()
 	cfg.PodCeil = 10_000_000
-	n := newNode(t, cfg)
-	p := n.newPod("busy", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
-	n.mustAdd(p)
-	addr := n.echoServer()
+	n := st.NewNode(t, cfg)
+	p := n.NewPod("busy", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
+	n.MustAdd(p)
+	addr := n.EchoServer()
 	bulk := make(chan error, 1)
-	go func() { _, _, err := n.runIperf(p, 5201, 7, false); bulk <- err }()
+	go func() { _, _, err := n.RunIperf(p, 5201, 7, false); bulk <- err }()
 	time.Sleep(2 * time.Second) // the bulk flow fills its queue
-	rtts, err := requestResponse(p.ns, addr, 4*time.Second)
+	rtts, err := st.RequestResponse(p.NS, addr, 4*time.Second)
 	if berr := <-bulk; berr != nil {
 		t.Fatal(berr)
 	}
@@ -82,90 +113,6 @@ func TestLatencyUnderLoad(t *testing.T) {
 	}
 }
 
-// echoServer answers every byte with one byte, in the node netns.
-func (n *node) echoServer() string {
-	var ln net.Listener
-	n.in(func() error {
-		var err error
-		ln, err = net.Listen("tcp", n.gateway+":7007")
-		return err
-	})
-	n.t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b := make([]byte, 1)
-				for {
-					if _, err := c.Read(b); err != nil {
-						return
-					}
-					if _, err := c.Write(b); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-// requestResponse sends one byte and waits for the answer, again and
-// again for d, from inside podNS; it returns the round trips.
-func requestResponse(podNS ns.NetNS, addr string, d time.Duration) ([]time.Duration, error) {
-	var c net.Conn
-	if err := podNS.Do(func(ns.NetNS) error {
-		var err error
-		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
-		return err
-	}); err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
-	var rtts []time.Duration
-	b := []byte{'x'}
-	for end := time.Now().Add(d); time.Now().Before(end); {
-		start := time.Now()
-		_ = c.SetDeadline(start.Add(2 * time.Second))
-		if _, err := c.Write(b); err != nil {
-			return rtts, err
-		}
-		if _, err := c.Read(b); err != nil {
-			return rtts, err
-		}
-		rtts = append(rtts, time.Since(start))
-		time.Sleep(5 * time.Millisecond)
-	}
-	return rtts, nil
-}
-
-// classRate reads the rate of the pod's class on dev from the kernel.
-func (n *node) classRate(dev, veth string) string {
-	n.t.Helper()
-	c := n.rec.Applied().Trees[map[string]shaping.Direction{shaping.DeviceEgress: shaping.Egress, shaping.DeviceIngress: shaping.Ingress}[dev]].Class(veth)
-	if c == nil {
-		return ""
-	}
-	for _, line := range strings.Split(n.tc("class", "show", "dev", dev), "\n") {
-		if strings.Contains(line, fmt.Sprintf("class htb 1:%x ", c.Minor)) {
-			f := strings.Fields(line)
-			for i := range f {
-				if f[i] == "rate" && i+1 < len(f) {
-					return f[i+1]
-				}
-			}
-		}
-	}
-	return ""
-}
-
 // A live annotation change (weftd's pod watch marks the loop dirty; here
 // the fake pod source does) reaches the kernel within 5 s and the
 // measured rate follows; an invalid one keeps the old class and emits one
@@ -174,55 +121,55 @@ func (n *node) classRate(dev, veth string) string {
 func TestLiveChange(t *testing.T) {
 	cfg := shaping.DefaultConfig()
 	cfg.PodCeil = 10_000_000
-	n := newNode(t, cfg)
-	p := n.newPod("live", map[string]string{shaping.AnnotationEgress: "10M"})
-	n.mustAdd(p)
-	lp := loop.New(loop.Config{Sync: n.rec.Sync, Resync: time.Hour, BackoffMin: 100 * time.Millisecond})
+	n := st.NewNode(t, cfg)
+	p := n.NewPod("live", map[string]string{shaping.AnnotationEgress: "10M"})
+	n.MustAdd(p)
+	lp := loop.New(loop.Config{Sync: n.Rec.Sync, Resync: time.Hour, BackoffMin: 100 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { _ = lp.Run(ctx) }()
 
-	n.pods.set("live", map[string]string{shaping.AnnotationEgress: "20M"})
+	n.Pods.Set("live", map[string]string{shaping.AnnotationEgress: "20M"})
 	changed := time.Now()
 	lp.MarkDirty()
-	for n.classRate(shaping.DeviceEgress, p.veth) != "20Mbit" {
+	for n.ClassRate(shaping.DeviceEgress, p.Veth) != "20Mbit" {
 		if time.Since(changed) > 5*time.Second {
-			t.Fatalf("class rate %q 5 s after the change to 20M", n.classRate(shaping.DeviceEgress, p.veth))
+			t.Fatalf("class rate %q 5 s after the change to 20M", n.ClassRate(shaping.DeviceEgress, p.Veth))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("20M in the kernel %v after the change", time.Since(changed).Round(time.Millisecond))
-	avg, _ := n.iperf(p, 5201, 5, false)
+	avg, _ := n.Iperf(p, 5201, 5, false)
 	t.Logf("after the change: %.2f Mbit/s", avg)
-	if !within(avg, 20, 0.10) {
+	if !st.Within(avg, 20, 0.10) {
 		t.Errorf("after the change to 20M: %.2f Mbit/s, want 20 ±10%%", avg)
 	}
 
-	n.pods.set("live", map[string]string{shaping.AnnotationEgress: "fast"})
+	n.Pods.Set("live", map[string]string{shaping.AnnotationEgress: "fast"})
 	lp.MarkDirty()
 	time.Sleep(300 * time.Millisecond)
 	lp.MarkDirty()
 	time.Sleep(300 * time.Millisecond)
-	if r := n.classRate(shaping.DeviceEgress, p.veth); r != "20Mbit" {
+	if r := n.ClassRate(shaping.DeviceEgress, p.Veth); r != "20Mbit" {
 		t.Errorf("after an invalid change the class is %q, want the old 20Mbit", r)
 	}
-	ev := n.events.all()
+	ev := n.Events.All()
 	if len(ev) != 1 || !strings.Contains(ev[0], shaping.ReasonInvalid) || !strings.Contains(ev[0], shaping.AnnotationEgress+`="fast"`) {
 		t.Errorf("events %q: want one %s naming the annotation", ev, shaping.ReasonInvalid)
 	}
 
 	// Drift: delete the class behind weftd's back; a resync repairs it.
 	dev := shaping.DeviceEgress
-	minor := n.rec.Applied().Trees[shaping.Egress].Class(p.veth).Minor
-	n.tc("filter", "del", "dev", dev, "parent", "1:", "prio", "10", "handle", fmt.Sprintf("800::%x", minor), "u32")
-	n.tc("class", "del", "dev", dev, "classid", fmt.Sprintf("1:%x", minor))
-	if err := n.rec.Sync(ctx, true); err != nil {
+	minor := n.Rec.Applied().Trees[shaping.Egress].Class(p.Veth).Minor
+	n.TC("filter", "del", "dev", dev, "parent", "1:", "prio", "10", "handle", fmt.Sprintf("800::%x", minor), "u32")
+	n.TC("class", "del", "dev", dev, "classid", fmt.Sprintf("1:%x", minor))
+	if err := n.Rec.Sync(ctx, true); err != nil {
 		t.Fatal(err)
 	}
-	if r := n.classRate(dev, p.veth); r != "20Mbit" {
+	if r := n.ClassRate(dev, p.Veth); r != "20Mbit" {
 		t.Errorf("after drift and resync the class is %q", r)
 	}
-	if out := n.tc("filter", "show", "dev", dev); !strings.Contains(out, fmt.Sprintf("flowid 1:%x", minor)) {
+	if out := n.TC("filter", "show", "dev", dev); !strings.Contains(out, fmt.Sprintf("flowid 1:%x", minor)) {
 		t.Errorf("address filter not repaired:\n%s", out)
 	}
 }
@@ -233,14 +180,14 @@ func TestLiveChange(t *testing.T) {
 func TestBadAnnotationFailsADD(t *testing.T) {
 	cfg := shaping.DefaultConfig()
 	cfg.EgressCeiling = 100_000_000
-	n := newNode(t, cfg)
+	n := st.NewNode(t, cfg)
 	for _, ann := range []map[string]string{
 		{shaping.AnnotationEgress: "200M"},
 		{shaping.AnnotationIngress: "ten"},
 		{shaping.AnnotationIngress: "0"},
 	} {
-		p := n.newPod("bad", ann)
-		err := n.add(p)
+		p := n.NewPod("bad", ann)
+		err := n.Add(p)
 		var ce *types.Error
 		if !errors.As(err, &ce) || ce.Code != types.ErrInvalidNetworkConfig {
 			t.Fatalf("ADD %v: %v, want a CNI error code %d", ann, err, types.ErrInvalidNetworkConfig)
@@ -252,15 +199,15 @@ func TestBadAnnotationFailsADD(t *testing.T) {
 		}
 		t.Logf("ADD %v: %s", ann, ce.Msg)
 	}
-	recs, _ := filepath.Glob(filepath.Join(n.endpoint, "*"))
+	recs, _ := filepath.Glob(filepath.Join(n.Endpoint, "*"))
 	if len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
 	}
-	if out := n.tc("class", "show", "dev", shaping.DeviceEgress); strings.Contains(out, "parent 1:1 ") {
+	if out := n.TC("class", "show", "dev", shaping.DeviceEgress); strings.Contains(out, "parent 1:1 ") {
 		t.Errorf("classes left:\n%s", out)
 	}
 	var links []string
-	n.in(func() error {
+	n.In(func() error {
 		ents, err := os.ReadDir("/sys/class/net")
 		for _, e := range ents {
 			if strings.HasPrefix(e.Name(), "wv") {
