@@ -2,8 +2,11 @@ package shaping
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"os"
 	"strings"
+	"time"
 
 	"github.com/weftnet/weft/internal/endpoint"
 )
@@ -27,6 +30,10 @@ func (r *Reconciler) Handler(mark func()) map[string]http.Handler {
 			}
 		}),
 		endpoint.ShapingReleasedPath: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if err := r.Release(strings.TrimPrefix(req.URL.Path, endpoint.ShapingReleasedPath)); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
 			if mark != nil {
 				mark()
 				return

@@ -7,7 +7,9 @@ import "context"
 // repairs drift). It owns the two IFB devices, the HTB trees on them, and
 // the redirect filters (prio FilterPrio) on the host veths.
 type Kernel interface {
-	Apply(ctx context.Context, d Desired) (changes int, err error)
+	// Apply converges d; full reads everything back (resync), otherwise
+	// the kernel may write only what changed since its last Apply.
+	Apply(ctx context.Context, d Desired, full bool) (changes int, err error)
 	// Leaf names the leaf queue the kernel offers ("fq_codel", or
 	// "tbf+bfifo": a never-binding TBF that splits GSO packets in front of
 	// its byte-limited FIFO).
@@ -22,16 +24,20 @@ const FilterPrio = 10
 type Fake struct {
 	Applied  Desired
 	Applies  int
+	Full     int // Applies that were full
 	Err      error
 	LeafKind string
 }
 
 // Apply records d (or fails with f.Err, changing nothing).
-func (f *Fake) Apply(_ context.Context, d Desired) (int, error) {
+func (f *Fake) Apply(_ context.Context, d Desired, full bool) (int, error) {
 	if f.Err != nil {
 		return 0, f.Err
 	}
 	f.Applies++
+	if full {
+		f.Full++
+	}
 	f.Applied = d
 	return 1, nil
 }

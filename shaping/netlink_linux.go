@@ -32,6 +32,9 @@ type Netlink struct {
 	Log        *slog.Logger
 	once       sync.Once
 	leaf       string
+	mu         sync.Mutex
+	last       *Desired // what the last successful Apply wrote
+	ifbs       [2]int   // the IFBs' indexes then
 }
 
 // Leaf probes once whether fq_codel exists and reports the leaf used.
@@ -70,12 +73,34 @@ func probeFQCodel() error {
 	return netlink.QdiscReplace(netlink.NewFqCodel(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(1, 0)}))
 }
 
-// Apply converges both trees, then the veth redirects, then removes the
-// classes no pod needs any more (after their filters and redirects).
-func (k *Netlink) Apply(ctx context.Context, d Desired) (int, error) {
-	if d.Off {
-		return k.remove()
+// Apply converges d. A full Apply (the first, every resync, after any
+// failure) reads the kernel back and repairs whatever differs; otherwise
+// only what changed since the last Apply is written (one pod's ADD costs a
+// handful of requests, not a dump of every pod's objects).
+func (k *Netlink) Apply(ctx context.Context, d Desired, full bool) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	last := k.last
+	k.last = nil // until this Apply succeeds
+	var n int
+	var err error
+	switch {
+	case d.Off:
+		n, err = k.remove()
+	case full || last == nil:
+		n, err = k.applyFull(d)
+	default:
+		n, err = k.applyDiff(*last, d)
 	}
+	if err == nil && !d.Off {
+		k.last = &d
+	}
+	return n, err
+}
+
+// applyFull converges both trees, then the veth redirects, then removes
+// the classes no pod needs any more (after their filters and redirects).
+func (k *Netlink) applyFull(d Desired) (int, error) {
 	leaf := k.Leaf()
 	changes := 0
 	err := k.in(func() error {
@@ -89,6 +114,7 @@ func (k *Netlink) Apply(ctx context.Context, d Desired) (int, error) {
 				return fmt.Errorf("%s tree: %w", t.Dir, err)
 			}
 			ifbs[t.Dir], stale[t.Dir] = l, old
+			k.ifbs[t.Dir] = l.Attrs().Index
 		}
 		n, err := k.redirects(d.Redirects, ifbs)
 		changes += n
@@ -110,13 +136,16 @@ func (k *Netlink) Apply(ctx context.Context, d Desired) (int, error) {
 
 // converge counts the changes one tree needed.
 type converge struct {
-	leaf string
-	n    int
+	leaf    string
+	segment uint32
+	qdiscs  []netlink.Qdisc // the IFB's, read once per tree
+	n       int
 }
 
 // tree brings one IFB, its root, classes, leaves and address filters in
 // line; it returns the classes to delete once no redirect points at them.
 func (c *converge) tree(t Tree) (netlink.Link, []*netlink.HtbClass, error) {
+	c.segment = t.Segment
 	l, err := c.ifb(t.Dir.Device())
 	if err != nil {
 		return nil, nil, err
@@ -127,6 +156,9 @@ func (c *converge) tree(t Tree) (netlink.Link, []*netlink.HtbClass, error) {
 	have, err := classes(l)
 	if err != nil {
 		return nil, nil, err
+	}
+	if c.qdiscs, err = netlink.QdiscList(l); err != nil {
+		return nil, nil, fmt.Errorf("list qdiscs: %w", err)
 	}
 	want := map[uint32]bool{netlink.MakeHandle(rootMajor, rootClass): true}
 	if err := c.class(l, have, netlink.MakeHandle(rootMajor, 0), netlink.MakeHandle(rootMajor, rootClass),
@@ -139,7 +171,7 @@ func (c *converge) tree(t Tree) (netlink.Link, []*netlink.HtbClass, error) {
 		if err := c.class(l, have, netlink.MakeHandle(rootMajor, rootClass), h, cl.Rate, cl.Ceil, cl.Burst, cl.Cburst, cl.Quantum); err != nil {
 			return nil, nil, err
 		}
-		if err := c.leafQdisc(l, cl, t.Segment); err != nil {
+		if err := c.leafQdisc(l, cl); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -225,12 +257,7 @@ func classes(l netlink.Link) (map[uint32]*netlink.HtbClass, error) {
 
 // class puts one HTB class in place (rates in bytes/s, bursts in bytes).
 func (c *converge) class(l netlink.Link, have map[uint32]*netlink.HtbClass, parent, handle uint32, rate, ceil uint64, burst, cburst, quantum uint32) error {
-	want := &netlink.HtbClass{
-		ClassAttrs: netlink.ClassAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: handle},
-		Rate:       rate, Ceil: ceil,
-		Buffer: netlink.Xmittime(rate, burst), Cbuffer: netlink.Xmittime(ceil, cburst),
-		Quantum: quantum,
-	}
+	want := htbClass(l.Attrs().Index, parent, handle, rate, ceil, burst, cburst, quantum)
 	readParent := parent
 	if parent == netlink.MakeHandle(rootMajor, 0) {
 		readParent = netlink.HANDLE_ROOT // how the kernel reports a top class's parent
@@ -239,23 +266,35 @@ func (c *converge) class(l netlink.Link, have map[uint32]*netlink.HtbClass, pare
 		cur.Buffer == want.Buffer && cur.Cbuffer == want.Cbuffer && cur.Quantum == quantum {
 		return nil
 	}
-	if err := netlinkx.Do(func() error { return netlink.ClassReplace(want) }); err != nil {
-		return fmt.Errorf("class %s: %w", netlink.HandleStr(handle), err)
+	if err := writeClass(want); err != nil {
+		return err
 	}
 	c.n++
+	return nil
+}
+
+func htbClass(link int, parent, handle uint32, rate, ceil uint64, burst, cburst, quantum uint32) *netlink.HtbClass {
+	return &netlink.HtbClass{
+		ClassAttrs: netlink.ClassAttrs{LinkIndex: link, Parent: parent, Handle: handle},
+		Rate:       rate, Ceil: ceil,
+		Buffer: netlink.Xmittime(rate, burst), Cbuffer: netlink.Xmittime(ceil, cburst),
+		Quantum: quantum,
+	}
+}
+
+func writeClass(c *netlink.HtbClass) error {
+	if err := netlinkx.Do(func() error { return netlink.ClassReplace(c) }); err != nil {
+		return fmt.Errorf("class %s: %w", netlink.HandleStr(c.Handle), err)
+	}
 	return nil
 }
 
 // leafQdisc keeps the class's leaf queue: fq_codel, or a TBF whose rate
 // never binds, whose burst is the segmentation threshold and whose limit
 // is its inner bfifo's byte limit.
-func (c *converge) leafQdisc(l netlink.Link, cl Class, segment uint32) error {
+func (c *converge) leafQdisc(l netlink.Link, cl Class) error {
 	parent := netlink.MakeHandle(rootMajor, cl.Minor)
-	qs, err := netlink.QdiscList(l)
-	if err != nil {
-		return fmt.Errorf("list qdiscs: %w", err)
-	}
-	for _, q := range qs {
+	for _, q := range c.qdiscs {
 		if q.Attrs().Parent != parent {
 			continue
 		}
@@ -270,8 +309,18 @@ func (c *converge) leafQdisc(l netlink.Link, cl Class, segment uint32) error {
 			}
 		}
 	}
-	attrs := netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: parent, Handle: netlink.MakeHandle(cl.Minor, 0)}
-	if c.leaf == LeafFQCodel {
+	if err := writeLeaf(c.leaf, l.Attrs().Index, cl, c.segment); err != nil {
+		return err
+	}
+	c.n++
+	return nil
+}
+
+func writeLeaf(leaf string, link int, cl Class, segment uint32) error {
+	parent := netlink.MakeHandle(rootMajor, cl.Minor)
+	attrs := netlink.QdiscAttrs{LinkIndex: link, Parent: parent, Handle: netlink.MakeHandle(cl.Minor, 0)}
+	var err error
+	if leaf == LeafFQCodel {
 		err = netlink.QdiscReplace(netlink.NewFqCodel(attrs))
 	} else {
 		err = replaceTBF(attrs, cl.Queue, segment)
@@ -279,7 +328,6 @@ func (c *converge) leafQdisc(l netlink.Link, cl Class, segment uint32) error {
 	if err != nil {
 		return fmt.Errorf("leaf of class %s: %w", netlink.HandleStr(parent), err)
 	}
-	c.n++
 	return nil
 }
 
@@ -307,17 +355,10 @@ func (c *converge) addrFilters(l netlink.Link, t Tree) error {
 	if err != nil {
 		return fmt.Errorf("list filters of %s: %w", l.Attrs().Name, err)
 	}
-	off := int32(12) // IPv4 source
-	if t.Dir == Ingress {
-		off = 16 // IPv4 destination
-	}
 	want := map[uint32]*netlink.U32{}
 	for _, cl := range t.Classes {
-		for _, a := range cl.Addrs {
-			if a.Is4() {
-				want[0x80000000|uint32(cl.Minor)] = addrFilter(l, cl.Minor, binary.BigEndian.Uint32(a.AsSlice()), off)
-				break // one IPv4 address per pod
-			}
+		if f := addrFilter(l.Attrs().Index, t.Dir, cl); f != nil {
+			want[f.Handle] = f
 		}
 	}
 	for _, f := range fs {
@@ -346,14 +387,27 @@ func (c *converge) addrFilters(l netlink.Link, t Tree) error {
 	return nil
 }
 
-func addrFilter(l netlink.Link, minor uint16, ip uint32, off int32) *netlink.U32 {
-	return &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.MakeHandle(rootMajor, 0),
-			Handle: 0x80000000 | uint32(minor), Priority: FilterPrio, Protocol: unix.ETH_P_IP},
-		ClassId: netlink.MakeHandle(rootMajor, minor),
-		Sel: &netlink.TcU32Sel{Flags: nl.TC_U32_TERMINAL,
-			Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: ip, Off: off}}},
+// addrFilter is the class's u32 filter on its pod's first IPv4 address
+// (source on the egress tree, destination on the ingress tree); nil
+// without one.
+func addrFilter(link int, dir Direction, cl Class) *netlink.U32 {
+	off := int32(12) // IPv4 source
+	if dir == Ingress {
+		off = 16 // IPv4 destination
 	}
+	for _, a := range cl.Addrs {
+		if !a.Is4() {
+			continue
+		}
+		return &netlink.U32{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: link, Parent: netlink.MakeHandle(rootMajor, 0),
+				Handle: 0x80000000 | uint32(cl.Minor), Priority: FilterPrio, Protocol: unix.ETH_P_IP},
+			ClassId: netlink.MakeHandle(rootMajor, cl.Minor),
+			Sel: &netlink.TcU32Sel{Flags: nl.TC_U32_TERMINAL,
+				Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: binary.BigEndian.Uint32(a.AsSlice()), Off: off}}},
+		}
+	}
+	return nil
 }
 
 func sameAddrFilter(a, b *netlink.U32) bool {

@@ -41,8 +41,9 @@ type Reconciler struct {
 	Log         *slog.Logger
 
 	mu       sync.Mutex
-	off      bool // weftd's section is absent: remove everything
-	waiting  bool // weftd has not read its configuration yet: touch nothing
+	off      bool                       // weftd's section is absent: remove everything
+	waiting  bool                       // weftd has not read its configuration yet: touch nothing
+	records  map[string]record.Endpoint // the endpoint records, re-read on every full sync
 	minors   map[string]uint16
 	lastGood map[string][2]Request
 	warned   map[string]string
@@ -51,34 +52,40 @@ type Reconciler struct {
 
 // Sync computes the desired state from the records and the pods and
 // converges it in one Apply.
-func (r *Reconciler) Sync(ctx context.Context, _ bool) error {
+func (r *Reconciler) Sync(ctx context.Context, full bool) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.syncLocked(ctx)
+	return r.syncLocked(ctx, full)
 }
 
-func (r *Reconciler) syncLocked(ctx context.Context) error {
+func (r *Reconciler) syncLocked(ctx context.Context, full bool) error {
 	if r.waiting {
 		return nil // a restarted weftd keeps what it finds until it knows the section
 	}
 	if r.off {
-		n, err := r.Kernel.Apply(ctx, Desired{Off: true})
+		n, err := r.Kernel.Apply(ctx, Desired{Off: true}, true)
 		if n > 0 && err == nil && r.Log != nil {
 			r.Log.Info("bandwidth shaping off: removed the trees and redirects", "changes", n)
 		}
 		r.applied = Desired{Off: true}
 		return err
 	}
-	recs, err := endpoint.List(r.EndpointDir)
-	if err != nil {
-		return fmt.Errorf("endpoint records: %w", err)
+	if full || r.records == nil {
+		recs, err := endpoint.List(r.EndpointDir)
+		if err != nil {
+			return fmt.Errorf("endpoint records: %w", err)
+		}
+		r.records = map[string]record.Endpoint{}
+		for _, rec := range recs {
+			r.records[rec.HostVeth] = rec
+		}
 	}
 	if r.lastGood == nil {
 		r.lastGood, r.warned = map[string][2]Request{}, map[string]string{}
 	}
 	var pods []Pod
 	seen := map[string]bool{}
-	for _, rec := range recs {
+	for _, rec := range r.records {
 		req, ok := r.request(rec)
 		if !ok {
 			continue
@@ -94,7 +101,11 @@ func (r *Reconciler) syncLocked(ctx context.Context) error {
 		}
 	}
 	d, minors := Compute(r.Config, r.MTU, pods, r.minors)
-	n, err := r.Kernel.Apply(ctx, d)
+	n, err := r.Kernel.Apply(ctx, d, full)
+	if err != nil && !full {
+		// Something changed behind weftd's back: read it all back now.
+		n, err = r.Kernel.Apply(ctx, d, true)
+	}
 	if err != nil {
 		return fmt.Errorf("apply shaping: %w", err)
 	}
@@ -205,7 +216,23 @@ func (r *Reconciler) Admit(ctx context.Context, veth string) error {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.syncLocked(ctx)
+	if r.records != nil {
+		r.records[veth] = rec
+	}
+	return r.syncLocked(ctx, false)
+}
+
+// Release forgets the attachment of veth once its record is gone (the
+// plugin's DEL); the next sync removes its classes.
+func (r *Reconciler) Release(veth string) error {
+	_, ok, err := endpoint.Read(r.EndpointDir, veth)
+	if err != nil || ok {
+		return err // still there: a full sync decides
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.records, veth)
+	return nil
 }
 
 // InvalidError is a request that can never be applied (the plugin fails

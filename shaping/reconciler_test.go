@@ -75,9 +75,18 @@ func TestReconciler(t *testing.T) {
 	if err := r.Admit(ctx, "wvb"); !errors.As(err, &inv) || !strings.Contains(err.Error(), AnnotationIngress) {
 		t.Fatalf("Admit over the ceiling: %v", err)
 	}
+	// DEL: the record goes and the plugin says so; a record removed
+	// without a word (GC) goes at the next full sync.
 	_ = endpoint.Remove(dir, "wvb")
+	if err := r.Release("wvb"); err != nil {
+		t.Fatal(err)
+	}
 	_ = endpoint.Remove(dir, "wva")
 	_ = r.Sync(ctx, false)
+	if len(k.Applied.Redirects) != 1 {
+		t.Fatalf("an incremental sync re-read the records: %+v", k.Applied.Redirects)
+	}
+	_ = r.Sync(ctx, true)
 	if len(k.Applied.Redirects) != 0 || len(k.Applied.Trees[Egress].Classes) != 0 {
 		t.Fatalf("record gone, state left: %+v", k.Applied)
 	}
