@@ -2,11 +2,8 @@ package shaping
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/weftnet/weft/internal/endpoint"
 )
