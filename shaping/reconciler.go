@@ -196,12 +196,6 @@ func (c Config) Requests(ann map[string]string, bursts [2]uint64) ([2]Request, e
 // ADD-time request be valid (else the error names the annotation and
 // nothing is applied); then the node converges with it.
 func (r *Reconciler) Admit(ctx context.Context, veth string) error {
-	r.mu.Lock()
-	off := r.off || r.waiting
-	r.mu.Unlock()
-	if off {
-		return errors.New("weftd does not shape (no bandwidth section in net-conf.json)")
-	}
 	rec, ok, err := endpoint.Read(r.EndpointDir, veth)
 	if err != nil {
 		return err
@@ -209,13 +203,16 @@ func (r *Reconciler) Admit(ctx context.Context, veth string) error {
 	if !ok {
 		return fmt.Errorf("no endpoint record for %s", veth)
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.off || r.waiting {
+		return errors.New("weftd does not shape (no bandwidth section in net-conf.json)")
+	}
 	if rec.Bandwidth != nil {
 		if _, err := r.Config.Requests(recordAnnotations(rec.Bandwidth), [2]uint64{}); err != nil {
 			return &InvalidError{Err: err}
 		}
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.records != nil {
 		r.records[veth] = rec
 	}
@@ -248,6 +245,13 @@ func (r *Reconciler) SetPods(p PodSource, e Recorder) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.Pods, r.Events = p, e
+}
+
+// Current returns the configuration in use.
+func (r *Reconciler) Current() Config {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.Config
 }
 
 // Applied returns the last desired state converged.
