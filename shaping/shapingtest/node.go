@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -343,23 +344,8 @@ func (n *Node) EchoServer() string {
 	})
 	n.T.Cleanup(func() { _ = ln.Close() })
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b := make([]byte, 1)
-				for {
-					if _, err := c.Read(b); err != nil {
-						return
-					}
-					if _, err := c.Write(b); err != nil {
-						return
-					}
-				}
-			}()
+		for c, err := ln.Accept(); err == nil; c, err = ln.Accept() {
+			go func() { _, _ = io.Copy(c, c); _ = c.Close() }() // each byte back as it comes
 		}
 	}()
 	return ln.Addr().String()
