@@ -61,6 +61,13 @@ func TestBorrowing(t *testing.T) {
 	b := n.NewPod("b", map[string]string{shaping.AnnotationEgress: "10M"})
 	n.MustAdd(a)
 	n.MustAdd(b)
+	// What the kernel holds reads back equal to what was written (rates,
+	// bursts, the quantum set on every class, leaves, filters, redirects):
+	// a full Apply of the same state changes nothing.
+	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
+		t.Fatalf("full Apply of the applied state: %d changes, %v", c, err)
+	}
 	alone, _ := n.Iperf(a, 5201, 5, false)
 	t.Logf("a alone: %.2f Mbit/s", alone)
 	if alone < 40 {
