@@ -63,10 +63,17 @@ type Backend struct {
 	peers   []backend.Peer
 	started time.Time
 	warm    bool // every peer ran bgp and its CIDR was learned, or Warmup passed
-	stop    context.CancelFunc
-	done    chan struct{}
-	mtu     int
-	tun     Tunnel // ipipMode Always and CrossSubnet
+	// last is the learned set of the previous converge (prefix -> the
+	// neighbor it came from); held are the pod CIDRs of bgp peers lost
+	// since without their owner withdrawing them (a session re-formed, a
+	// reflector moved), with the time of the loss.
+	last map[netip.Prefix]netip.Addr
+	held map[netip.Prefix]time.Time
+	hold time.Duration // how long a lost route is kept; Warmup unless a test says
+	stop context.CancelFunc
+	done chan struct{}
+	mtu  int
+	tun  Tunnel // ipipMode Always and CrossSubnet
 }
 
 // ipipOverhead is IP-in-IP's outer IPv4 header.
@@ -98,6 +105,9 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 	if b.cfg.IPIPMode != IPIPNever && b.f.IPIP == nil {
 		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP); use \"ipipMode\": \"Never\" (plain routes, needs L2 adjacency between nodes)", b.cfg.IPIPMode)
 	}
+	if b.cfg.IPIPMode != IPIPNever && b.f.Guard == nil {
+		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s needs the encapsulation guard (none in this weftd)", b.cfg.IPIPMode)
+	}
 	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() || local.UnderlayLink == "" {
 		return backend.Published{}, fmt.Errorf("bgp: local node needs an IPv4 underlay IP, its link and a pod CIDR (got %v, %q, %v)", local.UnderlayIP, local.UnderlayLink, local.PodCIDR)
 	}
@@ -109,7 +119,12 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 		return backend.Published{}, err
 	}
 	b.mtu = local.UnderlayMTU
-	if b.cfg.IPIPMode != IPIPNever {
+	if b.cfg.IPIPMode == IPIPNever {
+		// Nothing arrives in IP-in-IP: a guard an earlier section left goes.
+		if err := b.f.removeGuard(life); err != nil {
+			return backend.Published{}, err
+		}
+	} else {
 		b.mtu = local.UnderlayMTU - ipipOverhead
 		t, err := b.f.IPIP.Start(life, local, b.mtu)
 		if err != nil {
@@ -125,6 +140,7 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 		return backend.Published{}, err
 	}
 	b.local, b.self, b.up, b.started, b.warm, b.peers = local, self, true, time.Now(), false, nil
+	b.last, b.held = nil, map[netip.Prefix]time.Time{}
 	ctx, cancel := context.WithCancel(life)
 	b.stop, b.done = cancel, make(chan struct{})
 	go b.follow(ctx, b.done)
@@ -204,6 +220,11 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	bp, sprobs := b.resolve(ctx, sessions)
 	probs = append(probs, sprobs...)
 	if b.tun != nil {
+		// The guard first, so a new peer is admitted before routes make
+		// this node answer it.
+		if err := b.f.applyGuard(ctx, bgpPeers(peers)); err != nil {
+			return backend.ApplyResult{Published: b.published()}, err
+		}
 		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, bgpPeers(peers))...)
 	}
 	res := backend.ApplyResult{Published: b.published()}
@@ -263,8 +284,9 @@ func (b *Backend) resolve(ctx context.Context, sessions []Session) ([]Peer, []st
 }
 
 // Stop ends the backend. With cleanup the speaker stops (its sessions
-// close, so peers withdraw this node's CIDR at once) and the routes are
-// released. Without, the speaker is left running and the routes stay: when
+// close, so peers withdraw this node's CIDR at once), the routes are
+// released and the IP-in-IP guard removed. Without, the speaker is left
+// running and the routes (and guard) stay: when
 // weftd exits next, its sessions drop without a NOTIFICATION and the peers
 // keep this node's routes for the graceful restart time, until the next
 // weftd re-advertises them.
@@ -298,6 +320,7 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	if err := b.f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, b.f.removeGuard(ctx))
 	if _, err := b.f.Routes.Release(ctx, Type); err != nil {
 		errs = append(errs, fmt.Errorf("bgp: %w", err))
 	}

@@ -15,15 +15,25 @@ import (
 // address, out of the underlay link). It returns the writer's changes and
 // how many bgp peers have all their pod CIDRs routed.
 //
-// Until the backend is warm (every peer runs bgp and its CIDR was learned,
-// or Warmup after Start) it also keeps, for a bgp peer whose CIDR it has not learned
-// yet, the route the filter would accept from that peer (its pod CIDR via
-// its underlay address, per its Node object): a restarted weftd thus never
-// deletes the routes its predecessor installed while its sessions come up,
-// and a switch from another backend hands each destination over without a
-// gap. b.mu is held.
+// For a bgp peer whose pod CIDR is not learned it also keeps the route the
+// filter would accept from that peer (its pod CIDR via its underlay
+// address, per its Node object; the same route a learned path gives, so
+// the kernel sees no change):
+//   - until the backend is warm (every peer runs bgp and its CIDR was
+//     learned, or Warmup after Start): a restarted weftd thus never deletes
+//     the routes its predecessor installed while its sessions come up, and
+//     a switch from another backend hands each destination over without a
+//     gap;
+//   - for b.hold after the CIDR was lost other than by its owner withdrawing
+//     it over an established session (see lose): GoBGP v3 re-forms a
+//     session whose reflector role changes, and a reflector that re-forms
+//     one withdraws what it learned over it, so a reflector label change
+//     would otherwise cut traffic until the new topology re-learns it.
+//
+// b.mu is held.
 func (b *Backend) converge(ctx context.Context) (int, int, error) {
 	learned := b.f.Speaker.Learned()
+	b.lose(ctx, learned)
 	have := map[netip.Prefix]bool{}
 	var want []route.Route
 	nodes := map[netip.Addr]bool{}
@@ -49,7 +59,7 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 				continue
 			}
 			all = false
-			if !b.warm {
+			if _, held := b.held[c.Masked()]; held || !b.warm {
 				want = append(want, b.routeVia(c.Masked(), p.UnderlayIP, true))
 			}
 		}
@@ -68,6 +78,71 @@ func (b *Backend) converge(ctx context.Context) (int, int, error) {
 		err = fmt.Errorf("bgp: routes: %w", err)
 	}
 	return n, reached, err
+}
+
+// lose updates b.held from the learned set: a bgp peer's pod CIDR that was
+// learned at the previous converge and is gone now is held (its
+// Node-implied route kept) unless it came straight from its owner over a
+// session that is still established, i.e. the owner withdrew it. Every
+// other loss is the topology moving under the route: the session it came
+// over closed or is being re-formed (either end), or a reflector withdrew
+// it because its own session with the owner is. A held CIDR is released
+// when it is learned again, when its owner leaves bgp (converge only keeps
+// routes of bgp peers) or after b.hold. b.mu is held.
+func (b *Backend) lose(ctx context.Context, learned []Route) {
+	now := time.Now()
+	cur := make(map[netip.Prefix]netip.Addr, len(learned))
+	for _, r := range learned {
+		cur[r.Prefix] = r.From
+		delete(b.held, r.Prefix)
+	}
+	owner := map[netip.Prefix]netip.Addr{}
+	for _, p := range b.peers {
+		for _, c := range p.PodCIDRs {
+			if p.Accepts(Type) {
+				owner[c.Masked()] = p.UnderlayIP
+			}
+		}
+	}
+	var est map[netip.Addr]bool
+	for pfx, from := range b.last {
+		o, ok := owner[pfx]
+		if _, still := cur[pfx]; still || !ok {
+			continue
+		}
+		if est == nil {
+			est = b.establishedPeers(ctx)
+		}
+		if from == o && est[o] {
+			continue // withdrawn by its owner
+		}
+		b.held[pfx] = now
+		b.log.Info("bgp: route lost while sessions change; keeping the owner's route until it is learned again",
+			"prefix", pfx, "owner", o, "learned_from", from, "for", b.hold)
+	}
+	b.last = cur
+	for pfx, at := range b.held {
+		if now.Sub(at) > b.hold {
+			delete(b.held, pfx)
+			b.log.Warn("bgp: route not learned again; removed", "prefix", pfx, "after", b.hold)
+		}
+	}
+}
+
+// establishedPeers are the sessions in state Established (none when the
+// states cannot be read: every loss is then held).
+func (b *Backend) establishedPeers(ctx context.Context) map[netip.Addr]bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	states, err := b.f.Speaker.PeerStates(ctx)
+	if err != nil {
+		b.log.Warn("bgp: session states unreadable", "err", err)
+	}
+	est := map[netip.Addr]bool{}
+	for _, s := range states {
+		est[s.Addr] = s.Established
+	}
+	return est
 }
 
 // routeVia is the route to dst via next hop nh: into the IP-in-IP device
@@ -123,7 +198,7 @@ func (b *Backend) refresh(ctx context.Context, routes bool) {
 	if !b.up {
 		return
 	}
-	if routes || !b.warm {
+	if routes || !b.warm || len(b.held) > 0 {
 		if n, _, err := b.converge(ctx); err != nil {
 			b.log.Warn("bgp: installing learned routes", "err", err)
 		} else if n > 0 {

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/backend"
+	"github.com/weftnet/weft/internal/encapguard"
 )
 
 type fakeIPIP struct {
@@ -55,7 +56,7 @@ func (t *fakeTunnel) Stop(remove bool) error {
 func newIPIPRig(t *testing.T, section string) (*rig, *fakeIPIP) {
 	r := newRig(t, `{"type":"bgp","ipipMode":"Never"}`)
 	fi := &fakeIPIP{}
-	r.f.IPIP = fi
+	r.f.IPIP, r.f.Guard = fi, encapguard.NewFake()
 	b, err := r.f.New(json.RawMessage(section))
 	if err != nil {
 		t.Fatal(err)
@@ -112,5 +113,93 @@ func TestBackendIPIPCrossSubnet(t *testing.T) {
 	// weftd exits: the device and routes stay.
 	if err := r.b.Stop(context.Background(), false); err != nil || fi.t.stopped != "kept" || r.kernelRoutes() == "" {
 		t.Fatalf("stop without cleanup: %v, tunnel %q, routes %q", err, fi.t.stopped, r.kernelRoutes())
+	}
+}
+
+// With IP-in-IP the guard admits exactly the bgp nodes, each for its own
+// pod CIDRs, and goes with the backend (cleanup) or when a later section
+// says Never; without a guard the IP-in-IP modes refuse to start.
+func TestBackendIPIPGuard(t *testing.T) {
+	r, _ := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always"}`)
+	g := r.f.Guard.(*encapguard.Fake)
+	r.start(t, local(nil))
+	p4 := peer(4, nil)
+	p4.Backends = []string{"vxlan"}
+	r.apply(t, peer(2, nil), peer(3, nil), p4)
+	s, ok := g.Spec("ipip")
+	if !ok || s.Encap != encapguard.IPIP() || len(s.Peers) != 2 {
+		t.Fatalf("ipip guard %+v (applied %v), want the two bgp nodes", s, ok)
+	}
+	for _, c := range []struct {
+		sender, inner string
+		ok            bool
+	}{{"10.0.0.2", "10.244.2.7", true}, {"10.0.0.3", "10.244.3.7", true},
+		{"10.0.0.2", "10.244.3.7", false},   // someone else's pod address
+		{"10.0.0.4", "10.244.4.7", false},   // not on bgp
+		{"10.0.0.9", "10.244.2.7", false}} { // a stranger
+		if got := g.Admits("ipip", addr(c.sender), addr(c.inner)); got != c.ok {
+			t.Errorf("IP-in-IP from %s with inner source %s admitted %v, want %v", c.sender, c.inner, got, c.ok)
+		}
+	}
+	// node4 switches to bgp: admitted at the next Apply.
+	p4.Backends = []string{Type}
+	r.apply(t, peer(2, nil), peer(3, nil), p4)
+	if !g.Admits("ipip", addr("10.0.0.4"), addr("10.244.4.7")) {
+		t.Error("node4 on bgp not admitted")
+	}
+	// weftd exits: the guard stays for the next one.
+	ctx := context.Background()
+	if err := r.b.Stop(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); !ok {
+		t.Fatal("stop without cleanup removed the guard")
+	}
+	// A new section in the same process says Never: the guard goes.
+	b2, err := r.f.New(json.RawMessage(`{"type":"bgp","ipipMode":"Never"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.Start(ctx, local(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); ok {
+		t.Fatal("ipipMode Never kept the IP-in-IP guard")
+	}
+	if err := b2.Stop(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	// Always again, then switching away (cleanup): the guard goes.
+	b3, _ := r.f.New(json.RawMessage(`{"type":"bgp","ipipMode":"CrossSubnet"}`))
+	if _, err := b3.Start(ctx, local(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b3.Apply(ctx, []backend.Peer{peer(2, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); !ok {
+		t.Fatal("ipipMode CrossSubnet has no IP-in-IP guard")
+	}
+	if err := b3.Stop(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); ok {
+		t.Fatal("stop with cleanup kept the IP-in-IP guard")
+	}
+	// Factory cleanup (uninstall) removes one a crashed weftd left.
+	if _, err := g.Apply(ctx, encapguard.Spec{Encap: encapguard.IPIP()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.f.Cleanup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); ok {
+		t.Fatal("factory cleanup kept the IP-in-IP guard")
+	}
+	// No guard: IP-in-IP modes refuse to start.
+	r.f.Guard = nil
+	b4, _ := r.f.New(json.RawMessage(`{"type":"bgp","ipipMode":"Always"}`))
+	if _, err := b4.Start(ctx, local(nil)); err == nil || !strings.Contains(err.Error(), "guard") {
+		t.Fatalf("Start without a guard: %v", err)
 	}
 }

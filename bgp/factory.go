@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/weftnet/weft/internal/backend"
+	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/route"
 )
 
@@ -32,7 +33,11 @@ type Factory struct {
 	// IPIP opens the IP-in-IP data path of ipipMode Always and
 	// CrossSubnet (nil: those modes fail at Start).
 	IPIP IPIP
-	Log  *slog.Logger
+	// Guard closes IP-in-IP to all but the bgp nodes, each for its pod
+	// CIDRs (encapguard.IPIP, in the raw table before the tunnel reads a
+	// packet); required by ipipMode Always and CrossSubnet.
+	Guard encapguard.Guard
+	Log   *slog.Logger
 
 	mu      sync.Mutex
 	running bool // the speaker is started
@@ -63,7 +68,7 @@ func (f *Factory) New(raw json.RawMessage) (backend.Backend, error) {
 	if f.Routes == nil {
 		return nil, errors.New("bgp: no route writer")
 	}
-	return &Backend{cfg: cfg, f: f, log: f.logger().With("backend", Type)}, nil
+	return &Backend{cfg: cfg, f: f, log: f.logger().With("backend", Type), hold: Warmup}, nil
 }
 
 func (f *Factory) logger() *slog.Logger {
@@ -74,12 +79,14 @@ func (f *Factory) logger() *slog.Logger {
 }
 
 // Cleanup removes what any bgp backend could have left on the node: its
-// routes and the device weft.ipip. A running speaker is stopped.
+// routes, the device weft.ipip and the IP-in-IP guard. A running speaker
+// is stopped.
 func (f *Factory) Cleanup(ctx context.Context) error {
 	var errs []error
 	if err := f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, f.removeGuard(ctx))
 	if f.IPIP != nil {
 		if err := f.IPIP.Remove(); err != nil {
 			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
@@ -91,6 +98,32 @@ func (f *Factory) Cleanup(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// guardKind is the encapsulation guard's kind for IP-in-IP.
+var guardKind = encapguard.IPIP().Kind
+
+// applyGuard admits IP-in-IP from the bgp peers, each for its pod CIDRs.
+func (f *Factory) applyGuard(ctx context.Context, peers []backend.Peer) error {
+	s := encapguard.Spec{Encap: encapguard.IPIP(), PodIface: encapguard.DefaultPodIface}
+	for _, p := range peers {
+		s.Peers = append(s.Peers, encapguard.Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs})
+	}
+	if _, err := f.Guard.Apply(ctx, s); err != nil {
+		return fmt.Errorf("bgp: ip-in-ip guard: %w", err)
+	}
+	return nil
+}
+
+// removeGuard deletes the IP-in-IP guard (nil Guard: nothing to do).
+func (f *Factory) removeGuard(ctx context.Context) error {
+	if f.Guard == nil {
+		return nil
+	}
+	if err := f.Guard.Remove(ctx, guardKind); err != nil {
+		return fmt.Errorf("bgp: ip-in-ip guard: %w", err)
+	}
+	return nil
 }
 
 // startSpeaker starts the speaker with cfg. A speaker a reconfigured

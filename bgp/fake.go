@@ -21,6 +21,7 @@ type Fake struct {
 	received [][]Candidate
 	view     view
 	changed  chan struct{}
+	down     map[netip.Addr]bool
 }
 
 var _ Speaker = (*Fake)(nil)
@@ -141,13 +142,29 @@ func (f *Fake) Rejected() ([]Rejection, uint64) {
 // Changed implements Speaker.
 func (f *Fake) Changed() <-chan struct{} { return f.changed }
 
-// PeerStates implements Speaker: every peer is reported established.
+// SetDown marks the session with addr down (true) or established again
+// (false), as when the peer re-forms it.
+func (f *Fake) SetDown(addr netip.Addr, down bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.down == nil {
+		f.down = map[netip.Addr]bool{}
+	}
+	f.down[addr] = down
+}
+
+// PeerStates implements Speaker: every peer is reported established,
+// except those SetDown marked down ("active").
 func (f *Fake) PeerStates(context.Context) ([]PeerState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []PeerState
 	for _, p := range f.peers {
-		out = append(out, PeerState{Addr: p.Addr, ASN: p.ASN, State: "established", Established: true})
+		st := PeerState{Addr: p.Addr, ASN: p.ASN, State: "established", Established: true}
+		if f.down[p.Addr] {
+			st.State, st.Established = "active", false
+		}
+		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b PeerState) int { return a.Addr.Compare(b.Addr) })
 	return out, nil

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // The privileged tests run each speaker as a process of its own inside its
@@ -38,6 +39,10 @@ type helperCmd struct {
 	Peers    []Peer         `json:",omitempty"`
 	Prefixes []netip.Prefix `json:",omitempty"`
 	Policy   *ImportPolicy  `json:",omitempty"`
+	// The backend ops (see backendOp): a section, the local node, peers.
+	Section json.RawMessage    `json:",omitempty"`
+	Local   *backend.LocalNode `json:",omitempty"`
+	Nodes   []backend.Peer     `json:",omitempty"`
 }
 
 type helperResp struct {
@@ -55,6 +60,7 @@ type helperResp struct {
 func runHelper(in io.Reader, out io.Writer) int {
 	g := NewGoBGP(testLogger())
 	base := numGoroutines()
+	var hb helperBackend
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
 	ctx := context.Background()
 	for {
@@ -85,7 +91,7 @@ func runHelper(in io.Reader, out io.Writer) int {
 			}
 			r.Goroutines = numGoroutines() - base
 		default:
-			err = fmt.Errorf("unknown op %q", c.Op)
+			r, err = hb.op(ctx, g, c)
 		}
 		if err != nil {
 			r.Err = err.Error()

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // FuzzDecap feeds arbitrary packets, as the raw socket returns them
@@ -41,7 +42,7 @@ func FuzzDecap(f *testing.F) {
 			return
 		}
 		dev := tun.NewFake(DefaultDevice, mtu, 1)
-		tn := &Tunnel{dev: dev}
+		tn := &Tunnel{pump: uencap.Pump{Dev: dev}}
 		buf := make([]byte, tun.BufSize)
 		copy(buf, pkt)
 		tn.decapBatch(tab, [][]byte{buf}, []int{len(pkt)}, nil)
@@ -51,7 +52,7 @@ func FuzzDecap(f *testing.F) {
 			t.Fatalf("valid packet written as %x, want %x", w, pkt[off:off+n])
 		case reason != OK && len(w) != 0:
 			t.Fatalf("dropped (%s) packet written", reason)
-		case reason != OK && tn.drops[reason].Load() != 1:
+		case reason != OK && tn.pump.Dropped(reason) != 1:
 			t.Fatalf("drop %s not counted", reason)
 		}
 	})

@@ -12,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // RawSocket is an AF_INET SOCK_RAW socket of protocol 4 bound to the
@@ -27,7 +29,7 @@ type RawSocket struct {
 	// closed: RawConn calls on a closed file fail with poll's own
 	// "use of closed file", which matches no exported error.
 	closed atomic.Bool
-	rx     rawRx
+	rx     *uencap.MsgBatch
 	// txMu guards tx (Send may be called from several goroutines).
 	txMu sync.Mutex
 	tx   rawTx
@@ -40,13 +42,6 @@ const (
 	rawBuffer = 8 << 20
 )
 
-// mmsghdr is struct mmsghdr.
-type mmsghdr struct {
-	hdr unix.Msghdr
-	n   uint32
-	_   [4]byte
-}
-
 // OpenRawSocket opens the socket in the calling thread's network
 // namespace, bound to local (IPv4).
 func OpenRawSocket(local netip.Addr) (*RawSocket, error) {
@@ -58,9 +53,7 @@ func OpenRawSocket(local netip.Addr) (*RawSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipip socket: %w", err)
 	}
-	for _, o := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF, unix.SO_RCVBUFFORCE, unix.SO_SNDBUFFORCE} {
-		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, o, rawBuffer)
-	}
+	uencap.SetBuffers(fd, rawBuffer)
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.As4()}); err != nil {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("ipip socket: bind %s: %w", local, err)
@@ -70,7 +63,7 @@ func OpenRawSocket(local netip.Addr) (*RawSocket, error) {
 		_ = s.f.Close()
 		return nil, fmt.Errorf("ipip socket: %w", err)
 	}
-	s.rx.init()
+	s.rx = uencap.NewMsgBatch(rawBatch)
 	s.tx.init()
 	return s, nil
 }
@@ -92,74 +85,34 @@ func (s *RawSocket) ioErr(err error) error {
 	return fmt.Errorf("ipip socket: %w", err)
 }
 
-type rawRx struct {
-	hdrs  []mmsghdr
-	iovs  []unix.Iovec
-	want  int
-	got   int
-	errno syscall.Errno
-	fn    func(fd uintptr) bool
-}
-
-func (r *rawRx) init() {
-	r.hdrs, r.iovs = make([]mmsghdr, rawBatch), make([]unix.Iovec, rawBatch)
-	r.fn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.want), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
-		}
-		r.got, r.errno = int(n), e
-		return true
-	}
-}
-
 // Recv implements Conn (one caller at a time).
 func (s *RawSocket) Recv(bufs [][]byte, sizes []int) (int, error) {
-	r := &s.rx
-	r.want = min(len(bufs), rawBatch)
-	for i := range r.want {
-		r.iovs[i] = unix.Iovec{Base: &bufs[i][0]}
-		r.iovs[i].SetLen(len(bufs[i]))
-		r.hdrs[i].hdr = unix.Msghdr{Iov: &r.iovs[i]}
-		r.hdrs[i].hdr.SetIovlen(1)
+	r := s.rx
+	want := min(len(bufs), rawBatch)
+	for i := range want {
+		r.Iovs[i] = unix.Iovec{Base: &bufs[i][0]}
+		r.Iovs[i].SetLen(len(bufs[i]))
+		r.Hdrs[i].Hdr = unix.Msghdr{Iov: &r.Iovs[i]}
+		r.Hdrs[i].Hdr.SetIovlen(1)
 	}
-	if err := s.rc.Read(r.fn); err != nil {
+	got, err := r.Recv(s.rc, want)
+	if err != nil {
 		return 0, s.ioErr(err)
 	}
-	if r.errno != 0 {
-		return 0, r.errno
+	for i := range got {
+		sizes[i] = int(r.Hdrs[i].N)
 	}
-	for i := range r.got {
-		sizes[i] = int(r.hdrs[i].n)
-	}
-	return r.got, nil
+	return got, nil
 }
 
 type rawTx struct {
-	hdrs  []mmsghdr
-	iovs  []unix.Iovec
+	*uencap.MsgBatch
 	names []unix.RawSockaddrInet4
-	start int
-	n     int
-	sent  int
-	errno syscall.Errno
-	fn    func(fd uintptr) bool
 }
 
 func (t *rawTx) init() {
-	t.hdrs, t.iovs = make([]mmsghdr, rawBatch), make([]unix.Iovec, rawBatch)
+	t.MsgBatch = uencap.NewMsgBatch(rawBatch)
 	t.names = make([]unix.RawSockaddrInet4, rawBatch)
-	t.fn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[t.start])), uintptr(t.n-t.start), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
-		}
-		t.sent, t.errno = int(n), e
-		if e != 0 {
-			t.sent = 0
-		}
-		return true
-	}
 }
 
 // Send implements Conn: one sendmmsg for the whole batch (each message
@@ -184,32 +137,34 @@ func (s *RawSocket) Send(pkts [][]byte, dsts []netip.Addr) (int, error) {
 
 func (s *RawSocket) sendBatch(pkts [][]byte, dsts []netip.Addr) (int, error) {
 	t := &s.tx
-	t.n = len(pkts)
+	n := len(pkts)
 	for i, p := range pkts {
 		if len(p) == 0 {
 			return len(pkts), errors.New("ipip socket: empty packet")
 		}
 		t.names[i] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dsts[i].As4()}
-		t.iovs[i] = unix.Iovec{Base: &p[0]}
-		t.iovs[i].SetLen(len(p))
-		t.hdrs[i].hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.names[i])), Namelen: unix.SizeofSockaddrInet4, Iov: &t.iovs[i]}
-		t.hdrs[i].hdr.SetIovlen(1)
+		t.Iovs[i] = unix.Iovec{Base: &p[0]}
+		t.Iovs[i].SetLen(len(p))
+		t.Hdrs[i].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.names[i])), Namelen: unix.SizeofSockaddrInet4, Iov: &t.Iovs[i]}
+		t.Hdrs[i].Hdr.SetIovlen(1)
 	}
 	failed := 0
 	var last error
-	for t.start = 0; t.start < t.n; {
-		if err := s.rc.Write(t.fn); err != nil {
-			return failed + t.n - t.start, s.ioErr(err)
+	for start := 0; start < n; {
+		sent, err := t.Send(s.rc, start, n)
+		var errno syscall.Errno
+		if err != nil && !errors.As(err, &errno) { // the RawConn's: the socket is closed
+			return failed + n - start, s.ioErr(err)
 		}
-		if t.errno != 0 || t.sent <= 0 { // message t.start was refused: skip it
+		if sent <= 0 { // message start was refused: skip it
 			failed++
-			if t.errno != 0 {
-				last = t.errno
+			if err != nil {
+				last = err
 			}
-			t.start++
+			start++
 			continue
 		}
-		t.start += t.sent
+		start += sent
 	}
 	return failed, last
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // TestRawSocketClose: Close ends a blocked Recv with net.ErrClosed (what
@@ -27,7 +28,7 @@ func TestRawSocketClose(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() {
-		bufs, sizes := newBuffers(2), make([]int, 2)
+		bufs, sizes := uencap.Buffers(2), make([]int, 2)
 		_, err := s.Recv(bufs, sizes)
 		done <- err
 	}()

@@ -6,14 +6,12 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // Peer is a remote node as the tunnel needs it.
-type Peer struct {
-	Name       string
-	UnderlayIP netip.Addr
-	PodCIDRs   []netip.Prefix
-}
+type Peer = uencap.Peer
 
 // route is one remote pod CIDR and the node (index into Table.nodes)
 // that owns it.

@@ -3,16 +3,12 @@ package ipip
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"os"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // Options are what a Tunnel runs on.
@@ -32,21 +28,11 @@ type Options struct {
 
 // Tunnel is userspace IP-in-IP between a TUN device and a raw socket.
 type Tunnel struct {
-	dev   tun.Device
+	// pump holds the device, the log, the counters and runs the loops.
+	pump  uencap.Pump
 	conn  Conn
-	log   *slog.Logger
 	table atomic.Pointer[Table]
-
-	tx, rx     flow
-	drops      [numReasons]atomic.Uint64
-	recvErrors atomic.Uint64
-	// stopping is set before Run closes the device and the socket, so the
-	// loops tell those closes from a device or socket that went away.
-	stopping atomic.Bool
 }
-
-// errorPause keeps a loop that keeps failing from spinning.
-const errorPause = 10 * time.Millisecond
 
 // NewTunnel opens the raw socket (unless o.Conn is given; it refuses
 // where Detect finds the kernel's ipip module) and returns a
@@ -70,7 +56,7 @@ func NewTunnel(o Options) (*Tunnel, error) {
 		}
 		o.Conn = s
 	}
-	t := &Tunnel{dev: o.Device, conn: o.Conn, log: o.Log}
+	t := &Tunnel{pump: uencap.Pump{Dev: o.Device, Log: o.Log}, conn: o.Conn}
 	t.table.Store(&Table{byAddr: map[netip.Addr]int{}})
 	return t, nil
 }
@@ -89,62 +75,19 @@ func (t *Tunnel) SetPeers(local []netip.Prefix, peers []Peer) []string {
 
 // Stats returns a snapshot of the counters.
 func (t *Tunnel) Stats() Stats {
-	s := Stats{Mode: Userspace, Tx: t.tx.load(), Rx: t.rx.load(), Drops: map[string]uint64{},
-		TUNMode: t.dev.Mode().String(), Errors: t.recvErrors.Load(), Peers: t.table.Load().Peers()}
-	for _, r := range Reasons() {
-		if n := t.drops[r].Load(); n > 0 {
-			s.Drops[r.String()] = n
-		}
-	}
-	return s
+	return Stats{Mode: Userspace, Totals: t.pump.Totals(reasons), TUNMode: t.pump.Dev.Mode().String(),
+		Peers: t.table.Load().Peers()}
 }
 
 // Close closes the device and the socket of a tunnel that never ran.
 func (t *Tunnel) Close() error {
-	return errors.Join(t.conn.Close(), t.dev.Close())
+	return errors.Join(t.conn.Close(), t.pump.Dev.Close())
 }
 
 // Run moves packets until ctx ends or a loop cannot go on (the device or
 // the socket went away), then closes both and returns once both loops
 // have stopped. It returns nil when ctx ended it.
 func (t *Tunnel) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	fail := make(chan error, 2)
-	for name, loop := range map[string]func() error{"tun to ipip": t.encapLoop, "ipip to tun": t.decapLoop} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := loop(); err != nil {
-				fail <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-fail:
-		t.log.Error("ipip tunnel stopped", "err", err)
-	}
-	t.stopping.Store(true)
-	_ = t.Close()
-	wg.Wait()
-	return err
-}
-
-// loopErr decides what a failed read means: stop quietly when Run is
-// closing, stop with the error when the device or socket went away, else
-// count it, pause briefly and go on.
-func (t *Tunnel) loopErr(err error) (stop bool, _ error) {
-	if t.stopping.Load() {
-		return true, nil // whatever a closed fd returns (EBADF, "use of closed file")
-	}
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
-		if t.stopping.Load() {
-			return true, nil
-		}
-		return true, err
-	}
-	t.recvErrors.Add(1)
-	time.Sleep(errorPause)
-	return false, nil
+	return t.pump.Run(ctx, "ipip tunnel stopped", t.Close,
+		uencap.Loop{Name: "tun to ipip", Run: t.encapLoop}, uencap.Loop{Name: "ipip to tun", Run: t.decapLoop})
 }

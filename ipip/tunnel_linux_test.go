@@ -2,11 +2,9 @@ package ipip
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -15,13 +13,12 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/internal/uencap/encaptest"
 )
 
 const testMTU = 1500 - Overhead
@@ -37,37 +34,9 @@ func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) (*Tunnel, f
 	if err != nil {
 		t.Fatal(err)
 	}
-	var tn *Tunnel
-	if err := n.NS.Do(func(ns.NetNS) error { // the raw socket lives in the node
-		var err error
-		tn, err = NewTunnel(Options{Device: dev, LocalIP: n.UnderlayIP, Log: log})
-		return err
-	}); err != nil {
-		_ = dev.Close()
-		t.Fatal(err)
-	}
-	l, err := n.H.LinkByName(DefaultDevice)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := &net.IPNet{IP: peerCIDR.Addr().AsSlice(), Mask: net.CIDRMask(peerCIDR.Bits(), 32)}
-	if err := n.H.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: dst}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- tn.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("tunnel in %s: %v", n.Name, err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return tn, stop
+	return encaptest.Start(t, n, DefaultDevice, peerCIDR, false, dev, func() (*Tunnel, error) {
+		return NewTunnel(Options{Device: dev, LocalIP: n.UnderlayIP, Log: log})
+	})
 }
 
 func peerOf(n *nettopo.Node) Peer {
@@ -76,7 +45,7 @@ func peerOf(n *nettopo.Node) Peer {
 
 func ping(t *testing.T, n ns.NetNS, dst netip.Addr) error {
 	t.Helper()
-	return exec.Command("nsenter", "--net="+n.Path(), "ping", "-c", "3", "-i", "0.2", "-W", "2", dst.String()).Run()
+	return encaptest.Ping(t, n, dst)
 }
 
 // capture runs tcpdump on the underlay bridge for IP protocol 4 until the
@@ -223,42 +192,12 @@ func sendIPIP(t *testing.T, n ns.NetNS, dst netip.Addr, inner []byte) {
 // drops and counts them; then the encapsulation guard drops them first.
 func forgedAndSpoofed(t *testing.T, n1, n2, outsider *nettopo.Node, p1, p2 *nettopo.Pod, t2 *Tunnel) {
 	t.Helper()
-	seen := testutil.ListenUDP(t, p2.NS, 9000)
-	send := func() {
-		for range 3 {
-			sendIPIP(t, outsider.NS, n2.UnderlayIP, udp4(netip.MustParseAddr("10.244.1.2"), p2.IP, "forged-outsider"))
-			sendIPIP(t, n1.NS, n2.UnderlayIP, udp4(netip.MustParseAddr("10.244.3.2"), p2.IP, "forged-spoof"))
-		}
-	}
-	send()
-	testutil.Eventually(t, "tunnel drop counters", func() bool {
-		d := t2.Stats().Drops
-		return d["unknown-sender"] == 3 && d["spoofed-source"] == 3
-	})
-	if seen.Await("forged", 300*time.Millisecond) {
-		t.Fatalf("a forged packet reached pod2: %v", seen.Received("forged"))
-	}
-
-	ctx := context.Background()
-	mode, err := iptables.Detect(ctx, n2.NS.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: n2.NS.Path()})
-	spec := encapguard.Spec{Encap: encapguard.IPIP(), PodIface: encapguard.DefaultPodIface,
-		Peers: []encapguard.Peer{{Name: n1.Name, UnderlayIP: n1.UnderlayIP, PodCIDRs: []netip.Prefix{n1.PodCIDR}}}}
-	if _, err := g.Apply(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	send()
-	testutil.Eventually(t, "guard drop counters", func() bool {
-		d, err := g.Drops(ctx, "ipip")
-		return err == nil && d[encapguard.ReasonUnknownSender] == 3 && d[encapguard.ReasonForgedInner] == 3
-	})
-	if d := t2.Stats().Drops; d["unknown-sender"] != 3 || d["spoofed-source"] != 3 || seen.Await("forged", 300*time.Millisecond) {
-		t.Fatalf("forged packets passed the guard: tunnel drops %v", d)
-	}
-	if err := ping(t, p1.NS, p2.IP); err != nil {
-		t.Fatalf("ping through the guard: %v", err)
-	}
+	encaptest.Forgery{Node: n2, Peer: n1, From: p1, To: p2, Encap: encapguard.IPIP(),
+		Drops: func() map[string]uint64 { return t2.Stats().Drops },
+		Send: func() {
+			for range 3 {
+				sendIPIP(t, outsider.NS, n2.UnderlayIP, udp4(netip.MustParseAddr("10.244.1.2"), p2.IP, "forged-outsider"))
+				sendIPIP(t, n1.NS, n2.UnderlayIP, udp4(netip.MustParseAddr("10.244.3.2"), p2.IP, "forged-spoof"))
+			}
+		}}.Check(t)
 }

@@ -221,15 +221,21 @@ func (f *flowReaper) reap(st *rules.State, eps []endpoint.Endpoint, vs map[strin
 // pods the packet is bridged, unless it was DNATed (sent to a Service via
 // the gateway, hence routed).
 func (f *flowReaper) packet(k ctKey, vethOf map[netip.Addr]string) rules.Packet {
-	p := rules.Packet{Src: k.src, Dst: k.dst, Proto: protoName(k.proto), DPort: k.dport}
-	sv, srcLocal := vethOf[k.src]
-	dv, dstLocal := vethOf[k.dst]
+	return forwardPacket(f.bridge, k.src, k.dst, protoName(k.proto), k.dport, k.dnat, vethOf)
+}
+
+// forwardPacket is a new flow's first packet as FORWARD on this node sees
+// it (the conntrack reaper's and weftctl's traces alike).
+func forwardPacket(bridge string, src, dst netip.Addr, proto string, dport uint16, dnat bool, vethOf map[netip.Addr]string) rules.Packet {
+	p := rules.Packet{Src: src, Dst: dst, Proto: proto, DPort: dport}
+	sv, srcLocal := vethOf[src]
+	dv, dstLocal := vethOf[dst]
 	if srcLocal {
-		p.InIface, p.PhysIn = f.bridge, sv
+		p.InIface, p.PhysIn = bridge, sv
 	}
 	if dstLocal {
-		p.OutIface = f.bridge
-		if srcLocal && !k.dnat {
+		p.OutIface = bridge
+		if srcLocal && !dnat {
 			p.PhysOut, p.Bridged = dv, true
 		}
 	}

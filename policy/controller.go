@@ -86,6 +86,8 @@ type Controller struct {
 	health   syncHealth
 	events   map[string]eventState // policy ns/name -> last Event (sync goroutine only)
 	flows    *flowReaper           // nil without ControllerConfig.Conntrack
+	last     *rules.State          // the State in the kernel (weftctl's traces)
+	lastEps  []endpoint.Endpoint   // the endpoints it was rendered for
 }
 
 // NewController wires the controller to the factory's Pod, Namespace and
@@ -199,6 +201,7 @@ func (c *Controller) sync(ctx context.Context, readBack bool) error {
 		}
 	}
 	c.errs = st.Errors
+	c.last, c.lastEps = st, in.Endpoints
 	c.ready = map[string]string{}
 	seen := map[string]bool{} // only endpoints still here: no growth over time
 	for _, e := range st.Endpoints {

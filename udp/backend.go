@@ -294,16 +294,9 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 // removeAll deletes the device (and every route out of it) and the
 // guard's chains and set (a nil k or guard is skipped).
 func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
-	var errs []error
+	var rm func() error
 	if k != nil {
-		if err := k.RemoveDevice(DefaultDevice); err != nil {
-			errs = append(errs, fmt.Errorf("udp: %w", err))
-		}
+		rm = func() error { return k.RemoveDevice(DefaultDevice) }
 	}
-	if guard != nil {
-		if err := guard.Remove(ctx, Type); err != nil {
-			errs = append(errs, fmt.Errorf("udp: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return backend.Teardown(ctx, Type, rm, guard)
 }

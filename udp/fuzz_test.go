@@ -8,6 +8,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // FuzzDecap feeds arbitrary datagrams from arbitrary senders through the
@@ -38,7 +39,7 @@ func FuzzDecap(f *testing.F) {
 			return
 		}
 		dev := tun.NewFake("weft.udp", mtu, 1)
-		r := &Relay{dev: dev}
+		r := &Relay{pump: uencap.Pump{Dev: dev}}
 		buf := make([]byte, tun.BufSize)
 		copy(buf[tun.Offset:], pkt)
 		ep := &conn.StdNetEndpoint{AddrPort: netip.AddrPortFrom(addr, DefaultPort)}
@@ -49,7 +50,7 @@ func FuzzDecap(f *testing.F) {
 			t.Fatalf("valid packet written as %x, want %x", w, pkt[:n])
 		case reason != OK && len(w) != 0:
 			t.Fatalf("dropped (%s) packet written", reason)
-		case reason != OK && len(pkt) > 0 && r.c.drops[reason].Load() != 1:
+		case reason != OK && len(pkt) > 0 && r.pump.Dropped(reason) != 1:
 			// (an empty datagram is skipped uncounted: the socket's batch
 			// leaves empty slots that look the same)
 			t.Fatalf("drop %s not counted", reason)

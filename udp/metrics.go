@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 var (
@@ -34,7 +36,9 @@ type Metrics struct {
 var _ prometheus.Collector = (*Metrics)(nil)
 
 // NewMetrics returns a collector with no relay.
-func NewMetrics() *Metrics { return &Metrics{base: Stats{Drops: map[string]uint64{}}} }
+func NewMetrics() *Metrics {
+	return &Metrics{base: Stats{Totals: uencap.Totals{Drops: map[string]uint64{}}}}
+}
 
 func (m *Metrics) attach(r *Relay) {
 	if m == nil {
@@ -62,25 +66,7 @@ func (m *Metrics) detach(r *Relay) {
 
 // add returns base plus s (with s's modes).
 func (m *Metrics) add(s Stats) Stats {
-	out := Stats{Tx: addFlow(m.base.Tx, s.Tx), Rx: addFlow(m.base.Rx, s.Rx), Drops: map[string]uint64{},
-		TUNMode: s.TUNMode, SocketMode: s.SocketMode, UDPGSOOff: s.UDPGSOOff, Errors: m.base.Errors + s.Errors}
-	for k, v := range m.base.Drops {
-		out.Drops[k] += v
-	}
-	for k, v := range s.Drops {
-		out.Drops[k] += v
-	}
-	return out
-}
-
-func addFlow(a, b Flow) Flow {
-	a.Packets += b.Packets
-	a.Bytes += b.Bytes
-	a.Batches += b.Batches
-	for i := range a.BatchSizes {
-		a.BatchSizes[i] += b.BatchSizes[i]
-	}
-	return a
+	return Stats{Totals: m.base.Totals.Add(s.Totals), TUNMode: s.TUNMode, SocketMode: s.SocketMode, UDPGSOOff: s.UDPGSOOff}
 }
 
 // Snapshot returns the totals so far.

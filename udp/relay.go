@@ -5,16 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
-	"os"
-	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // Options are what a Relay runs on.
@@ -31,20 +28,15 @@ type Options struct {
 
 // Relay moves packets between a TUN device and UDP datagrams.
 type Relay struct {
-	dev   tun.Device
+	// pump holds the device, the log, the counters and runs the loops.
+	pump  uencap.Pump
 	bind  conn.Bind
 	port  uint16
 	recv  []conn.ReceiveFunc
-	log   *slog.Logger
 	table atomic.Pointer[Table]
-	c     counters
-	// stopping is set before Run closes the device and the socket, so the
-	// loops tell those closes from a device or socket that went away.
-	stopping atomic.Bool
+	// gsoOff: the socket refused a segmented send (Stats.UDPGSOOff).
+	gsoOff atomic.Bool
 }
-
-// errorPause keeps a loop that keeps failing from spinning.
-const errorPause = 10 * time.Millisecond
 
 // NewRelay opens the socket on o.Port (an error here is a start error:
 // the port is taken, say) and returns a relay with an empty table: every
@@ -58,7 +50,7 @@ func NewRelay(o Options) (*Relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open udp port %d: %w", o.Port, err)
 	}
-	r := &Relay{dev: o.Device, bind: o.Bind, port: o.Port, recv: recv, log: o.Log}
+	r := &Relay{pump: uencap.Pump{Dev: o.Device, Log: o.Log}, bind: o.Bind, port: o.Port, recv: recv}
 	r.table.Store(&Table{bySender: map[netip.Addr]int{}, byPrefix: map[netip.Prefix]int{}})
 	return r, nil
 }
@@ -82,52 +74,25 @@ func (r *Relay) SetPeers(local []netip.Prefix, peers []Peer) []string {
 
 // Stats returns a snapshot of the counters.
 func (r *Relay) Stats() Stats {
-	s := Stats{Tx: r.c.tx.snapshot(), Rx: r.c.rx.snapshot(), Drops: map[string]uint64{},
-		TUNMode: r.dev.Mode().String(), UDPGSOOff: r.c.gsoOff.Load(), Errors: r.c.recvErrors.Load()}
+	s := Stats{Totals: r.pump.Totals(reasons), TUNMode: r.pump.Dev.Mode().String(), UDPGSOOff: r.gsoOff.Load()}
 	if o, ok := r.bind.(interface{ Offloads() (gro, gso bool) }); ok {
 		gro, gso := o.Offloads()
 		s.SocketMode = offloadNames(gso, gro)
 	}
-	for _, reason := range Reasons() {
-		if n := r.c.drops[reason].Load(); n > 0 {
-			s.Drops[reason.String()] = n
-		}
-	}
 	return s
 }
-
-func closedErr(err error) bool { return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) }
 
 // Run relays until ctx ends or a loop cannot go on (the device or the
 // socket went away), then closes the socket and the device and returns
 // once every loop has stopped. It returns nil when ctx ended it.
 func (r *Relay) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	fail := make(chan error, 1+len(r.recv))
-	start := func(name string, loop func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := loop(); err != nil {
-				fail <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	start("tun to udp", r.encapLoop)
+	loops := []uencap.Loop{{Name: "tun to udp", Run: r.encapLoop}}
 	for _, recv := range r.recv {
-		start("udp to tun", func() error { return r.decapLoop(recv) })
+		loops = append(loops, uencap.Loop{Name: "udp to tun", Run: func() error { return r.decapLoop(recv) }})
 	}
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-fail:
-		r.log.Error("udp relay stopped", "err", err)
-	}
-	r.stopping.Store(true)
-	_ = r.bind.Close()
-	_ = r.dev.Close()
-	wg.Wait()
-	return err
+	return r.pump.Run(ctx, "udp relay stopped", func() error {
+		return errors.Join(r.bind.Close(), r.pump.Dev.Close())
+	}, loops...)
 }
 
 func offloadNames(gso, gro bool) string {

@@ -1,24 +1,21 @@
 package udp
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/netip"
 	"os/exec"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weftnet/weft/internal/encapguard"
-	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/nettopo"
 	"github.com/weftnet/weft/internal/testutil"
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap/encaptest"
 )
 
 const testMTU = 1500 - Overhead
@@ -34,42 +31,9 @@ func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix, bind func()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r *Relay
-	if err := n.NS.Do(func(ns.NetNS) error { // the sockets live in the node
-		var err error
-		r, err = NewRelay(Options{Device: dev, Bind: bind(), Port: DefaultPort, Log: log})
-		return err
-	}); err != nil {
-		_ = dev.Close()
-		t.Fatal(err)
-	}
-	l, err := n.H.LinkByName(DefaultDevice)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The node's pod CIDR address on the TUN (as the backend gives it): the
-	// ICMP errors the node sends to remote pods then come from inside its
-	// pod CIDR and pass the peer's spoofing check.
-	if err := n.H.AddrReplace(l, &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(n.PodCIDR.Addr(), 32))}); err != nil {
-		t.Fatal(err)
-	}
-	if err := n.H.RouteReplace(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(peerCIDR)}); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("relay in %s: %v", n.Name, err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return r, stop
+	return encaptest.Start(t, n, DefaultDevice, peerCIDR, true, dev, func() (*Relay, error) {
+		return NewRelay(Options{Device: dev, Bind: bind(), Port: DefaultPort, Log: log})
+	})
 }
 
 func peerOf(n *nettopo.Node) Peer {
@@ -78,10 +42,7 @@ func peerOf(n *nettopo.Node) Peer {
 
 func ping(t *testing.T, n ns.NetNS, dst netip.Addr) error {
 	t.Helper()
-	if _, err := exec.LookPath("ping"); err != nil {
-		t.Fatalf("ping missing (make deps): %v", err)
-	}
-	return exec.Command("nsenter", "--net="+n.Path(), "ping", "-c", "3", "-i", "0.2", "-W", "2", dst.String()).Run()
+	return encaptest.Ping(t, n, dst)
 }
 
 // TestRelayBetweenNodes: two node namespaces on an underlay bridge, each
@@ -133,32 +94,13 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 
 	forged := testutil.UDPPacket(p1.IP, p2.IP, 4000, 9000, []byte("forged-outsider"))
 	spoofed := testutil.UDPPacket(netip.MustParseAddr("10.244.3.2"), p2.IP, 4000, 9000, []byte("forged-spoof"))
-	seen := testutil.ListenUDP(t, p2.NS, 9000)
-	send := func() {
-		testutil.SendUDP(t, outsider.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), forged)
-		testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), spoofed)
-	}
-	send() // three of each
-	testutil.Eventually(t, "relay drop counters", func() bool {
-		d := r2.Stats().Drops
-		return d["unknown-sender"] == 3 && d["spoofed-source"] == 3
-	})
-	if seen.Await("forged", 300*time.Millisecond) {
-		t.Fatalf("a forged datagram reached pod2: %v", seen.Received("forged"))
-	}
-
-	guard := guardNode(t, n2, n1)
-	send()
-	testutil.Eventually(t, "guard drop counters", func() bool {
-		d, err := guard.Drops(context.Background(), "udp")
-		return err == nil && d[encapguard.ReasonUnknownSender] == 3 && d[encapguard.ReasonForgedInner] == 3
-	})
-	if d := r2.Stats().Drops; d["unknown-sender"] != 3 || d["spoofed-source"] != 3 || seen.Await("forged", 300*time.Millisecond) {
-		t.Fatalf("forged datagrams passed the guard: relay drops %v", d)
-	}
-	if err := ping(t, p1.NS, p2.IP); err != nil {
-		t.Fatalf("ping through the guard: %v", err)
-	}
+	encaptest.Forgery{Node: n2, Peer: n1, From: p1, To: p2, Encap: encapguard.UDP(DefaultPort),
+		Drops: func() map[string]uint64 { return r2.Stats().Drops },
+		Send: func() { // three of each
+			testutil.SendUDP(t, outsider.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), forged)
+			testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), spoofed)
+		}}.Check(t)
+	pastGuard(t, n1, n2, p1, p2, r2)
 
 	// A restarted weftd: node 2's relay stops, the next one adopts the
 	// device (its address and route stayed) and traffic flows again.
@@ -173,19 +115,25 @@ func relayBetweenNodes(t *testing.T, bind func() conn.Bind) {
 	}
 }
 
-// guardNode puts encapguard.UDP(8285) in front of n's relay, knowing peer.
-func guardNode(t *testing.T, n, peer *nettopo.Node) *encapguard.IPTables {
+// pastGuard: with the guard in front of node 2 (Forgery.Check left it
+// there), node 1 sends datagrams the guard passes (known sender, inner
+// source in node 1's pod CIDR) but the relay must not: the inner
+// destination is node 2's own underlay address (outside its pod CIDR:
+// written into the TUN it would reach node 2's host sockets), or the inner
+// packet is cut short. The relay drops and counts both, three of each, and
+// no host socket sees them.
+func pastGuard(t *testing.T, n1, n2 *nettopo.Node, p1, p2 *nettopo.Pod, r2 *Relay) {
 	t.Helper()
-	ctx := context.Background()
-	mode, err := iptables.Detect(ctx, n.NS.Path())
-	if err != nil {
-		t.Fatal(err)
+	host := testutil.ListenUDP(t, n2.NS, 9001)
+	toHost := testutil.UDPPacket(p1.IP, n2.UnderlayIP, 4000, 9001, []byte("past-guard"))
+	cut := testutil.UDPPacket(p1.IP, p2.IP, 4000, 9001, []byte("past-guard-cut"))
+	testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), toHost)
+	testutil.SendUDP(t, n1.NS, netip.AddrPortFrom(n2.UnderlayIP, DefaultPort), cut[:len(cut)-4])
+	testutil.Eventually(t, "relay drops past the guard", func() bool {
+		d := r2.Stats().Drops
+		return d["foreign-destination"] == 3 && d["truncated"] == 3
+	})
+	if host.Await("past-guard", 300*time.Millisecond) {
+		t.Fatalf("a datagram to node 2's host address reached a host socket: %v", host.Received("past-guard"))
 	}
-	g := encapguard.NewIPTables(iptables.Runner{Mode: mode, NetNS: n.NS.Path()})
-	spec := encapguard.Spec{Encap: encapguard.UDP(DefaultPort), PodIface: encapguard.DefaultPodIface,
-		Peers: []encapguard.Peer{{Name: peer.Name, UnderlayIP: peer.UnderlayIP, PodCIDRs: []netip.Prefix{peer.PodCIDR}}}}
-	if _, err := g.Apply(ctx, spec); err != nil {
-		t.Fatal(err)
-	}
-	return g
 }

@@ -3,7 +3,6 @@ package udp
 import (
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -111,8 +110,4 @@ func TestRelayStopsWhenDeviceGoes(t *testing.T) {
 	case <-time.After(3 * time.Second):
 		t.Fatal("Run kept running without its device")
 	}
-}
-
-func ipnet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

@@ -15,6 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // Socket is the relay's own IPv4 UDP socket: recvmmsg with UDP_GRO and
@@ -53,13 +55,6 @@ const (
 	groTrains = batchSize / maxSegments
 )
 
-// mmsghdr is struct mmsghdr.
-type mmsghdr struct {
-	hdr unix.Msghdr
-	n   uint32
-	_   [4]byte
-}
-
 // NewSocket returns a socket that Open binds on 0.0.0.0.
 func NewSocket() *Socket { return &Socket{} }
 
@@ -67,11 +62,7 @@ func NewSocket() *Socket { return &Socket{} }
 // function.
 func (s *Socket) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			for _, o := range []int{unix.SO_RCVBUF, unix.SO_SNDBUF, unix.SO_RCVBUFFORCE, unix.SO_SNDBUFFORCE} {
-				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, socketBuffer)
-			}
-		})
+		return c.Control(func(fd uintptr) { uencap.SetBuffers(int(fd), socketBuffer) })
 	}}
 	pc, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(int(port)))
 	if err != nil {
@@ -131,36 +122,24 @@ func (s *Socket) ParseEndpoint(a string) (conn.Endpoint, error) {
 func (s *Socket) BatchSize() int { return batchSize }
 
 type rxState struct {
-	hdrs   []mmsghdr
-	iovs   []unix.Iovec
+	*uencap.MsgBatch
 	names  []unix.RawSockaddrInet4
 	oob    []byte
 	eps    []conn.StdNetEndpoint
 	trains [][]byte // GRO: what the kernel fills, split into the caller's buffers
-	want   int
 	got    int
-	errno  syscall.Errno
-	fn     func(fd uintptr) bool
 }
 
 var groSpace = unix.CmsgSpace(4)
 
 func (r *rxState) init(gro bool) {
-	r.hdrs, r.iovs = make([]mmsghdr, batchSize), make([]unix.Iovec, batchSize)
+	r.MsgBatch = uencap.NewMsgBatch(batchSize)
 	r.names, r.eps = make([]unix.RawSockaddrInet4, batchSize), make([]conn.StdNetEndpoint, batchSize)
 	r.oob = make([]byte, batchSize*groSpace)
 	if gro {
 		for range groTrains {
 			r.trains = append(r.trains, make([]byte, 65535))
 		}
-	}
-	r.fn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(r.want), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
-		}
-		r.got, r.errno = int(n), e
-		return true
 	}
 }
 
@@ -171,25 +150,23 @@ func (s *Socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, 
 	if s.gro {
 		targets = r.trains
 	}
-	r.want = min(len(targets), batchSize)
-	for i := range r.want {
-		r.iovs[i] = unix.Iovec{Base: &targets[i][0]}
-		r.iovs[i].SetLen(len(targets[i]))
-		h := &r.hdrs[i].hdr
+	want := min(len(targets), batchSize)
+	for i := range want {
+		r.Iovs[i] = unix.Iovec{Base: &targets[i][0]}
+		r.Iovs[i].SetLen(len(targets[i]))
+		h := &r.Hdrs[i].Hdr
 		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&r.names[i])), Namelen: unix.SizeofSockaddrInet4,
-			Iov: &r.iovs[i], Control: &r.oob[i*groSpace]}
+			Iov: &r.Iovs[i], Control: &r.oob[i*groSpace]}
 		h.SetIovlen(1)
 		h.SetControllen(groSpace)
 	}
-	if err := s.rc.Read(r.fn); err != nil {
+	var err error
+	if r.got, err = r.Recv(s.rc, want); err != nil {
 		return 0, err
-	}
-	if r.errno != 0 {
-		return 0, r.errno
 	}
 	if !s.gro {
 		for i := range r.got {
-			sizes[i] = int(r.hdrs[i].n)
+			sizes[i] = int(r.Hdrs[i].N)
 			eps[i] = r.endpoint(i, i)
 		}
 		return r.got, nil
@@ -210,9 +187,9 @@ func (r *rxState) endpoint(k, i int) conn.Endpoint {
 func (r *rxState) split(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
 	k := 0
 	for i := range r.got {
-		h := &r.hdrs[i]
-		data := r.trains[i][:h.n]
-		seg := groSize(r.oob[i*groSpace : i*groSpace+int(h.hdr.Controllen)])
+		h := &r.Hdrs[i]
+		data := r.trains[i][:h.N]
+		seg := groSize(r.oob[i*groSpace : i*groSpace+int(h.Hdr.Controllen)])
 		if seg <= 0 {
 			seg = len(data)
 		}
@@ -245,30 +222,17 @@ func groSize(oob []byte) int {
 }
 
 type txState struct {
-	hdrs  []mmsghdr
-	iovs  []unix.Iovec
-	oob   []byte
-	name  unix.RawSockaddrInet4
-	start int
-	n     int
-	sent  int
-	errno syscall.Errno
-	fn    func(fd uintptr) bool
+	*uencap.MsgBatch
+	oob  []byte
+	name unix.RawSockaddrInet4
+	n    int // messages built
 }
 
 var segSpace = unix.CmsgSpace(2)
 
 func (t *txState) init() {
-	t.hdrs, t.iovs = make([]mmsghdr, batchSize), make([]unix.Iovec, batchSize)
+	t.MsgBatch = uencap.NewMsgBatch(batchSize)
 	t.oob = make([]byte, batchSize*segSpace)
-	t.fn = func(fd uintptr) bool {
-		n, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&t.hdrs[t.start])), uintptr(t.n-t.start), unix.MSG_DONTWAIT, 0, 0)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
-		}
-		t.sent, t.errno = int(n), e
-		return true
-	}
 }
 
 // build lays bufs out as messages to t.name: with gso, each run of equal
@@ -285,11 +249,11 @@ func (t *txState) build(bufs [][]byte, gso bool) {
 			}
 		}
 		for k := i; k < j; k++ {
-			t.iovs[k] = unix.Iovec{Base: &bufs[k][0]}
-			t.iovs[k].SetLen(len(bufs[k]))
+			t.Iovs[k] = unix.Iovec{Base: &bufs[k][0]}
+			t.Iovs[k].SetLen(len(bufs[k]))
 		}
-		h := &t.hdrs[t.n].hdr
-		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.name)), Namelen: unix.SizeofSockaddrInet4, Iov: &t.iovs[i]}
+		h := &t.Hdrs[t.n].Hdr
+		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.name)), Namelen: unix.SizeofSockaddrInet4, Iov: &t.Iovs[i]}
 		h.SetIovlen(j - i)
 		if j-i > 1 {
 			c := t.oob[t.n*segSpace : (t.n+1)*segSpace]
@@ -337,16 +301,15 @@ func (s *Socket) Send(bufs [][]byte, ep conn.Endpoint) error {
 
 func (s *Socket) sendAll() error {
 	t := &s.tx
-	for t.start = 0; t.start < t.n; t.start += t.sent {
-		if err := s.rc.Write(t.fn); err != nil {
+	for start := 0; start < t.n; {
+		sent, err := t.Send(s.rc, start, t.n)
+		if err != nil {
 			return err
 		}
-		if t.errno != 0 {
-			return t.errno
-		}
-		if t.sent <= 0 {
+		if sent <= 0 {
 			return errors.New("udp socket: sendmmsg sent nothing")
 		}
+		start += sent
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"golang.zx2c4.com/wireguard/conn"
 
 	"github.com/weftnet/weft/internal/tun"
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 func openSocket(t *testing.T) (*Socket, conn.ReceiveFunc, uint16) {
@@ -29,7 +30,7 @@ func openSocket(t *testing.T) (*Socket, conn.ReceiveFunc, uint16) {
 // receiveN receives until n datagrams arrived (or 3 s passed).
 func receiveN(t *testing.T, recv conn.ReceiveFunc, n int) ([][]byte, []netip.AddrPort) {
 	t.Helper()
-	bufs := buffers(batchSize)
+	bufs := uencap.Buffers(batchSize)
 	sizes, eps := make([]int, batchSize), make([]conn.Endpoint, batchSize)
 	var got [][]byte
 	var from []netip.AddrPort
@@ -102,11 +103,11 @@ func TestSocketDoesNotAllocate(t *testing.T) {
 	a, _, _ := openSocket(t)
 	_, recv, bport := openSocket(t)
 	ep, _ := a.ParseEndpoint(fmt.Sprintf("127.0.0.1:%d", bport))
-	out := buffers(8)
+	out := uencap.Buffers(8)
 	for i := range out {
 		out[i] = out[i][:1300]
 	}
-	in := buffers(batchSize)
+	in := uencap.Buffers(batchSize)
 	sizes, eps := make([]int, batchSize), make([]conn.Endpoint, batchSize)
 	allocs := testing.AllocsPerRun(50, func() {
 		if err := a.Send(out, ep); err != nil {

@@ -8,14 +8,12 @@ import (
 	"slices"
 
 	"golang.zx2c4.com/wireguard/conn"
+
+	"github.com/weftnet/weft/internal/uencap"
 )
 
 // Peer is a remote node as the relay needs it.
-type Peer struct {
-	Name       string
-	UnderlayIP netip.Addr
-	PodCIDRs   []netip.Prefix
-}
+type Peer = uencap.Peer
 
 // Table is the relay's routing state: which node owns a pod address (for
 // sending) and which pod CIDRs a sender may speak for (for receiving). It

@@ -244,16 +244,9 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 // removeAll deletes the device (and with it every entry and route on it)
 // and the guard's chains and set (a nil k or guard is skipped).
 func removeAll(ctx context.Context, k Kernel, guard encapguard.Guard) error {
-	var errs []error
+	var rm func() error
 	if k != nil {
-		if err := k.DeleteDevice(DefaultDevice); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan: %w", err))
-		}
+		rm = func() error { return k.DeleteDevice(DefaultDevice) }
 	}
-	if guard != nil {
-		if err := guard.Remove(ctx, Type); err != nil {
-			errs = append(errs, fmt.Errorf("vxlan: %w", err))
-		}
-	}
-	return errors.Join(errs...)
+	return backend.Teardown(ctx, Type, rm, guard)
 }

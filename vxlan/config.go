@@ -14,9 +14,10 @@
 package vxlan
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+
+	"github.com/weftnet/weft/internal/backend"
 )
 
 // Type is the backend's name in net-conf.json and in weft.dev/backends.
@@ -49,15 +50,8 @@ func DecodeConfig(raw json.RawMessage) (Config, error) {
 		Config
 	}
 	w.VNI, w.Port = DefaultVNI, DefaultPort
-	if len(raw) > 0 {
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&w); err != nil {
-			return Config{}, fmt.Errorf("decode: %w", err)
-		}
-	}
-	if w.Type != "" && w.Type != Type {
-		return Config{}, fmt.Errorf("type %q is not %q", w.Type, Type)
+	if err := backend.DecodeSection(raw, Type, &w, &w.Type); err != nil {
+		return Config{}, err
 	}
 	c := w.Config
 	if c.VNI < 1 || c.VNI > 1<<24-1 {

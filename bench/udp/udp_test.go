@@ -32,8 +32,25 @@ const (
 	udpMTU       = 1500 - udp.Overhead
 )
 
-func measure(b *testing.B, from, to *nettopo.Pod) nettopo.Figures {
-	return nettopo.Measure(b, from.NS, to.NS, to.IP, iperfSeconds, rrSeconds)
+// measure takes a path's figures, and the CPU cost of its 1-stream run.
+func measure(b *testing.B, from, to *nettopo.Pod) (nettopo.Figures, cpuCost) {
+	before := sampleCPU(b)
+	g1 := nettopo.IPerf3(b, from.NS, to.NS, to.IP, 1, iperfSeconds)
+	cost := costOf(before, sampleCPU(b), g1, iperfSeconds)
+	return nettopo.Figures{G1: g1, G4: nettopo.IPerf3(b, from.NS, to.NS, to.IP, 4, iperfSeconds),
+		RR: nettopo.RR(b, from.NS, to.NS, to.IP, rrSeconds)}, cost
+}
+
+// run measures a path into all and costs under name.
+func (r *results) run(b *testing.B, name string, from, to *nettopo.Pod) {
+	f, c := measure(b, from, to)
+	r.all[name] = append(r.all[name], f)
+	r.costs[name] = append(r.costs[name], c)
+}
+
+type results struct {
+	all   map[string][]nettopo.Figures
+	costs map[string][]cpuCost
 }
 
 // route gives weft.udp the node's pod CIDR address (so the ICMP errors
@@ -121,32 +138,32 @@ func BenchmarkUDPRelay(b *testing.B) {
 		nettopo.Sh(b, n.NS, "ip", "link", "set", "weft0", "mtu", "1500")
 	}
 	for range b.N {
-		all := map[string][]nettopo.Figures{}
+		res := results{all: map[string][]nettopo.Figures{}, costs: map[string][]cpuCost{}}
 		var last []udp.Stats
 		for range rounds {
-			all["underlay"] = append(all["underlay"], measure(b, &nettopo.Pod{NS: nodes[0].NS}, &nettopo.Pod{NS: nodes[1].NS, IP: nodes[1].UnderlayIP}))
+			res.run(b, "underlay", &nettopo.Pod{NS: nodes[0].NS}, &nettopo.Pod{NS: nodes[1].NS, IP: nodes[1].UnderlayIP})
 
 			nettopo.HandVXLAN(b, nodes)
-			all["vxlan"] = append(all["vxlan"], measure(b, v1, v2))
+			res.run(b, "vxlan", v1, v2)
 			for _, n := range nodes {
 				nettopo.Sh(b, n.NS, "ip", "link", "del", "hand.vxlan")
 			}
 
 			stop := startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
 			stopProfile := profile(b)
-			all["relay"] = append(all["relay"], measure(b, r1, r2))
+			res.run(b, "relay", r1, r2)
 			stopProfile()
 			last = stop()
 
 			stop = startRelays(b, nodes, conn.NewStdNetBind)
-			all["relay-std"] = append(all["relay-std"], measure(b, r1, r2))
+			res.run(b, "relay-std", r1, r2)
 			stop()
 
 			stopNaive := startNaives(b, nodes)
-			all["naive"] = append(all["naive"], measure(b, r1, r2))
+			res.run(b, "naive", r1, r2)
 			stopNaive()
 		}
-		report(b, all, last)
+		report(b, res, last)
 	}
 }
 
@@ -167,8 +184,8 @@ func profile(b *testing.B) func() {
 	return func() { pprof.StopCPUProfile(); _ = f.Close() }
 }
 
-func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
-	med := nettopo.Medians(b, all)
+func report(b *testing.B, res results, stats []udp.Stats) {
+	med := nettopo.Medians(b, res.all)
 	w := os.Stderr
 	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
@@ -186,6 +203,22 @@ func report(b *testing.B, all map[string][]nettopo.Figures, stats []udp.Stats) {
 	ratio("StdNetBind relay / kernel vxlan", "relay-std", "vxlan")
 	ratio("StdNetBind relay / naive", "relay-std", "naive")
 	ratio("relay / underlay", "relay", "underlay")
+	fmt.Fprintf(w, "\nCPU seconds per GB moved, 1 stream, both nodes (median of %d rounds)\n", rounds)
+	fmt.Fprintf(w, "%-32s %10s %10s %10s %10s\n", "path", "tasks", "relay", "/ vxlan", "softirq*")
+	costs := map[string]cpuCost{}
+	for k, cs := range res.costs {
+		var t, r, g []float64
+		for _, c := range cs {
+			t, r, g = append(t, c.PerGB), append(r, c.RelayPerGB), append(g, c.GlobalSoftirqPerGB)
+		}
+		costs[k] = cpuCost{PerGB: nettopo.Median(t), RelayPerGB: nettopo.Median(r), GlobalSoftirqPerGB: nettopo.Median(g)}
+		b.ReportMetric(costs[k].PerGB, k+"-cpu-s/GB")
+	}
+	for _, k := range []string{"underlay", "vxlan", "relay", "relay-std", "naive"} {
+		c := costs[k]
+		fmt.Fprintf(w, "%-32s %10.3f %10.3f %10.2f %10.3f\n", k, c.PerGB, c.RelayPerGB, c.PerGB/costs["vxlan"].PerGB, c.GlobalSoftirqPerGB)
+	}
+	fmt.Fprintf(w, "(tasks: iperf3 client+server, the benchmark process (relays), ksoftirqd; *softirq: machine-wide, other sessions' included)\n")
 	for i, s := range stats {
 		fmt.Fprintf(w, "node %d relay (last round): tx %d pkts in %d batches, rx %d pkts in %d batches, drops %v, tun %s, udp gso off %v\n",
 			i+1, s.Tx.Packets, s.Tx.Batches, s.Rx.Packets, s.Rx.Batches, s.Drops, s.TUNMode, s.UDPGSOOff)

@@ -46,6 +46,7 @@ func openNodeKernel(log *slog.Logger) (nodeKernel, func(), error) {
 // factories is the one list of the backend types weftd knows: the agent
 // runs one of them, uninstall asks each to clean up.
 func factories(k nodeKernel, log *slog.Logger) []backend.Factory {
+	k.bgp.Guard = k.guard // the process's one bgp factory guards IP-in-IP
 	return []backend.Factory{
 		vxlan.Factory{Kernel: k.vxlan, Routes: k.routes, Guard: k.guard, Log: log},
 		udp.Factory{Kernel: udp.Netlink{Log: log}, Routes: k.routes, Guard: k.guard, Metrics: k.udpMetrics, Status: k.status, Log: log},

@@ -3,6 +3,7 @@
 //	weftd [flags]              run the agent (the DaemonSet's main container)
 //	weftd install-cni [flags]  copy the CNI plugins into /opt/cni/bin (init container)
 //	weftd uninstall [flags]    remove weft from this node
+//	weftd version              print the version and how it was built
 //
 // On SIGTERM weftd exits and leaves everything in place (conflist, subnet
 // file, VXLAN device and entries, masquerade rules), so pods keep their
@@ -29,6 +30,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weftnet/weft/bgp"
 	"github.com/weftnet/weft/daemon/agent"
 	"github.com/weftnet/weft/daemon/api"
@@ -36,6 +39,7 @@ import (
 	"github.com/weftnet/weft/daemon/install"
 	"github.com/weftnet/weft/internal/encapguard"
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/podnet"
 	"github.com/weftnet/weft/internal/subnetfile"
 	"github.com/weftnet/weft/policy"
 	"github.com/weftnet/weft/udp"
@@ -59,8 +63,10 @@ func main() {
 		err = installCNI(args, log)
 	case "uninstall":
 		err = uninstall(ctx, args, log)
+	case "version":
+		err = printVersion(os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall)", cmd)
+		err = fmt.Errorf("unknown command %q (run, install-cni, uninstall, version)", cmd)
 	}
 	if err != nil {
 		log.Error("weftd "+cmd+" failed", "err", err)
@@ -114,7 +120,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	fs := flag.NewFlagSet("weftd", flag.ContinueOnError)
 	var c common
 	c.register(fs)
-	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz, /readyz and /metrics")
+	healthAddr := fs.String("health-addr", api.DefaultAddr, "address for /healthz and /readyz (open, for probes)")
+	var opsf opsFlags
+	opsf.register(fs)
 	binDir := fs.String("cni-bin-dir", install.DefaultBinDir, "where the chained plugins must be before the conflist is written")
 	removeOnExit := fs.Bool("remove-cni-config-on-exit", false, "remove the conflist when weftd exits, so no pod is created while it is away (default: leave it, pods keep being created across a restart)")
 	resync := fs.Duration("resync", 10*time.Second, "period of the full resync that repairs kernel drift")
@@ -148,11 +156,11 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	defer closeKernel()
 	status, metrics := api.NewStatus(), api.NewMetrics()
 	nk.guard = encapguard.NewIPTables(iptables.Runner{Mode: mode})
-	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type))
+	metrics.Registry.MustRegister(encapguard.NewCollector(nk.guard, log, vxlan.Type, udp.Type, encapguard.IPIP().Kind))
 	nk.udpMetrics, nk.status = udp.NewMetrics(), status
 	metrics.Registry.MustRegister(nk.udpMetrics)
 	nk.bgp.Speaker, nk.bgp.Secrets, nk.bgp.Report = bgp.NewGoBGP(log), secretKeys{client}, status
-	metrics.Registry.MustRegister(nk.bgp)
+	metrics.Registry.MustRegister(nk.bgp, nodeCollector{status: status, subnetFile: opt.SubnetFile, stats: netlinkStats})
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	shp := newShaper(opt.EndpointDir, *resync, log.With("node", opt.NodeName))
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
@@ -162,15 +170,20 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	// that looks healthy while no pod can start.
 	runCtx, fatal := context.WithCancelCause(ctx)
 	defer fatal(nil)
+	var openReg *prometheus.Registry
+	if opsf.openMetrics {
+		openReg = metrics.Registry
+	}
 	go func() {
-		if err := api.Serve(runCtx, *healthAddr, api.Handler(status, metrics.Registry, 3**resync+time.Minute), log); err != nil {
+		if err := api.Serve(runCtx, *healthAddr, api.Handler(status, openReg, 3**resync+time.Minute), log); err != nil {
 			fatal(fmt.Errorf("health server: %w", err))
 		}
 	}()
+	opsSrv := newOpsServer(opt.NodeName, status, pol, nk, log)
 	if pol.enabled {
 		status.Set(policy.CondSync, "not yet synced")
 		stopPolicy, err := pol.start(runCtx, policyDeps{client: client, node: opt.NodeName, reg: metrics.Registry,
-			health: status, fatal: fatal, log: log, extra: shp.svc.Rec.Handler(shp.loop.MarkDirty)})
+			health: status, fatal: fatal, log: log, ops: opsSrv, extra: shp.svc.Rec.Handler(shp.loop.MarkDirty)})
 		if err != nil {
 			return err
 		}
@@ -180,6 +193,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 				fatal(fmt.Errorf("bandwidth shaping: %w", err))
 			}
 		}()
+	}
+	if err := opsSrv.serve(runCtx, opsf, client, metrics, fatal); err != nil {
+		return err
 	}
 	runErr := a.Run(runCtx)
 	if runCtx.Err() != nil && ctx.Err() == nil {
@@ -235,7 +251,8 @@ func uninstall(ctx context.Context, args []string, log *slog.Logger) error {
 	}
 	opt := agent.Options{NodeName: c.node, CNIConfDir: c.confDir, SubnetFile: c.subnetFile, CNIBinDir: *binDir,
 		EndpointDir: pol.endpointDir, PolicySocket: pol.socket}
-	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}, Leftovers: agent.NodeLeftovers{}, IPAMDataDir: pol.ipamDir}
+	d := agent.UninstallDeps{Deps: agent.Deps{Log: log}, Leftovers: agent.NodeLeftovers{}, IPAMDataDir: pol.ipamDir,
+		MasqLock: podnet.MasqLock}
 	if !*keepLease {
 		client, err := c.client()
 		if err != nil {

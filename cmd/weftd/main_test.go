@@ -51,7 +51,7 @@ func TestConflistOnExit(t *testing.T) {
 		if err := os.WriteFile(filepath.Join(conf, "10-weft.conflist"), []byte("{}"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		args := []string{"--node-name", "n1", "--kubeconfig", kc, "--health-addr", "127.0.0.1:0", "--cni-conf-dir", conf,
+		args := []string{"--node-name", "n1", "--kubeconfig", kc, "--health-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--cni-conf-dir", conf,
 			"--subnet-file", filepath.Join(dir, "subnet.json"),
 			"--socket", filepath.Join(dir, "weftd.sock"), "--endpoint-dir", filepath.Join(dir, "endpoints")}
 		if remove {
@@ -113,7 +113,7 @@ func TestSocketFailureStopsWeftd(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(filepath.Join(bin, "weftd"), "--node-name", "n1", "--kubeconfig", deadKubeconfig(t, dir),
-		"--health-addr", "127.0.0.1:0", "--cni-conf-dir", filepath.Join(dir, "net.d"), "--subnet-file", filepath.Join(dir, "subnet.json"),
+		"--health-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0", "--cni-conf-dir", filepath.Join(dir, "net.d"), "--subnet-file", filepath.Join(dir, "subnet.json"),
 		"--socket", filepath.Join(file, "weftd.sock"), "--endpoint-dir", filepath.Join(dir, "endpoints"))
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out

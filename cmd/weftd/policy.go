@@ -49,6 +49,7 @@ type policyDeps struct {
 	// means no pod can start, and must not wait for the agent to return.
 	fatal func(error)
 	log   *slog.Logger
+	ops   *opsServer // the operational API the trace joins (nil: none)
 	// extra are more routes of the local socket (bandwidth shaping's).
 	extra map[string]http.Handler
 }
@@ -83,7 +84,13 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		return nil, fmt.Errorf("policy metrics: %w", err)
 	}
 	routes := api.NewRoutes()
-	err = policy.RegisterLocalAPI(routes, ctl)
+	cniMetrics, err := api.NewCNIMetrics(d.reg)
+	if err == nil {
+		err = cniMetrics.Register(routes)
+	}
+	if err == nil {
+		err = policy.RegisterLocalAPI(routes, ctl)
+	}
 	for path, h := range d.extra {
 		if err == nil {
 			err = routes.Handle(path, h)
@@ -93,6 +100,13 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 		stopEvents()
 		_ = closeFn()
 		return nil, fmt.Errorf("local API: %w", err)
+	}
+	if d.ops != nil {
+		if err := d.ops.withPolicy(ctl); err != nil {
+			stopEvents()
+			_ = closeFn()
+			return nil, fmt.Errorf("operational API: %w", err)
+		}
 	}
 	done := make(chan struct{})
 	go func() {

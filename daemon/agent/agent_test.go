@@ -306,6 +306,10 @@ func TestUninstall(t *testing.T) {
 	h.eventually("ready", h.ready)
 	h.stop()
 	tables := &fakeTables{}
+	lock := filepath.Join(t.TempDir(), "weft-ipmasq.lock")
+	if err := os.WriteFile(lock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// A Weft route out of the underlay (as a BGP backend writes) and
 	// another program's route there.
 	pfx, ip := netip.MustParsePrefix, netip.MustParseAddr
@@ -313,7 +317,7 @@ func TestUninstall(t *testing.T) {
 	h.k.RouteKernel().Add(foreign)
 	h.k.RouteKernel().Add(route.KernelRoute{Route: route.Route{Dst: pfx("10.244.7.0/24"), Gw: ip("172.18.0.7"), Dev: "eth0"}, Protocol: route.Protocol})
 	err := Uninstall(context.Background(), h.opt, UninstallDeps{Deps: Deps{Client: h.c, Tables: tables, Log: slog.Default()},
-		Backends: []backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g}}, Routes: route.New(h.k, slog.Default())})
+		Backends: []backend.Factory{vxlan.Factory{Kernel: h.k, Guard: h.g}}, Routes: route.New(h.k, slog.Default()), MasqLock: lock})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -325,6 +329,9 @@ func TestUninstall(t *testing.T) {
 	}
 	if _, err := os.Stat(h.opt.SubnetFile); !os.IsNotExist(err) {
 		t.Fatal("subnet file left")
+	}
+	if _, err := os.Stat(lock); !os.IsNotExist(err) {
+		t.Fatal("ipMasq lock file left")
 	}
 	if h.k.HasDevice() {
 		t.Fatal("vxlan device left")

@@ -35,6 +35,9 @@ type UninstallDeps struct {
 	// /var/lib/cni/networks/weft; the conflist's ipam.dataDir, when it names
 	// one, adds <dataDir>/<name>); "" leaves IPAM state alone.
 	IPAMDataDir string
+	// MasqLock is the plugin's ipMasq lock file (podnet.MasqLock); ""
+	// leaves it.
+	MasqLock string
 }
 
 // Leftovers removes the node's kernel objects that weft owns by name.
@@ -53,7 +56,7 @@ type Leftovers interface {
 // backend type could have left (its devices, entries, routes and guard
 // chains), every WEFT-* chain and weft-* set (masquerade, policy, and
 // whatever a backend added), the subnet file, the endpoint
-// records, the local socket, the IPAM state and weft's own plugin binaries
+// records, the local socket, the IPAM state, the plugin's ipMasq lock file and weft's own plugin binaries
 // (the reference plugins stay: the node's runtime may own them), and
 // finally the subnet lease and the node's weft.dev/* annotations. Paths
 // come from opt and from the conflist weft wrote, which is read before it
@@ -83,7 +86,7 @@ func Uninstall(ctx context.Context, opt Options, d UninstallDeps) error {
 	if d.Leftovers != nil {
 		errs = append(errs, d.Leftovers.SweepTables(ctx))
 	}
-	errs = append(errs, removeFiles(opt, conf, d.IPAMDataDir)...)
+	errs = append(errs, removeFiles(opt, conf, d.IPAMDataDir, d.MasqLock)...)
 	if d.Client != nil && opt.NodeName != "" {
 		errs = append(errs, subnet.New(d.Client, opt.NodeName, d.Log).Release(ctx))
 	}
@@ -125,7 +128,7 @@ func (c weftConflist) bridge() string {
 }
 
 // removeFiles deletes the files and directories weft wrote on the node.
-func removeFiles(opt Options, c weftConflist, ipamDir string) []error {
+func removeFiles(opt Options, c weftConflist, ipamDir, masqLock string) []error {
 	name := c.Name
 	if name == "" {
 		name = install.NetworkName
@@ -140,7 +143,7 @@ func removeFiles(opt Options, c weftConflist, ipamDir string) []error {
 			paths = append(paths, filepath.Join(p.IPAM.DataDir, name))
 		}
 	}
-	paths = append(paths, ipamDir)
+	paths = append(paths, ipamDir, masqLock)
 	if opt.CNIBinDir != "" {
 		for _, b := range install.Own() {
 			paths = append(paths, filepath.Join(opt.CNIBinDir, b))

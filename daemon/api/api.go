@@ -1,7 +1,9 @@
 // Package api serves weftd's HTTP endpoints: /healthz (the agent's loop is
-// alive), /readyz (the node can carry pod traffic: lease held, backend
-// converged, conflist written; otherwise the reasons) and /metrics
-// (Prometheus), default address 0.0.0.0:9412; and the local unix socket
+// alive) and /readyz (the node can carry pod traffic: lease held, backend
+// converged, conflist written; otherwise the reasons), open for probes on
+// 0.0.0.0:9412; the operational API on HTTPS 0.0.0.0:9413 (/metrics and
+// weftctl's routes, internal/nodeapi), every request authenticated with
+// TokenReview and authorized with SubjectAccessReview (Guard); and the local unix socket
 // (DefaultSocket) with its route table (Routes): each room registers its
 // handlers there (the policy engine the plugin's "programmed" wait and CNI
 // STATUS), LocalSocket serves it and listens again when the file is
@@ -90,6 +92,14 @@ func (s *Status) Beat() {
 	s.beat = time.Now()
 }
 
+// Met reports whether cond holds now.
+func (s *Status) Met(cond string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, bad := s.notReady[cond]
+	return !bad
+}
+
 // Ready returns whether all conditions hold, and the reasons if not.
 func (s *Status) Ready() (bool, []string) {
 	s.mu.Lock()
@@ -107,6 +117,9 @@ func (s *Status) alive(maxAge time.Duration) bool {
 	return time.Since(s.beat) <= maxAge
 }
 
+// Details returns the informational lines of /readyz ("key: value").
+func (s *Status) Details() []string { return s.detailLines() }
+
 func (s *Status) detailLines() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -117,8 +130,11 @@ func (s *Status) detailLines() []string {
 	return out
 }
 
-// Handler returns the HTTP handler. maxBeatAge bounds how long the agent
-// loop may be silent before /healthz fails.
+// Handler returns the open HTTP handler of probes: /healthz and /readyz,
+// and /metrics without authentication only when reg is not nil (weftd's
+// --open-metrics opt-in; by default /metrics is on the secure port).
+// maxBeatAge bounds how long the agent loop may be silent before /healthz
+// fails.
 func Handler(s *Status, reg *prometheus.Registry, maxBeatAge time.Duration) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -147,7 +163,9 @@ func Handler(s *Status, reg *prometheus.Registry, maxBeatAge time.Duration) http
 		}
 		_, _ = w.Write([]byte(b.String()))
 	})
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	if reg != nil {
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	}
 	return mux
 }
 

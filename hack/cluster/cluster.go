@@ -62,7 +62,11 @@ type Options struct {
 	CNI      string // "auto" (manifest if present, else static), "static", "manifest"
 	// ProxyMode is kube-proxy's mode: "iptables" (default) or "nftables".
 	ProxyMode string
-	Log       *slog.Logger
+	// Image, when set, is a `docker save` archive of Weft's image (make
+	// image): the DaemonSet's containers run inside its root file system
+	// (its weftd, plugins, iptables) instead of from the built binaries.
+	Image string
+	Log   *slog.Logger
 }
 
 // Cluster is a handle on the local cluster's state directory.
@@ -133,6 +137,8 @@ type state struct {
 	CNI   string `json:"cni"`
 	// ProxyMode is the mode kube-proxy runs in.
 	ProxyMode string `json:"proxyMode"`
+	// Image is the image archive the DaemonSet's containers run from.
+	Image string `json:"image,omitempty"`
 	// MadeRunNetnsMount: /run/netns was not a mount point before Up.
 	MadeRunNetnsMount bool `json:"madeRunNetnsMount"`
 	// MadeRunNetnsDir: /run/netns did not exist before Up.

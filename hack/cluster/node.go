@@ -118,7 +118,7 @@ func nodeemuFlags(ctx context.Context, bin string) map[string]bool {
 }
 
 // startNodeemu starts node i's emulator in its network and mount namespaces.
-func (c *Cluster) startNodeemu(ctx context.Context, i int, flags map[string]bool) error {
+func (c *Cluster) startNodeemu(ctx context.Context, i int, flags map[string]bool, rootfs string) error {
 	n := NodeName(i)
 	dir := c.nodeDir(n)
 	args := []string{c.bin("nodeemu"),
@@ -143,6 +143,9 @@ func (c *Cluster) startNodeemu(ctx context.Context, i int, flags map[string]bool
 		if flags[k] {
 			args = append(args, "--"+k, opt[k])
 		}
+	}
+	if rootfs != "" {
+		args = append(args, "--image-rootfs", rootfs)
 	}
 	return c.start(procSpec{
 		Name: "nodeemu-" + n, Argv: args, Netns: n, Mntns: filepath.Join(c.mntDir(), n),

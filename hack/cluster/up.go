@@ -56,7 +56,7 @@ func (c *Cluster) Up(ctx context.Context) error {
 		}
 	}
 	if st, err := c.readState(); err == nil {
-		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && c.healthy(ctx, st) == nil {
+		if st.Complete && st.Nodes == c.opt.Nodes && st.CNI == mode && st.Image == c.opt.Image && c.healthy(ctx, st) == nil {
 			c.log.Info("cluster already up", "nodes", st.Nodes, "cni", st.CNI, "proxyMode", st.ProxyMode)
 			if st.ProxyMode == c.opt.ProxyMode {
 				return nil
@@ -92,7 +92,7 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 	if err := checkUnderlayFree(ctx); err != nil {
 		return err
 	}
-	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
+	st := &state{Nodes: c.opt.Nodes, CNI: mode, ProxyMode: c.opt.ProxyMode, Image: c.opt.Image, MadeRunNetnsMount: !isMountPoint(NetnsDir)}
 	if _, err := os.Stat(NetnsDir); errors.Is(err, os.ErrNotExist) {
 		st.MadeRunNetnsDir = true
 	}
@@ -156,8 +156,12 @@ func (c *Cluster) up(ctx context.Context, mode string) error {
 		return err
 	}
 	flags := nodeemuFlags(ctx, c.bin("nodeemu"))
+	rootfs, err := c.imageRootfsFlag(flags)
+	if err != nil {
+		return err
+	}
 	for i := 1; i <= c.opt.Nodes; i++ {
-		if err := c.startNodeemu(ctx, i, flags); err != nil {
+		if err := c.startNodeemu(ctx, i, flags, rootfs); err != nil {
 			return err
 		}
 	}

@@ -18,11 +18,12 @@ import (
 
 // ProcOptions configure how hostNetwork pods run as node processes.
 type ProcOptions struct {
-	ImageBinDir  string        // where a container's command (or image name) is looked up (colon-separated list)
-	LogDir       string        // <ns>_<pod>_<container>.log files
-	BackoffBase  time.Duration // first restart delay (kubelet: 10s)
-	BackoffMax   time.Duration // cap (kubelet: 5m)
-	StopGraceMax time.Duration // cap on the SIGTERM→SIGKILL wait
+	ImageBinDir  string            // where a container's command (or image name) is looked up (colon-separated list)
+	ImageRootfs  map[string]string // image repository -> its exported root file system (see imagefs.go)
+	LogDir       string            // <ns>_<pod>_<container>.log files
+	BackoffBase  time.Duration     // first restart delay (kubelet: 10s)
+	BackoffMax   time.Duration     // cap (kubelet: 5m)
+	StopGraceMax time.Duration     // cap on the SIGTERM→SIGKILL wait
 }
 
 // podProcs runs one hostNetwork pod: init containers to completion in
@@ -339,9 +340,12 @@ func (p *podProcs) command(ctx context.Context, c *v1.Container) (*exec.Cmd, *os
 	for _, a := range c.Args {
 		argv = append(argv, Expand(a, vals))
 	}
-	bin, err := ResolveBinary(p.opts.ImageBinDir, argv[0])
+	cmd, err := p.process(c, argv)
 	if err != nil {
 		return nil, nil, fmt.Errorf("container %s: %w", c.Name, err)
+	}
+	if _, ok := p.opts.ImageRootfs[imageRepository(c.Image)]; ok && p.sandbox == nil {
+		env = withPath(env)
 	}
 	if err := os.MkdirAll(p.opts.LogDir, 0o755); err != nil {
 		return nil, nil, fmt.Errorf("create log dir: %w", err)
@@ -350,14 +354,6 @@ func (p *podProcs) command(ctx context.Context, c *v1.Container) (*exec.Cmd, *os
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open log %s: %w", logPath, err)
-	}
-	cmd := exec.Command(bin, argv[1:]...)
-	cmd.Args[0] = argv[0]
-	if p.sandbox != nil {
-		if cmd, err = p.sandbox.command(bin, argv[1:]); err != nil {
-			_ = logf.Close()
-			return nil, nil, fmt.Errorf("container %s: %w", c.Name, err)
-		}
 	}
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -371,6 +367,26 @@ func (p *podProcs) command(ctx context.Context, c *v1.Container) (*exec.Cmd, *os
 	// die with the emulator rather than outlive the node.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd, logf, nil
+}
+
+// process is the container's process: inside its image's root file system
+// when one is given for its image (hostNetwork pods), else the binary
+// resolved through the image bin dir, in the pod program's sandbox or in
+// the node's namespaces.
+func (p *podProcs) process(c *v1.Container, argv []string) (*exec.Cmd, error) {
+	if dir, ok := p.opts.ImageRootfs[imageRepository(c.Image)]; ok && p.sandbox == nil {
+		return rootfsCommand(dir, c, argv)
+	}
+	bin, err := ResolveBinary(p.opts.ImageBinDir, argv[0])
+	if err != nil {
+		return nil, err
+	}
+	if p.sandbox != nil {
+		return p.sandbox.command(bin, argv[1:])
+	}
+	cmd := exec.Command(bin, argv[1:]...)
+	cmd.Args[0] = argv[0]
+	return cmd, nil
 }
 
 // imageEntrypoint maps an image without a command to a binary name: the

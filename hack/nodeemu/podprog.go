@@ -27,17 +27,23 @@ type ProgramOptions struct {
 
 // ParsePodPrograms decodes "repo=binary,repo=binary".
 func ParsePodPrograms(s string) (map[string]string, error) {
+	return parseImageMap(s, "pod program %q: want IMAGE=BINARY", func(v string) bool { return v != "" })
+}
+
+// parseImageMap decodes "repo=value,..." where valid accepts each value;
+// bad is the error format for an entry.
+func parseImageMap(s, bad string, valid func(string) bool) (map[string]string, error) {
 	out := map[string]string{}
 	for _, kv := range strings.Split(s, ",") {
 		kv = strings.TrimSpace(kv)
 		if kv == "" {
 			continue
 		}
-		repo, bin, ok := strings.Cut(kv, "=")
-		if !ok || repo == "" || bin == "" {
-			return nil, fmt.Errorf("pod program %q: want IMAGE=BINARY", kv)
+		repo, v, ok := strings.Cut(kv, "=")
+		if !ok || repo == "" || !valid(v) {
+			return nil, fmt.Errorf(bad, kv)
 		}
-		out[repo] = bin
+		out[repo] = v
 	}
 	return out, nil
 }

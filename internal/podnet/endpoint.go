@@ -49,6 +49,7 @@ func recordEndpoint(conf *NetConf, args *skel.CmdArgs, hostName string, res *cur
 		PodUID:       id.UID,
 		HostVeth:     hostName,
 		Network:      conf.Name,
+		Netns:        args.Netns,
 		Bandwidth:    conf.bandwidthRequest(),
 	}
 	for _, ip := range res.IPs {

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/weftnet/weft/internal/endpoint"
 )
 
 // Plugin implements the CNI verbs of the weft plugin.
@@ -36,12 +39,35 @@ func (p *Plugin) ipamFor(conf *NetConf) IPAM {
 // Funcs returns the verbs for skel.PluginMainFuncs.
 func (p *Plugin) Funcs(ctx context.Context) skel.CNIFuncs {
 	return skel.CNIFuncs{
-		Add:    func(a *skel.CmdArgs) error { return p.Add(ctx, a) },
-		Del:    func(a *skel.CmdArgs) error { return p.Del(ctx, a) },
+		Add:    func(a *skel.CmdArgs) error { return p.reported(ctx, "ADD", a, p.Add) },
+		Del:    func(a *skel.CmdArgs) error { return p.reported(ctx, "DEL", a, p.Del) },
 		Check:  func(a *skel.CmdArgs) error { return p.Check(ctx, a) },
 		GC:     func(a *skel.CmdArgs) error { return p.GC(ctx, a) },
 		Status: func(a *skel.CmdArgs) error { return p.Status(ctx, a) },
 	}
+}
+
+// reported runs a verb and, when the config names weftd's socket, tells
+// weftd how long it took and its error code (weftd's weft_cni_* metrics);
+// the report is bounded to 200 ms and its failure ignored.
+func (p *Plugin) reported(ctx context.Context, op string, a *skel.CmdArgs, verb func(context.Context, *skel.CmdArgs) error) error {
+	t0 := time.Now()
+	err := verb(ctx, a)
+	conf, cerr := LoadConf(a.StdinData)
+	if cerr != nil || conf.PolicySocket == "" {
+		return err
+	}
+	r := endpoint.CNIReport{Op: op, Seconds: time.Since(t0).Seconds()}
+	if err != nil {
+		r.Code = types.ErrInternal
+		if te, ok := err.(*types.Error); ok {
+			r.Code = te.Code
+		}
+	}
+	if rerr := endpoint.Report(ctx, conf.PolicySocket, r, 200*time.Millisecond); rerr != nil {
+		p.log.Debug("CNI metrics not reported", "err", rerr)
+	}
+	return err
 }
 
 // cniErr wraps err as a CNI error with code unless it already is one.

@@ -215,7 +215,9 @@ func (d *Native) Read(bufs [][]byte, sizes []int) (int, error) {
 	return d.wg.Read(bufs, sizes, Offset)
 }
 
-// Write implements Device. A coalescing write the kernel rejects with
+// Write implements Device. A batch of one packet is written plainly
+// (coalescing has nothing to do, and its flow tables cost a 1-byte
+// request/response more than the write itself). A coalescing write the kernel rejects with
 // EINVAL turns coalescing off for good; that batch is lost (its buffers
 // were merged in place), the error says so, and later writes go out one
 // packet per write.
@@ -223,7 +225,7 @@ func (d *Native) Write(bufs [][]byte) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
-	if !d.gro.Load() {
+	if !d.gro.Load() || len(bufs) == 1 { // one packet: nothing to coalesce
 		return d.writePlain(bufs)
 	}
 	if _, err := d.wg.Write(bufs, Offset); err != nil {

@@ -216,18 +216,26 @@ func (einvalWrites) Write([][]byte, int) (int, error) {
 	return 0, &os.PathError{Op: "write", Path: "/dev/net/tun", Err: unix.EINVAL}
 }
 
+// einvalDevice opens weft.udp in a new namespace, listening on 7000 behind
+// it, with coalescing writes failing (einvalWrites); src and dst are the
+// addresses of packets that reach the listener.
+func einvalDevice(t *testing.T) (d *Native, log *testutil.UDPLog, src, dst netip.Addr) {
+	n := testutil.NewNS(t)
+	h := nettopo.Handle(t, n)
+	d = open(t, n, "weft.udp", 1400)
+	log = tunNet(t, n, h, 7000)
+	d.wg = einvalWrites{d.wg}
+	return d, log, netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
+}
+
 // TestGROWriteFallback: a coalesced write rejected with EINVAL turns GRO
 // writes off, Mode says so, and the next packets still reach the
 // namespace, written one by one behind a plain virtio-net header.
 func TestGROWriteFallback(t *testing.T) {
-	n := testutil.NewNS(t)
-	h := nettopo.Handle(t, n)
-	d := open(t, n, "weft.udp", 1400)
-	log := tunNet(t, n, h, 7000)
-	d.wg = einvalWrites{d.wg}
-
-	src, dst := netip.MustParseAddr("10.99.0.2"), netip.MustParseAddr("10.99.0.1")
-	if _, err := d.Write(packetBufs(testutil.UDPPacket(src, dst, 7001, 7000, []byte("lost")))); err == nil {
+	d, log, src, dst := einvalDevice(t)
+	// Two packets: a batch of one is written plainly, never coalesced.
+	lost := testutil.UDPPacket(src, dst, 7001, 7000, []byte("lost"))
+	if _, err := d.Write(packetBufs(lost, lost)); err == nil {
 		t.Fatal("rejected GRO write returned no error")
 	}
 	m := d.Mode()
@@ -248,4 +256,21 @@ func TestGROWriteFallback(t *testing.T) {
 
 func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// TestSinglePacketWriteIsPlain: a batch of one packet is written without
+// the coalescing path (which has nothing to merge and costs a 1-byte
+// request/response more than the write): with coalescing writes failing
+// it still arrives, and GRO writes stay on for larger batches.
+func TestSinglePacketWriteIsPlain(t *testing.T) {
+	d, log, src, dst := einvalDevice(t)
+	if k, err := d.Write(packetBufs(testutil.UDPPacket(src, dst, 7001, 7000, []byte("single")))); err != nil || k != 1 {
+		t.Fatalf("single-packet write: %d, %v", k, err)
+	}
+	if !log.Await("single", 3*time.Second) {
+		t.Fatal("the single packet never arrived")
+	}
+	if m := d.Mode(); !m.GROWrite || m.Fallback != "" {
+		t.Fatalf("mode after a single-packet write: %+v", m)
+	}
 }

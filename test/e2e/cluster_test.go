@@ -57,6 +57,7 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 	if mode := os.Getenv("WEFT_E2E_CNI"); mode != "" { // auto (default), static, manifest
 		upArgs = append(upArgs, "--cni", mode)
 	}
+	upArgs = upArgsImage(t, upArgs)
 	if _, err := localcluster(t, ctx, upArgs...); err != nil {
 		t.Fatalf("up: %v", err)
 	}
@@ -69,6 +70,10 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 	nodes := checkNodeCIDRs(t, ctx, client)
 	checkNoWayOut(t, ctx)
 	checkCredentials(t, ctx)
+	checkManifest(t, ctx, client)
+	if e2eImage(t) != "" {
+		checkRunsFromImage(t, ctx, client)
+	}
 
 	ns := fmt.Sprintf("e2e-%06x", rand.IntN(1<<24))
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

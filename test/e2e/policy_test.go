@@ -59,6 +59,9 @@ type polEnv struct {
 	// replaces truth's 30 s propagation deadline.
 	probeFn  func(from, to pp, s probeSpec) probeResult
 	converge time.Duration
+	// ctl, when set, traces every case that agreed with weftctl policy
+	// trace too, which must give the same answers (traceAgrees).
+	ctl *weftctl
 }
 
 func (e *polEnv) ns(n string) string { return e.prefix + n }
@@ -234,6 +237,9 @@ func (e *polEnv) truth(name string, specs []probeSpec, want func(from, to pp, s 
 			if agreed++; agreed == stableRounds {
 				e.t.Logf("%s: %d probes agree with the truth table in %d rounds in a row (%d rounds, %.1fs)",
 					name, len(jobs), stableRounds, round, time.Since(start).Seconds())
+				if e.ctl != nil {
+					e.traceAgrees(e.ctl, name, specs, expect)
+				}
 				return
 			}
 			continue
@@ -371,6 +377,7 @@ func TestNetworkPolicy(t *testing.T) {
 	upCluster(t, ctx)
 	e := &polEnv{t: t, ctx: ctx, client: adminClient(t), prefix: fmt.Sprintf("np%d-", time.Now().UnixNano()%100000)}
 	e.setup()
+	e.ctl = buildWeftctl(t, ctx)
 	all := []probeSpec{tcp80, tcp81, udp80, udp81}
 	open := func(from, to pp, s probeSpec) bool { return true }
 
@@ -503,6 +510,8 @@ func TestNetworkPolicy(t *testing.T) {
 	}
 	e.truth("egress deny after drift repair", []probeSpec{tcp80, udp80}, egressWant)
 	e.deleteAll()
+
+	e.checkWeftctl(e.ctl)
 
 	e.checkSpoofing()
 	e.recordsRebuilt()

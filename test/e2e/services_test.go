@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -484,6 +485,7 @@ func (s *svcEnv) policies() {
 	})
 }
 
+// all runs every case under mode.
 func (s *svcEnv) all(mode string) {
 	for _, c := range []struct {
 		name string
@@ -516,9 +518,79 @@ func TestServices(t *testing.T) {
 	}
 	s := &svcEnv{t: t, ctx: ctx, client: adminClient(t), ns: fmt.Sprintf("svc%d", time.Now().UnixNano()%100000), bin: bin}
 	s.setup()
-	s.all("iptables")
-	if _, err := localcluster(t, ctx, "up", "--nodes", "3", "--proxy-mode", "nftables"); err != nil {
-		t.Fatalf("switch kube-proxy to nftables: %v", err)
+	// Every case runs in both proxy modes on every backend: the backend
+	// changes what carries the DNAT'ed packets between nodes (and, for
+	// hairpin and NodePort, what returns them), so none is assumed to be
+	// backend independent. The second mode walks the backends backwards to
+	// save a switch.
+	cms := s.client.CoreV1().ConfigMaps("kube-system")
+	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
 	}
-	s.all("nftables")
+	defer func() {
+		setBackend(t, ctx, s.client, orig.Data["net-conf.json"], `{"type":"vxlan"}`)
+		s.waitBackend("vxlan")
+	}()
+	backends := []struct {
+		name, typ, section string
+		bgp                *bgpMode // for bgp: what its ipipMode shows
+	}{
+		{"vxlan", "vxlan", `{"type":"vxlan"}`, nil},
+		{"udp", "udp", `{"type":"udp"}`, nil},
+		{"bgp-never", "bgp", `{"type":"bgp","ipipMode":"Never"}`, &never},
+		{"bgp-always", "bgp", `{"type":"bgp","ipipMode":"Always"}`, &always},
+	}
+	for _, mode := range []string{"iptables", "nftables"} {
+		if mode != "iptables" {
+			if _, err := localcluster(t, ctx, "up", "--nodes", "3", "--proxy-mode", mode); err != nil {
+				t.Fatalf("switch kube-proxy to %s: %v", mode, err)
+			}
+			slices.Reverse(backends)
+		}
+		for _, b := range backends {
+			setBackend(t, ctx, s.client, orig.Data["net-conf.json"], b.section)
+			s.waitBackend(b.typ)
+			if b.bgp != nil {
+				// Never and Always are both "bgp": wait for this mode's
+				// sessions and routes, not only the type.
+				nodes := s.nodeList()
+				waitBGP(t, ctx, nodes, *b.bgp, func(n *corev1.Node) []*corev1.Node { return others(nodes, n.Name) }, 2*time.Minute)
+			}
+			s.all(mode + "+" + b.name)
+		}
+	}
+}
+
+// nodeList returns the cluster's Nodes.
+func (s *svcEnv) nodeList() []*corev1.Node {
+	s.t.Helper()
+	list, err := s.client.CoreV1().Nodes().List(s.ctx, metav1.ListOptions{})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var out []*corev1.Node
+	for i := range list.Items {
+		out = append(out, &list.Items[i])
+	}
+	return out
+}
+
+// waitBackend waits until every node announces that it sends with typ.
+func (s *svcEnv) waitBackend(typ string) {
+	s.t.Helper()
+	if err := waitFor(s.ctx, 2*time.Minute, func() (bool, error) {
+		nodes, err := s.client.CoreV1().Nodes().List(s.ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, n := range nodes.Items {
+			if got := n.Annotations[annoBackend]; got != typ {
+				return false, fmt.Errorf("%s sends with %q, want %q", n.Name, got, typ)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		s.t.Fatal(err)
+	}
 }

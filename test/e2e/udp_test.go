@@ -99,6 +99,9 @@ func testUDPBackend(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	t.Run("forged datagrams do not reach a pod", func(t *testing.T) {
 		testForgedUDPDropped(t, ctx, c, nsName, nodes, remote)
 	})
+	t.Run("the relay checks what the guard passes", func(t *testing.T) {
+		testRelayChecksPastGuard(t, nodes, remote)
+	})
 	t.Run("stream survives weftd being restarted", func(t *testing.T) {
 		// Not the node whose weftd the vxlan check killed: a second kill
 		// within 10 minutes doubles the restart back-off.
@@ -297,6 +300,63 @@ func testForgedUDPDropped(t *testing.T, ctx context.Context, c kubernetes.Interf
 	}
 }
 
+// testRelayChecksPastGuard: the guard in front of port 8285 checks only
+// the sender and the inner IPv4 source, so node 1 can send node 2 a
+// datagram with its own pod's source that the guard passes: one whose
+// inner destination is node 2's own host address (not in its pod CIDR:
+// written into weft.udp it would reach node 2's host sockets), and one
+// whose inner packet is cut short. Node 2's relay drops both and its own
+// counters (weft_udp_dropped_packets_total foreign-destination,
+// truncated) move; a listener on node 2's host port sees nothing.
+func testRelayChecksPastGuard(t *testing.T, nodes []*corev1.Node, remote []pair) {
+	var fromA, podB netip.Addr
+	for _, p := range remote {
+		if p.from.Spec.NodeName == nodes[0].Name && p.to.Spec.NodeName == nodes[1].Name {
+			fromA, podB = netip.MustParseAddr(p.from.Status.PodIP), netip.MustParseAddr(p.to.Status.PodIP)
+		}
+	}
+	if !fromA.IsValid() {
+		t.Fatalf("no pod pair from %s to %s", nodes[0].Name, nodes[1].Name)
+	}
+	nodeNS := func(name string) ns.NetNS {
+		n, err := ns.GetNS(filepath.Join("/run/netns", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = n.Close() })
+		return n
+	}
+	node1, node2 := nodeNS(nodes[0].Name), nodeNS(nodes[1].Name)
+	host := testutil.ListenUDP(t, node2, guardPort)
+	dst2 := nodeIP(t, nodes[1])
+	drops := func() (foreign, truncated float64) {
+		m := nodeMetrics(t, nodes[1])
+		return metricValue(m, `weft_udp_dropped_packets_total{reason="foreign-destination"}`),
+			metricValue(m, `weft_udp_dropped_packets_total{reason="truncated"}`)
+	}
+	foreign0, truncated0 := drops()
+	guard0 := guardDrops(t, context.Background(), nodes[1].Name, "udp")
+	token := fmt.Sprintf("past-guard-%d", rand.Int())
+	toHost := testutil.UDPPacket(fromA, dst2, 40000, guardPort, []byte(token))
+	cut := testutil.UDPPacket(fromA, podB, 40000, guardPort, []byte(token+"-cut"))
+	testutil.SendUDP(t, node1, netip.AddrPortFrom(dst2, udpEncPort), toHost) // three of each
+	testutil.SendUDP(t, node1, netip.AddrPortFrom(dst2, udpEncPort), cut[:len(cut)-4])
+	if host.Await(token, 2*time.Second) {
+		t.Errorf("a datagram from %s with inner destination %s (node 2's host) reached a host socket on node 2", nodes[0].Name, dst2)
+	}
+	var foreign, truncated float64
+	if err := waitFor(context.Background(), 10*time.Second, func() (bool, error) {
+		foreign, truncated = drops()
+		return foreign >= foreign0+3 && truncated >= truncated0+3,
+			fmt.Errorf("relay drops on %s: foreign-destination %v -> %v, truncated %v -> %v", nodes[1].Name, foreign0, foreign, truncated0, truncated)
+	}); err != nil {
+		t.Error(err)
+	}
+	g := guardDrops(t, context.Background(), nodes[1].Name, "udp")
+	t.Logf("%s: relay drops foreign-destination %v -> %v, truncated %v -> %v; guard drops %v -> %v",
+		nodes[1].Name, foreign0, foreign, truncated0, truncated, guard0, g)
+}
+
 // testUDPStreamSurvivesRestart: the relay is weftd's, so killing weftd
 // stops it until the node restarts weftd; the device and its routes stay,
 // the new weftd re-attaches, and the stream carries on. The gap is
@@ -325,10 +385,11 @@ func testUDPStreamSurvivesRestart(t *testing.T, ctx context.Context, c kubernete
 	waitUDPMesh(t, ctx, c, e2eNodes)
 }
 
-// nodeMetrics fetches weftd's /metrics from inside the node's namespace.
+// nodeMetrics fetches weftd's /metrics from inside the node's namespace
+// (the operational API's port, as the admin).
 func nodeMetrics(t *testing.T, n *corev1.Node) string {
 	t.Helper()
-	_, body, err := nodeGet(n.Name, internalIP(n), "/metrics")
+	body, err := scrapeMetrics(t, n.Name, internalIP(n))
 	if err != nil {
 		t.Errorf("%s: /metrics: %v", n.Name, err)
 	}

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -84,10 +85,18 @@ func run(args []string) error {
 		nodes := fs.Int("nodes", def, "number of nodes")
 		cni := fs.String("cni", "auto", "auto (manifests/weft.yaml if present), static or manifest")
 		proxyMode := fs.String("proxy-mode", cluster.ProxyIPTables, "kube-proxy mode: iptables or nftables (a running cluster switches in place)")
+		image := fs.String("image", "", "run the DaemonSet's containers inside this `docker save` archive of Weft's image (make image: bin/weft-image.tar) instead of from the built binaries")
 		if err := fs.Parse(rest); err != nil {
 			return err
 		}
 		opt.Nodes, opt.CNI, opt.ProxyMode = *nodes, *cni, *proxyMode
+		if *image != "" {
+			abs, err := filepath.Abs(*image)
+			if err != nil {
+				return err
+			}
+			opt.Image = abs
+		}
 		c, err := cluster.New(opt)
 		if err != nil {
 			return err

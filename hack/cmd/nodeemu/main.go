@@ -65,6 +65,7 @@ func run() error {
 	clusterDNS := fs.String("cluster-dns", "", "kube-dns Service IP written into the resolv.conf of pod programs (kubelet's --cluster-dns)")
 	clusterDomain := fs.String("cluster-domain", "cluster.local", "cluster DNS domain (kubelet's --cluster-domain)")
 	podPrograms := fs.String("pod-programs", "", "IMAGE=BINARY,...: pods (not hostNetwork) whose every container has one of these images run the binary (looked up in --image-bin-dir) inside the pod's namespaces; other pods get built-in echo servers")
+	imageRootfs := fs.String("image-rootfs", "", "IMAGE=DIR,...: hostNetwork containers of these images run chrooted in DIR, the image's exported root file system (its binaries and tools), with their volumes bound in")
 	logLevel := fs.String("log-level", "info", "debug|info|warn|error")
 	maxResult := fs.String("max-cni-result-version", "1.0.0", "newest CNI result version accepted, like the runtime emulated (1.0.0 = containerd 1.6, the strictest in use; \"\" = any)")
 	if err := fs.Parse(os.Args[1:]); err != nil {
@@ -130,6 +131,10 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("--pod-programs: %w", err)
 	}
+	rootfs, err := nodeemu.ParseImageRootfs(*imageRootfs)
+	if err != nil {
+		return fmt.Errorf("--image-rootfs: %w", err)
+	}
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
@@ -139,7 +144,7 @@ func run() error {
 		Node: nodeemu.NodeOptions{Name: *nodeName, IP: *nodeIP, KubeletVersion: *version, CPU: cpuQ, Memory: memQ},
 		CNI: nodeemu.CNIOptions{ConfDir: *confDir, BinDirs: strings.Split(*binDir, ":"),
 			CacheDir: *cacheDir, NetnsDir: *netnsDir, MaxResultVersion: *maxResult},
-		Proc:     nodeemu.ProcOptions{ImageBinDir: absList(*imageBinDir)},
+		Proc:     nodeemu.ProcOptions{ImageBinDir: absList(*imageBinDir), ImageRootfs: rootfs},
 		Programs: nodeemu.ProgramOptions{Images: images, ClusterDNS: *clusterDNS, ClusterDomain: *clusterDomain},
 		StateDir: *stateDir,
 		APIHost:  host,

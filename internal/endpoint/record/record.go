@@ -22,6 +22,10 @@ type Endpoint struct {
 	// network never removes another's records. Empty in records written
 	// before weft recorded it.
 	Network string `json:"network,omitempty"`
+	// Netns is the pod's network namespace path as the runtime passed it
+	// (CNI_NETNS), for weftctl's probes from the pod; empty in records
+	// written before weft recorded it and in rebuilt ones.
+	Netns string `json:"netns,omitempty"`
 	// Bandwidth is what the runtime asked for the pod's shaping at ADD,
 	// when weftd shapes (shaping/): nil otherwise.
 	Bandwidth *Bandwidth `json:"bandwidth,omitempty"`

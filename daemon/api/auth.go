@@ -1,0 +1,189 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/weftnet/weft/internal/nodeapi"
+)
+
+// Reviewer asks the Kubernetes API who a bearer token belongs to
+// (TokenReview) and whether that user may make a request (SubjectAccessReview).
+type Reviewer interface {
+	Authenticate(ctx context.Context, token string) (authnv1.UserInfo, bool, error)
+	Authorize(ctx context.Context, u authnv1.UserInfo, path, verb string) (bool, string, error)
+}
+
+// KubeReviewer is the Reviewer of a client-go clientset; weftd's
+// ServiceAccount needs create on tokenreviews and subjectaccessreviews.
+type KubeReviewer struct{ Client kubernetes.Interface }
+
+// Authenticate implements Reviewer.
+func (k KubeReviewer) Authenticate(ctx context.Context, token string) (authnv1.UserInfo, bool, error) {
+	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx,
+		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+	if err != nil {
+		return authnv1.UserInfo{}, false, fmt.Errorf("token review: %w", err)
+	}
+	return tr.Status.User, tr.Status.Authenticated, nil
+}
+
+// Authorize implements Reviewer with a non-resource URL (path) and verb.
+func (k KubeReviewer) Authorize(ctx context.Context, u authnv1.UserInfo, path, verb string) (bool, string, error) {
+	extra := map[string]authzv1.ExtraValue{}
+	for k, v := range u.Extra {
+		extra[k] = authzv1.ExtraValue(v)
+	}
+	sar := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User: u.Username, UID: u.UID, Groups: u.Groups, Extra: extra,
+		NonResourceAttributes: &authzv1.NonResourceAttributes{Path: path, Verb: verb}}}
+	res, err := k.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+	if err != nil {
+		return false, "", fmt.Errorf("subject access review: %w", err)
+	}
+	return res.Status.Allowed && !res.Status.Denied, res.Status.Reason, nil
+}
+
+// Guard authenticates and authorizes every request of the operational API
+// through a Reviewer, as kubelet does: the bearer token (Authorization, or
+// nodeapi.TokenHeader through the apiserver's proxy) is reviewed, then the
+// user must be allowed the request's path as a non-resource URL with the
+// lower-case method as verb ("get", "post"). No token or an invalid one:
+// 401; not allowed: 403; the API unreachable: 503 (never an allow).
+// Answers are cached: identities for AuthnTTL, allows for AllowTTL,
+// denials for DenyTTL (kubelet's defaults are 2m, 5m, 30s).
+type Guard struct {
+	Reviewer                    Reviewer
+	AuthnTTL, AllowTTL, DenyTTL time.Duration
+	Log                         *slog.Logger
+	mu                          sync.Mutex
+	users                       map[string]cachedUser
+	verdicts                    map[string]cachedVerdict
+}
+
+type cachedUser struct {
+	u   authnv1.UserInfo
+	ok  bool
+	exp time.Time
+}
+
+type cachedVerdict struct {
+	ok     bool
+	reason string
+	exp    time.Time
+}
+
+// maxCache bounds each cache; when full it is emptied.
+const maxCache = 4096
+
+// NewGuard returns a Guard with kubelet-like cache lifetimes (shorter allows).
+func NewGuard(r Reviewer, log *slog.Logger) *Guard {
+	return &Guard{Reviewer: r, AuthnTTL: 2 * time.Minute, AllowTTL: time.Minute, DenyTTL: 10 * time.Second, Log: log}
+}
+
+// bearer returns the request's bearer token, "" if none.
+func bearer(r *http.Request) string {
+	for _, h := range []string{"Authorization", nodeapi.TokenHeader} {
+		if t, ok := strings.CutPrefix(r.Header.Get(h), "Bearer "); ok && strings.TrimSpace(t) != "" {
+			return strings.TrimSpace(t)
+		}
+	}
+	return ""
+}
+
+// Wrap returns h behind the guard.
+func (g *Guard) Wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tok := bearer(r)
+		if tok == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="weftd"`)
+			http.Error(w, "Unauthorized: a bearer token is required (Authorization or "+nodeapi.TokenHeader+")", http.StatusUnauthorized)
+			return
+		}
+		u, ok, err := g.user(r.Context(), tok)
+		if err != nil {
+			g.Log.Warn("operational API: token review failed", "err", err)
+			http.Error(w, "cannot review the token: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if !ok {
+			http.Error(w, "Unauthorized: the token is not valid", http.StatusUnauthorized)
+			return
+		}
+		verb := strings.ToLower(r.Method)
+		allowed, reason, err := g.verdict(r.Context(), u, r.URL.Path, verb)
+		if err != nil {
+			g.Log.Warn("operational API: access review failed", "err", err)
+			http.Error(w, "cannot review access: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if !allowed {
+			msg := fmt.Sprintf("Forbidden: user %q may not %s %s on weftd", u.Username, verb, r.URL.Path)
+			if reason != "" {
+				msg += ": " + reason
+			}
+			http.Error(w, msg, http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func (g *Guard) user(ctx context.Context, tok string) (authnv1.UserInfo, bool, error) {
+	sum := sha256.Sum256([]byte(tok))
+	key := hex.EncodeToString(sum[:])
+	g.mu.Lock()
+	c, hit := g.users[key]
+	g.mu.Unlock()
+	if hit && time.Now().Before(c.exp) {
+		return c.u, c.ok, nil
+	}
+	u, ok, err := g.Reviewer.Authenticate(ctx, tok)
+	if err != nil {
+		return u, false, err
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.users == nil || len(g.users) >= maxCache {
+		g.users = map[string]cachedUser{}
+	}
+	g.users[key] = cachedUser{u: u, ok: ok, exp: time.Now().Add(g.AuthnTTL)}
+	return u, ok, nil
+}
+
+func (g *Guard) verdict(ctx context.Context, u authnv1.UserInfo, path, verb string) (bool, string, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%v", u.UID, u.Username, path, verb, u.Groups)
+	g.mu.Lock()
+	c, hit := g.verdicts[key]
+	g.mu.Unlock()
+	if hit && time.Now().Before(c.exp) {
+		return c.ok, c.reason, nil
+	}
+	ok, reason, err := g.Reviewer.Authorize(ctx, u, path, verb)
+	if err != nil {
+		return false, "", err
+	}
+	ttl := g.DenyTTL
+	if ok {
+		ttl = g.AllowTTL
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.verdicts == nil || len(g.verdicts) >= maxCache {
+		g.verdicts = map[string]cachedVerdict{}
+	}
+	g.verdicts[key] = cachedVerdict{ok: ok, reason: reason, exp: time.Now().Add(ttl)}
+	return ok, reason, nil
+}
