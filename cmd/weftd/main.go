@@ -164,8 +164,9 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	mgr := fabric.NewManager(factories(nk, log.With("node", opt.NodeName)), log)
 	mgr.SetRoutes(nk.routes)
 	metrics.Registry.MustRegister(mgr)
+	shp := newShaper(opt.EndpointDir, *resync, log.With("node", opt.NodeName))
 	a := agent.New(opt, agent.Deps{Client: client, Backends: mgr, Tables: iptables.Runner{Mode: mode}, Host: agent.NetlinkHost{},
-		Status: status, Metrics: metrics, Log: log})
+		Status: status, Metrics: metrics, Log: log, Shaper: shp.svc})
 	// A server that fails stops weftd at once (not when the agent returns):
 	// kubelet restarts it and the failure is visible, instead of a weftd
 	// that looks healthy while no pod can start.
@@ -184,11 +185,16 @@ func run(ctx context.Context, args []string, log *slog.Logger) error {
 	if pol.enabled {
 		status.Set(policy.CondSync, "not yet synced")
 		stopPolicy, err := pol.start(runCtx, policyDeps{client: client, node: opt.NodeName, reg: metrics.Registry,
-			health: status, fatal: fatal, log: log, ops: opsSrv})
+			health: status, fatal: fatal, log: log, ops: opsSrv, extra: shp.svc.Rec.Handler(shp.loop.MarkDirty)})
 		if err != nil {
 			return err
 		}
 		defer stopPolicy()
+		go func() {
+			if err := shp.run(runCtx, client, opt.NodeName, log); err != nil && runCtx.Err() == nil {
+				fatal(fmt.Errorf("bandwidth shaping: %w", err))
+			}
+		}()
 	}
 	if err := opsSrv.serve(runCtx, opsf, client, metrics, fatal); err != nil {
 		return err

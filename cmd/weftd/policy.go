@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"time"
 
@@ -49,6 +50,8 @@ type policyDeps struct {
 	fatal func(error)
 	log   *slog.Logger
 	ops   *opsServer // the operational API the trace joins (nil: none)
+	// extra are more routes of the local socket (bandwidth shaping's).
+	extra map[string]http.Handler
 }
 
 // attachments is the IPAM store records are rebuilt from (nil: none).
@@ -87,6 +90,11 @@ func (p *policyFlags) start(ctx context.Context, d policyDeps) (func(), error) {
 	}
 	if err == nil {
 		err = policy.RegisterLocalAPI(routes, ctl)
+	}
+	for path, h := range d.extra {
+		if err == nil {
+			err = routes.Handle(path, h)
+		}
 	}
 	if err != nil {
 		stopEvents()

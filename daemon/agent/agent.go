@@ -9,6 +9,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -72,6 +73,17 @@ type Deps struct {
 	Status   *api.Status
 	Metrics  *api.Metrics
 	Log      *slog.Logger
+	// Shaper is pod bandwidth shaping (shaping.Service); nil: none.
+	Shaper Shaper
+}
+
+// Shaper takes net-conf.json's bandwidth section: validated with the rest
+// of the configuration, applied on every sync with the pods' MTU; it
+// reports whether Weft shapes (then the conflist asks it, not the
+// reference bandwidth plugin).
+type Shaper interface {
+	Validate(raw json.RawMessage) error
+	Configure(raw json.RawMessage, mtu int) (bool, error)
 }
 
 // Agent is one node's weftd.
@@ -259,7 +271,11 @@ func (a *Agent) sync(ctx context.Context, full bool) error {
 	if err := a.publish(ctx, node, local, a.d.Backends.Published()); err != nil {
 		return err
 	}
-	if err := a.writeConflist(cfg, pub, local.UnderlayMTU); err != nil {
+	shaped, err := a.configureShaping(cfg, pub, local.UnderlayMTU)
+	if err != nil {
+		return err
+	}
+	if err := a.writeConflist(cfg, pub, local.UnderlayMTU, shaped); err != nil {
 		a.d.Status.Set(api.CondConflist, err.Error())
 		return err
 	}
@@ -405,7 +421,24 @@ func (a *Agent) ensureMasq(ctx context.Context, cfg *config.NetConf, full bool) 
 	return nil
 }
 
-func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published, underlayMTU int) error {
+// configureShaping hands the bandwidth section to the shaper; weftd shapes
+// only with the plugin's endpoint records and the local socket.
+func (a *Agent) configureShaping(cfg *config.NetConf, pub backend.Published, underlayMTU int) (bool, error) {
+	if a.d.Shaper == nil {
+		return false, nil
+	}
+	raw := cfg.Bandwidth
+	if a.opt.EndpointDir == "" || a.opt.PolicySocket == "" {
+		raw = nil
+	}
+	shaped, err := a.d.Shaper.Configure(raw, podMTU(cfg, pub, underlayMTU))
+	if err != nil {
+		return false, fmt.Errorf("bandwidth: %w", err)
+	}
+	return shaped, nil
+}
+
+func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published, underlayMTU int, shaped bool) error {
 	mtu := podMTU(cfg, pub, underlayMTU)
 	if a.opt.CNIBinDir != "" {
 		if missing := install.MissingBinaries(a.opt.CNIBinDir); len(missing) > 0 {
@@ -413,7 +446,7 @@ func (a *Agent) writeConflist(cfg *config.NetConf, pub backend.Published, underl
 		}
 	}
 	data, err := install.Conflist(install.ConflistOptions{CNIVersion: cfg.CNIVersion, SubnetFile: a.opt.SubnetFile, MTU: mtu,
-		EndpointDir: a.opt.EndpointDir, PolicySocket: a.opt.PolicySocket})
+		EndpointDir: a.opt.EndpointDir, PolicySocket: a.opt.PolicySocket, ShapingSocket: map[bool]string{true: a.opt.PolicySocket}[shaped]})
 	if err != nil {
 		return err
 	}

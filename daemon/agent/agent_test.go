@@ -72,11 +72,15 @@ type harness struct {
 	status *api.Status
 	dir    string
 	opt    Options
+	shaper Shaper
 	cancel context.CancelFunc
 	done   chan error
 }
 
-func start(t *testing.T, objs ...any) *harness {
+func start(t *testing.T, objs ...any) *harness { t.Helper(); return startWith(t, nil, objs...) }
+
+// startWith is start with setup applied to the harness before the agent runs.
+func startWith(t *testing.T, setup func(*harness), objs ...any) *harness {
 	t.Helper()
 	h := &harness{t: t, k: vxlan.NewFake(map[string]int{"eth0": 1500}), g: encapguard.NewFake(), status: api.NewStatus(), dir: t.TempDir(), done: make(chan error, 1)}
 	var rt []any
@@ -91,6 +95,9 @@ func start(t *testing.T, objs ...any) *harness {
 		}
 	}
 	h.opt = Options{NodeName: "n1", CNIConfDir: filepath.Join(h.dir, "net.d"), SubnetFile: filepath.Join(h.dir, "subnet.json"), ResyncInterval: 200 * time.Millisecond}
+	if setup != nil {
+		setup(h)
+	}
 	h.run()
 	return h
 }
@@ -99,7 +106,7 @@ func (h *harness) run() {
 	log := slog.Default()
 	// A new route writer per run, as a restarted weftd has.
 	mgr := fabric.NewManager([]backend.Factory{vxlan.Factory{Kernel: h.k, Routes: route.New(h.k, log), Guard: h.g, Log: log}}, log)
-	a := New(h.opt, Deps{Client: h.c, Backends: mgr, Tables: &fakeTables{}, Host: fakeHost{}, Status: h.status, Metrics: api.NewMetrics(), Log: log})
+	a := New(h.opt, Deps{Client: h.c, Backends: mgr, Tables: &fakeTables{}, Host: fakeHost{}, Status: h.status, Metrics: api.NewMetrics(), Log: log, Shaper: h.shaper})
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)

@@ -39,6 +39,9 @@ func (a *Agent) loadConfig(ctx context.Context) (*config.NetConf, error) {
 	if err == nil {
 		err = nc.Validate(a.d.Backends.Validators(), a.environment())
 	}
+	if err == nil && a.d.Shaper != nil {
+		err = a.d.Shaper.Validate(nc.Bandwidth)
+	}
 	if err != nil {
 		return a.rejectConfig(ctx, cm, err.Error())
 	}

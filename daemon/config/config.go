@@ -43,6 +43,9 @@ type NetConf struct {
 	MTU        int
 	CNIVersion string
 	Backend    Backend
+	// Bandwidth is the bandwidth section, raw for the shaper's own decoder
+	// (shaping.ParseConfig); nil when absent (weftd does not shape).
+	Bandwidth json.RawMessage
 }
 
 // Backend is the backend section: its type, and the whole section raw for
@@ -75,6 +78,7 @@ type wire struct {
 	MTU        *int            `json:"mtu"`
 	CNIVersion *string         `json:"cniVersion"`
 	Backend    json.RawMessage `json:"backend"`
+	Bandwidth  json.RawMessage `json:"bandwidth"`
 }
 
 // Parse decodes the generic fields of net-conf.json strictly (unknown keys
@@ -140,6 +144,9 @@ func Parse(data []byte) (*NetConf, error) {
 		return nil, err
 	}
 	nc.Backend = b
+	if len(w.Bandwidth) > 0 && string(w.Bandwidth) != "null" {
+		nc.Bandwidth = w.Bandwidth
+	}
 	return nc, nil
 }
 
@@ -211,7 +218,8 @@ func (nc *NetConf) Equal(o *NetConf) bool {
 	}
 	return nc.Network == o.Network && nc.SubnetLen == o.SubnetLen && nc.MTU == o.MTU &&
 		nc.CNIVersion == o.CNIVersion && nc.Backend.Type == o.Backend.Type &&
-		SameJSON(nc.Backend.Raw, o.Backend.Raw)
+		SameJSON(nc.Backend.Raw, o.Backend.Raw) && (nc.Bandwidth == nil) == (o.Bandwidth == nil) &&
+		(nc.Bandwidth == nil || SameJSON(nc.Bandwidth, o.Bandwidth))
 }
 
 // SameJSON reports whether a and b are the same JSON value (key order and

@@ -150,3 +150,21 @@ func TestEqual(t *testing.T) {
 		t.Fatal("different backend sections compare equal")
 	}
 }
+
+// The bandwidth section stays raw for the shaper; a change of it is a
+// change of the configuration.
+func TestBandwidthSectionRaw(t *testing.T) {
+	base := `{"network":"10.244.0.0/16","backend":{"type":"vxlan"}`
+	a, err := Parse([]byte(base + `,"bandwidth":{"podCeil":"1G"}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(a.Bandwidth) != `{"podCeil":"1G"}` {
+		t.Fatalf("bandwidth %s", a.Bandwidth)
+	}
+	b, _ := Parse([]byte(base + `,"bandwidth":{"podCeil":"2G"}}`))
+	none, _ := Parse([]byte(base + `}`))
+	if a.Equal(b) || a.Equal(none) || none.Bandwidth != nil || !a.Equal(a) {
+		t.Fatalf("Equal: a=%s b=%s none=%s", a.Bandwidth, b.Bandwidth, none.Bandwidth)
+	}
+}

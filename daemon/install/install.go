@@ -147,6 +147,11 @@ type ConflistOptions struct {
 	// attachment for the policy engine and wait until its rules are in.
 	EndpointDir  string
 	PolicySocket string
+	// ShapingSocket, when set, makes weft shape pod bandwidth through
+	// weftd (shaping/): weft declares the bandwidth and pod-annotations
+	// capabilities and the reference bandwidth plugin leaves the list, so
+	// no pod is shaped twice.
+	ShapingSocket string
 }
 
 // Conflist renders the configuration list: weft (with weft-ipam reading
@@ -178,8 +183,15 @@ func Conflist(o ConflistOptions) ([]byte, error) {
 	if o.PolicySocket != "" {
 		weft["policySocket"] = o.PolicySocket
 	}
+	if o.ShapingSocket != "" {
+		weft["shapingSocket"] = o.ShapingSocket
+		weft["capabilities"] = map[string]bool{"bandwidth": true, "io.kubernetes.cri.pod-annotations": true}
+	}
 	plugins := []any{weft}
 	for _, p := range referencePlugins() {
+		if o.ShapingSocket != "" && p["type"] == "bandwidth" {
+			continue
+		}
 		plugins = append(plugins, p)
 	}
 	list := map[string]any{"cniVersion": o.CNIVersion, "name": NetworkName, "plugins": plugins}

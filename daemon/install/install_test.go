@@ -210,3 +210,35 @@ func TestConflistBinariesMatchConflist(t *testing.T) {
 		t.Fatalf("missing %v", got)
 	}
 }
+
+// When weftd shapes, weft declares the bandwidth and pod-annotations
+// capabilities and names the socket, and the reference bandwidth plugin
+// leaves the list (no pod shaped twice); portmap stays.
+func TestConflistWhenWeftShapes(t *testing.T) {
+	data, err := Conflist(ConflistOptions{CNIVersion: "1.0.0", SubnetFile: "/run/weft/subnet.json",
+		EndpointDir: "/run/weft/endpoints", PolicySocket: "/run/weft/weftd.sock", ShapingSocket: "/run/weft/weftd.sock"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, p := range list.Plugins {
+		types = append(types, p.Network.Type)
+	}
+	if strings.Join(types, ",") != "weft,portmap" {
+		t.Fatalf("plugins %v, want weft,portmap", types)
+	}
+	var weft struct {
+		ShapingSocket string          `json:"shapingSocket"`
+		Capabilities  map[string]bool `json:"capabilities"`
+	}
+	if err := json.Unmarshal(list.Plugins[0].Bytes, &weft); err != nil {
+		t.Fatal(err)
+	}
+	if weft.ShapingSocket != "/run/weft/weftd.sock" || !weft.Capabilities["bandwidth"] || !weft.Capabilities["io.kubernetes.cri.pod-annotations"] {
+		t.Fatalf("weft entry %+v", weft)
+	}
+}

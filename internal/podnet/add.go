@@ -83,6 +83,12 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		p.undo(ctx, ipam, args, hostName)
 		return err
 	}
+	if err := waitShaping(ctx, conf, hostName); err != nil {
+		_ = forgetEndpoint(conf, hostName)
+		p.undo(ctx, ipam, args, hostName)
+		releaseShaping(ctx, conf, hostName)
+		return err
+	}
 	return types.PrintResult(res, conf.CNIVersion)
 }
 
@@ -100,6 +106,9 @@ func (p *Plugin) finishExisting(ctx context.Context, conf *NetConf, args *skel.C
 		return err
 	}
 	if err := waitPolicy(ctx, conf, hostName); err != nil {
+		return err
+	}
+	if err := waitShaping(ctx, conf, hostName); err != nil {
 		return err
 	}
 	return types.PrintResult(res, conf.CNIVersion)

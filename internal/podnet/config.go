@@ -44,6 +44,13 @@ type NetConf struct {
 	// 10s); otherwise ADD fails with "try again later" and is undone.
 	PolicySocket  string `json:"policySocket"`
 	PolicyTimeout string `json:"policyTimeout"`
+	// ShapingSocket, when set with EndpointDir, is weftd's local socket
+	// for pod bandwidth: the plugin declares the bandwidth and
+	// pod-annotations capabilities (weftd's conflist), records what the
+	// runtime asked, and ADD returns once weftd has the pod's classes in
+	// place; a request weftd refuses fails ADD naming the annotation.
+	ShapingSocket string        `json:"shapingSocket"`
+	RuntimeConfig runtimeConfig `json:"runtimeConfig"`
 	// Vlan exists only to reject a reference bridge config that relies on
 	// VLAN tagging, which weft does not do.
 	Vlan int `json:"vlan"`
@@ -136,6 +143,9 @@ func (c *NetConf) validate() error {
 	}
 	if c.PolicySocket != "" && c.EndpointDir == "" {
 		return invalid("policySocket: needs endpointDir (weftd finds the pod by its record)")
+	}
+	if c.ShapingSocket != "" && c.EndpointDir == "" {
+		return invalid("shapingSocket: needs endpointDir (weftd reads the request from the record)")
 	}
 	if c.PolicyTimeout != "" {
 		if d, err := time.ParseDuration(c.PolicyTimeout); err != nil || d <= 0 {

@@ -33,6 +33,7 @@ func (p *Plugin) Del(ctx context.Context, args *skel.CmdArgs) error {
 	if err := forgetEndpoint(conf, hostName); err != nil {
 		return cniErr(types.ErrIOFailure, err, "endpointDir")
 	}
+	releaseShaping(ctx, conf, hostName)
 	return nil
 }
 

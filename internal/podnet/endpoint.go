@@ -50,6 +50,7 @@ func recordEndpoint(conf *NetConf, args *skel.CmdArgs, hostName string, res *cur
 		HostVeth:     hostName,
 		Network:      conf.Name,
 		Netns:        args.Netns,
+		Bandwidth:    conf.bandwidthRequest(),
 	}
 	for _, ip := range res.IPs {
 		ep.IPs = append(ep.IPs, ip.Address.String())

@@ -80,8 +80,8 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	a, b := openPodNS(t, p.from), openPodNS(t, p.to)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ab, ba := startStream(t, sctx, a, b, 5401), startStream(t, sctx, b, a, 5402)
-	tcp := startPinger(t, sctx, a, b, 5403)
+	ab, ba := startSeqStream(t, sctx, a, b, 5401), startSeqStream(t, sctx, b, a, 5402)
+	tcp := startTCPPinger(t, sctx, a, b, 5403)
 	mtu := podMTU(t, a)
 	t.Logf("streams %s (%s) <-> %s (%s), pod MTU %d", p.from.Name, p.from.Spec.NodeName, p.to.Name, p.to.Spec.NodeName, mtu)
 	time.Sleep(time.Second)
@@ -255,7 +255,7 @@ type stream struct {
 	sendErr map[int]error // seq -> the send's error (an ICMP error pending on the socket, ...)
 }
 
-func startStream(t *testing.T, ctx context.Context, from, to podNS, port int) *stream {
+func startSeqStream(t *testing.T, ctx context.Context, from, to podNS, port int) *stream {
 	t.Helper()
 	s := &stream{name: from.pod.Name + "->" + to.pod.Name, sendErr: map[int]error{}}
 	var rx, tx *net.UDPConn
@@ -342,14 +342,14 @@ func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration, wh
 	return sent, lost, gap, why
 }
 
-// pinger is one TCP connection carrying a request/response every 10 ms.
-type pinger struct {
+// tcpPinger is one TCP connection carrying a request/response every 10 ms.
+type tcpPinger struct {
 	mu   sync.Mutex
 	err  error
 	slow time.Duration
 }
 
-func startPinger(t *testing.T, ctx context.Context, from, to podNS, port int) *pinger {
+func startTCPPinger(t *testing.T, ctx context.Context, from, to podNS, port int) *tcpPinger {
 	t.Helper()
 	var ln net.Listener
 	if err := to.ns.Do(func(ns.NetNS) (err error) {
@@ -375,7 +375,7 @@ func startPinger(t *testing.T, ctx context.Context, from, to podNS, port int) *p
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close(); _ = ln.Close(); wg.Wait() })
-	pg := &pinger{}
+	pg := &tcpPinger{}
 	wg.Go(func() {
 		req, resp := make([]byte, 8), make([]byte, 8)
 		for i := uint64(0); ctx.Err() == nil; i++ {
@@ -406,7 +406,7 @@ func startPinger(t *testing.T, ctx context.Context, from, to podNS, port int) *p
 
 // state returns the connection's error (nil: alive) and its slowest
 // request/response so far (then resets it).
-func (p *pinger) state() (time.Duration, error) {
+func (p *tcpPinger) state() (time.Duration, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.slow

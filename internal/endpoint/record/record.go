@@ -26,6 +26,21 @@ type Endpoint struct {
 	// (CNI_NETNS), for weftctl's probes from the pod; empty in records
 	// written before weft recorded it and in rebuilt ones.
 	Netns string `json:"netns,omitempty"`
+	// Bandwidth is what the runtime asked for the pod's shaping at ADD,
+	// when weftd shapes (shaping/): nil otherwise.
+	Bandwidth *Bandwidth `json:"bandwidth,omitempty"`
+}
+
+// Bandwidth is a pod's bandwidth request as the runtime passed it at ADD:
+// the values of the kubernetes.io/ingress-bandwidth and
+// kubernetes.io/egress-bandwidth annotations (a rate from the bandwidth
+// capability alone is written in bits per second), and the capability's
+// bursts in bits (0: none given).
+type Bandwidth struct {
+	Ingress      string `json:"ingress,omitempty"`
+	Egress       string `json:"egress,omitempty"`
+	IngressBurst uint64 `json:"ingressBurst,omitempty"`
+	EgressBurst  uint64 `json:"egressBurst,omitempty"`
 }
 
 // Addrs returns the endpoint's addresses without prefix lengths.
