@@ -105,6 +105,12 @@ func TestPolicyWait(t *testing.T) {
 	}
 	programmed := atomic.Bool{}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, endpoint.ProgrammedPath) {
+			// The plugin also reports each ADD/DEL's duration (metrics);
+			// that call must not count as the policy wait.
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
 		veth := strings.TrimPrefix(r.URL.Path, endpoint.ProgrammedPath)
 		asked.Store(veth)
 		if _, err := os.Stat(filepath.Join(dir, veth+".json")); err != nil || !programmed.Load() {
