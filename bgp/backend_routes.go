@@ -99,7 +99,7 @@ func (b *Backend) lose(ctx context.Context, learned []Route) {
 	owner := map[netip.Prefix]netip.Addr{}
 	for _, p := range b.peers {
 		for _, c := range p.PodCIDRs {
-			if p.Accepts(Type) {
+			if p.AcceptsType(Type) { // any bgp identity (bgp/native, bgp/ipip, ...)
 				owner[c.Masked()] = p.UnderlayIP
 			}
 		}

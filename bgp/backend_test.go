@@ -69,7 +69,7 @@ func newRig(t *testing.T, section string) *rig {
 // node i: underlay 10.0.0.i, pod CIDR 10.244.i.0/24, running bgp.
 func peer(i int, labels map[string]string) backend.Peer {
 	return backend.Peer{Name: fmt.Sprintf("node%d", i), UnderlayIP: addr(fmt.Sprintf("10.0.0.%d", i)),
-		PodCIDRs: []netip.Prefix{pfx(fmt.Sprintf("10.244.%d.0/24", i))}, Backends: []string{Type},
+		PodCIDRs: []netip.Prefix{pfx(fmt.Sprintf("10.244.%d.0/24", i))}, Backends: []string{IdentityNative}, // what a node on bgp Never announces
 		Attrs: map[string]string{}, Labels: labels}
 }
 

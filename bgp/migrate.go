@@ -103,8 +103,8 @@ func (b *Backend) Reconfigure(_ context.Context, raw json.RawMessage) (backend.P
 }
 
 // Forget implements backend.Reconfigurer: no peer sends id any more. The
-// IP-in-IP device goes when no mode left needs it.
-func (b *Backend) Forget(_ context.Context, id string) error {
+// IP-in-IP device and its guard go when no mode left needs them.
+func (b *Backend) Forget(ctx context.Context, id string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.prev = slices.DeleteFunc(b.prev, func(p BackendConfig) bool { return p.Identity() == id })
@@ -114,7 +114,7 @@ func (b *Backend) Forget(_ context.Context, id string) error {
 	b.log.Info("bgp: no peer sends IP-in-IP any more; removing it", "forgot", id)
 	err := b.tun.Stop(true)
 	b.tun, b.mtu = nil, b.local.UnderlayMTU
-	return err
+	return errors.Join(err, b.f.removeGuard(ctx))
 }
 
 func (b *Backend) needsTunnel() bool {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/weftnet/weft/internal/backend"
+	"github.com/weftnet/weft/internal/encapguard"
 )
 
 // ipipMode Always -> Never in place: each peer is routed natively once it
@@ -41,8 +42,15 @@ func TestBackendMigratesIPIPModeInPlace(t *testing.T) {
 	if fi.t.stopped != "" {
 		t.Fatalf("tunnel stopped (%s) while the previous identity is still received", fi.t.stopped)
 	}
+	g := r.f.Guard.(*encapguard.Fake)
+	if _, ok := g.Spec("ipip"); !ok {
+		t.Fatal("IP-in-IP guard gone while IP-in-IP is still received")
+	}
 	if err := b.Forget(context.Background(), IdentityIPIP); err != nil {
 		t.Fatal(err)
+	}
+	if _, ok := g.Spec("ipip"); ok {
+		t.Fatal("IP-in-IP guard left after no peer sends IP-in-IP any more")
 	}
 	if fi.t.stopped != "removed" || !slices.Equal(b.Decapsulates(), []string{IdentityNative}) || b.published().MTU != 1500 {
 		t.Fatalf("after Forget: tunnel %q, decapsulates %v, mtu %d", fi.t.stopped, b.Decapsulates(), b.published().MTU)

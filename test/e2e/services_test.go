@@ -533,13 +533,13 @@ func TestServices(t *testing.T) {
 		s.waitBackend("vxlan")
 	}()
 	backends := []struct {
-		name, typ, section string
-		bgp                *bgpMode // for bgp: what its ipipMode shows
+		name, identity, section string
+		bgp                     *bgpMode // for bgp: what its ipipMode shows
 	}{
 		{"vxlan", "vxlan", `{"type":"vxlan"}`, nil},
 		{"udp", "udp", `{"type":"udp"}`, nil},
-		{"bgp-never", "bgp", `{"type":"bgp","ipipMode":"Never"}`, &never},
-		{"bgp-always", "bgp", `{"type":"bgp","ipipMode":"Always"}`, &always},
+		{"bgp-never", "bgp/native", `{"type":"bgp","ipipMode":"Never"}`, &never},
+		{"bgp-always", "bgp/ipip", `{"type":"bgp","ipipMode":"Always"}`, &always},
 	}
 	for _, mode := range []string{"iptables", "nftables"} {
 		if mode != "iptables" {
@@ -550,10 +550,10 @@ func TestServices(t *testing.T) {
 		}
 		for _, b := range backends {
 			setBackend(t, ctx, s.client, orig.Data["net-conf.json"], b.section)
-			s.waitBackend(b.typ)
+			s.waitBackend(b.identity)
 			if b.bgp != nil {
-				// Never and Always are both "bgp": wait for this mode's
-				// sessions and routes, not only the type.
+				// Wait for this mode's sessions and routes too, not only
+				// the announced identity.
 				nodes := s.nodeList()
 				waitBGP(t, ctx, nodes, *b.bgp, func(n *corev1.Node) []*corev1.Node { return others(nodes, n.Name) }, 2*time.Minute)
 			}
@@ -576,7 +576,8 @@ func (s *svcEnv) nodeList() []*corev1.Node {
 	return out
 }
 
-// waitBackend waits until every node announces that it sends with typ.
+// waitBackend waits until every node announces that it sends with the
+// encapsulation identity typ (weft.dev/backend, e.g. "udp", "bgp/ipip").
 func (s *svcEnv) waitBackend(typ string) {
 	s.t.Helper()
 	if err := waitFor(s.ctx, 2*time.Minute, func() (bool, error) {
