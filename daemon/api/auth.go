@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,16 +30,29 @@ type Reviewer interface {
 
 // KubeReviewer is the Reviewer of a client-go clientset; weftd's
 // ServiceAccount needs create on tokenreviews and subjectaccessreviews.
-type KubeReviewer struct{ Client kubernetes.Interface }
+type KubeReviewer struct {
+	Client kubernetes.Interface
+	// Audience a token must be bound to (nodeapi.Audience when empty).
+	Audience string
+}
 
-// Authenticate implements Reviewer.
+// Authenticate implements Reviewer: the review asks for the token bound to
+// weftd's audience only, and a token is valid only when the answer says it
+// is bound to it (an apiserver token, meant for the apiserver, is not).
 func (k KubeReviewer) Authenticate(ctx context.Context, token string) (authnv1.UserInfo, bool, error) {
+	aud := k.Audience
+	if aud == "" {
+		aud = nodeapi.Audience
+	}
 	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx,
-		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{aud}}}, metav1.CreateOptions{})
 	if err != nil {
 		return authnv1.UserInfo{}, false, fmt.Errorf("token review: %w", err)
 	}
-	return tr.Status.User, tr.Status.Authenticated, nil
+	if !tr.Status.Authenticated || !slices.Contains(tr.Status.Audiences, aud) {
+		return authnv1.UserInfo{}, false, nil
+	}
+	return tr.Status.User, true, nil
 }
 
 // Authorize implements Reviewer with a non-resource URL (path) and verb.
@@ -59,8 +73,9 @@ func (k KubeReviewer) Authorize(ctx context.Context, u authnv1.UserInfo, path, v
 
 // Guard authenticates and authorizes every request of the operational API
 // through a Reviewer, as kubelet does: the bearer token (Authorization, or
-// nodeapi.TokenHeader through the apiserver's proxy) is reviewed, then the
-// user must be allowed the request's path as a non-resource URL with the
+// nodeapi.TokenHeader through the apiserver's proxy) is reviewed (by
+// KubeReviewer for nodeapi.Audience only: an apiserver token is invalid
+// here), then the user must be allowed the request's path as a non-resource URL with the
 // lower-case method as verb ("get", "post"). No token or an invalid one:
 // 401; not allowed: 403; the API unreachable: 503 (never an allow).
 // Answers are cached: identities for AuthnTTL, allows for AllowTTL,

@@ -20,18 +20,38 @@ import (
 	"github.com/weftnet/weft/internal/nodeapi"
 )
 
-// fakeReviews answers TokenReviews (token "good" is user alice, "reader"
-// is user bob) and SubjectAccessReviews (bob may get /v1/node only).
+// fakeReviews answers TokenReviews as an apiserver does: tokens "good"
+// (user alice) and "reader" (user bob) are bound to nodeapi.Audience,
+// "apiserver" (user bob) to the apiserver's own audience, and each
+// authenticates only when the review asks for an audience it has (none
+// asked: the apiserver's; the status names the ones in common); "legacy" (user bob) authenticates
+// whatever is asked, with the apiserver's audience in the status, as an
+// apiserver that ignores spec.audiences would answer. SubjectAccessReviews:
+// bob may get /v1/node only.
 func fakeReviews(reviews *atomic.Int32) *fake.Clientset {
 	c := fake.NewClientset()
 	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		reviews.Add(1)
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview)
-		switch tr.Spec.Token {
-		case "good":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "alice", UID: "1"}}
-		case "reader":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "bob", UID: "2", Groups: []string{"g"}}}
+		users := map[string]authnv1.UserInfo{"good": {Username: "alice", UID: "1"}, "reader": {Username: "bob", UID: "2", Groups: []string{"g"}}}
+		users["apiserver"], users["legacy"] = users["reader"], users["reader"]
+		auds := map[string][]string{"good": {nodeapi.Audience}, "reader": {nodeapi.Audience}, "apiserver": {"https://kubernetes.default.svc"}}
+		if tr.Spec.Token == "legacy" {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: users["legacy"], Audiences: []string{"https://kubernetes.default.svc"}}
+			return true, tr, nil
+		}
+		asked := tr.Spec.Audiences
+		if len(asked) == 0 { // the apiserver's default: its own audience
+			asked = []string{"https://kubernetes.default.svc"}
+		}
+		var common []string
+		for _, want := range asked {
+			if slices.Contains(auds[tr.Spec.Token], want) {
+				common = append(common, want)
+			}
+		}
+		if len(common) > 0 {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: users[tr.Spec.Token], Audiences: common}
 		}
 		return true, tr, nil
 	})
@@ -73,6 +93,9 @@ func TestGuard(t *testing.T) {
 		{"GET", nodeapi.NodePath, "Authorization", "", 401},
 		{"GET", nodeapi.MetricsPath, "Authorization", "", 401},
 		{"GET", nodeapi.NodePath, "Authorization", "forged", 401},
+		{"GET", nodeapi.NodePath, "Authorization", "apiserver", 401},
+		{"GET", nodeapi.NodePath, nodeapi.TokenHeader, "apiserver", 401},
+		{"GET", nodeapi.NodePath, "Authorization", "legacy", 401},
 		{"GET", nodeapi.NodePath, "Authorization", "good", 403},
 		{"GET", nodeapi.MetricsPath, "Authorization", "reader", 403},
 		{"POST", nodeapi.NodePath, "Authorization", "reader", 403},
