@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -171,5 +173,79 @@ func TestGuardVerdictCacheKeyIsTheWholeIdentity(t *testing.T) {
 	}
 	if n := r.sars.Load(); n != 4 {
 		t.Errorf("%d access reviews, want 4 (one per identity)", n)
+	}
+}
+
+// errReviewer fails every review with an error naming apiserver internals.
+type errReviewer struct{}
+
+func (errReviewer) Authenticate(context.Context, string) (authnv1.UserInfo, bool, error) {
+	return authnv1.UserInfo{}, false, errors.New("dial tcp 10.96.0.1:443: secret-internal-detail")
+}
+
+func (errReviewer) Authorize(context.Context, authnv1.UserInfo, string, string) (bool, string, error) {
+	return false, "", errors.New("secret-internal-detail")
+}
+
+// A token longer than 16 KiB is refused with 401 without a TokenReview;
+// a failed review answers 503 with a generic message (the error is
+// logged, not shown to the caller).
+func TestGuardRefusesHugeTokensAndHidesReviewErrors(t *testing.T) {
+	var reviews atomic.Int32
+	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
+	do := func(h http.Handler, tok string) (int, string) {
+		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := do(h, strings.Repeat("a", 16<<10+1)); code != 401 || reviews.Load() != 0 {
+		t.Errorf("a 16 KiB + 1 token: %d %q after %d reviews, want 401 and none", code, body, reviews.Load())
+	}
+	if code, _ := do(h, "reader"); code != 200 {
+		t.Errorf("a valid token after the huge one: %d", code)
+	}
+	var logs strings.Builder
+	bad := NewGuard(errReviewer{}, slog.New(slog.NewTextHandler(&logs, nil))).Wrap(http.NotFoundHandler())
+	if code, body := do(bad, "x"); code != 503 || strings.Contains(body, "secret-internal-detail") {
+		t.Errorf("a failed token review: %d %q, want 503 without the error", code, body)
+	}
+	if !strings.Contains(logs.String(), "secret-internal-detail") {
+		t.Errorf("the review error is not logged: %q", logs.String())
+	}
+}
+
+// Invalid tokens are cached apart from valid identities: a flood of
+// distinct bad tokens (more than the identity cache holds) does not evict
+// a valid token's identity, and a bad token repeated is reviewed once.
+func TestGuardNegativeCacheIsSeparate(t *testing.T) {
+	var reviews atomic.Int32
+	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
+	do := func(tok string) int {
+		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code
+	}
+	if do("reader") != 200 {
+		t.Fatal("reader refused")
+	}
+	for i := range maxCache + 10 {
+		if code := do(fmt.Sprintf("bad-%d", i)); code != 401 {
+			t.Fatalf("bad token %d: %d", i, code)
+		}
+	}
+	before := reviews.Load()
+	if do("reader") != 200 || reviews.Load() != before {
+		t.Errorf("the valid identity was evicted by invalid tokens: %d more reviews", reviews.Load()-before)
+	}
+	do("bad-again")
+	before = reviews.Load()
+	if do("bad-again") != 401 || reviews.Load() != before {
+		t.Errorf("an invalid token repeated: %d more reviews, want it cached", reviews.Load()-before)
 	}
 }
