@@ -156,13 +156,7 @@ func TestGuardVerdictCacheKeyIsTheWholeIdentity(t *testing.T) {
 	}}
 	g := NewGuard(r, slog.New(slog.DiscardHandler))
 	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
-	do := func(tok string) int {
-		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec.Code
-	}
+	do := func(tok string) int { code, _ := getNode(h, tok); return code }
 	for _, c := range []struct {
 		first, second string
 		want          [2]int
@@ -194,13 +188,7 @@ func TestGuardRefusesHugeTokensAndHidesReviewErrors(t *testing.T) {
 	var reviews atomic.Int32
 	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
 	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
-	do := func(h http.Handler, tok string) (int, string) {
-		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec.Code, rec.Body.String()
-	}
+	do := getNode
 	if code, body := do(h, strings.Repeat("a", 16<<10+1)); code != 401 || reviews.Load() != 0 {
 		t.Errorf("a 16 KiB + 1 token: %d %q after %d reviews, want 401 and none", code, body, reviews.Load())
 	}
@@ -224,13 +212,7 @@ func TestGuardNegativeCacheIsSeparate(t *testing.T) {
 	var reviews atomic.Int32
 	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
 	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
-	do := func(tok string) int {
-		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec.Code
-	}
+	do := func(tok string) int { code, _ := getNode(h, tok); return code }
 	if do("reader") != 200 {
 		t.Fatal("reader refused")
 	}
@@ -248,4 +230,13 @@ func TestGuardNegativeCacheIsSeparate(t *testing.T) {
 	if do("bad-again") != 401 || reviews.Load() != before {
 		t.Errorf("an invalid token repeated: %d more reviews, want it cached", reviews.Load()-before)
 	}
+}
+
+// getNode GETs nodeapi.NodePath from h with tok in Authorization.
+func getNode(h http.Handler, tok string) (int, string) {
+	req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
 }
