@@ -19,11 +19,18 @@ if [ ${#need[@]} -gt 0 ] || [ ${#lean[@]} -gt 0 ]; then
   if [ ${#lean[@]} -gt 0 ]; then
     # Installing docker.io must not start the system's dockerd (it would
     # rewrite the host's iptables): hack/image.sh runs a private one.
+    rcd=${WEFT_POLICY_RC_D:-/usr/sbin/policy-rc.d}
     guard=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && guard=1
+    if [ ! -e "$rcd" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$rcd" && chmod +x "$rcd" && guard=1
     fi
     apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
-    [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
+    [ -z "$guard" ] || rm -f "$rcd"
+    # Nor later: a boot or a docker client would start it (socket
+    # activation). Without a running systemd these only touch unit links.
+    if [[ " ${lean[*]} " == *" docker.io "* ]] && command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+      systemctl mask docker.service docker.socket >/dev/null 2>&1 || true
+    fi
   fi
 fi

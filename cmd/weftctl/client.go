@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -52,19 +53,47 @@ type env struct {
 	g      *globals
 	client kubernetes.Interface
 	rest   rest.Interface
+	tokens nodeTokens
 }
 
-// forwardToken copies the Authorization header the client-go auth layers
-// set (token, token file, exec plugin) into nodeapi.TokenHeader: the
-// apiserver consumes Authorization and proxies the rest to weftd.
-type forwardToken struct{ next http.RoundTripper }
+// nodeTokens are the tokens weftctl shows weftd, one per ServiceAccount,
+// requested once per run. The kubeconfig user's own credential never
+// leaves for a node: a node's root would collect every operator's token.
+type nodeTokens struct {
+	mu  sync.Mutex
+	tok map[string]string
+}
 
-func (f forwardToken) RoundTrip(r *http.Request) (*http.Response, error) {
-	if a := r.Header.Get("Authorization"); a != "" && r.Header.Get(nodeapi.TokenHeader) == "" {
-		r = r.Clone(r.Context())
-		r.Header.Set(nodeapi.TokenHeader, a)
+// tokenTTL is the lifetime asked for (the TokenRequest API's minimum).
+const tokenTTL = 10 * time.Minute
+
+// nodeToken returns a token of the ServiceAccount path needs (the
+// operator's for what changes a node or sends traffic, else the reader's)
+// bound to nodeapi.Audience: weftd accepts only that audience and the
+// apiserver refuses it. The user needs create on serviceaccounts/token for
+// that ServiceAccount (the manifest's weftctl-reader and weftctl-operator
+// Roles).
+func (e *env) nodeToken(ctx context.Context, path string) (string, error) {
+	sa := nodeapi.ReaderServiceAccount
+	if path == nodeapi.ReleasePath || path == nodeapi.ProbePath {
+		sa = nodeapi.OperatorServiceAccount
 	}
-	return f.next.RoundTrip(r)
+	e.tokens.mu.Lock()
+	defer e.tokens.mu.Unlock()
+	if t, ok := e.tokens.tok[sa]; ok {
+		return t, nil
+	}
+	exp := int64(tokenTTL / time.Second)
+	tr, err := e.client.CoreV1().ServiceAccounts(e.g.weftNS).CreateToken(ctx, sa, &authnv1.TokenRequest{
+		Spec: authnv1.TokenRequestSpec{Audiences: []string{nodeapi.Audience}, ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("token for weftd (create serviceaccounts/token %s/%s, audience %s): %s", e.g.weftNS, sa, nodeapi.Audience, explain(0, nil, err))
+	}
+	if e.tokens.tok == nil {
+		e.tokens.tok = map[string]string{}
+	}
+	e.tokens.tok[sa] = tr.Status.Token
+	return tr.Status.Token, nil
 }
 
 func (g *globals) connect() (*env, error) {
@@ -76,7 +105,6 @@ func (g *globals) connect() (*env, error) {
 		return nil, fmt.Errorf("kubeconfig: %w", err)
 	}
 	cfg.UserAgent = "weftctl"
-	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return forwardToken{rt} })
 	c, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -117,6 +145,10 @@ func (e *env) nodes(ctx context.Context) ([]corev1.Node, error) {
 func (e *env) call(ctx context.Context, pod corev1.Pod, path string, in, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, e.g.timeout)
 	defer cancel()
+	tok, err := e.nodeToken(ctx, path)
+	if err != nil {
+		return fmt.Errorf("weftd on %s: %w", pod.Spec.NodeName, err)
+	}
 	name := "https:" + pod.Name + ":" + strconv.Itoa(e.g.port)
 	req := e.rest.Get()
 	if in != nil {
@@ -126,6 +158,7 @@ func (e *env) call(ctx context.Context, pod corev1.Pod, path string, in, out any
 		}
 		req = e.rest.Post().Body(bytes.NewReader(b)).SetHeader("Content-Type", "application/json")
 	}
+	req = req.SetHeader(nodeapi.TokenHeader, "Bearer "+tok)
 	var code int
 	raw, err := req.Namespace(pod.Namespace).Resource("pods").Name(name).SubResource("proxy").Suffix(path).
 		Do(ctx).StatusCode(&code).Raw()
@@ -154,7 +187,7 @@ func explain(code int, raw []byte, err error) string {
 	}
 	switch {
 	case code == http.StatusUnauthorized:
-		return "401 unauthorized (weftctl forwards the kubeconfig user's bearer token; a client-certificate user has none: use a token): " + detail
+		return "401 unauthorized (weftd accepts only tokens bound to audience " + nodeapi.Audience + "): " + detail
 	case code == http.StatusForbidden:
 		return "403 forbidden: " + detail
 	case code != 0:

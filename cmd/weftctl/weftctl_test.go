@@ -2,59 +2,99 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/weftnet/weft/internal/nodeapi"
 )
 
-// The kubeconfig user's bearer token also travels in nodeapi.TokenHeader
-// (the apiserver consumes Authorization before proxying to weftd), for a
-// token read from the kubeconfig or from a token file.
-func TestTokenForwarded(t *testing.T) {
-	var got, auth string
+// weftd never sees the kubeconfig user's own token: for each node call
+// weftctl asks the TokenRequest API (as that user) for a token of weft's
+// reader ServiceAccount, or the operator's for release and probe, bound to
+// nodeapi.Audience and expiring in 10 minutes, and sends it in
+// nodeapi.TokenHeader through the proxy; one token per ServiceAccount per
+// run. The user's token stays in Authorization, for the apiserver only.
+func TestNodeTokenIsAudienceBound(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // TokenHeader of each proxied call, by path
+	requests := map[string]authv1.TokenRequestSpec{}
+	counts := map[string]int{}
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, auth = r.Header.Get(nodeapi.TokenHeader), r.Header.Get("Authorization")
+		mu.Lock()
+		defer mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"kind":"NodeList","apiVersion":"v1","items":[]}`))
+		if sa, ok := strings.CutPrefix(r.URL.Path, "/api/v1/namespaces/kube-system/serviceaccounts/"); ok && r.Method == "POST" {
+			sa = strings.TrimSuffix(sa, "/token")
+			body, _ := io.ReadAll(r.Body)
+			obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(body, nil, nil)
+			tr, ok := obj.(*authv1.TokenRequest)
+			if err != nil || !ok || r.Header.Get("Authorization") != "Bearer kc-token" {
+				http.Error(w, fmt.Sprintf("bad token request: %v %T", err, obj), 400)
+				return
+			}
+			requests[sa], counts[sa] = tr.Spec, counts[sa]+1
+			tr.Status.Token = "sa-" + sa
+			tr.Kind, tr.APIVersion = "TokenRequest", "authentication.k8s.io/v1"
+			_ = json.NewEncoder(w).Encode(tr)
+			return
+		}
+		if _, path, ok := strings.Cut(r.URL.Path, "/proxy"); ok {
+			seen = append(seen, path+" "+r.Header.Get(nodeapi.TokenHeader))
+		}
+		_, _ = w.Write([]byte(`{}`))
 	}))
 	defer srv.Close()
-	dir := t.TempDir()
-	tokFile := filepath.Join(dir, "tok")
-	if err := os.WriteFile(tokFile, []byte("file-token\n"), 0o600); err != nil {
+	kc := filepath.Join(t.TempDir(), "kubeconfig")
+	data := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
+		"users: [{name: u, user: {token: kc-token}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
+	if err := os.WriteFile(kc, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	for user, want := range map[string]string{"token: kc-token": "Bearer kc-token", "tokenFile: " + tokFile: "Bearer file-token"} {
-		kc := filepath.Join(dir, "kubeconfig")
-		data := "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: " + srv.URL + "}}]\n" +
-			"users: [{name: u, user: {" + user + "}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"
-		if err := os.WriteFile(kc, []byte(data), 0o600); err != nil {
+	g := &globals{}
+	g.bind(&cobra.Command{})
+	g.loading.ExplicitPath = kc
+	g.overrides.ClusterInfo.InsecureSkipTLSVerify = true // the test server's certificate
+	e, err := g.connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "weft-x"}, Spec: corev1.PodSpec{NodeName: "n1"}}
+	var out struct{}
+	for _, c := range []struct {
+		path string
+		in   any
+	}{{nodeapi.NodePath, nil}, {nodeapi.IPAMPath, nil}, {nodeapi.ProbePath, nodeapi.ProbeRequest{}}, {nodeapi.ReleasePath, nodeapi.ReleaseRequest{}}} {
+		if err := e.call(context.Background(), pod, c.path, c.in, &out); err != nil {
 			t.Fatal(err)
 		}
-		g := &globals{}
-		g.bind(&cobra.Command{})
-		g.loading.ExplicitPath = kc
-		g.overrides.ClusterInfo.InsecureSkipTLSVerify = true // the test server's certificate
-		e, err := g.connect()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.nodes(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		if got != want || auth != want {
-			t.Errorf("%s: %s %q, Authorization %q; want both %q", user, nodeapi.TokenHeader, got, auth, want)
+	}
+	want := []string{nodeapi.NodePath + " Bearer sa-weft-ctl-reader", nodeapi.IPAMPath + " Bearer sa-weft-ctl-reader",
+		nodeapi.ProbePath + " Bearer sa-weft-ctl-operator", nodeapi.ReleasePath + " Bearer sa-weft-ctl-operator"}
+	if !slices.Equal(seen, want) {
+		t.Errorf("%s sent to weftd: %q, want %q", nodeapi.TokenHeader, seen, want)
+	}
+	for _, sa := range []string{nodeapi.ReaderServiceAccount, nodeapi.OperatorServiceAccount} {
+		spec := requests[sa]
+		if counts[sa] != 1 || !slices.Equal(spec.Audiences, []string{nodeapi.Audience}) || spec.ExpirationSeconds == nil || *spec.ExpirationSeconds != 600 {
+			t.Errorf("token requests for %s: %d, last %+v; want one, audience %s, 600 s", sa, counts[sa], spec, nodeapi.Audience)
 		}
 	}
 }

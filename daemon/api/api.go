@@ -175,7 +175,7 @@ func Serve(ctx context.Context, addr string, h http.Handler, log *slog.Logger) e
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	return serve(ctx, ln, addr, h, log)
+	return serve(ctx, ln, addr, h, tcpTimeouts, log)
 }
 
 // ServeUnix serves h on a unix socket at path (the local API the CNI plugin
@@ -195,11 +195,27 @@ func ServeUnix(ctx context.Context, path string, h http.Handler, log *slog.Logge
 		ln.Close()
 		return fmt.Errorf("socket %s: %w", path, err)
 	}
-	return serve(ctx, ln, path, h, log)
+	return serve(ctx, ln, path, h, unixTimeouts, log)
 }
 
-func serve(ctx context.Context, ln net.Listener, addr string, h http.Handler, log *slog.Logger) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+// timeouts bound a server's connections.
+type timeouts struct{ readHeader, write, idle time.Duration }
+
+// tcpTimeouts are the health and operational servers': idle keep-alive
+// connections close after 90 s, and a response must be written within a
+// minute (a probe takes at most 10 s, a trace batch a few).
+var tcpTimeouts = timeouts{readHeader: 5 * time.Second, write: time.Minute, idle: 90 * time.Second}
+
+// unixTimeouts are the local socket's: no write bound (the plugin's policy
+// wait is as long as its conflist says).
+var unixTimeouts = timeouts{readHeader: 5 * time.Second, idle: 90 * time.Second}
+
+func newServer(h http.Handler, t timeouts) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: t.readHeader, WriteTimeout: t.write, IdleTimeout: t.idle}
+}
+
+func serve(ctx context.Context, ln net.Listener, addr string, h http.Handler, t timeouts, log *slog.Logger) error {
+	srv := newServer(h, t)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

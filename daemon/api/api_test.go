@@ -1,7 +1,11 @@
 package api
 
 import (
+	"bufio"
+	"context"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -52,5 +56,71 @@ func TestEndpoints(t *testing.T) {
 		if code != 200 || !strings.Contains(body, want) {
 			t.Fatalf("metrics lack %q", want)
 		}
+	}
+}
+
+// The health and operational servers close idle keep-alive connections
+// after 90 s and bound a response at 60 s (a probe takes up to 10 s, a
+// trace batch a few); the local socket has no write bound (the plugin's
+// policy wait is configurable) but closes idle connections too. With short
+// bounds: an idle connection is closed by the server, and a handler slower
+// than the write bound gets no answer through.
+func TestServerTimeouts(t *testing.T) {
+	for name, c := range map[string]struct {
+		got         timeouts
+		write, idle time.Duration
+	}{"tcp": {tcpTimeouts, time.Minute, 90 * time.Second}, "unix": {unixTimeouts, 0, 90 * time.Second}} {
+		srv := newServer(http.NotFoundHandler(), c.got)
+		if srv.WriteTimeout != c.write || srv.IdleTimeout != c.idle || srv.ReadHeaderTimeout == 0 {
+			t.Errorf("%s server: write %v idle %v read-header %v, want write %v idle %v", name, srv.WriteTimeout, srv.IdleTimeout, srv.ReadHeaderTimeout, c.write, c.idle)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- serve(ctx, ln, "test", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				time.Sleep(600 * time.Millisecond)
+			}
+			_, _ = w.Write([]byte("ok"))
+		}), timeouts{readHeader: time.Second, write: 300 * time.Millisecond, idle: 200 * time.Millisecond}, slog.New(slog.DiscardHandler))
+	}()
+	defer func() { cancel(); <-done }()
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	ask := func(path string) (*http.Response, error) {
+		if _, err := conn.Write([]byte("GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			return nil, err
+		}
+		return http.ReadResponse(br, nil)
+	}
+	resp, err := ask("/")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("first request: %v %v", resp, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF || time.Since(start) > 1500*time.Millisecond {
+		t.Errorf("idle keep-alive connection: %v after %v, want EOF from the server's idle bound", err, time.Since(start))
+	}
+	conn2, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	conn, br = conn2, bufio.NewReader(conn2)
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if resp, err := ask("/slow"); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		t.Errorf("a handler slower than the write bound answered %d %q", resp.StatusCode, b)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,16 +30,29 @@ type Reviewer interface {
 
 // KubeReviewer is the Reviewer of a client-go clientset; weftd's
 // ServiceAccount needs create on tokenreviews and subjectaccessreviews.
-type KubeReviewer struct{ Client kubernetes.Interface }
+type KubeReviewer struct {
+	Client kubernetes.Interface
+	// Audience a token must be bound to (nodeapi.Audience when empty).
+	Audience string
+}
 
-// Authenticate implements Reviewer.
+// Authenticate implements Reviewer: the review asks for the token bound to
+// weftd's audience only, and a token is valid only when the answer says it
+// is bound to it (an apiserver token, meant for the apiserver, is not).
 func (k KubeReviewer) Authenticate(ctx context.Context, token string) (authnv1.UserInfo, bool, error) {
+	aud := k.Audience
+	if aud == "" {
+		aud = nodeapi.Audience
+	}
 	tr, err := k.Client.AuthenticationV1().TokenReviews().Create(ctx,
-		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token}}, metav1.CreateOptions{})
+		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{aud}}}, metav1.CreateOptions{})
 	if err != nil {
 		return authnv1.UserInfo{}, false, fmt.Errorf("token review: %w", err)
 	}
-	return tr.Status.User, tr.Status.Authenticated, nil
+	if !tr.Status.Authenticated || !slices.Contains(tr.Status.Audiences, aud) {
+		return authnv1.UserInfo{}, false, nil
+	}
+	return tr.Status.User, true, nil
 }
 
 // Authorize implements Reviewer with a non-resource URL (path) and verb.
@@ -59,26 +73,37 @@ func (k KubeReviewer) Authorize(ctx context.Context, u authnv1.UserInfo, path, v
 
 // Guard authenticates and authorizes every request of the operational API
 // through a Reviewer, as kubelet does: the bearer token (Authorization, or
-// nodeapi.TokenHeader through the apiserver's proxy) is reviewed, then the
-// user must be allowed the request's path as a non-resource URL with the
+// nodeapi.TokenHeader through the apiserver's proxy) is reviewed (by
+// KubeReviewer for nodeapi.Audience only: an apiserver token is invalid
+// here), then the user must be allowed the request's path as a non-resource URL with the
 // lower-case method as verb ("get", "post"). No token or an invalid one:
 // 401; not allowed: 403; the API unreachable: 503 (never an allow).
+// A token longer than maxTokenLen is refused (401) without a review.
 // Answers are cached: identities for AuthnTTL, allows for AllowTTL,
-// denials for DenyTTL (kubelet's defaults are 2m, 5m, 30s).
+// denials and invalid tokens for DenyTTL (kubelet's defaults are 2m, 5m,
+// 30s); invalid tokens in a small cache of their own, so that a flood of
+// them cannot evict the identities of valid ones. Failure answers are
+// generic; the reason is logged.
 type Guard struct {
 	Reviewer                    Reviewer
 	AuthnTTL, AllowTTL, DenyTTL time.Duration
 	Log                         *slog.Logger
 	mu                          sync.Mutex
 	users                       map[string]cachedUser
+	invalid                     map[string]time.Time // token hash -> expiry
 	verdicts                    map[string]cachedVerdict
 }
 
 type cachedUser struct {
 	u   authnv1.UserInfo
-	ok  bool
 	exp time.Time
 }
+
+// maxTokenLen bounds a bearer token (a ServiceAccount token is ~1 KiB).
+const maxTokenLen = 16 << 10
+
+// maxInvalid bounds the cache of invalid tokens; when full it is emptied.
+const maxInvalid = 256
 
 type cachedVerdict struct {
 	ok     bool
@@ -113,10 +138,14 @@ func (g *Guard) Wrap(h http.Handler) http.Handler {
 			http.Error(w, "Unauthorized: a bearer token is required (Authorization or "+nodeapi.TokenHeader+")", http.StatusUnauthorized)
 			return
 		}
+		if len(tok) > maxTokenLen {
+			http.Error(w, "Unauthorized: the token is not valid", http.StatusUnauthorized)
+			return
+		}
 		u, ok, err := g.user(r.Context(), tok)
 		if err != nil {
 			g.Log.Warn("operational API: token review failed", "err", err)
-			http.Error(w, "cannot review the token: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "Service Unavailable: cannot review the token now", http.StatusServiceUnavailable)
 			return
 		}
 		if !ok {
@@ -126,8 +155,8 @@ func (g *Guard) Wrap(h http.Handler) http.Handler {
 		verb := strings.ToLower(r.Method)
 		allowed, reason, err := g.verdict(r.Context(), u, r.URL.Path, verb)
 		if err != nil {
-			g.Log.Warn("operational API: access review failed", "err", err)
-			http.Error(w, "cannot review access: "+err.Error(), http.StatusServiceUnavailable)
+			g.Log.Warn("operational API: access review failed", "user", u.Username, "err", err)
+			http.Error(w, "Service Unavailable: cannot review access now", http.StatusServiceUnavailable)
 			return
 		}
 		if !allowed {
@@ -145,11 +174,16 @@ func (g *Guard) Wrap(h http.Handler) http.Handler {
 func (g *Guard) user(ctx context.Context, tok string) (authnv1.UserInfo, bool, error) {
 	sum := sha256.Sum256([]byte(tok))
 	key := hex.EncodeToString(sum[:])
+	now := time.Now()
 	g.mu.Lock()
 	c, hit := g.users[key]
+	bad, badHit := g.invalid[key]
 	g.mu.Unlock()
-	if hit && time.Now().Before(c.exp) {
-		return c.u, c.ok, nil
+	if hit && now.Before(c.exp) {
+		return c.u, true, nil
+	}
+	if badHit && now.Before(bad) {
+		return authnv1.UserInfo{}, false, nil
 	}
 	u, ok, err := g.Reviewer.Authenticate(ctx, tok)
 	if err != nil {
@@ -157,11 +191,18 @@ func (g *Guard) user(ctx context.Context, tok string) (authnv1.UserInfo, bool, e
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if !ok {
+		if g.invalid == nil || len(g.invalid) >= maxInvalid {
+			g.invalid = map[string]time.Time{}
+		}
+		g.invalid[key] = time.Now().Add(g.DenyTTL)
+		return u, false, nil
+	}
 	if g.users == nil || len(g.users) >= maxCache {
 		g.users = map[string]cachedUser{}
 	}
-	g.users[key] = cachedUser{u: u, ok: ok, exp: time.Now().Add(g.AuthnTTL)}
-	return u, ok, nil
+	g.users[key] = cachedUser{u: u, exp: time.Now().Add(g.AuthnTTL)}
+	return u, true, nil
 }
 
 // verdictKey names a verdict by everything the access review is asked:

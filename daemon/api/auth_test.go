@@ -2,6 +2,8 @@ package api
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -20,18 +22,38 @@ import (
 	"github.com/weftnet/weft/internal/nodeapi"
 )
 
-// fakeReviews answers TokenReviews (token "good" is user alice, "reader"
-// is user bob) and SubjectAccessReviews (bob may get /v1/node only).
+// fakeReviews answers TokenReviews as an apiserver does: tokens "good"
+// (user alice) and "reader" (user bob) are bound to nodeapi.Audience,
+// "apiserver" (user bob) to the apiserver's own audience, and each
+// authenticates only when the review asks for an audience it has (none
+// asked: the apiserver's; the status names the ones in common); "legacy" (user bob) authenticates
+// whatever is asked, with the apiserver's audience in the status, as an
+// apiserver that ignores spec.audiences would answer. SubjectAccessReviews:
+// bob may get /v1/node only.
 func fakeReviews(reviews *atomic.Int32) *fake.Clientset {
 	c := fake.NewClientset()
 	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		reviews.Add(1)
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview)
-		switch tr.Spec.Token {
-		case "good":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "alice", UID: "1"}}
-		case "reader":
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "bob", UID: "2", Groups: []string{"g"}}}
+		users := map[string]authnv1.UserInfo{"good": {Username: "alice", UID: "1"}, "reader": {Username: "bob", UID: "2", Groups: []string{"g"}}}
+		users["apiserver"], users["legacy"] = users["reader"], users["reader"]
+		auds := map[string][]string{"good": {nodeapi.Audience}, "reader": {nodeapi.Audience}, "apiserver": {"https://kubernetes.default.svc"}}
+		if tr.Spec.Token == "legacy" {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: users["legacy"], Audiences: []string{"https://kubernetes.default.svc"}}
+			return true, tr, nil
+		}
+		asked := tr.Spec.Audiences
+		if len(asked) == 0 { // the apiserver's default: its own audience
+			asked = []string{"https://kubernetes.default.svc"}
+		}
+		var common []string
+		for _, want := range asked {
+			if slices.Contains(auds[tr.Spec.Token], want) {
+				common = append(common, want)
+			}
+		}
+		if len(common) > 0 {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: users[tr.Spec.Token], Audiences: common}
 		}
 		return true, tr, nil
 	})
@@ -73,6 +95,9 @@ func TestGuard(t *testing.T) {
 		{"GET", nodeapi.NodePath, "Authorization", "", 401},
 		{"GET", nodeapi.MetricsPath, "Authorization", "", 401},
 		{"GET", nodeapi.NodePath, "Authorization", "forged", 401},
+		{"GET", nodeapi.NodePath, "Authorization", "apiserver", 401},
+		{"GET", nodeapi.NodePath, nodeapi.TokenHeader, "apiserver", 401},
+		{"GET", nodeapi.NodePath, "Authorization", "legacy", 401},
 		{"GET", nodeapi.NodePath, "Authorization", "good", 403},
 		{"GET", nodeapi.MetricsPath, "Authorization", "reader", 403},
 		{"POST", nodeapi.NodePath, "Authorization", "reader", 403},
@@ -131,13 +156,7 @@ func TestGuardVerdictCacheKeyIsTheWholeIdentity(t *testing.T) {
 	}}
 	g := NewGuard(r, slog.New(slog.DiscardHandler))
 	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
-	do := func(tok string) int {
-		req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
-		req.Header.Set("Authorization", "Bearer "+tok)
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		return rec.Code
-	}
+	do := func(tok string) int { code, _ := getNode(h, tok); return code }
 	for _, c := range []struct {
 		first, second string
 		want          [2]int
@@ -149,4 +168,75 @@ func TestGuardVerdictCacheKeyIsTheWholeIdentity(t *testing.T) {
 	if n := r.sars.Load(); n != 4 {
 		t.Errorf("%d access reviews, want 4 (one per identity)", n)
 	}
+}
+
+// errReviewer fails every review with an error naming apiserver internals.
+type errReviewer struct{}
+
+func (errReviewer) Authenticate(context.Context, string) (authnv1.UserInfo, bool, error) {
+	return authnv1.UserInfo{}, false, errors.New("dial tcp 10.96.0.1:443: secret-internal-detail")
+}
+
+func (errReviewer) Authorize(context.Context, authnv1.UserInfo, string, string) (bool, string, error) {
+	return false, "", errors.New("secret-internal-detail")
+}
+
+// A token longer than 16 KiB is refused with 401 without a TokenReview;
+// a failed review answers 503 with a generic message (the error is
+// logged, not shown to the caller).
+func TestGuardRefusesHugeTokensAndHidesReviewErrors(t *testing.T) {
+	var reviews atomic.Int32
+	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
+	do := getNode
+	if code, body := do(h, strings.Repeat("a", 16<<10+1)); code != 401 || reviews.Load() != 0 {
+		t.Errorf("a 16 KiB + 1 token: %d %q after %d reviews, want 401 and none", code, body, reviews.Load())
+	}
+	if code, _ := do(h, "reader"); code != 200 {
+		t.Errorf("a valid token after the huge one: %d", code)
+	}
+	var logs strings.Builder
+	bad := NewGuard(errReviewer{}, slog.New(slog.NewTextHandler(&logs, nil))).Wrap(http.NotFoundHandler())
+	if code, body := do(bad, "x"); code != 503 || strings.Contains(body, "secret-internal-detail") {
+		t.Errorf("a failed token review: %d %q, want 503 without the error", code, body)
+	}
+	if !strings.Contains(logs.String(), "secret-internal-detail") {
+		t.Errorf("the review error is not logged: %q", logs.String())
+	}
+}
+
+// Invalid tokens are cached apart from valid identities: a flood of
+// distinct bad tokens (more than the identity cache holds) does not evict
+// a valid token's identity, and a bad token repeated is reviewed once.
+func TestGuardNegativeCacheIsSeparate(t *testing.T) {
+	var reviews atomic.Int32
+	g := NewGuard(KubeReviewer{Client: fakeReviews(&reviews)}, slog.New(slog.DiscardHandler))
+	h := g.Wrap(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("state")) }))
+	do := func(tok string) int { code, _ := getNode(h, tok); return code }
+	if do("reader") != 200 {
+		t.Fatal("reader refused")
+	}
+	for i := range maxCache + 10 {
+		if code := do(fmt.Sprintf("bad-%d", i)); code != 401 {
+			t.Fatalf("bad token %d: %d", i, code)
+		}
+	}
+	before := reviews.Load()
+	if do("reader") != 200 || reviews.Load() != before {
+		t.Errorf("the valid identity was evicted by invalid tokens: %d more reviews", reviews.Load()-before)
+	}
+	do("bad-again")
+	before = reviews.Load()
+	if do("bad-again") != 401 || reviews.Load() != before {
+		t.Errorf("an invalid token repeated: %d more reviews, want it cached", reviews.Load()-before)
+	}
+}
+
+// getNode GETs nodeapi.NodePath from h with tok in Authorization.
+func getNode(h http.Handler, tok string) (int, string) {
+	req := httptest.NewRequest("GET", nodeapi.NodePath, nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
 }

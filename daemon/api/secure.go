@@ -83,5 +83,5 @@ func ServeTLS(ctx context.Context, addr string, h http.Handler, cfg *tls.Config,
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", addr, err)
 	}
-	return serve(ctx, tls.NewListener(ln, cfg), addr, h, log)
+	return serve(ctx, tls.NewListener(ln, cfg), addr, h, tcpTimeouts, log)
 }

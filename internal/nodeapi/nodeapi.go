@@ -22,9 +22,24 @@ const (
 
 // TokenHeader carries "Bearer <token>" when the request comes through the
 // apiserver's proxy: the apiserver authenticates the caller with the
-// Authorization header and removes it before proxying, so weftctl sends the
-// same credential a second time here. weftd reads Authorization first.
+// Authorization header and removes it before proxying, so weftctl sends
+// its weftd token (audience Audience, never the caller's own credential)
+// here. weftd reads Authorization first.
 const TokenHeader = "X-Weft-Authorization"
+
+// Audience is the only token audience weftd accepts: weftctl asks the
+// TokenRequest API for a short-lived token of ReaderServiceAccount or
+// OperatorServiceAccount (in weft's namespace) bound to it. The apiserver
+// refuses such a token, and weftd refuses the apiserver's own tokens, so a
+// token seen on a node is worth nothing elsewhere.
+const Audience = "weft.dev/weftd"
+
+// The ServiceAccounts weftctl takes tokens of: the reader's for every
+// read-only path, the operator's for ReleasePath and ProbePath.
+const (
+	ReaderServiceAccount   = "weft-ctl-reader"
+	OperatorServiceAccount = "weft-ctl-operator"
+)
 
 // NodeStatus is a node's readiness as its weftd sees it.
 type NodeStatus struct {

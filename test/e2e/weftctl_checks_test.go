@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"os/exec"
@@ -9,8 +8,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/weftnet/weft/internal/nodeapi"
 )
@@ -214,51 +215,57 @@ func (e *polEnv) checkConnectivity(w *weftctl) {
 	e.deleteAll()
 }
 
-// checkAccess: through the apiserver's proxy, a ServiceAccount that may
-// proxy to the weft pods but has no weft-reader gets weftd's 403; one with
-// weft-reader gets the state. Directly on the node's port: no token 401,
-// the unprivileged token 403, the reader's 200.
+// checkAccess: weftctl shows weftd only short-lived tokens of the
+// manifest's weft-ctl-* ServiceAccounts bound to weftd's audience, so a
+// ServiceAccount that may read pods and nodes but not create such a token
+// gets the apiserver's 403 at the TokenRequest for every node; one bound to
+// weftctl-view and weftctl-reader gets the state. Directly on the node's
+// port: no token, a bad one and an apiserver token (even of that reader)
+// 401; a weftd-audience token of a ServiceAccount without weft-reader 403;
+// weftctl's reader token 200. That token is refused by the apiserver.
 func (e *polEnv) checkAccess(nodes map[string]*corev1.Node) {
 	t := e.t
 	ns := e.ns("x")
-	// noperm may read pods and nodes and proxy to the weft pods, so weftctl
-	// gets as far as weftd, but it has no weft-reader.
-	read := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: e.ns("read-pods-nodes")},
-		Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods", "nodes"}, Verbs: []string{"get", "list"}}}}
-	if _, err := e.client.RbacV1().ClusterRoles().Create(e.ctx, read, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = e.client.RbacV1().ClusterRoles().Delete(context.Background(), read.Name, metav1.DeleteOptions{})
-	})
-	noKC, noTok := serviceAccount(t, e.ctx, e.client, ns, "noperm", []string{read.Name}, []string{"weft-proxy"})
-	rdKC, rdTok := serviceAccount(t, e.ctx, e.client, ns, "reader", []string{"weft-reader"}, []string{"weft-proxy"})
+	noKC, _ := serviceAccount(t, e.ctx, e.client, ns, "noperm", []string{"weftctl-view"}, nil)
+	rdKC, rdTok := serviceAccount(t, e.ctx, e.client, ns, "reader", []string{"weftctl-view"}, []string{"weftctl-reader"})
 	no := &weftctl{t: t, bin: e.ctl.bin, kubeconfig: noKC}
 	var st struct{ Nodes []statusRow }
 	no.json(e.ctx, &st, 1, "status")
 	for _, r := range st.Nodes {
-		if r.Reachable || !strings.Contains(r.Error, "403") || !strings.Contains(r.Error, "may not get /v1/node") {
-			t.Errorf("status as a ServiceAccount without weft-reader: %+v, want weftd's 403", r)
+		if r.Reachable || !strings.Contains(r.Error, "403") || !strings.Contains(r.Error, "serviceaccounts/token") {
+			t.Errorf("status as a ServiceAccount that may not create weftctl's token: %+v, want the apiserver's 403", r)
 		}
 	}
 	rd := &weftctl{t: t, bin: e.ctl.bin, kubeconfig: rdKC}
 	rd.json(e.ctx, &st, 0, "status")
 	for _, r := range st.Nodes {
 		if !r.Reachable || !r.Ready {
-			t.Errorf("status as weft-reader: %+v", r)
+			t.Errorf("status as weftctl-reader: %+v", r)
 		}
 	}
+	noAud := audienceToken(t, e.ctx, e.client, ns, "noperm")
+	ctlTok := audienceToken(t, e.ctx, e.client, "kube-system", nodeapi.ReaderServiceAccount)
 	n := nodes[e.nodes[1]]
 	for _, c := range []struct {
-		tok  string
-		want int
-	}{{"", http.StatusUnauthorized}, {"not-a-token", http.StatusUnauthorized}, {noTok, http.StatusForbidden}, {rdTok, http.StatusOK}} {
+		what, tok string
+		want      int
+	}{{"no token", "", http.StatusUnauthorized}, {"a bad token", "not-a-token", http.StatusUnauthorized},
+		{"the reader's apiserver token", rdTok, http.StatusUnauthorized}, {"the admin's token", adminToken(t), http.StatusUnauthorized},
+		{"a weftd token without weft-reader", noAud, http.StatusForbidden}, {"weftctl's reader token", ctlTok, http.StatusOK}} {
 		for _, path := range []string{nodeapi.NodePath, nodeapi.MetricsPath} {
 			code, body, err := httpsInNode(n.Name, internalIP(n), path, c.tok)
 			if err != nil || code != c.want {
-				t.Errorf("GET %s on %s with token %.8q: %d %v %.200s, want %d", path, n.Name, c.tok, code, err, body, c.want)
+				t.Errorf("GET %s on %s with %s: %d %v %.200s, want %d", path, n.Name, c.what, code, err, body, c.want)
 			}
 		}
+	}
+	// A weftd token seen on a node is worth nothing at the apiserver.
+	cfg := rest.AnonymousClientConfig(adminRESTConfig(t))
+	cfg.BearerToken = ctlTok
+	if c, err := kubernetes.NewForConfig(cfg); err != nil {
+		t.Error(err)
+	} else if _, err := c.CoreV1().Nodes().List(e.ctx, metav1.ListOptions{}); !apierrors.IsUnauthorized(err) {
+		t.Errorf("weftctl's weftd token at the apiserver: %v, want 401", err)
 	}
 	// Probes stay open on the health port; /metrics is not there.
 	if code, _, err := nodeGet(n.Name, internalIP(n), "/readyz"); err != nil || code != 200 {

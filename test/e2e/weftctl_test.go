@@ -23,6 +23,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -166,19 +167,45 @@ func httpsInNode(node, ip, path, token string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
+// adminRESTConfig is the admin kubeconfig's client configuration.
+func adminRESTConfig(t testing.TB) *rest.Config {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", adminKubeconfig())
+	if err != nil {
+		t.Fatalf("admin kubeconfig: %v", err)
+	}
+	return cfg
+}
+
 // adminToken is the bearer token of the admin kubeconfig.
 func adminToken(t testing.TB) string {
 	t.Helper()
-	cfg, err := clientcmd.BuildConfigFromFlags("", adminKubeconfig())
-	if err != nil || cfg.BearerToken == "" {
-		t.Fatalf("admin token: %v", err)
+	tok := adminRESTConfig(t).BearerToken
+	if tok == "" {
+		t.Fatal("admin kubeconfig has no token")
 	}
-	return cfg.BearerToken
+	return tok
 }
 
-// scrapeMetrics reads weftd's /metrics on its secure port as the admin.
+// audienceToken is a 10-minute token of ServiceAccount ns/name bound to
+// weftd's audience (what weftctl and a scraper show weftd), made by c.
+func audienceToken(t testing.TB, ctx context.Context, c kubernetes.Interface, ns, name string) string {
+	t.Helper()
+	exp := int64(600)
+	tr, err := c.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{Audiences: []string{nodeapi.Audience}, ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("token of %s/%s for %s: %v", ns, name, nodeapi.Audience, err)
+	}
+	return tr.Status.Token
+}
+
+// scrapeMetrics reads weftd's /metrics on its secure port with a weftd
+// token of weftctl's reader ServiceAccount (weftd refuses the admin's own
+// apiserver token).
 func scrapeMetrics(t testing.TB, node, ip string) (string, error) {
-	code, body, err := httpsInNode(node, ip, nodeapi.MetricsPath, adminToken(t))
+	tok := audienceToken(t, context.Background(), adminClient(t), "kube-system", nodeapi.ReaderServiceAccount)
+	code, body, err := httpsInNode(node, ip, nodeapi.MetricsPath, tok)
 	if err == nil && code != http.StatusOK {
 		err = fmt.Errorf("/metrics: %d %s", code, body)
 	}
