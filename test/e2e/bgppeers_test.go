@@ -229,19 +229,32 @@ func (tp *topo) badSessions(t *testing.T, n *corev1.Node) {
 	}
 }
 
-// badPeersRefused reads the refusals on the bad peers' side.
+// badPeersRefused reads the refusals on the bad peers' side. The nodes
+// dial every ConnectRetry (5 s) plus GoBGP's jitter (up to 5 s more), and
+// the speakers may have started between two attempts, so both wait for
+// one attempt to arrive (at most refusalWait) rather than sample once.
 func (tp *topo) badPeersRefused(t *testing.T, ctx context.Context) {
-	out, err := birdc(ctx, "badas", "show", "protocols", "all")
+	const refusalWait = 30 * time.Second
+	var out string
+	err := waitFor(ctx, refusalWait, func() (bool, error) {
+		var err error
+		out, err = birdc(ctx, "badas", "show", "protocols", "all")
+		return err == nil && strings.Contains(strings.ToLower(out), "bad peer as"), err
+	})
 	if err != nil || !strings.Contains(strings.ToLower(out), "bad peer as") {
-		t.Errorf("speaker with AS %d (configured %d): want sessions refused with Bad peer AS: %v\n%s", badASActual, badASConfigured, err, out)
+		t.Errorf("speaker with AS %d (configured %d): want sessions refused with Bad peer AS within %v: %v\n%s", badASActual, badASConfigured, refusalWait, err, out)
 	}
 	if strings.Contains(out, "Established") {
 		t.Errorf("speaker with the wrong AS has an established session:\n%s", out)
 	}
-	fails := md5Failures(t, "wl-badpw")
+	fails := 0
+	_ = waitFor(ctx, refusalWait, func() (bool, error) {
+		fails = md5Failures(t, "wl-badpw")
+		return fails > 0, nil
+	})
 	out, _ = birdc(ctx, "badpw", "show", "protocols")
 	if fails == 0 || strings.Contains(out, "Established") {
-		t.Errorf("speaker with another password: kernel TCPMD5Failure %d (want > 0), protocols:\n%s", fails, out)
+		t.Errorf("speaker with another password: kernel TCPMD5Failure %d after %v (want > 0), protocols:\n%s", fails, refusalWait, out)
 	}
 	t.Logf("bad peers: AS %d refused with Bad peer AS; wrong password: %d segments dropped by TCP-MD5", badASActual, fails)
 }
