@@ -51,6 +51,48 @@ func TestPodRateBothDirections(t *testing.T) {
 	}
 }
 
+// A dual-stack pod annotated 10M: its IPv6 traffic is classified into its
+// classes too (u32 filters on the IPv6 addresses, prio FilterPrio6), in
+// both directions, and so is its IPv4 traffic; a full Apply of the same
+// state changes nothing (the IPv6 filters read back equal); DEL removes
+// the IPv6 filters.
+func TestIPv6PodShaped(t *testing.T) {
+	cfg := shaping.DefaultConfig()
+	cfg.PodCeil = 10_000_000
+	n := st.NewDualStackNode(t, cfg)
+	p := n.NewPod("six", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
+	n.MustAdd(p)
+	for _, dev := range []string{shaping.DeviceEgress, shaping.DeviceIngress} {
+		if out := n.TC("filter", "show", "dev", dev); !strings.Contains(out, "protocol ipv6 pref 11 u32") || !strings.Contains(out, "flowid") {
+			t.Errorf("%s has no IPv6 address filter:\n%s", dev, out)
+		}
+	}
+	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	defer k.Close()
+	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
+		t.Errorf("full Apply of the applied state: %d changes, %v", c, err)
+	}
+	for i, m := range []struct {
+		addr string
+		rev  bool
+	}{{n.Gateway6, false}, {n.Gateway6, true}, {n.Gateway, false}} {
+		avg, _, err := n.RunIperfAt(p, m.addr, 5201+i, 5, m.rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("to %s reverse=%v: %.2f Mbit/s", m.addr, m.rev, avg)
+		if !st.Within(avg, 10, 0.10) {
+			t.Errorf("to %s reverse=%v: %.2f Mbit/s, want 10 ±10%%\n%s", m.addr, m.rev, avg, n.TC("filter", "show", "dev", shaping.DeviceEgress))
+		}
+	}
+	n.Del(p)
+	for _, dev := range []string{shaping.DeviceEgress, shaping.DeviceIngress} {
+		if out := n.TC("filter", "show", "dev", dev); strings.Contains(out, "flowid") {
+			t.Errorf("after DEL, %s still has address filters:\n%s", dev, out)
+		}
+	}
+}
+
 // Two pods with rate 10 and ceil 50 under a 50 Mbit/s node ceiling: one
 // alone borrows to ≥ 40; both at once each keep ≥ 9.
 func TestBorrowing(t *testing.T) {
@@ -65,6 +107,7 @@ func TestBorrowing(t *testing.T) {
 	// bursts, the quantum set on every class, leaves, filters, redirects):
 	// a full Apply of the same state changes nothing.
 	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	defer k.Close()
 	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
 		t.Fatalf("full Apply of the applied state: %d changes, %v", c, err)
 	}

@@ -78,12 +78,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		p.undo(ctx, ipam, args, hostName)
 		return err
 	}
-	if err := waitPolicy(ctx, conf, hostName); err != nil {
-		_ = forgetEndpoint(conf, hostName)
-		p.undo(ctx, ipam, args, hostName)
-		return err
-	}
-	if err := waitShaping(ctx, conf, hostName); err != nil {
+	if err := waitWeftd(ctx, conf, hostName); err != nil {
 		_ = forgetEndpoint(conf, hostName)
 		p.undo(ctx, ipam, args, hostName)
 		releaseShaping(ctx, conf, hostName)
@@ -105,10 +100,7 @@ func (p *Plugin) finishExisting(ctx context.Context, conf *NetConf, args *skel.C
 	if err := recordEndpoint(conf, args, hostName, res); err != nil {
 		return err
 	}
-	if err := waitPolicy(ctx, conf, hostName); err != nil {
-		return err
-	}
-	if err := waitShaping(ctx, conf, hostName); err != nil {
+	if err := waitWeftd(ctx, conf, hostName); err != nil {
 		return err
 	}
 	return types.PrintResult(res, conf.CNIVersion)
