@@ -131,8 +131,11 @@ func (c *converge) addrFilters(l netlink.Link, t Tree) error {
 	}
 	for _, f := range fs {
 		u, ok := f.(*netlink.U32)
+		if !ok {
+			continue
+		}
 		fam, ours := filterFamily(u)
-		if !ok || !ours {
+		if !ours {
 			continue
 		}
 		if u.Handle&nodeMask == 0 {
