@@ -475,10 +475,17 @@ func vethRedirect(h *netlink.Handle, l netlink.Link, r Redirect, ifbs [2]netlink
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			return n, err
 		}
+		other := ifbs[1-dir]
 		ok := false
 		for _, f := range fs {
 			u, isU32 := f.(*netlink.U32)
 			if !isU32 || u.Priority != FilterPrio {
+				continue
+			}
+			if other != nil && redirectsTo(u, other.Attrs().Index) {
+				// The other hook's: clsact's two hooks share u32's hash
+				// tables, so the kernel lists each hook's filters under
+				// both (deleting it here would delete it there).
 				continue
 			}
 			if r.Dir[dir] && !ok && redirectsTo(u, ifbs[dir].Attrs().Index) {
