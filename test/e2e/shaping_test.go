@@ -16,12 +16,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/weftnet/weft/internal/nettopo"
 )
 
 const (
 	annEgressBW  = "kubernetes.io/egress-bandwidth"
 	annIngressBW = "kubernetes.io/ingress-bandwidth"
-	iperfPort    = 5201
 )
 
 // checkPodBandwidth turns weftd's shaping on (a bandwidth section with
@@ -45,7 +46,7 @@ func checkPodBandwidth(t *testing.T, ctx context.Context, c kubernetes.Interface
 			server = p
 		}
 	}
-	plain := measureRate(t, ctx, ns, client, server, false)
+	plain := measureRate(t, client, server, false)
 	if rateWithin(plain, 10) {
 		t.Errorf("control: unshaped %s -> %s measured %.1f Mbit/s, inside the 10M bounds: the rate check could not fail", a, b, plain)
 	}
@@ -61,7 +62,7 @@ func checkPodBandwidth(t *testing.T, ctx context.Context, c kubernetes.Interface
 		}
 	}
 	for _, reverse := range []bool{false, true} {
-		if got := measureRate(t, ctx, ns, pod, server, reverse); !rateWithin(got, 10) {
+		if got := measureRate(t, pod, server, reverse); !rateWithin(got, 10) {
 			t.Errorf("pod annotated 10M measured %.2f Mbit/s (%s)", got, direction(reverse))
 		}
 	}
@@ -75,7 +76,7 @@ func checkPodBandwidth(t *testing.T, ctx context.Context, c kubernetes.Interface
 		t.Errorf("live change to 20M: %v", err)
 	}
 	t.Logf("live change 10M -> 20M in the kernel after %v", time.Since(start).Round(time.Millisecond))
-	if got := measureRate(t, ctx, ns, pod, server, false); !rateWithin(got, 20) {
+	if got := measureRate(t, pod, server, false); !rateWithin(got, 20) {
 		t.Errorf("after the change to 20M: %.2f Mbit/s", got)
 	}
 
@@ -84,7 +85,7 @@ func checkPodBandwidth(t *testing.T, ctx context.Context, c kubernetes.Interface
 	if !nodeClassRate(t, ctx, node, "weft.ifb.out", "20Mbit") {
 		t.Errorf("bad annotation: the 20Mbit class is gone:\n%s", nodeTC(ctx, node, "class", "weft.ifb.out"))
 	}
-	if got := measureRate(t, ctx, ns, pod, server, false); !rateWithin(got, 20) {
+	if got := measureRate(t, pod, server, false); !rateWithin(got, 20) {
 		t.Errorf("after a bad annotation: %.2f Mbit/s, want the old 20M", got)
 	}
 
@@ -244,54 +245,16 @@ func nodeClassRate(t *testing.T, ctx context.Context, node, dev, rate string) bo
 	return re.MatchString(nodeTC(ctx, node, "class", dev))
 }
 
-// measureRate runs iperf3 for 4 s (the first second omitted) between the
-// two pods, server's end listening once, and returns the receiver's
-// Mbit/s; reverse makes server the sender.
-func measureRate(t *testing.T, ctx context.Context, ns string, client, server corev1.Pod, reverse bool) float64 {
+// measureRate runs iperf3 for 4 s between the two pods and returns the
+// receiver's Mbit/s: client sends to server, or with reverse server sends
+// to client.
+func measureRate(t *testing.T, client, server corev1.Pod, reverse bool) float64 {
 	t.Helper()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	srv := exec.CommandContext(sctx, "nsenter", "--net="+podNetnsPath(t, server), "--", "iperf3", "-s", "-1", "-p", fmt.Sprint(iperfPort))
-	if err := srv.Start(); err != nil {
-		t.Fatalf("iperf3 server: %v", err)
-	}
-	defer func() { cancel(); _ = srv.Wait() }()
-	args := []string{"--net=" + podNetnsPath(t, client), "--", "iperf3", "-c", server.Status.PodIP, "-p", fmt.Sprint(iperfPort), "-t", "4", "-O", "1", "-J"}
+	from, to := openPodNS(t, client), openPodNS(t, server)
 	if reverse {
-		args = append(args, "-R")
+		from, to = to, from
 	}
-	var out []byte
-	var err error
-	for try := 0; try < 20; try++ { // until the server listens
-		out, err = exec.CommandContext(sctx, "nsenter", args...).Output()
-		if err == nil || !strings.Contains(string(out), "Connection refused") {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if jerr := json.Unmarshal(out, &res); err != nil || jerr != nil || res.Error != "" {
-		t.Fatalf("iperf3 %s -> %s: %v %v %s", client.Name, server.Name, err, jerr, res.Error)
-	}
-	mbit := res.End.SumReceived.BitsPerSecond / 1e6
-	t.Logf("iperf3 %s %s: %.2f Mbit/s", client.Name, direction(reverse), mbit)
+	mbit := 1000 * nettopo.IPerf3(t, from.ns, to.ns, to.ip, 1, 4)
+	t.Logf("iperf3 %s, %s: %.2f Mbit/s", client.Name, direction(reverse), mbit)
 	return mbit
-}
-
-// podNetnsPath is the pod's netns as its node's weftd sees it.
-func podNetnsPath(t *testing.T, p corev1.Pod) string {
-	t.Helper()
-	pid, err := weftdPID(p.Spec.NodeName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid := strings.ReplaceAll(string(p.UID), "-", "")
-	return fmt.Sprintf("/proc/%d/root/run/netns/wlp-%s", pid, uid[:12])
 }
