@@ -5,7 +5,8 @@ import "context"
 // Kernel converges the node's qdiscs, classes and filters to a desired
 // state in one call, reading the kernel back each time (so the same call
 // repairs drift). It owns the two IFB devices, the HTB trees on them, and
-// the redirect filters (prio FilterPrio) on the host veths.
+// the redirect filters (prio FilterPrio) on the host veths; the trees
+// classify by the pods' IPv4 and IPv6 addresses.
 type Kernel interface {
 	// Apply converges d; full reads everything back (resync), otherwise
 	// the kernel may write only what changed since its last Apply.
@@ -16,9 +17,13 @@ type Kernel interface {
 	Leaf() string
 }
 
-// FilterPrio is the priority of every filter Weft places (veth redirects
-// and the trees' address filters).
-const FilterPrio = 10
+// FilterPrio is the priority of the filters Weft places: the veth
+// redirects and the trees' IPv4 address filters; FilterPrio6 that of the
+// trees' IPv6 address filters (one u32 priority holds one protocol).
+const (
+	FilterPrio  = 10
+	FilterPrio6 = 11
+)
 
 // Fake is a Kernel that keeps the last desired state.
 type Fake struct {

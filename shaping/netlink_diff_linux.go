@@ -15,41 +15,41 @@ import (
 // in the same order as a full Apply: classes, leaves and filters; then
 // the redirects of the veths whose redirect changed; then the classes no
 // pod needs. It reads nothing back: the next full Apply repairs drift.
-func (k *Netlink) applyDiff(old, d Desired) (int, error) {
+func (k *Netlink) applyDiff(c *conn, old, d Desired) (int, error) {
 	leaf := k.Leaf()
 	n := 0
-	err := k.in(func() error {
+	err := func() error {
 		for _, t := range d.Trees {
-			m, err := k.treeDiff(leaf, old.Trees[t.Dir], t)
+			m, err := k.treeDiff(c, leaf, old.Trees[t.Dir], t)
 			n += m
 			if err != nil {
 				return fmt.Errorf("%s tree: %w", t.Dir, err)
 			}
 		}
-		m, err := k.redirectsDiff(old.Redirects, d.Redirects)
+		m, err := k.redirectsDiff(c.h, old.Redirects, d.Redirects)
 		n += m
 		if err != nil {
 			return err
 		}
 		for _, t := range d.Trees {
-			m, err := k.removeClasses(old.Trees[t.Dir], t)
+			m, err := k.removeClasses(c.h, old.Trees[t.Dir], t)
 			n += m
 			if err != nil {
 				return fmt.Errorf("%s tree: %w", t.Dir, err)
 			}
 		}
 		return nil
-	})
+	}()
 	return n, err
 }
 
-func (k *Netlink) treeDiff(leaf string, old, t Tree) (int, error) {
+func (k *Netlink) treeDiff(c *conn, leaf string, old, t Tree) (int, error) {
 	link := k.ifbs[t.Dir]
 	n := 0
 	if old.Ceiling != t.Ceiling {
 		root := htbClass(link, netlink.MakeHandle(rootMajor, 0), netlink.MakeHandle(rootMajor, rootClass),
 			t.Ceiling, t.Ceiling, DefaultMaxBurst, DefaultMaxBurst, maxQuantum)
-		if err := writeClass(root); err != nil {
+		if err := writeClass(c.h, root); err != nil {
 			return n, err
 		}
 		n++
@@ -60,18 +60,25 @@ func (k *Netlink) treeDiff(leaf string, old, t Tree) (int, error) {
 		if had && sameClass(oc, cl) && old.Segment == t.Segment {
 			continue
 		}
-		if err := writeClass(htbClass(link, netlink.MakeHandle(rootMajor, rootClass), netlink.MakeHandle(rootMajor, cl.Minor),
+		if err := writeClass(c.h, htbClass(link, netlink.MakeHandle(rootMajor, rootClass), netlink.MakeHandle(rootMajor, cl.Minor),
 			cl.Rate, cl.Ceil, cl.Burst, cl.Cburst, cl.Quantum)); err != nil {
 			return n, err
 		}
 		if !had || oc.Queue != cl.Queue || old.Segment != t.Segment {
-			if err := writeLeaf(leaf, link, cl, t.Segment); err != nil {
+			if err := writeLeaf(c, leaf, link, cl, t.Segment); err != nil {
 				return n, err
 			}
 		}
 		if !had || !slices.Equal(oc.Addrs, cl.Addrs) {
-			if err := replaceAddrFilter(link, t.Dir, cl, had); err != nil {
-				return n, err
+			if had {
+				if err := delAddrFilters(c.h, link, t.Dir, &k.hts[t.Dir], oc); err != nil {
+					return n, err
+				}
+			}
+			for _, f := range addrFilters(link, t.Dir, cl) {
+				if err := addAddrFilter(c.h, link, &k.hts[t.Dir], f); err != nil {
+					return n, err
+				}
 			}
 		}
 		n++
@@ -92,29 +99,10 @@ func sameClass(a, b Class) bool {
 		a.Quantum == b.Quantum && a.Queue == b.Queue && slices.Equal(a.Addrs, b.Addrs)
 }
 
-// replaceAddrFilter deletes the class's filter (when it had one) and adds
-// it anew.
-func replaceAddrFilter(link int, dir Direction, cl Class, had bool) error {
-	f := addrFilter(link, dir, cl)
-	if f == nil {
-		return nil
-	}
-	if had { // a new class's handle was free in the last Apply
-		err := netlinkx.Do(func() error { return netlink.FilterDel(f) })
-		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("replace filter for class 1:%x: %w", cl.Minor, err)
-		}
-	}
-	if err := netlinkx.Do(func() error { return netlink.FilterAdd(f) }); err != nil {
-		return fmt.Errorf("filter for class 1:%x: %w", cl.Minor, err)
-	}
-	return nil
-}
-
 // redirectsDiff converges the veths whose redirect changed, and takes the
 // redirects off veths that are no longer shaped (a veth already gone with
 // its pod is fine).
-func (k *Netlink) redirectsDiff(old, want []Redirect) (int, error) {
+func (k *Netlink) redirectsDiff(h *netlink.Handle, old, want []Redirect) (int, error) {
 	ifbs := [2]netlink.Link{
 		&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Index: k.ifbs[Egress], Name: DeviceEgress}},
 		&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Index: k.ifbs[Ingress], Name: DeviceIngress}},
@@ -139,7 +127,7 @@ func (k *Netlink) redirectsDiff(old, want []Redirect) (int, error) {
 	}
 	n := 0
 	for _, v := range slices.Sorted(mapsKeys(todo)) {
-		l, err := netlink.LinkByName(v)
+		l, err := h.LinkByName(v)
 		if netlinkx.IsNotFound(err) {
 			continue
 		}
@@ -148,9 +136,9 @@ func (k *Netlink) redirectsDiff(old, want []Redirect) (int, error) {
 		}
 		var m int
 		if fresh[v] {
-			m, err = addRedirects(l, todo[v], ifbs)
+			m, err = addRedirects(h, l, todo[v], ifbs)
 		} else {
-			m, err = vethRedirect(l, todo[v], ifbs)
+			m, err = vethRedirect(h, l, todo[v], ifbs)
 		}
 		n += m
 		if err != nil {
@@ -161,21 +149,19 @@ func (k *Netlink) redirectsDiff(old, want []Redirect) (int, error) {
 }
 
 // removeClasses deletes the filters and classes of pods that left t.
-func (k *Netlink) removeClasses(old, t Tree) (int, error) {
+func (k *Netlink) removeClasses(h *netlink.Handle, old, t Tree) (int, error) {
 	now := classesByMinor(t)
 	n := 0
 	for _, oc := range old.Classes {
 		if _, ok := now[oc.Minor]; ok {
 			continue
 		}
-		if f := addrFilter(k.ifbs[t.Dir], t.Dir, oc); f != nil {
-			if err := netlinkx.Do(func() error { return netlink.FilterDel(f) }); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
-				return n, fmt.Errorf("delete filter of class 1:%x: %w", oc.Minor, err)
-			}
+		if err := delAddrFilters(h, k.ifbs[t.Dir], t.Dir, &k.hts[t.Dir], oc); err != nil {
+			return n, err
 		}
 		cl := &netlink.HtbClass{ClassAttrs: netlink.ClassAttrs{LinkIndex: k.ifbs[t.Dir],
 			Parent: netlink.MakeHandle(rootMajor, rootClass), Handle: netlink.MakeHandle(rootMajor, oc.Minor)}}
-		if err := netlinkx.Do(func() error { return netlink.ClassDel(cl) }); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := netlinkx.Do(func() error { return h.ClassDel(cl) }); err != nil && !errors.Is(err, unix.ENOENT) {
 			return n, fmt.Errorf("delete class 1:%x: %w", oc.Minor, err)
 		}
 		n++
@@ -186,8 +172,8 @@ func (k *Netlink) removeClasses(old, t Tree) (int, error) {
 // addRedirects places the redirects of a veth that has none of Weft's
 // (the pod was just added): clsact, then one filter per shaped direction,
 // without reading anything first.
-func addRedirects(l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error) {
-	err := netlink.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+func addRedirects(h *netlink.Handle, l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error) {
+	err := h.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
 		Parent: netlink.HANDLE_CLSACT, Handle: netlink.MakeHandle(0xffff, 0)}})
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return 0, fmt.Errorf("clsact: %w", err)
@@ -197,7 +183,7 @@ func addRedirects(l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error)
 		if !r.Dir[dir] {
 			continue
 		}
-		if err := netlinkx.Do(func() error { return netlink.FilterAdd(redirectFilter(l, hooks[dir], ifbs[dir].Attrs().Index)) }); err != nil {
+		if err := netlinkx.Do(func() error { return h.FilterAdd(redirectFilter(l, hooks[dir], ifbs[dir].Attrs().Index)) }); err != nil {
 			return n, fmt.Errorf("redirect %s to %s: %w", dir, ifbs[dir].Attrs().Name, err)
 		}
 		n++

@@ -2,17 +2,16 @@ package shaping
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weftnet/weft/internal/netlinkx"
@@ -35,6 +34,60 @@ type Netlink struct {
 	mu         sync.Mutex
 	last       *Desired // what the last successful Apply wrote
 	ifbs       [2]int   // the IFBs' indexes then
+	hts        [2]addrTables
+	conn       *conn // open while Applies succeed
+}
+
+// conn is where Apply's requests go: route sockets opened once in the
+// target netns, so an ADD's handful of requests costs neither a setns nor
+// a socket per request. raw carries the requests the library cannot build.
+type conn struct {
+	h   *netlink.Handle
+	raw map[int]*nl.SocketHandle
+}
+
+// open returns k's conn, opening it on first use (or after a failure).
+func (k *Netlink) open() (*conn, error) {
+	if k.conn != nil {
+		return k.conn, nil
+	}
+	h, err := netlinkx.OpenAt(k.NetNS, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, err
+	}
+	target := netns.None()
+	if k.NetNS != "" {
+		if target, err = netns.GetFromPath(k.NetNS); err != nil {
+			h.Close()
+			return nil, fmt.Errorf("open netns %s: %w", k.NetNS, err)
+		}
+		defer target.Close()
+	}
+	s, err := nl.GetNetlinkSocketAt(target, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	k.conn = &conn{h: h, raw: map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}}
+	return k.conn, nil
+}
+
+// Close releases the sockets (the next Apply opens them again).
+func (k *Netlink) Close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.closeConn()
+}
+
+func (k *Netlink) closeConn() {
+	if k.conn == nil {
+		return
+	}
+	k.conn.h.Close()
+	for _, s := range k.conn.raw {
+		s.Close()
+	}
+	k.conn = nil
 }
 
 // Leaf probes once whether fq_codel exists and reports the leaf used.
@@ -82,15 +135,21 @@ func (k *Netlink) Apply(ctx context.Context, d Desired, full bool) (int, error) 
 	defer k.mu.Unlock()
 	last := k.last
 	k.last = nil // until this Apply succeeds
+	c, err := k.open()
+	if err != nil {
+		return 0, err
+	}
 	var n int
-	var err error
 	switch {
 	case d.Off:
-		n, err = k.remove()
+		n, err = k.remove(c)
 	case full || last == nil:
-		n, err = k.applyFull(d)
+		n, err = k.applyFull(c, d)
 	default:
-		n, err = k.applyDiff(*last, d)
+		n, err = k.applyDiff(c, *last, d)
+	}
+	if err != nil {
+		k.closeConn() // a socket in an unknown state: the next Apply opens anew
 	}
 	if err == nil && !d.Off {
 		k.last = &d
@@ -100,14 +159,15 @@ func (k *Netlink) Apply(ctx context.Context, d Desired, full bool) (int, error) 
 
 // applyFull converges both trees, then the veth redirects, then removes
 // the classes no pod needs any more (after their filters and redirects).
-func (k *Netlink) applyFull(d Desired) (int, error) {
+func (k *Netlink) applyFull(cn *conn, d Desired) (int, error) {
 	leaf := k.Leaf()
 	changes := 0
-	err := k.in(func() error {
+	h := cn.h
+	err := func() error {
 		var ifbs [2]netlink.Link
 		var stale [2][]*netlink.HtbClass
 		for _, t := range d.Trees {
-			c := &converge{leaf: leaf}
+			c := &converge{leaf: leaf, conn: cn, hts: &k.hts[t.Dir]}
 			l, old, err := c.tree(t)
 			changes += c.n
 			if err != nil {
@@ -116,26 +176,28 @@ func (k *Netlink) applyFull(d Desired) (int, error) {
 			ifbs[t.Dir], stale[t.Dir] = l, old
 			k.ifbs[t.Dir] = l.Attrs().Index
 		}
-		n, err := k.redirects(d.Redirects, ifbs)
+		n, err := k.redirects(h, d.Redirects, ifbs)
 		changes += n
 		if err != nil {
 			return err
 		}
 		for _, old := range stale {
 			for _, cl := range old {
-				if err := netlinkx.Do(func() error { return netlink.ClassDel(cl) }); err != nil && !errors.Is(err, unix.ENOENT) {
+				if err := netlinkx.Do(func() error { return h.ClassDel(cl) }); err != nil && !errors.Is(err, unix.ENOENT) {
 					return fmt.Errorf("delete class %s: %w", netlink.HandleStr(cl.Handle), err)
 				}
 				changes++
 			}
 		}
 		return nil
-	})
+	}()
 	return changes, err
 }
 
 // converge counts the changes one tree needed.
 type converge struct {
+	*conn
+	hts     *addrTables // the tree's, learned anew
 	leaf    string
 	segment uint32
 	qdiscs  []netlink.Qdisc // the IFB's, read once per tree
@@ -153,11 +215,11 @@ func (c *converge) tree(t Tree) (netlink.Link, []*netlink.HtbClass, error) {
 	if err := c.root(l, t); err != nil {
 		return nil, nil, err
 	}
-	have, err := classes(l)
+	have, err := classes(c.h, l)
 	if err != nil {
 		return nil, nil, err
 	}
-	if c.qdiscs, err = netlink.QdiscList(l); err != nil {
+	if c.qdiscs, err = c.h.QdiscList(l); err != nil {
 		return nil, nil, fmt.Errorf("list qdiscs: %w", err)
 	}
 	want := map[uint32]bool{netlink.MakeHandle(rootMajor, rootClass): true}
@@ -189,12 +251,13 @@ func (c *converge) tree(t Tree) (netlink.Link, []*netlink.HtbClass, error) {
 
 // ifb creates the device or repairs its queue length and state.
 func (c *converge) ifb(name string) (netlink.Link, error) {
-	l, err := netlink.LinkByName(name)
+	h := c.h
+	l, err := h.LinkByName(name)
 	if netlinkx.IsNotFound(err) {
-		err = netlink.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name, TxQLen: 1000}})
+		err = h.LinkAdd(&netlink.Ifb{LinkAttrs: netlink.LinkAttrs{Name: name, TxQLen: 1000}})
 		if err == nil {
 			c.n++
-			l, err = netlink.LinkByName(name)
+			l, err = h.LinkByName(name)
 		}
 	}
 	if err != nil {
@@ -206,13 +269,13 @@ func (c *converge) ifb(name string) (netlink.Link, error) {
 	if l.Attrs().TxQLen == 0 {
 		// A zero-length IFB queue drops (the reference plugin's HTB
 		// regression): HTB's direct queue and requeues need room.
-		if err := netlink.LinkSetTxQLen(l, 1000); err != nil {
+		if err := h.LinkSetTxQLen(l, 1000); err != nil {
 			return nil, fmt.Errorf("ifb %s txqueuelen: %w", name, err)
 		}
 		c.n++
 	}
 	if l.Attrs().Flags&unix.IFF_UP == 0 {
-		if err := netlink.LinkSetUp(l); err != nil {
+		if err := h.LinkSetUp(l); err != nil {
 			return nil, fmt.Errorf("ifb %s up: %w", name, err)
 		}
 		c.n++
@@ -223,7 +286,8 @@ func (c *converge) ifb(name string) (netlink.Link, error) {
 // root keeps an HTB root 1: (unclassified packets go to the direct queue);
 // anything else at the root is replaced.
 func (c *converge) root(l netlink.Link, t Tree) error {
-	qs, err := netlink.QdiscList(l)
+	h := c.h
+	qs, err := h.QdiscList(l)
 	if err != nil {
 		return fmt.Errorf("list qdiscs: %w", err)
 	}
@@ -232,17 +296,17 @@ func (c *converge) root(l netlink.Link, t Tree) error {
 			return nil // r2q only matters for classes without a quantum: every class has one
 		}
 	}
-	h := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(rootMajor, 0)})
-	h.Rate2Quantum = t.R2Q
-	if err := netlink.QdiscReplace(h); err != nil {
+	q := netlink.NewHtb(netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Parent: netlink.HANDLE_ROOT, Handle: netlink.MakeHandle(rootMajor, 0)})
+	q.Rate2Quantum = t.R2Q
+	if err := h.QdiscReplace(q); err != nil {
 		return fmt.Errorf("htb root on %s: %w", l.Attrs().Name, err)
 	}
 	c.n++
 	return nil
 }
 
-func classes(l netlink.Link) (map[uint32]*netlink.HtbClass, error) {
-	cs, err := netlink.ClassList(l, 0)
+func classes(h *netlink.Handle, l netlink.Link) (map[uint32]*netlink.HtbClass, error) {
+	cs, err := h.ClassList(l, 0)
 	if err != nil {
 		return nil, fmt.Errorf("list classes of %s: %w", l.Attrs().Name, err)
 	}
@@ -266,7 +330,7 @@ func (c *converge) class(l netlink.Link, have map[uint32]*netlink.HtbClass, pare
 		cur.Buffer == want.Buffer && cur.Cbuffer == want.Cbuffer && cur.Quantum == quantum {
 		return nil
 	}
-	if err := writeClass(want); err != nil {
+	if err := writeClass(c.h, want); err != nil {
 		return err
 	}
 	c.n++
@@ -282,8 +346,8 @@ func htbClass(link int, parent, handle uint32, rate, ceil uint64, burst, cburst,
 	}
 }
 
-func writeClass(c *netlink.HtbClass) error {
-	if err := netlinkx.Do(func() error { return netlink.ClassReplace(c) }); err != nil {
+func writeClass(h *netlink.Handle, c *netlink.HtbClass) error {
+	if err := netlinkx.Do(func() error { return h.ClassReplace(c) }); err != nil {
 		return fmt.Errorf("class %s: %w", netlink.HandleStr(c.Handle), err)
 	}
 	return nil
@@ -309,21 +373,22 @@ func (c *converge) leafQdisc(l netlink.Link, cl Class) error {
 			}
 		}
 	}
-	if err := writeLeaf(c.leaf, l.Attrs().Index, cl, c.segment); err != nil {
+	if err := writeLeaf(c.conn, c.leaf, l.Attrs().Index, cl, c.segment); err != nil {
 		return err
 	}
 	c.n++
 	return nil
 }
 
-func writeLeaf(leaf string, link int, cl Class, segment uint32) error {
+func writeLeaf(c *conn, leaf string, link int, cl Class, segment uint32) error {
+	h := c.h
 	parent := netlink.MakeHandle(rootMajor, cl.Minor)
 	attrs := netlink.QdiscAttrs{LinkIndex: link, Parent: parent, Handle: netlink.MakeHandle(cl.Minor, 0)}
 	var err error
 	if leaf == LeafFQCodel {
-		err = netlink.QdiscReplace(netlink.NewFqCodel(attrs))
+		err = h.QdiscReplace(netlink.NewFqCodel(attrs))
 	} else {
-		err = replaceTBF(attrs, cl.Queue, segment)
+		err = replaceTBF(c.raw, attrs, cl.Queue, segment)
 	}
 	if err != nil {
 		return fmt.Errorf("leaf of class %s: %w", netlink.HandleStr(parent), err)
@@ -333,8 +398,9 @@ func writeLeaf(leaf string, link int, cl Class, segment uint32) error {
 
 // replaceTBF sends the TBF with TCA_TBF_BURST (the library sends only a
 // buffer in ticks, which rounds a few kilobytes at 1 Tbit/s to nothing).
-func replaceTBF(a netlink.QdiscAttrs, limit, burst uint32) error {
+func replaceTBF(socks map[int]*nl.SocketHandle, a netlink.QdiscAttrs, limit, burst uint32) error {
 	req := nl.NewNetlinkRequest(unix.RTM_NEWQDISC, unix.NLM_F_CREATE|unix.NLM_F_REPLACE|unix.NLM_F_ACK)
+	req.Sockets = socks
 	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(a.LinkIndex), Handle: a.Handle, Parent: a.Parent})
 	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("tbf")))
 	opt := nl.TcTbfQopt{Limit: limit}
@@ -345,77 +411,6 @@ func replaceTBF(a netlink.QdiscAttrs, limit, burst uint32) error {
 	options.AddRtAttr(nl.TCA_TBF_BURST, nl.Uint32Attr(burst))
 	req.AddData(options)
 	return netlinkx.Do(func() error { _, err := req.Execute(unix.NETLINK_ROUTE, 0); return err })
-}
-
-// addrFilters keeps one u32 filter per pod address (handle 800::<minor>):
-// source address on the egress tree, destination on the ingress tree.
-func (c *converge) addrFilters(l netlink.Link, t Tree) error {
-	parent := netlink.MakeHandle(rootMajor, 0)
-	fs, err := netlink.FilterList(l, parent)
-	if err != nil {
-		return fmt.Errorf("list filters of %s: %w", l.Attrs().Name, err)
-	}
-	want := map[uint32]*netlink.U32{}
-	for _, cl := range t.Classes {
-		if f := addrFilter(l.Attrs().Index, t.Dir, cl); f != nil {
-			want[f.Handle] = f
-		}
-	}
-	for _, f := range fs {
-		u, ok := f.(*netlink.U32)
-		if !ok || u.Priority != FilterPrio {
-			continue
-		}
-		if w := want[u.Handle]; w != nil && sameAddrFilter(u, w) {
-			delete(want, u.Handle)
-			continue
-		}
-		if u.Handle&0xfff == 0 {
-			continue // the hash table itself
-		}
-		if err := netlinkx.Do(func() error { return netlink.FilterDel(u) }); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("delete filter %x: %w", u.Handle, err)
-		}
-		c.n++
-	}
-	for _, h := range slices.Sorted(mapsKeys(want)) {
-		if err := netlinkx.Do(func() error { return netlink.FilterAdd(want[h]) }); err != nil {
-			return fmt.Errorf("filter for class 1:%x: %w", h&0xfff, err)
-		}
-		c.n++
-	}
-	return nil
-}
-
-// addrFilter is the class's u32 filter on its pod's first IPv4 address
-// (source on the egress tree, destination on the ingress tree); nil
-// without one.
-func addrFilter(link int, dir Direction, cl Class) *netlink.U32 {
-	off := int32(12) // IPv4 source
-	if dir == Ingress {
-		off = 16 // IPv4 destination
-	}
-	for _, a := range cl.Addrs {
-		if !a.Is4() {
-			continue
-		}
-		return &netlink.U32{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: link, Parent: netlink.MakeHandle(rootMajor, 0),
-				Handle: 0x80000000 | uint32(cl.Minor), Priority: FilterPrio, Protocol: unix.ETH_P_IP},
-			ClassId: netlink.MakeHandle(rootMajor, cl.Minor),
-			Sel: &netlink.TcU32Sel{Flags: nl.TC_U32_TERMINAL,
-				Keys: []netlink.TcU32Key{{Mask: 0xffffffff, Val: binary.BigEndian.Uint32(a.AsSlice()), Off: off}}},
-		}
-	}
-	return nil
-}
-
-func sameAddrFilter(a, b *netlink.U32) bool {
-	if a.ClassId != b.ClassId || a.Sel == nil || len(a.Sel.Keys) != 1 || a.Protocol != b.Protocol {
-		return false
-	}
-	k, w := a.Sel.Keys[0], b.Sel.Keys[0]
-	return k.Mask == w.Mask && k.Val == w.Val && k.Off == w.Off
 }
 
 func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
@@ -432,8 +427,8 @@ func mapsKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
 // u32 filter per shaped direction that redirects to that direction's IFB
 // (ingress hook: what the pod sends; egress hook: what it receives), and
 // removes Weft's redirects from every other host veth.
-func (k *Netlink) redirects(want []Redirect, ifbs [2]netlink.Link) (int, error) {
-	links, err := netlink.LinkList()
+func (k *Netlink) redirects(h *netlink.Handle, want []Redirect, ifbs [2]netlink.Link) (int, error) {
+	links, err := h.LinkList()
 	if err != nil {
 		return 0, fmt.Errorf("list links: %w", err)
 	}
@@ -451,7 +446,7 @@ func (k *Netlink) redirects(want []Redirect, ifbs [2]netlink.Link) (int, error) 
 		if !shaped && !strings.HasPrefix(l.Attrs().Name, prefix) {
 			continue
 		}
-		m, err := vethRedirect(l, r, ifbs)
+		m, err := vethRedirect(h, l, r, ifbs)
 		n += m
 		if err != nil {
 			return n, fmt.Errorf("redirects on %s: %w", l.Attrs().Name, err)
@@ -464,10 +459,10 @@ func (k *Netlink) redirects(want []Redirect, ifbs [2]netlink.Link) (int, error) 
 // egress, its egress the pod's ingress.
 var hooks = [2]uint32{Egress: netlink.HANDLE_MIN_INGRESS, Ingress: netlink.HANDLE_MIN_EGRESS}
 
-func vethRedirect(l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error) {
+func vethRedirect(h *netlink.Handle, l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error) {
 	n := 0
 	if r.Dir[Egress] || r.Dir[Ingress] {
-		added, err := ensureClsact(l)
+		added, err := ensureClsact(h, l)
 		if err != nil {
 			return 0, err
 		}
@@ -476,27 +471,34 @@ func vethRedirect(l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error)
 		}
 	}
 	for _, dir := range []Direction{Egress, Ingress} {
-		fs, err := netlink.FilterList(l, hooks[dir])
+		fs, err := h.FilterList(l, hooks[dir])
 		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			return n, err
 		}
+		other := ifbs[1-dir]
 		ok := false
 		for _, f := range fs {
 			u, isU32 := f.(*netlink.U32)
 			if !isU32 || u.Priority != FilterPrio {
 				continue
 			}
+			if other != nil && redirectsTo(u, other.Attrs().Index) {
+				// The other hook's: clsact's two hooks share u32's hash
+				// tables, so the kernel lists each hook's filters under
+				// both (deleting it here would delete it there).
+				continue
+			}
 			if r.Dir[dir] && !ok && redirectsTo(u, ifbs[dir].Attrs().Index) {
 				ok = true
 				continue
 			}
-			if err := netlinkx.Do(func() error { return netlink.FilterDel(u) }); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := netlinkx.Do(func() error { return h.FilterDel(u) }); err != nil && !errors.Is(err, unix.ENOENT) {
 				return n, err
 			}
 			n++
 		}
 		if r.Dir[dir] && !ok {
-			if err := netlinkx.Do(func() error { return netlink.FilterAdd(redirectFilter(l, hooks[dir], ifbs[dir].Attrs().Index)) }); err != nil {
+			if err := netlinkx.Do(func() error { return h.FilterAdd(redirectFilter(l, hooks[dir], ifbs[dir].Attrs().Index)) }); err != nil {
 				return n, fmt.Errorf("redirect %s to %s: %w", dir, ifbs[dir].Attrs().Name, err)
 			}
 			n++
@@ -505,8 +507,8 @@ func vethRedirect(l netlink.Link, r Redirect, ifbs [2]netlink.Link) (int, error)
 	return n, nil
 }
 
-func ensureClsact(l netlink.Link) (bool, error) {
-	qs, err := netlink.QdiscList(l)
+func ensureClsact(h *netlink.Handle, l netlink.Link) (bool, error) {
+	qs, err := h.QdiscList(l)
 	if err != nil {
 		return false, err
 	}
@@ -515,7 +517,7 @@ func ensureClsact(l netlink.Link) (bool, error) {
 			return false, nil
 		}
 	}
-	err = netlink.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
+	err = h.QdiscAdd(&netlink.Clsact{QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index,
 		Parent: netlink.HANDLE_CLSACT, Handle: netlink.MakeHandle(0xffff, 0)}})
 	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return false, fmt.Errorf("clsact: %w", err)
@@ -542,11 +544,11 @@ func redirectsTo(u *netlink.U32, ifb int) bool {
 
 // remove takes every redirect off the host veths and deletes both IFBs
 // (their trees go with them).
-func (k *Netlink) remove() (int, error) {
+func (k *Netlink) remove(c *conn) (int, error) {
 	n := 0
 	err := k.in(func() error {
 		var ifbs [2]netlink.Link
-		m, err := k.redirects(nil, ifbs)
+		m, err := k.redirects(c.h, nil, ifbs)
 		n += m
 		if err != nil {
 			return err

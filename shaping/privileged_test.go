@@ -21,14 +21,22 @@ import (
 
 // A pod annotated 10M in both directions, through libcni: each direction
 // measures 10 Mbit/s ±10% over 6 s, the first second at most 12 Mbit
-// (the runtime's 4294967295-bit burst is bounded by maxBurst); DEL removes
-// its classes and filters.
+// (the runtime's 4294967295-bit burst is bounded by maxBurst), also after
+// a resync; DEL removes its classes and filters.
 func TestPodRateBothDirections(t *testing.T) {
 	cfg := shaping.DefaultConfig()
 	cfg.PodCeil = 10_000_000 // no borrowing: the pod gets exactly its rate
 	n := st.NewNode(t, cfg)
 	p := n.NewPod("ten", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
 	n.MustAdd(p)
+	// A resync (full Apply) with both of the veth's hooks redirected
+	// changes nothing: clsact's hooks share u32's tables, so each hook's
+	// listing shows the other's redirect, which must be left alone.
+	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	defer k.Close()
+	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
+		t.Errorf("full Apply of the applied state: %d changes, %v", c, err)
+	}
 	for _, rev := range []bool{false, true} {
 		avg, per := n.Iperf(p, map[bool]int{false: 5201, true: 5202}[rev], 6, rev)
 		dir := map[bool]string{false: "egress", true: "ingress"}[rev]
@@ -51,6 +59,49 @@ func TestPodRateBothDirections(t *testing.T) {
 	}
 }
 
+// A dual-stack pod annotated 10M: its IPv6 traffic is classified into its
+// classes too (u32 filters on the IPv6 addresses, prio FilterPrio6), in
+// both directions, and so is its IPv4 traffic; a full Apply of the same
+// state changes nothing (the IPv6 filters read back equal); DEL removes
+// the IPv6 filters.
+func TestIPv6PodShaped(t *testing.T) {
+	cfg := shaping.DefaultConfig()
+	cfg.PodCeil = 10_000_000
+	n := st.NewDualStackNode(t, cfg)
+	p := n.NewPod("six", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
+	n.MustAdd(p)
+	for _, dev := range []string{shaping.DeviceEgress, shaping.DeviceIngress} {
+		if out := n.TC("filter", "show", "dev", dev); !strings.Contains(out, "protocol ipv6 pref 11 u32") || !strings.Contains(out, "flowid") {
+			t.Errorf("%s has no IPv6 address filter:\n%s", dev, out)
+		}
+	}
+	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	defer k.Close()
+	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
+		t.Errorf("full Apply of the applied state: %d changes, %v", c, err)
+	}
+	for i, m := range []struct {
+		addr string
+		rev  bool
+	}{{n.Gateway6, false}, {n.Gateway6, true}, {n.Gateway, false}} {
+		avg, _, err := n.RunIperfAt(p, m.addr, 5201+i, 5, m.rev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("to %s reverse=%v: %.2f Mbit/s", m.addr, m.rev, avg)
+		if !st.Within(avg, 10, 0.10) {
+			t.Errorf("to %s reverse=%v: %.2f Mbit/s, want 10 ±10%%\n%s%s%s", m.addr, m.rev, avg, n.TC("-s", "filter", "show", "dev", shaping.DeviceEgress),
+				n.TC("-s", "class", "show", "dev", shaping.DeviceEgress), n.TC("-s", "filter", "show", "dev", p.Veth, "ingress"))
+		}
+	}
+	n.Del(p)
+	for _, dev := range []string{shaping.DeviceEgress, shaping.DeviceIngress} {
+		if out := n.TC("filter", "show", "dev", dev); strings.Contains(out, "flowid") {
+			t.Errorf("after DEL, %s still has address filters:\n%s", dev, out)
+		}
+	}
+}
+
 // Two pods with rate 10 and ceil 50 under a 50 Mbit/s node ceiling: one
 // alone borrows to ≥ 40; both at once each keep ≥ 9.
 func TestBorrowing(t *testing.T) {
@@ -65,6 +116,7 @@ func TestBorrowing(t *testing.T) {
 	// bursts, the quantum set on every class, leaves, filters, redirects):
 	// a full Apply of the same state changes nothing.
 	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	defer k.Close()
 	if c, err := k.Apply(context.Background(), n.Rec.Applied(), true); err != nil || c != 0 {
 		t.Fatalf("full Apply of the applied state: %d changes, %v", c, err)
 	}

@@ -63,33 +63,47 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		}
 		return p.finishExisting(ctx, conf, args, hostName, res)
 	}
-	res, err := at.wire(ires)
+	res, err := p.wireAdmitted(ctx, at, ipam, ires)
 	if err != nil {
-		p.undo(ctx, ipam, args, hostName)
-		return cniErr(types.ErrInternal, err, "ADD")
-	}
-	if conf.IPMasq {
-		if err := ensureMasq(ctx, res.IPs); err != nil {
-			p.undo(ctx, ipam, args, hostName)
-			return cniErr(types.ErrInternal, err, "ipMasq")
-		}
-	}
-	if err := recordEndpoint(conf, args, hostName, res); err != nil {
-		p.undo(ctx, ipam, args, hostName)
-		return err
-	}
-	if err := waitPolicy(ctx, conf, hostName); err != nil {
-		_ = forgetEndpoint(conf, hostName)
-		p.undo(ctx, ipam, args, hostName)
-		return err
-	}
-	if err := waitShaping(ctx, conf, hostName); err != nil {
-		_ = forgetEndpoint(conf, hostName)
-		p.undo(ctx, ipam, args, hostName)
-		releaseShaping(ctx, conf, hostName)
 		return err
 	}
 	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// wireAdmitted wires the attachment and has weftd admit it. The record is
+// written as soon as the host end exists (weftd needs nothing more), so
+// weftd's policy and shaping run while the pod end is configured and
+// ipMasq written. On any failure it undoes everything (record, veth,
+// allocation, weftd's shaping) and returns the first error.
+func (p *Plugin) wireAdmitted(ctx context.Context, at *attachment, ipam IPAM, ires *current.Result) (*current.Result, error) {
+	conf, hostName := at.conf, at.hostName
+	var waited chan error
+	res, err := at.wire(ires, func(res *current.Result) error {
+		if err := recordEndpoint(conf, at.args, hostName, res); err != nil {
+			return err
+		}
+		waited = make(chan error, 1)
+		go func() { waited <- waitWeftd(ctx, conf, hostName) }()
+		return nil
+	})
+	err = cniErr(types.ErrInternal, err, "ADD")
+	if err == nil && conf.IPMasq {
+		err = cniErr(types.ErrInternal, ensureMasq(ctx, res.IPs), "ipMasq")
+	}
+	if waited != nil {
+		if werr := <-waited; err == nil {
+			err = werr
+		}
+	}
+	if err == nil {
+		return res, nil
+	}
+	_ = forgetEndpoint(conf, hostName)
+	p.undo(ctx, ipam, at.args, hostName)
+	if waited != nil {
+		releaseShaping(ctx, conf, hostName)
+	}
+	return nil, err
 }
 
 // finishExisting completes a duplicate ADD of a live attachment: the
@@ -105,10 +119,7 @@ func (p *Plugin) finishExisting(ctx context.Context, conf *NetConf, args *skel.C
 	if err := recordEndpoint(conf, args, hostName, res); err != nil {
 		return err
 	}
-	if err := waitPolicy(ctx, conf, hostName); err != nil {
-		return err
-	}
-	if err := waitShaping(ctx, conf, hostName); err != nil {
+	if err := waitWeftd(ctx, conf, hostName); err != nil {
 		return err
 	}
 	return types.PrintResult(res, conf.CNIVersion)
@@ -139,8 +150,10 @@ type attachment struct {
 }
 
 // wire creates the veth pair and configures both ends from the IPAM
-// result; it returns the plugin's result.
-func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
+// result; it returns the plugin's result. hostReady, called with that
+// result once the host end is in place and before the pod end is
+// configured, may start what needs only the host end.
+func (a *attachment) wire(ires *current.Result, hostReady func(*current.Result) error) (*current.Result, error) {
 	conf, args, podNS, node, br, hostName, mtu := a.conf, a.args, a.podNS, a.node, a.bridge, a.hostName, a.mtu
 	fillGateways(conf, ires.IPs)
 	if conf.Gateway() {
@@ -188,10 +201,14 @@ func (a *attachment) wire(ires *current.Result) (*current.Result, error) {
 		}
 	}
 	routes := podRoutes(conf, ires)
+	res := a.result(ires, routes, hostMAC, podMAC, mtu)
+	if err := hostReady(res); err != nil {
+		return nil, err
+	}
 	if err := configurePod(podNS, args.IfName, ires.IPs, routes, v6); err != nil {
 		return nil, err
 	}
-	return a.result(ires, routes, hostMAC, podMAC, mtu), nil
+	return res, nil
 }
 
 // result is the plugin's result for the wired attachment.

@@ -82,6 +82,23 @@ func waitShaping(ctx context.Context, conf *NetConf, hostName string) error {
 	return types.NewError(types.ErrTryAgainLater, "waiting for weftd to shape the pod: "+err.Error(), "")
 }
 
+// waitWeftd waits for weftd's policy and shaping of the attachment at
+// once (two requests on its socket, served in parallel): ADD then costs
+// the longer of the two waits, not their sum. A policy error wins.
+func waitWeftd(ctx context.Context, conf *NetConf, hostName string) error {
+	if conf.ShapingSocket == "" {
+		return waitPolicy(ctx, conf, hostName)
+	}
+	shaped := make(chan error, 1)
+	go func() { shaped <- waitShaping(ctx, conf, hostName) }()
+	perr := waitPolicy(ctx, conf, hostName)
+	serr := <-shaped
+	if perr != nil {
+		return perr
+	}
+	return serr
+}
+
 // releaseShaping tells weftd the attachment is gone; DEL never fails for
 // it (weftd's resync removes the classes of records that are gone).
 func releaseShaping(ctx context.Context, conf *NetConf, hostName string) {

@@ -42,6 +42,7 @@ type Node struct {
 	Pods     *FakePods
 	Events   *FakeEvents
 	Gateway  string
+	Gateway6 string // dual-stack nodes only
 	Bridge   string
 	Socket   string
 	Endpoint string
@@ -65,6 +66,18 @@ const (
 // NewNodeWith prepares a node whose pods are shaped as mode says.
 func NewNodeWith(t testing.TB, cfg shaping.Config, mode Mode) *Node {
 	t.Helper()
+	return newNode(t, cfg, mode, false)
+}
+
+// NewDualStackNode is a shaping node whose pods get an IPv4 and an IPv6
+// address (gateway fd78::1).
+func NewDualStackNode(t testing.TB, cfg shaping.Config) *Node {
+	t.Helper()
+	return newNode(t, cfg, Shaped, true)
+}
+
+func newNode(t testing.TB, cfg shaping.Config, mode Mode, dual bool) *Node {
+	t.Helper()
 	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Fatal("iperf3 missing (apt-get install -y iperf3)")
@@ -73,8 +86,12 @@ func NewNodeWith(t testing.TB, cfg shaping.Config, mode Mode) *Node {
 	n := &Node{T: t, NS: testutil.NewNS(t), Pods: &FakePods{m: map[string]map[string]string{}}, Events: &FakeEvents{},
 		Gateway: "10.78.0.1", Bridge: "wb" + fmt.Sprint(time.Now().UnixNano()%1e8), Socket: filepath.Join(dir, "weftd.sock"),
 		Endpoint: filepath.Join(dir, "endpoints")}
-	n.Rec = &shaping.Reconciler{Config: cfg, MTU: 1500, EndpointDir: n.Endpoint, Pods: n.Pods, Events: n.Events,
-		Kernel: &shaping.Netlink{NetNS: n.NS.Path()}}
+	k := &shaping.Netlink{NetNS: n.NS.Path()}
+	t.Cleanup(k.Close)
+	if dual {
+		n.Gateway6 = "fd78::1"
+	}
+	n.Rec = &shaping.Reconciler{Config: cfg, MTU: 1500, EndpointDir: n.Endpoint, Pods: n.Pods, Events: n.Events, Kernel: k}
 	n.serve()
 	paths := []string{testutil.BinDir(t)}
 	if mode == RefTBF {
@@ -96,10 +113,13 @@ func NewNodeWith(t testing.TB, cfg shaping.Config, mode Mode) *Node {
 // bandwidth plugin and weft declares the bandwidth and pod-annotations
 // capabilities and names the shaping socket.
 func (n *Node) confList(dir string, mode Mode) *libcni.NetworkConfigList {
+	ranges := [][]map[string]string{{{"subnet": "10.78.0.0/24"}}}
+	if n.Gateway6 != "" {
+		ranges = append(ranges, []map[string]string{{"subnet": "fd78::/64"}})
+	}
 	weft := map[string]any{
 		"type": "weft", "bridge": n.Bridge, "isDefaultGateway": true, "endpointDir": n.Endpoint,
-		"ipam": map[string]any{"type": "weft-ipam", "ranges": [][]map[string]string{{{"subnet": "10.78.0.0/24"}}},
-			"dataDir": filepath.Join(dir, "ipam")},
+		"ipam": map[string]any{"type": "weft-ipam", "ranges": ranges, "dataDir": filepath.Join(dir, "ipam")},
 	}
 	plugins := []any{weft}
 	switch mode {
@@ -270,12 +290,17 @@ func (n *Node) Iperf(p *Pod, port int, secs int, reverse bool) (float64, []float
 }
 
 func (n *Node) RunIperf(p *Pod, port int, secs int, reverse bool) (float64, []float64, error) {
-	srv := exec.Command("nsenter", "--net="+n.NS.Path(), "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", n.Gateway)
+	return n.RunIperfAt(p, n.Gateway, port, secs, reverse)
+}
+
+// RunIperfAt is RunIperf with the node's server on addr (a gateway).
+func (n *Node) RunIperfAt(p *Pod, addr string, port int, secs int, reverse bool) (float64, []float64, error) {
+	srv := exec.Command("nsenter", "--net="+n.NS.Path(), "iperf3", "-s", "-1", "-J", "-p", fmt.Sprint(port), "-B", addr)
 	if err := srv.Start(); err != nil {
 		return 0, nil, err
 	}
 	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
-	args := []string{"--net=" + p.NS.Path(), "iperf3", "-c", n.Gateway, "-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-J"}
+	args := []string{"--net=" + p.NS.Path(), "iperf3", "-c", addr, "-p", fmt.Sprint(port), "-t", fmt.Sprint(secs), "-J"}
 	if reverse {
 		args = append(args, "-R")
 	} else {

@@ -179,6 +179,7 @@ func TestClusterPodsGetIPsFromNodeCIDRs(t *testing.T) {
 			t.Errorf("exec in %s: eth0 shows %q, want pod IP %s", a, out, p.Status.PodIP)
 		}
 	}
+	checkPodBandwidth(t, ctx, client, ns, pods, a, b)
 }
 
 // checkNoWayOut checks that no namespace of the cluster has a default
