@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -150,10 +149,16 @@ func BenchmarkUDPRelay(b *testing.B) {
 			}
 
 			stop := startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
-			stopProfile := profile(b)
+			stopProfile := nettopo.CPUProfile(b) // the last round's
 			res.run(b, "relay", r1, r2)
 			stopProfile()
 			last = stop()
+
+			udp.ProbeOldRx = true
+			stop = startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
+			res.run(b, "relay-old", r1, r2)
+			stop()
+			udp.ProbeOldRx = false
 
 			stop = startRelays(b, nodes, conn.NewStdNetBind)
 			res.run(b, "relay-std", r1, r2)
@@ -167,30 +172,13 @@ func BenchmarkUDPRelay(b *testing.B) {
 	}
 }
 
-// profile writes a CPU profile of the relay rounds (the relays run in
-// this process) to $WEFT_BENCH_CPUPROFILE when it is set.
-func profile(b *testing.B) func() {
-	path := os.Getenv("WEFT_BENCH_CPUPROFILE")
-	if path == "" {
-		return func() {}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		b.Fatal(err)
-	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }
-}
-
 func report(b *testing.B, res results, stats []udp.Stats) {
 	med := nettopo.Medians(b, res.all)
 	w := os.Stderr
 	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
 	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
-		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"naive", "naive relay (pod->pod)"}} {
+		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"relay-old", "OLD rx split copy"}, {"naive", "naive relay (pod->pod)"}} {
 		f := med[r.k]
 		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.G1, f.G4, f.RR)
 	}
@@ -203,6 +191,8 @@ func report(b *testing.B, res results, stats []udp.Stats) {
 	ratio("StdNetBind relay / kernel vxlan", "relay-std", "vxlan")
 	ratio("StdNetBind relay / naive", "relay-std", "naive")
 	ratio("relay / underlay", "relay", "underlay")
+	ratio("relay / OLD", "relay", "relay-old")
+	ratio("OLD / kernel vxlan", "relay-old", "vxlan")
 	fmt.Fprintf(w, "\nCPU seconds per GB moved, 1 stream, both nodes (median of %d rounds)\n", rounds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s %10s\n", "path", "tasks", "relay", "/ vxlan", "softirq*")
 	costs := map[string]cpuCost{}
