@@ -1,6 +1,7 @@
 package ipip
 
 import (
+	"encoding/binary"
 	"net"
 	"net/netip"
 	"sync"
@@ -37,12 +38,17 @@ func (n *FakeNet) Conn(addr netip.Addr) *FakeConn {
 	return c
 }
 
-// Outer returns inner wrapped in the outer IPv4 header src -> dst that
-// RawSocket.Send writes (PutOuterHeader), as on the wire.
+// Outer returns inner wrapped in the outer IPv4 header src -> dst,
+// protocol 4 (checksum filled in), as on the wire.
 func Outer(src, dst netip.Addr, inner []byte) []byte {
-	p := make([]byte, OuterHeaderLen+len(inner))
-	PutOuterHeader(p, src.As4(), dst.As4(), len(inner))
-	copy(p[OuterHeaderLen:], inner)
+	p := make([]byte, 20+len(inner))
+	p[0], p[8], p[9] = 0x45, 64, Protocol
+	binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+	s, d := src.As4(), dst.As4()
+	copy(p[12:16], s[:])
+	copy(p[16:20], d[:])
+	binary.BigEndian.PutUint16(p[10:], ^headerSum(p[:20]))
+	copy(p[20:], inner)
 	return p
 }
 

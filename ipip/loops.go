@@ -61,6 +61,3 @@ func (t *Tunnel) decapBatch(tab *Table, bufs [][]byte, sizes []int, wbufs [][]by
 		return tab.Decap(b, mtu)
 	})
 }
-
-// ProbeVariant TEMPORARY A/B switch.
-var ProbeVariant int

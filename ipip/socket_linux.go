@@ -33,9 +33,6 @@ type RawSocket struct {
 	// txMu guards tx (Send may be called from several goroutines).
 	txMu sync.Mutex
 	tx   rawTx
-	// hdrincl: the socket has IP_HDRINCL and Send writes the outer header.
-	hdrincl bool
-	src     [4]byte
 }
 
 var _ Conn = (*RawSocket)(nil)
@@ -56,25 +53,18 @@ func OpenRawSocket(local netip.Addr) (*RawSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ipip socket: %w", err)
 	}
-	uencap.SetBuffers(fd, rawBuffer<<(2*(ProbeVariant>>1&1)))
+	uencap.SetBuffers(fd, rawBuffer)
 	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: local.As4()}); err != nil {
 		_ = unix.Close(fd)
 		return nil, fmt.Errorf("ipip socket: bind %s: %w", local, err)
 	}
-	if ProbeVariant&4 != 0 {
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_HDRINCL, 1); err != nil {
-			_ = unix.Close(fd)
-			return nil, fmt.Errorf("ipip socket: IP_HDRINCL: %w", err)
-		}
-	}
-	s := &RawSocket{f: os.NewFile(uintptr(fd), "ipip"), hdrincl: ProbeVariant&4 != 0}
+	s := &RawSocket{f: os.NewFile(uintptr(fd), "ipip")}
 	if s.rc, err = s.f.SyscallConn(); err != nil {
 		_ = s.f.Close()
 		return nil, fmt.Errorf("ipip socket: %w", err)
 	}
 	s.rx = uencap.NewMsgBatch(rawBatch)
 	s.tx.init()
-	s.src = local.As4()
 	return s, nil
 }
 
@@ -118,17 +108,11 @@ func (s *RawSocket) Recv(bufs [][]byte, sizes []int) (int, error) {
 type rawTx struct {
 	*uencap.MsgBatch
 	names []unix.RawSockaddrInet4
-	// outer are the messages' outer headers: with IP_HDRINCL each
-	// message is two iovecs, its header and the inner packet.
-	outer [][OuterHeaderLen]byte
-	iovs2 []unix.Iovec
 }
 
 func (t *rawTx) init() {
 	t.MsgBatch = uencap.NewMsgBatch(rawBatch)
 	t.names = make([]unix.RawSockaddrInet4, rawBatch)
-	t.outer = make([][OuterHeaderLen]byte, rawBatch)
-	t.iovs2 = make([]unix.Iovec, 2*rawBatch)
 }
 
 // Send implements Conn: one sendmmsg for the whole batch (each message
@@ -159,23 +143,10 @@ func (s *RawSocket) sendBatch(pkts [][]byte, dsts []netip.Addr) (int, error) {
 			return len(pkts), errors.New("ipip socket: empty packet")
 		}
 		t.names[i] = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dsts[i].As4()}
-		h := &t.Hdrs[i].Hdr
-		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.names[i])), Namelen: unix.SizeofSockaddrInet4}
-		if s.hdrincl {
-			PutOuterHeader(t.outer[i][:], s.src, t.names[i].Addr, len(p))
-			v := t.iovs2[2*i : 2*i+2]
-			v[0] = unix.Iovec{Base: &t.outer[i][0]}
-			v[0].SetLen(OuterHeaderLen)
-			v[1] = unix.Iovec{Base: &p[0]}
-			v[1].SetLen(len(p))
-			h.Iov = &v[0]
-			h.SetIovlen(2)
-			continue
-		}
 		t.Iovs[i] = unix.Iovec{Base: &p[0]}
 		t.Iovs[i].SetLen(len(p))
-		h.Iov = &t.Iovs[i]
-		h.SetIovlen(1)
+		t.Hdrs[i].Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&t.names[i])), Namelen: unix.SizeofSockaddrInet4, Iov: &t.Iovs[i]}
+		t.Hdrs[i].Hdr.SetIovlen(1)
 	}
 	failed := 0
 	var last error

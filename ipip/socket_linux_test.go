@@ -49,11 +49,12 @@ func TestRawSocketClose(t *testing.T) {
 }
 
 // TestRawSocketOuterHeader: what Send puts on the wire is an RFC 2003
-// packet with the outer header the kernel's own raw-socket path would
-// build (version 4, no options, TOS 0, DF, TTL 64, protocol 4, the bound
-// source, the destination, a valid checksum) and the inner packet
-// unchanged. The socket receives its own packets over loopback.
+// packet whose outer header the kernel builds (version 4, no options,
+// TOS 0, DF, TTL 64, protocol 4, the bound source, the destination, a
+// valid checksum) in front of the inner packet, unchanged. The socket
+// receives its own packets over loopback.
 func TestRawSocketOuterHeader(t *testing.T) {
+	const outerLen = 20
 	testutil.RequireRoot(t)
 	n := testutil.NewNS(t)
 	lo := netip.MustParseAddr("127.0.0.1")
@@ -87,18 +88,18 @@ func TestRawSocketOuterHeader(t *testing.T) {
 	}
 	for i, want := range [][]byte{inner, inner[:60]} {
 		p := bufs[i][:sizes[i]]
-		if len(p) != OuterHeaderLen+len(want) {
-			t.Fatalf("packet %d: %d bytes, want %d", i, len(p), OuterHeaderLen+len(want))
+		if len(p) != outerLen+len(want) {
+			t.Fatalf("packet %d: %d bytes, want %d", i, len(p), outerLen+len(want))
 		}
-		h := p[:OuterHeaderLen]
-		if h[0] != 0x45 || h[1] != 0 || int(h[2])<<8|int(h[3]) != len(p) || h[6]&0x40 == 0 || h[8] != OuterTTL ||
+		h := p[:outerLen]
+		if h[0] != 0x45 || h[1] != 0 || int(h[2])<<8|int(h[3]) != len(p) || h[6]&0x40 == 0 || h[8] != 64 ||
 			h[9] != Protocol || netip.AddrFrom4([4]byte(h[12:16])) != lo || netip.AddrFrom4([4]byte(h[16:20])) != lo {
 			t.Errorf("packet %d: outer header % x", i, h)
 		}
 		if headerSum(h) != 0xffff {
 			t.Errorf("packet %d: outer header checksum wrong: % x", i, h)
 		}
-		if string(p[OuterHeaderLen:]) != string(want) {
+		if string(p[outerLen:]) != string(want) {
 			t.Errorf("packet %d: inner packet changed", i)
 		}
 	}

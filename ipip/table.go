@@ -183,27 +183,3 @@ func headerSum(h []byte) uint16 {
 func inAny(ps []netip.Prefix, a netip.Addr) bool {
 	return slices.ContainsFunc(ps, func(p netip.Prefix) bool { return p.Contains(a) })
 }
-
-// OuterHeaderLen is the length of the outer IPv4 header Send writes.
-const OuterHeaderLen = 20
-
-// OuterTTL is the outer header's TTL (Linux's default, which the kernel
-// gives a raw socket's packets).
-const OuterTTL = 64
-
-// PutOuterHeader writes into h the outer IPv4 header of an IP-in-IP
-// packet from src to dst carrying an inner packet of innerLen bytes
-// (RFC 2003): no options, TOS 0, identification 0 (the kernel picks one
-// for a raw IP_HDRINCL socket), DF set (what the kernel sets on a raw
-// socket's packets by default), TTL OuterTTL, protocol 4, and the header
-// checksum.
-func PutOuterHeader(h []byte, src, dst [4]byte, innerLen int) {
-	_ = h[OuterHeaderLen-1]
-	h[0], h[1] = 0x45, 0
-	binary.BigEndian.PutUint16(h[2:4], uint16(OuterHeaderLen+innerLen))
-	h[4], h[5], h[6], h[7] = 0, 0, 0x40, 0
-	h[8], h[9], h[10], h[11] = OuterTTL, Protocol, 0, 0
-	copy(h[12:16], src[:])
-	copy(h[16:20], dst[:])
-	binary.BigEndian.PutUint16(h[10:12], ^headerSum(h[:OuterHeaderLen]))
-}

@@ -78,7 +78,7 @@ func (s *Socket) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
 		s.gso.Store(err == nil)
 	})
-	s.rx.init()
+	s.rx.init(s.gro)
 	s.tx.init()
 	return []conn.ReceiveFunc{s.receive}, uint16(s.conn.LocalAddr().(*net.UDPAddr).Port), nil
 }
@@ -123,43 +123,33 @@ func (s *Socket) BatchSize() int { return batchSize }
 
 type rxState struct {
 	*uencap.MsgBatch
-	names []unix.RawSockaddrInet4
-	oob   []byte
-	eps   []conn.StdNetEndpoint
-	got   int
-	// seg is the datagram size GRO receives are laid out for: each train's
-	// datagrams land one per caller buffer, seg bytes apart (scatter), so
-	// a train of seg-sized datagrams needs no copy. It follows the last
-	// train's segment size.
-	seg int
-	// moved counts the trains whose segment size differed from seg, and
-	// which were gathered and split by copying.
-	moved  uint64
-	trains [][]byte
+	names  []unix.RawSockaddrInet4
+	oob    []byte
+	eps    []conn.StdNetEndpoint
+	trains [][]byte // GRO: what the kernel fills, split into the caller's buffers
+	got    int
 }
 
 var groSpace = unix.CmsgSpace(4)
 
-// firstSeg is seg until a train says otherwise: the largest datagram of
-// the relay on a 1500-byte underlay.
-const firstSeg = 1500 - 28
-
-func (r *rxState) init() {
+func (r *rxState) init(gro bool) {
 	r.MsgBatch = uencap.NewMsgBatch(batchSize)
 	r.names, r.eps = make([]unix.RawSockaddrInet4, batchSize), make([]conn.StdNetEndpoint, batchSize)
 	r.oob = make([]byte, batchSize*groSpace)
-	r.seg = firstSeg
-	for range groTrains {
-		r.trains = append(r.trains, make([]byte, 65535))
+	if gro {
+		for range groTrains {
+			r.trains = append(r.trains, make([]byte, 65535))
+		}
 	}
 }
 
-// ProbeOldRx TEMPORARY A/B.
-var ProbeOldRx bool
-
-func (s *Socket) receiveOld(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+// receive is the conn.ReceiveFunc.
+func (s *Socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 	r := &s.rx
-	targets := r.trains
+	targets := bufs
+	if s.gro {
+		targets = r.trains
+	}
 	want := min(len(targets), batchSize)
 	for i := range want {
 		r.Iovs[i] = unix.Iovec{Base: &targets[i][0]}
@@ -174,6 +164,27 @@ func (s *Socket) receiveOld(bufs [][]byte, sizes []int, eps []conn.Endpoint) (in
 	if r.got, err = r.Recv(s.rc, want); err != nil {
 		return 0, err
 	}
+	if !s.gro {
+		for i := range r.got {
+			sizes[i] = int(r.Hdrs[i].N)
+			eps[i] = r.endpoint(i, i)
+		}
+		return r.got, nil
+	}
+	return r.split(bufs, sizes, eps), nil
+}
+
+// endpoint fills the reused endpoint slot k with message i's sender.
+func (r *rxState) endpoint(k, i int) conn.Endpoint {
+	sa := &r.names[i]
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	r.eps[k].AddrPort = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
+	return &r.eps[k]
+}
+
+// split copies every GRO train into the caller's buffers, one datagram
+// each.
+func (r *rxState) split(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
 	k := 0
 	for i := range r.got {
 		h := &r.Hdrs[i]
@@ -190,123 +201,7 @@ func (s *Socket) receiveOld(bufs [][]byte, sizes []int, eps []conn.Endpoint) (in
 			k++
 		}
 	}
-	return k, nil
-}
-
-// receive is the conn.ReceiveFunc. With GRO, message m's iovecs are
-// bufs[m*64:(m+1)*64] (one per datagram of its train), so the result has
-// empty slots (size 0, nil endpoint) after a train shorter than 64.
-func (s *Socket) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-	if ProbeOldRx && s.gro {
-		return s.receiveOld(bufs, sizes, eps)
-	}
-	r := &s.rx
-	gro := s.gro && len(bufs) >= maxSegments
-	want := min(len(bufs), batchSize)
-	if gro {
-		want = min(len(bufs)/maxSegments, groTrains)
-	}
-	for i := range want {
-		h := &r.Hdrs[i].Hdr
-		*h = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&r.names[i])), Namelen: unix.SizeofSockaddrInet4,
-			Control: &r.oob[i*groSpace]}
-		h.SetControllen(groSpace)
-		if gro {
-			r.scatter(h, bufs[i*maxSegments:(i+1)*maxSegments], r.Iovs[i*maxSegments:(i+1)*maxSegments])
-			continue
-		}
-		r.Iovs[i] = unix.Iovec{Base: &bufs[i][0]}
-		r.Iovs[i].SetLen(len(bufs[i]))
-		h.Iov = &r.Iovs[i]
-		h.SetIovlen(1)
-	}
-	var err error
-	if r.got, err = r.Recv(s.rc, want); err != nil {
-		return 0, err
-	}
-	if !gro {
-		for i := range r.got {
-			sizes[i] = int(r.Hdrs[i].N)
-			eps[i] = r.endpoint(i, i)
-		}
-		return r.got, nil
-	}
-	return r.split(bufs, sizes, eps), nil
-}
-
-// scatter points h at one iovec per buffer, seg bytes each; the last one
-// takes the rest of its buffer, so no train is cut short whatever its
-// segment size.
-func (r *rxState) scatter(h *unix.Msghdr, bufs [][]byte, iovs []unix.Iovec) {
-	for j := range iovs {
-		n := min(r.seg, len(bufs[j]))
-		if j == len(iovs)-1 {
-			n = len(bufs[j])
-		}
-		iovs[j] = unix.Iovec{Base: &bufs[j][0]}
-		iovs[j].SetLen(n)
-	}
-	h.Iov = &iovs[0]
-	h.SetIovlen(len(iovs))
-}
-
-// endpoint fills the reused endpoint slot k with message i's sender.
-func (r *rxState) endpoint(k, i int) conn.Endpoint {
-	sa := &r.names[i]
-	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
-	r.eps[k].AddrPort = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port)
-	return &r.eps[k]
-}
-
-// split turns the scattered GRO trains into one datagram per buffer and
-// returns how many slots it used (the rest of each train's 64 are empty).
-// A train of seg-sized datagrams is in place already; one of another
-// segment size is gathered into its first buffer and split from there by
-// copying, and seg becomes its size.
-func (r *rxState) split(bufs [][]byte, sizes []int, eps []conn.Endpoint) int {
-	used, layout, next := 0, r.seg, r.seg
-	for i := range r.got {
-		base := i * maxSegments
-		n := int(r.Hdrs[i].N)
-		seg := groSize(r.oob[i*groSpace : i*groSpace+int(r.Hdrs[i].Hdr.Controllen)])
-		if seg <= 0 || seg > n {
-			seg = n
-		}
-		if seg != layout && (n > layout || seg < n) { // not laid out seg apart yet
-			r.regroup(bufs[base:base+maxSegments], n, layout, seg)
-		}
-		k := 0
-		for left := n; (left > 0 || k == 0) && k < maxSegments; k++ {
-			sizes[base+k] = min(seg, left)
-			eps[base+k] = r.endpoint(base+k, i)
-			left -= sizes[base+k]
-		}
-		for j := base + k; j < base+maxSegments && i+1 < r.got; j++ {
-			sizes[j], eps[j] = 0, nil
-		}
-		used = base + k
-		if k > 1 {
-			next = seg
-		}
-	}
-	r.seg = next
-	return used
-}
-
-// regroup moves a train of n bytes, received layout bytes per buffer, to
-// seg bytes per buffer: gathered into bufs[0], then split from there.
-func (r *rxState) regroup(bufs [][]byte, n, layout, seg int) {
-	r.moved++
-	for j, at := 1, layout; at < n && j < len(bufs); j, at = j+1, at+layout {
-		k := min(layout, n-at)
-		if j == len(bufs)-1 { // the last iovec took the rest
-			k = n - at
-		}
-		copy(bufs[0][at:], bufs[j][:k])
-	}
-	for j, at := 1, seg; at < n; j, at = j+1, at+seg {
-		copy(bufs[j], bufs[0][at:min(at+seg, n)])
-	}
+	return k
 }
 
 // groSize returns the segment size of a UDP_GRO control message, 0 if

@@ -154,12 +154,6 @@ func BenchmarkUDPRelay(b *testing.B) {
 			stopProfile()
 			last = stop()
 
-			udp.ProbeOldRx = true
-			stop = startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
-			res.run(b, "relay-old", r1, r2)
-			stop()
-			udp.ProbeOldRx = false
-
 			stop = startRelays(b, nodes, conn.NewStdNetBind)
 			res.run(b, "relay-std", r1, r2)
 			stop()
@@ -178,7 +172,7 @@ func report(b *testing.B, res results, stats []udp.Stats) {
 	fmt.Fprintf(w, "\nmedian of %d interleaved rounds (iperf3 %d s, RR %d s)\n", rounds, iperfSeconds, rrSeconds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s\n", "path", "1 stream", "4 streams", "1B RR/s")
 	for _, r := range []struct{ k, n string }{{"underlay", "underlay (node eth0)"}, {"vxlan", "kernel vxlan (pod->pod)"},
-		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"relay-old", "OLD rx split copy"}, {"naive", "naive relay (pod->pod)"}} {
+		{"relay", "weft relay, udp.Socket"}, {"relay-std", "weft relay, StdNetBind"}, {"naive", "naive relay (pod->pod)"}} {
 		f := med[r.k]
 		fmt.Fprintf(w, "%-32s %10.2f %10.2f %10.0f\n", r.n, f.G1, f.G4, f.RR)
 	}
@@ -191,8 +185,6 @@ func report(b *testing.B, res results, stats []udp.Stats) {
 	ratio("StdNetBind relay / kernel vxlan", "relay-std", "vxlan")
 	ratio("StdNetBind relay / naive", "relay-std", "naive")
 	ratio("relay / underlay", "relay", "underlay")
-	ratio("relay / OLD", "relay", "relay-old")
-	ratio("OLD / kernel vxlan", "relay-old", "vxlan")
 	fmt.Fprintf(w, "\nCPU seconds per GB moved, 1 stream, both nodes (median of %d rounds)\n", rounds)
 	fmt.Fprintf(w, "%-32s %10s %10s %10s %10s\n", "path", "tasks", "relay", "/ vxlan", "softirq*")
 	costs := map[string]cpuCost{}

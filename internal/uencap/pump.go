@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,9 +49,6 @@ func (p *Pump) Run(ctx context.Context, stopped string, closeAll func() error, l
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if ProbeLock {
-				runtime.LockOSThread()
-			}
 			if err := l.Run(); err != nil {
 				fail <- fmt.Errorf("%s: %w", l.Name, err)
 			}
@@ -200,6 +196,3 @@ func (p *Pump) Decap(bufs [][]byte, sizes []int, at int, wbufs [][]byte, check C
 	p.Rx.Batch(len(wbufs), bytes)
 	return wbufs
 }
-
-// ProbeLock TEMPORARY.
-var ProbeLock bool
