@@ -78,6 +78,8 @@ func TestRawSocketOuterHeader(t *testing.T) {
 		t.Fatalf("Send: %d failed, %v", failed, err)
 	}
 	bufs, sizes := uencap.Buffers(2), make([]int, 2)
+	timeout := time.AfterFunc(5*time.Second, func() { _ = s.Close() }) // a Recv that waits in vain fails
+	defer timeout.Stop()
 	got := 0
 	for got < 2 {
 		k, err := s.Recv(bufs[got:], sizes[got:])
