@@ -32,7 +32,8 @@ const (
 // underlay address, what the bgp backend installs), ipipMode Always over
 // weft's userspace IP-in-IP (bgp.UserspaceIPIP, as the backend starts it),
 // and a naive IP-in-IP relay (a TUN without offloads and a raw
-// IP-protocol-4 socket, one packet per syscall).
+// IP-protocol-4 socket, one packet per syscall). With WEFT_BENCH_CPUPROFILE
+// set it writes a CPU profile of the last Always round there.
 func BenchmarkDataPath(b *testing.B) {
 	testutil.RequireRoot(b)
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -67,7 +68,9 @@ func BenchmarkDataPath(b *testing.B) {
 			delRoutes(b, nodes)
 
 			stop := startIPIP(b, nodes)
+			stopProfile := nettopo.CPUProfile(b) // the last round's
 			all["always"] = append(all["always"], measure(i1, i2))
+			stopProfile()
 			stop()
 
 			stop = startNaiveIPIP(b, nodes)

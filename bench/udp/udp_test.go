@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime/pprof"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -150,7 +149,7 @@ func BenchmarkUDPRelay(b *testing.B) {
 			}
 
 			stop := startRelays(b, nodes, func() conn.Bind { return udp.NewSocket() })
-			stopProfile := profile(b)
+			stopProfile := nettopo.CPUProfile(b) // the last round's
 			res.run(b, "relay", r1, r2)
 			stopProfile()
 			last = stop()
@@ -165,23 +164,6 @@ func BenchmarkUDPRelay(b *testing.B) {
 		}
 		report(b, res, last)
 	}
-}
-
-// profile writes a CPU profile of the relay rounds (the relays run in
-// this process) to $WEFT_BENCH_CPUPROFILE when it is set.
-func profile(b *testing.B) func() {
-	path := os.Getenv("WEFT_BENCH_CPUPROFILE")
-	if path == "" {
-		return func() {}
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		b.Fatal(err)
-	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }
 }
 
 func report(b *testing.B, res results, stats []udp.Stats) {
