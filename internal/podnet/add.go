@@ -78,17 +78,22 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 func (p *Plugin) wireAdmitted(ctx context.Context, at *attachment, ipam IPAM, ires *current.Result) (*current.Result, error) {
 	conf, hostName := at.conf, at.hostName
 	var waited chan error
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	res, err := at.wire(ires, func(res *current.Result) error {
 		if err := recordEndpoint(conf, at.args, hostName, res); err != nil {
 			return err
 		}
 		waited = make(chan error, 1)
-		go func() { waited <- waitWeftd(ctx, conf, hostName) }()
+		go func() { waited <- waitWeftd(wctx, conf, hostName) }()
 		return nil
 	})
 	err = cniErr(types.ErrInternal, err, "ADD")
 	if err == nil && conf.IPMasq {
 		err = cniErr(types.ErrInternal, ensureMasq(ctx, res.IPs), "ipMasq")
+	}
+	if err != nil {
+		cancel() // the ADD failed already: undo now, not after weftd's answer (up to 10 s)
 	}
 	if waited != nil {
 		if werr := <-waited; err == nil {

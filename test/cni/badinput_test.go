@@ -3,9 +3,11 @@ package cni
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
@@ -131,6 +133,33 @@ func TestAddUndo(t *testing.T) {
 	} else {
 		t.Logf("ADD failed as expected: %v", err)
 	}
+	if al := e.allocations(); len(al) != 0 {
+		t.Fatalf("allocation kept after failed ADD: %+v", al)
+	}
+	if v := e.hostVeths(); len(v) != 0 {
+		t.Fatalf("veth kept after failed ADD: %v", v)
+	}
+
+	// 3. The same failure while weftd is asked (its wait runs beside the
+	// pod end's configuration) and weftd never answers: ADD fails at once
+	// instead of waiting out policyTimeout, and leaves no record either.
+	dir := t.TempDir()
+	sock := filepath.Join(t.TempDir(), "weftd.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // accepts (the kernel's backlog) and never answers
+	wc["endpointDir"], wc["policySocket"], wc["policyTimeout"] = dir, sock, "8s"
+	l = e.confList("1.1.0", wc)
+	t0 := time.Now()
+	if _, err := e.add(l, e.newPod("route-weftd")); err == nil {
+		t.Fatal("ADD succeeded with an off-link route gateway")
+	}
+	if d := time.Since(t0); d > 4*time.Second {
+		t.Errorf("failed ADD took %v: it waited for weftd before undoing", d)
+	}
+	e.assertClean(dir)
 	if al := e.allocations(); len(al) != 0 {
 		t.Fatalf("allocation kept after failed ADD: %+v", al)
 	}
