@@ -135,12 +135,24 @@ func (d Deps) ipam(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "ipam store: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	// Without a record: allocated by an ADD still running (not a leak)?
+	// Asked after the snapshot, so an ADD that wrote its record meanwhile
+	// is not missed: it held its lock since before the allocation.
+	for i, al := range out.Allocations {
+		if al.HostVeth == "" && d.EndpointDir != "" {
+			out.Allocations[i].Adding = endpoint.Adding(d.EndpointDir, al.ContainerID)
+		}
+	}
 	sort.Slice(out.Allocations, func(i, j int) bool { return out.Allocations[i].IP < out.Allocations[j].IP })
 	WriteJSON(w, out)
 }
 
-// errLive refuses a release whose recorded pod still exists.
-var errLive = errors.New("the pod recorded for this address still exists")
+// errLive refuses a release whose recorded pod still exists; errAdding
+// one whose container's CNI ADD is still running.
+var (
+	errLive   = errors.New("the pod recorded for this address still exists")
+	errAdding = errors.New("a CNI ADD of this container is in progress")
+)
 
 // release frees one address held by the named container, and the
 // attachment's endpoint record if it is still there (its pod is gone).
@@ -160,7 +172,7 @@ func (d Deps) release(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := d.releaseAddr(r.Context(), ip, req.ContainerID)
 	switch {
-	case errors.Is(err, errLive):
+	case errors.Is(err, errLive), errors.Is(err, errAdding):
 		http.Error(w, err.Error(), http.StatusConflict)
 	case err != nil:
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -172,6 +184,18 @@ func (d Deps) release(w http.ResponseWriter, r *http.Request) {
 
 func (d Deps) releaseAddr(ctx context.Context, ip netip.Addr, containerID string) (nodeapi.ReleaseResult, error) {
 	var res nodeapi.ReleaseResult
+	// Held until the address is freed: no ADD of this container starts
+	// allocating or recording meanwhile, and one under way is refused.
+	if d.EndpointDir != "" {
+		lk, err := endpoint.TryLockAdd(d.EndpointDir, containerID)
+		if endpoint.IsBusy(err) {
+			return res, fmt.Errorf("%s (container %s): %w", ip, containerID, errAdding)
+		}
+		if err != nil {
+			return res, err
+		}
+		defer lk.Unlock()
+	}
 	recs, _ := endpoint.List(d.EndpointDir)
 	var stale []endpoint.Endpoint
 	for _, e := range recs {

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/netlinkx"
 )
 
@@ -44,6 +45,16 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		return cniErr(types.ErrInternal, err, "bridge")
 	}
 
+	// From before the allocation until the record is written (or the
+	// allocation undone), weftd sees this container's ADD in progress and
+	// never takes its fresh address for a leak (endpoint.LockAdd).
+	if conf.EndpointDir != "" {
+		lk, err := endpoint.LockAdd(ctx, conf.EndpointDir, args.ContainerID)
+		if err != nil {
+			return cniErr(types.ErrIOFailure, err, "endpointDir")
+		}
+		defer lk.Unlock()
+	}
 	ipam := p.ipamFor(conf)
 	ires, err := ipam.Add(ctx, args)
 	if err != nil {
@@ -74,6 +85,15 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 			return cniErr(types.ErrInternal, err, "ipMasq")
 		}
 	}
+	if err := p.publish(ctx, conf, ipam, args, hostName, res); err != nil {
+		return err
+	}
+	return types.PrintResult(res, conf.CNIVersion)
+}
+
+// publish writes the wired attachment's record and waits for weftd to
+// police and shape it; on failure it undoes the ADD.
+func (p *Plugin) publish(ctx context.Context, conf *NetConf, ipam IPAM, args *skel.CmdArgs, hostName string, res *current.Result) error {
 	if err := recordEndpoint(conf, args, hostName, res); err != nil {
 		p.undo(ctx, ipam, args, hostName)
 		return err
@@ -89,7 +109,7 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		releaseShaping(ctx, conf, hostName)
 		return err
 	}
-	return types.PrintResult(res, conf.CNIVersion)
+	return nil
 }
 
 // finishExisting completes a duplicate ADD of a live attachment: the
