@@ -82,11 +82,13 @@ func (e *env) ipam(ctx context.Context) ([]NodeIPAM, error) {
 	if err != nil {
 		return nil, err
 	}
+	answers := get[nodeapi.IPAM](ctx, e, names(nodes), pods, nodeapi.IPAMPath)
+	// Pods listed after the nodes answered: every pod whose ADD a node saw
+	// was created before it, so a fresh allocation is never taken for a leak.
 	all, err := e.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	answers := get[nodeapi.IPAM](ctx, e, names(nodes), pods, nodeapi.IPAMPath)
 	out := make([]NodeIPAM, len(answers))
 	for i, a := range answers {
 		out[i] = NodeIPAM{Node: a.node, Reachable: a.err == nil, Error: errString(a.err), Allocations: []AddrRow{}}

@@ -106,28 +106,17 @@ func (d Deps) bgp(w http.ResponseWriter, r *http.Request) {
 }
 
 // ipam lists the store's allocations joined with the endpoint records by
-// container ID and ifname.
+// container ID and ifname, marking those without a record whose ADD still
+// runs.
 func (d Deps) ipam(w http.ResponseWriter, r *http.Request) {
 	if !method(w, r, http.MethodGet) {
 		return
 	}
-	recs, err := endpoint.List(d.EndpointDir)
-	if err != nil {
-		d.Log.Warn("ipam: endpoint records skipped", "err", err)
-	}
-	type key struct{ id, ifname string }
-	byAtt := map[key]endpoint.Endpoint{}
-	for _, e := range recs {
-		byAtt[key{e.ContainerID, e.IfName}] = e
-	}
+	byAtt := d.records()
 	out := nodeapi.IPAM{Node: d.Node, Allocations: []nodeapi.Allocation{}}
-	err = d.IPAM.View(r.Context(), func(st *store.State) error {
+	err := d.IPAM.View(r.Context(), func(st *store.State) error {
 		for _, a := range st.Allocations {
-			al := nodeapi.Allocation{IP: a.IP.String(), ContainerID: a.ContainerID, IfName: a.IfName}
-			if e, ok := byAtt[key{a.ContainerID, a.IfName}]; ok {
-				al.PodNamespace, al.PodName, al.PodUID, al.HostVeth = e.PodNamespace, e.PodName, e.PodUID, e.HostVeth
-			}
-			out.Allocations = append(out.Allocations, al)
+			out.Allocations = append(out.Allocations, nodeapi.Allocation{IP: a.IP.String(), ContainerID: a.ContainerID, IfName: a.IfName})
 		}
 		return nil
 	})
@@ -135,16 +124,52 @@ func (d Deps) ipam(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "ipam store: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	// Without a record: allocated by an ADD still running (not a leak)?
-	// Asked after the snapshot, so an ADD that wrote its record meanwhile
-	// is not missed: it held its lock since before the allocation.
-	for i, al := range out.Allocations {
+	// An allocation without a record is an ADD still running (it holds
+	// its lock from before the allocation until the record is written) or
+	// a leak. The records are read again once the lock is seen free: an
+	// ADD that finished since the first read has written its record.
+	again := false
+	for i := range out.Allocations {
+		join(&out.Allocations[i], byAtt)
+		al := &out.Allocations[i]
 		if al.HostVeth == "" && d.EndpointDir != "" {
-			out.Allocations[i].Adding = endpoint.Adding(d.EndpointDir, al.ContainerID)
+			al.Adding = endpoint.Adding(d.EndpointDir, al.ContainerID)
+			again = again || !al.Adding
+		}
+	}
+	if again {
+		byAtt = d.records()
+		for i := range out.Allocations {
+			if !out.Allocations[i].Adding {
+				join(&out.Allocations[i], byAtt)
+			}
 		}
 	}
 	sort.Slice(out.Allocations, func(i, j int) bool { return out.Allocations[i].IP < out.Allocations[j].IP })
 	WriteJSON(w, out)
+}
+
+// attKey names an attachment.
+type attKey struct{ id, ifname string }
+
+// records are the endpoint records by attachment.
+func (d Deps) records() map[attKey]endpoint.Endpoint {
+	recs, err := endpoint.List(d.EndpointDir)
+	if err != nil {
+		d.Log.Warn("ipam: endpoint records skipped", "err", err)
+	}
+	byAtt := map[attKey]endpoint.Endpoint{}
+	for _, e := range recs {
+		byAtt[attKey{e.ContainerID, e.IfName}] = e
+	}
+	return byAtt
+}
+
+// join fills in the pod of al's record, if there is one.
+func join(al *nodeapi.Allocation, byAtt map[attKey]endpoint.Endpoint) {
+	if e, ok := byAtt[attKey{al.ContainerID, al.IfName}]; ok {
+		al.PodNamespace, al.PodName, al.PodUID, al.HostVeth = e.PodNamespace, e.PodName, e.PodUID, e.HostVeth
+	}
 }
 
 // errLive refuses a release whose recorded pod still exists; errAdding
