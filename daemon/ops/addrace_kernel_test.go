@@ -67,7 +67,7 @@ printf '%%s' "$out"; exit $rc
 		PodLive: func(string) bool { return false }, Log: slog.New(slog.DiscardHandler)}
 	ip := allocated(t, d, id)
 	if recs, _ := endpoint.List(eps); len(recs) != 0 || !endpoint.Adding(eps, id) {
-		t.Fatalf("in the window: records %v, ADD lock held %v; want no record and the lock held", recs, endpoint.Adding(eps, id))
+		t.Errorf("in the window: records %v, ADD lock held %v; want no record and the lock held", recs, endpoint.Adding(eps, id))
 	}
 	if r, err := d.releaseAddr(context.Background(), ip, id); err == nil || r.Released != 0 {
 		t.Errorf("release of %s while its ADD runs: %+v %v, want refused", ip, r, err)
