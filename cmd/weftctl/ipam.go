@@ -18,7 +18,8 @@ import (
 
 // AddrRow is one allocation in weftctl ipam. Leaked: allocated, but no pod
 // exists for it (the recorded pod's UID is gone, or, without a record, no
-// pod on the node has the address).
+// pod on the node has the address) and no CNI ADD of its container is
+// still running (Adding: weftd saw the ADD's lock held).
 type AddrRow struct {
 	Node string `json:"node"`
 	nodeapi.Allocation
@@ -58,8 +59,11 @@ func ipamTable(w *tabwriter.Writer, res []NodeIPAM) {
 			if a.PodName != "" {
 				pod = a.PodNamespace + "/" + a.PodName
 			}
-			if a.Leaked {
+			switch {
+			case a.Leaked:
 				state = "leaked"
+			case a.Adding:
+				state = "adding"
 			}
 			row(w, n.Node, a.IP, pod, shortID(a.ContainerID), state)
 		}
@@ -78,11 +82,13 @@ func (e *env) ipam(ctx context.Context) ([]NodeIPAM, error) {
 	if err != nil {
 		return nil, err
 	}
+	answers := get[nodeapi.IPAM](ctx, e, names(nodes), pods, nodeapi.IPAMPath)
+	// Pods listed after the nodes answered: every pod whose ADD a node saw
+	// was created before it, so a fresh allocation is never taken for a leak.
 	all, err := e.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("list pods: %w", err)
 	}
-	answers := get[nodeapi.IPAM](ctx, e, names(nodes), pods, nodeapi.IPAMPath)
 	out := make([]NodeIPAM, len(answers))
 	for i, a := range answers {
 		out[i] = NodeIPAM{Node: a.node, Reachable: a.err == nil, Error: errString(a.err), Allocations: []AddrRow{}}
@@ -97,12 +103,19 @@ func (e *env) ipam(ctx context.Context) ([]NodeIPAM, error) {
 	return out, nil
 }
 
-// leaked: no pod of the API is the allocation's. With a record, the pod
-// with the recorded UID must exist; without one, a pod on the node must
-// have the address.
+// leaked: no ADD is running for the allocation and no pod of the API is
+// its. With a record, the pod with the recorded UID must exist (a record
+// without a UID: the recorded pod on the node); without one, a pod on the
+// node must have the address.
 func leaked(a nodeapi.Allocation, node string, pods []corev1.Pod) bool {
+	if a.Adding {
+		return false
+	}
 	for _, p := range pods {
 		if a.PodUID != "" && string(p.UID) == a.PodUID {
+			return false
+		}
+		if a.PodUID == "" && a.PodName != "" && p.Namespace == a.PodNamespace && p.Name == a.PodName && p.Spec.NodeName == node {
 			return false
 		}
 		if a.PodUID == "" && p.Spec.NodeName == node && !p.Spec.HostNetwork {
@@ -161,6 +174,9 @@ func (e *env) release(ctx context.Context, node, ip string, yes, force bool, in 
 	}
 	if found == nil {
 		return fmt.Errorf("%s is not allocated on node %s", ip, node)
+	}
+	if found.Adding && !force {
+		return fmt.Errorf("%s on %s: container %s is still being added (CNI ADD in progress): not leaked", ip, node, shortID(found.ContainerID))
 	}
 	if !found.Leaked && !force {
 		return fmt.Errorf("%s on %s is in use by %s/%s: not leaked (use --force to release anyway)", ip, node, found.PodNamespace, found.PodName)

@@ -100,9 +100,10 @@ func TestNodeTokenIsAudienceBound(t *testing.T) {
 }
 
 // An allocation is leaked when the API has no pod for it: by the recorded
-// UID, or without a record by a pod on the node holding the address.
+// UID (by name when the record has none), or without a record by a pod on
+// the node holding the address; never while its container's ADD runs.
 func TestLeaked(t *testing.T) {
-	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{UID: types.UID("u1")}, Spec: corev1.PodSpec{NodeName: "n1"},
+	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{UID: types.UID("u1"), Namespace: "a", Name: "p1"}, Spec: corev1.PodSpec{NodeName: "n1"},
 		Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "10.244.1.2"}}}},
 		{ObjectMeta: metav1.ObjectMeta{UID: types.UID("h")}, Spec: corev1.PodSpec{NodeName: "n1", HostNetwork: true},
 			Status: corev1.PodStatus{PodIPs: []corev1.PodIP{{IP: "10.244.1.9"}}}}}
@@ -115,7 +116,10 @@ func TestLeaked(t *testing.T) {
 		{nodeapi.Allocation{IP: "10.244.1.2", PodUID: "u-old"}, "n1", true}, // the address reused by another pod
 		{nodeapi.Allocation{IP: "10.244.1.2"}, "n1", false},
 		{nodeapi.Allocation{IP: "10.244.1.2"}, "n2", true},
-		{nodeapi.Allocation{IP: "10.244.1.9"}, "n1", true}, // a hostNetwork pod holds no pod address
+		{nodeapi.Allocation{IP: "10.244.1.9"}, "n1", true},                                    // a hostNetwork pod holds no pod address
+		{nodeapi.Allocation{IP: "10.244.1.7", Adding: true}, "n1", false},                     // allocated, record not yet written
+		{nodeapi.Allocation{IP: "10.244.1.7", PodNamespace: "a", PodName: "p1"}, "n1", false}, // record without UID, status not posted yet
+		{nodeapi.Allocation{IP: "10.244.1.7", PodNamespace: "a", PodName: "p1"}, "n2", true},
 	} {
 		if got := leaked(c.a, c.node, pods); got != c.want {
 			t.Errorf("leaked(%+v on %s) = %v, want %v", c.a, c.node, got, c.want)

@@ -106,28 +106,17 @@ func (d Deps) bgp(w http.ResponseWriter, r *http.Request) {
 }
 
 // ipam lists the store's allocations joined with the endpoint records by
-// container ID and ifname.
+// container ID and ifname, marking those without a record whose ADD still
+// runs.
 func (d Deps) ipam(w http.ResponseWriter, r *http.Request) {
 	if !method(w, r, http.MethodGet) {
 		return
 	}
-	recs, err := endpoint.List(d.EndpointDir)
-	if err != nil {
-		d.Log.Warn("ipam: endpoint records skipped", "err", err)
-	}
-	type key struct{ id, ifname string }
-	byAtt := map[key]endpoint.Endpoint{}
-	for _, e := range recs {
-		byAtt[key{e.ContainerID, e.IfName}] = e
-	}
+	byAtt := d.records()
 	out := nodeapi.IPAM{Node: d.Node, Allocations: []nodeapi.Allocation{}}
-	err = d.IPAM.View(r.Context(), func(st *store.State) error {
+	err := d.IPAM.View(r.Context(), func(st *store.State) error {
 		for _, a := range st.Allocations {
-			al := nodeapi.Allocation{IP: a.IP.String(), ContainerID: a.ContainerID, IfName: a.IfName}
-			if e, ok := byAtt[key{a.ContainerID, a.IfName}]; ok {
-				al.PodNamespace, al.PodName, al.PodUID, al.HostVeth = e.PodNamespace, e.PodName, e.PodUID, e.HostVeth
-			}
-			out.Allocations = append(out.Allocations, al)
+			out.Allocations = append(out.Allocations, nodeapi.Allocation{IP: a.IP.String(), ContainerID: a.ContainerID, IfName: a.IfName})
 		}
 		return nil
 	})
@@ -135,12 +124,60 @@ func (d Deps) ipam(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "ipam store: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
+	// An allocation without a record is an ADD still running (it holds
+	// its lock from before the allocation until the record is written) or
+	// a leak. The records are read again once the lock is seen free: an
+	// ADD that finished since the first read has written its record.
+	again := false
+	for i := range out.Allocations {
+		join(&out.Allocations[i], byAtt)
+		al := &out.Allocations[i]
+		if al.HostVeth == "" && d.EndpointDir != "" {
+			al.Adding = endpoint.Adding(d.EndpointDir, al.ContainerID)
+			again = again || !al.Adding
+		}
+	}
+	if again {
+		byAtt = d.records()
+		for i := range out.Allocations {
+			if !out.Allocations[i].Adding {
+				join(&out.Allocations[i], byAtt)
+			}
+		}
+	}
 	sort.Slice(out.Allocations, func(i, j int) bool { return out.Allocations[i].IP < out.Allocations[j].IP })
 	WriteJSON(w, out)
 }
 
-// errLive refuses a release whose recorded pod still exists.
-var errLive = errors.New("the pod recorded for this address still exists")
+// attKey names an attachment.
+type attKey struct{ id, ifname string }
+
+// records are the endpoint records by attachment.
+func (d Deps) records() map[attKey]endpoint.Endpoint {
+	recs, err := endpoint.List(d.EndpointDir)
+	if err != nil {
+		d.Log.Warn("ipam: endpoint records skipped", "err", err)
+	}
+	byAtt := map[attKey]endpoint.Endpoint{}
+	for _, e := range recs {
+		byAtt[attKey{e.ContainerID, e.IfName}] = e
+	}
+	return byAtt
+}
+
+// join fills in the pod of al's record, if there is one.
+func join(al *nodeapi.Allocation, byAtt map[attKey]endpoint.Endpoint) {
+	if e, ok := byAtt[attKey{al.ContainerID, al.IfName}]; ok {
+		al.PodNamespace, al.PodName, al.PodUID, al.HostVeth = e.PodNamespace, e.PodName, e.PodUID, e.HostVeth
+	}
+}
+
+// errLive refuses a release whose recorded pod still exists; errAdding
+// one whose container's CNI ADD is still running.
+var (
+	errLive   = errors.New("the pod recorded for this address still exists")
+	errAdding = errors.New("a CNI ADD of this container is in progress")
+)
 
 // release frees one address held by the named container, and the
 // attachment's endpoint record if it is still there (its pod is gone).
@@ -160,7 +197,7 @@ func (d Deps) release(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := d.releaseAddr(r.Context(), ip, req.ContainerID)
 	switch {
-	case errors.Is(err, errLive):
+	case errors.Is(err, errLive), errors.Is(err, errAdding):
 		http.Error(w, err.Error(), http.StatusConflict)
 	case err != nil:
 		http.Error(w, err.Error(), http.StatusInternalServerError)
@@ -172,6 +209,18 @@ func (d Deps) release(w http.ResponseWriter, r *http.Request) {
 
 func (d Deps) releaseAddr(ctx context.Context, ip netip.Addr, containerID string) (nodeapi.ReleaseResult, error) {
 	var res nodeapi.ReleaseResult
+	// Held until the address is freed: no ADD of this container starts
+	// allocating or recording meanwhile, and one under way is refused.
+	if d.EndpointDir != "" {
+		lk, err := endpoint.TryLockAdd(d.EndpointDir, containerID)
+		if endpoint.IsBusy(err) {
+			return res, fmt.Errorf("%s (container %s): %w", ip, containerID, errAdding)
+		}
+		if err != nil {
+			return res, err
+		}
+		defer lk.Unlock()
+	}
 	recs, _ := endpoint.List(d.EndpointDir)
 	var stale []endpoint.Endpoint
 	for _, e := range recs {

@@ -146,3 +146,63 @@ func TestReleaseRefusedWhileNetnsExists(t *testing.T) {
 		t.Errorf("release after the netns is gone: %+v %v", r, err)
 	}
 }
+
+// The window of a CNI ADD between weft-ipam's allocation and the record:
+// the address has no record yet, but the plugin holds the container's ADD
+// lock. The listing says it is being added, and release refuses it (409)
+// and keeps it; once the ADD is over (here: it died without a record), the
+// address is a leak and release frees it.
+func TestReleaseRefusedDuringAdd(t *testing.T) {
+	dir := t.TempDir()
+	st := disk.New(filepath.Join(dir, "ipam"), disk.Options{})
+	eps := filepath.Join(dir, "endpoints")
+	add, err := endpoint.LockAdd(context.Background(), eps, "adding")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer add.Unlock()
+	ip := netip.MustParseAddr("10.244.1.6")
+	err = st.Update(context.Background(), func(s *store.State) (bool, error) {
+		s.Allocations = append(s.Allocations, store.Allocation{IP: ip, ContainerID: "adding", IfName: "eth0"})
+		return true, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := mux{http.NewServeMux()}
+	d := Deps{Node: "n1", Status: ready{}, IPAM: st, EndpointDir: eps, PodLive: func(string) bool { return false }, Log: slog.New(slog.DiscardHandler)}
+	if err := Register(m, d); err != nil {
+		t.Fatal(err)
+	}
+	list := func() nodeapi.IPAM {
+		rec := httptest.NewRecorder()
+		m.ServeHTTP(rec, httptest.NewRequest("GET", nodeapi.IPAMPath, nil))
+		var out nodeapi.IPAM
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil || len(out.Allocations) != 1 {
+			t.Fatalf("ipam: %d %s %v", rec.Code, rec.Body, err)
+		}
+		return out
+	}
+	release := func() (int, string) {
+		body, _ := json.Marshal(nodeapi.ReleaseRequest{IP: ip.String(), ContainerID: "adding"})
+		rec := httptest.NewRecorder()
+		m.ServeHTTP(rec, httptest.NewRequest("POST", nodeapi.ReleasePath, bytes.NewReader(body)))
+		return rec.Code, rec.Body.String()
+	}
+	if a := list().Allocations[0]; !a.Adding {
+		t.Errorf("allocation of a running ADD listed as %+v, want adding", a)
+	}
+	if code, body := release(); code != http.StatusConflict {
+		t.Errorf("release during the ADD: %d %s, want 409", code, body)
+	}
+	if a := list().Allocations[0]; a.IP != ip.String() {
+		t.Fatalf("after the refused release: %+v", a)
+	}
+	add.Unlock()
+	if a := list().Allocations[0]; a.Adding {
+		t.Errorf("allocation listed as adding after the ADD ended: %+v", a)
+	}
+	if code, body := release(); code != 200 || !bytes.Contains([]byte(body), []byte(`"released":1`)) {
+		t.Errorf("release after the ADD ended: %d %s", code, body)
+	}
+}

@@ -5,7 +5,10 @@
 // watches the directory and matches records to Pods by namespace, name and
 // UID (for a static pod, the mirror Pod's kubernetes.io/config.mirror
 // annotation). weftd rebuilds missing records at start from the IPAM store,
-// the host veth names and the node's Pods (policy/rebuild.go).
+// the host veth names and the node's Pods (policy/rebuild.go). While an
+// ADD runs the plugin holds the container's ADD lock in the same directory
+// (LockAdd), so weftd never takes an address allocated a moment ago, whose
+// record is not written yet, for a leak.
 //
 // It is also the client side of weftd's local socket: the plugin's wait
 // until a pod's rules are programmed (WaitProgrammed) and CNI STATUS

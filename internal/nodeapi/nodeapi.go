@@ -59,6 +59,9 @@ type Allocation struct {
 	PodName      string `json:"podName,omitempty"`
 	PodUID       string `json:"podUID,omitempty"`
 	HostVeth     string `json:"hostVeth,omitempty"`
+	// Adding: no record yet because the container's CNI ADD is still
+	// running (it holds its ADD lock): not a leak, and not releasable.
+	Adding bool `json:"adding,omitempty"`
 }
 
 // IPAM is a node's allocations.

@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weftnet/weft/internal/endpoint"
 	"github.com/weftnet/weft/internal/netlinkx"
 )
 
@@ -44,6 +45,16 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 		return cniErr(types.ErrInternal, err, "bridge")
 	}
 
+	// From before the allocation until the record is written (or the
+	// allocation undone), weftd sees this container's ADD in progress and
+	// never takes its fresh address for a leak (endpoint.LockAdd).
+	if conf.EndpointDir != "" {
+		lk, err := endpoint.LockAdd(ctx, conf.EndpointDir, args.ContainerID)
+		if err != nil {
+			return cniErr(types.ErrIOFailure, err, "endpointDir")
+		}
+		defer lk.Unlock()
+	}
 	ipam := p.ipamFor(conf)
 	ires, err := ipam.Add(ctx, args)
 	if err != nil {

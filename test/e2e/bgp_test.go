@@ -70,6 +70,7 @@ func checkBGP(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes [
 	mesh := func(n *corev1.Node) []*corev1.Node { return others(nodes, n.Name) }
 	waitBGP(t, ctx, nodes, never, mesh, 2*time.Minute)
 	t.Logf("bgp full mesh established and routed after %s", time.Since(start).Round(time.Millisecond))
+	t.Run("weftctl bgp", func(t *testing.T) { checkWeftctlBGP(t, ctx, nodes) })
 	// ipipMode Never: pod-addressed packets on the underlay, no IP-in-IP.
 	capture := captureIPIP(t, nodes, "wl-br0")
 	probeAll(t, ctx, remote)

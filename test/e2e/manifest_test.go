@@ -12,7 +12,6 @@ import (
 	"time"
 
 	authzv1 "k8s.io/api/authorization/v1"
-	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -20,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -340,49 +338,6 @@ func checkOwnNodeOnly(t *testing.T, ctx context.Context, weft kubernetes.Interfa
 		err := patch(c.node, c.body)
 		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "weftd may change only") {
 			t.Errorf("as weftd on wl-node1, %s (%s %s): got %v, want 403 from the weft-own-node-annotations policy", what, c.node, c.body, err)
-		}
-	}
-}
-
-// checkSubnetLeasesOnly: the manifest's weft-subnet-leases policy lets
-// weftd's token write only Leases named weft-subnet-* in kube-system
-// (RBAC grants it every Lease there): creating the scheduler's Lease name,
-// updating or deleting a Lease it does not own are refused with 403;
-// creating a subnet Lease passes. All server-side dry runs.
-func checkSubnetLeasesOnly(t *testing.T, ctx context.Context, admin, weft kubernetes.Interface) {
-	t.Helper()
-	leases := func(c kubernetes.Interface) coordinationv1client.LeaseInterface {
-		return c.CoordinationV1().Leases("kube-system")
-	}
-	holder := "e2e"
-	other := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "weft-e2e-not-a-subnet"}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
-	stored, err := leases(admin).Create(ctx, other, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create Lease %s: %v", other.Name, err)
-	}
-	defer func() { _ = leases(admin).Delete(context.WithoutCancel(ctx), other.Name, metav1.DeleteOptions{}) }()
-	dryC := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-	dryU := metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}}
-	mine := &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "weft-subnet-e2e-probe"}, Spec: coordinationv1.LeaseSpec{HolderIdentity: &holder}}
-	if _, err := leases(weft).Create(ctx, mine, dryC); err != nil {
-		t.Errorf("as weftd, create Lease %s: %v", mine.Name, err)
-	}
-	taken := stored.DeepCopy()
-	weftd := "wl-node1"
-	taken.Spec.HolderIdentity = &weftd
-	for what, call := range map[string]func() error{
-		"create Lease kube-system/kube-scheduler": func() error {
-			_, err := leases(weft).Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "kube-scheduler"}, Spec: taken.Spec}, dryC)
-			return err
-		},
-		"update Lease kube-system/" + other.Name: func() error { _, err := leases(weft).Update(ctx, taken, dryU); return err },
-		"delete Lease kube-system/" + other.Name: func() error {
-			return leases(weft).Delete(ctx, other.Name, metav1.DeleteOptions{DryRun: []string{metav1.DryRunAll}})
-		},
-	} {
-		err := call()
-		if !apierrors.IsForbidden(err) || !strings.Contains(err.Error(), "weft-subnet-") {
-			t.Errorf("as weftd, %s: got %v, want 403 from the weft-subnet-leases policy", what, err)
 		}
 	}
 }
