@@ -101,6 +101,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		var join *joiner
 		if i == 6 {
 			join = removeForJoin(t, ctx, c, nodes, p)
+			join.holdMigration(t)
 		}
 		t0 := time.Now()
 		setBackend(t, ctx, c, orig.Data["net-conf.json"], st.section)
@@ -157,9 +158,24 @@ func killMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes
 	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
 }
 
-// signalReceiving waits until node announces that it receives st beside
-// its old backend (phase 1), sends sig to its weftd and returns the pid.
+// signalReceiving waits until node receives st (waitReceiving), sends
+// sig to its weftd and returns the pid.
 func signalReceiving(t *testing.T, ctx context.Context, c kubernetes.Interface, node string, st switchStep, sig syscall.Signal) int {
+	t.Helper()
+	waitReceiving(t, ctx, c, node, st)
+	pid, err := weftdPID(node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// waitReceiving waits until node announces that it receives st beside its
+// old backend (phase 1).
+func waitReceiving(t *testing.T, ctx context.Context, c kubernetes.Interface, node string, st switchStep) {
 	t.Helper()
 	if err := waitFor(ctx, time.Minute, func() (bool, error) {
 		n, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
@@ -171,14 +187,6 @@ func signalReceiving(t *testing.T, ctx context.Context, c kubernetes.Interface, 
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, err := weftdPID(node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, sig); err != nil {
-		t.Fatal(err)
-	}
-	return pid
 }
 
 // checkNewPodMTU checks that pods created now would get the same MTU as

@@ -77,20 +77,36 @@ func (j *joiner) node() *corev1.Node {
 	return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: j.name, Labels: j.labels}}
 }
 
-// joinMidway adds the node back in the middle of the switch to st: once
-// weftd on the pair's receiving node has started receiving st (phase 1)
-// it is paused (SIGSTOP), so no node can finish the migration (they wait
-// for its weft.dev/backend); the Node is created, weftd starts there
-// (the ConfigMap already names st) and publishes; then the paused weftd
-// resumes. It fails unless the running member of the pair was still
-// migrating when the new node published.
+// holdMigration pauses (SIGSTOP) weftd on the pair's receiving node
+// before the switch: it announces its old backend only, so no node can
+// finish the migration (each waits for it to accept, then to send, the
+// new identity). The old backend must not be udp (a userspace relay in
+// weftd): on bgp Never the pair's packets stay on the kernel's routes.
+func (j *joiner) holdMigration(t *testing.T) {
+	t.Helper()
+	held := j.pair.to.Spec.NodeName
+	pid, err := weftdPID(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	j.cont = sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	t.Logf("paused weftd (pid %d) on %s before the switch", pid, held)
+}
+
+// joinMidway adds the node back in the middle of the switch to st (held
+// open by holdMigration): once the running member of the pair receives
+// st (phase 1) the Node is created, weftd starts there (the ConfigMap
+// already names st) and publishes; then the paused weftd resumes. It
+// fails unless the running member was still migrating when the new node
+// published.
 func (j *joiner) joinMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, st switchStep) {
 	t.Helper()
-	held, running := j.pair.to.Spec.NodeName, j.pair.from.Spec.NodeName
-	pid := signalReceiving(t, ctx, c, held, st, syscall.SIGSTOP)
-	j.cont = sync.OnceFunc(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
 	defer j.cont()
-	t.Logf("paused weftd (pid %d) on %s once it received %s", pid, held, st.id)
+	running := j.pair.from.Spec.NodeName
+	waitReceiving(t, ctx, c, running, st)
 	start := time.Now()
 	if _, err := c.CoreV1().Nodes().Create(ctx, j.node(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -102,7 +118,7 @@ func (j *joiner) joinMidway(t *testing.T, ctx context.Context, c kubernetes.Inte
 			return false, err
 		}
 		joined = n
-		return n.Annotations[annoBackend] == st.id, fmt.Errorf("%s: backend %q, decapsulates %q", j.name, n.Annotations[annoBackend], n.Annotations[annoDecaps])
+		return n.Annotations[annoDecaps] != "", fmt.Errorf("%s: weftd has not published yet", j.name)
 	}); err != nil {
 		t.Fatalf("node added during the switch to %s: %v", st.id, err)
 	}
@@ -110,7 +126,7 @@ func (j *joiner) joinMidway(t *testing.T, ctx context.Context, c kubernetes.Inte
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("node %s added %s after the Node was created: sends %s, decapsulates %q; meanwhile %s is in migration phase %q (backend %q, decapsulates %q)",
+	t.Logf("node %s published %s after the Node was created: backend %q, decapsulates %q; meanwhile %s is in migration phase %q (backend %q, decapsulates %q)",
 		j.name, time.Since(start).Round(time.Millisecond), joined.Annotations[annoBackend], joined.Annotations[annoDecaps],
 		running, r.Annotations[annoMigration], r.Annotations[annoBackend], r.Annotations[annoDecaps])
 	if r.Annotations[annoMigration] == "" {
