@@ -1,6 +1,8 @@
 // Package cluster benchmarks the local cluster (hack/localcluster): how long
 // a warm `up` of 3 nodes takes, pod create -> Running-with-IP latency, and
-// pod -> ClusterIP -> pod against pod -> pod across nodes.
+// pod -> ClusterIP -> pod against pod -> pod across nodes, and the live
+// backend switch (every ordered pair: time to the last node sending the
+// new encapsulation, datagrams lost).
 package cluster
 
 import (

@@ -93,6 +93,20 @@ type env struct {
 	svcIP  netip.Addr
 }
 
+// createNamespace creates e.ns (deleted at cleanup) and waits for its
+// default ServiceAccount, which pods need to be admitted.
+func (e *env) createNamespace(b *testing.B) {
+	b.Helper()
+	if _, err := e.client.CoreV1().Namespaces().Create(e.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = e.client.CoreV1().Namespaces().Delete(context.Background(), e.ns, metav1.DeleteOptions{}) })
+	waitFor(b, time.Minute, "default ServiceAccount", func() bool {
+		_, err := e.client.CoreV1().ServiceAccounts(e.ns).Get(e.ctx, "default", metav1.GetOptions{})
+		return err == nil
+	})
+}
+
 // setup creates the namespace, the two pods (on the first two nodes) and
 // the Service, and waits for both pods to run with an IP.
 func setup(b *testing.B) *env {
@@ -103,14 +117,7 @@ func setup(b *testing.B) *env {
 	if err != nil || len(nodes.Items) < 2 {
 		b.Fatalf("nodes: %v (%d)", err, len(nodes.Items))
 	}
-	if _, err := client.CoreV1().Namespaces().Create(e.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: e.ns}}, metav1.CreateOptions{}); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = client.CoreV1().Namespaces().Delete(context.Background(), e.ns, metav1.DeleteOptions{}) })
-	waitFor(b, time.Minute, "default ServiceAccount", func() bool {
-		_, err := client.CoreV1().ServiceAccounts(e.ns).Get(e.ctx, "default", metav1.GetOptions{})
-		return err == nil
-	})
+	e.createNamespace(b)
 	// No container ports: the node emulator opens no echo sockets, so the
 	// benchmark's own servers own 5201 and 7100 in the server's netns.
 	for i, name := range []string{"server", "client"} {

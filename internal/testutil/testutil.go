@@ -1,6 +1,6 @@
 // Package testutil holds helpers shared by the tests: root checks,
-// throwaway network namespaces, locating the binaries under test, and
-// polling for a condition.
+// throwaway network namespaces, locating the binaries under test,
+// polling for a condition, and a sequence-numbered UDP stream.
 package testutil
 
 import (

@@ -29,6 +29,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/weftnet/weft/internal/iptables"
+	"github.com/weftnet/weft/internal/testutil"
 )
 
 const annoMigration = "weft.dev/migration"
@@ -63,7 +64,11 @@ var (
 // the new identity with only its devices, routes and guard chains left,
 // the underlay carrying only the new encapsulation, full-size packets
 // crossing both ways. An invalid section mid-way is rejected (Event,
-// /readyz) while traffic continues. nodes is refreshed in place.
+// /readyz) while traffic continues; weftd is killed on the third node in
+// the middle of the switch to VNI 7; before the switch from bgp Never to
+// udp the third node leaves the cluster and it joins again in the middle
+// of that migration (joinMidway), ending on udp with pods on it reaching
+// the others both ways. nodes is refreshed in place.
 func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {
 	cms := c.CoreV1().ConfigMaps("kube-system")
 	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
@@ -80,7 +85,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	a, b := openPodNS(t, p.from), openPodNS(t, p.to)
 	sctx, stop := context.WithCancel(ctx)
 	defer stop()
-	ab, ba := startSeqStream(t, sctx, a, b, 5401), startSeqStream(t, sctx, b, a, 5402)
+	ab, ba := seqStream(t, sctx, a, b, 5401), seqStream(t, sctx, b, a, 5402)
 	tcp := startTCPPinger(t, sctx, a, b, 5403)
 	mtu := podMTU(t, a)
 	t.Logf("streams %s (%s) <-> %s (%s), pod MTU %d", p.from.Name, p.from.Spec.NodeName, p.to.Name, p.to.Spec.NodeName, mtu)
@@ -93,20 +98,28 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		if i == 3 {
 			testInvalidSectionMidway(t, ctx, c, nodes, ab, ba)
 		}
+		var join *joiner
+		if i == 6 {
+			join = removeForJoin(t, ctx, c, nodes, p)
+			join.holdMigration(t)
+		}
 		t0 := time.Now()
 		setBackend(t, ctx, c, orig.Data["net-conf.json"], st.section)
-		if i == 4 {
+		switch i {
+		case 4:
 			killMidway(t, ctx, c, nodes, p, st)
+		case 6:
+			join.joinMidway(t, ctx, c, st)
 		}
 		took := waitSwitched(t, ctx, c, nodes, st)
 		time.Sleep(time.Second)
 		t1 := time.Now().Add(-300 * time.Millisecond)
-		for _, s := range []*stream{ab, ba} {
-			sent, lost, gap, why := s.window(from, t1)
+		for _, s := range []*testutil.SeqStream{ab, ba} {
+			sent, lost, gap, why := s.Window(from, t1)
 			t.Logf("switch %d to %s (ConfigMap updated at +%s): converged in %s; %s: %d of %d datagrams lost %v, longest gap %s",
-				i+1, st.id, t0.Sub(from).Round(time.Millisecond), took.Round(time.Millisecond), s.name, lost, sent, why, gap.Round(time.Millisecond))
+				i+1, st.id, t0.Sub(from).Round(time.Millisecond), took.Round(time.Millisecond), s.Name, lost, sent, why, gap.Round(time.Millisecond))
 			if lost != 0 || gap > time.Second {
-				t.Errorf("switch to %s: %s lost %d datagrams, longest gap %s (want 0 lost, gap <= 1s)", st.id, s.name, lost, gap)
+				t.Errorf("switch to %s: %s lost %d datagrams, longest gap %s (want 0 lost, gap <= 1s)", st.id, s.Name, lost, gap)
 				for _, n := range []string{p.from.Spec.NodeName, p.to.Spec.NodeName} {
 					logWeftd(t, n, from, t1)
 				}
@@ -119,6 +132,9 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 			t.Logf("switch %d to %s: TCP connection alive, slowest request/response %s", i+1, st.id, rtt.Round(time.Millisecond))
 		}
 		checkWire(t, st)
+		if join != nil {
+			join.checkJoined(t, ctx, c, mtu, st)
+		}
 		checkNewPodMTU(t, nodes, mtu, st)
 		for _, dir := range [][2]podNS{{a, b}, {b, a}} {
 			if err := fullSizeUDP(dir[0], dir[1], mtu-28, 5404); err != nil {
@@ -137,30 +153,40 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 // the migration in its own annotations and the cluster finish it.
 func killMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, p pair, st switchStep) {
 	t.Helper()
-	var victim string
-	for _, n := range nodes {
-		if n.Name != p.from.Spec.NodeName && n.Name != p.to.Spec.NodeName {
-			victim = n.Name
-		}
+	victim := outsider(nodes, p).Name
+	pid := signalReceiving(t, ctx, c, victim, st, syscall.SIGKILL)
+	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
+}
+
+// signalReceiving waits until node receives st (waitReceiving), sends
+// sig to its weftd and returns the pid.
+func signalReceiving(t *testing.T, ctx context.Context, c kubernetes.Interface, node string, st switchStep, sig syscall.Signal) int {
+	t.Helper()
+	waitReceiving(t, ctx, c, node, st)
+	pid, err := weftdPID(node)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// waitReceiving waits until node announces that it receives st beside its
+// old backend (phase 1).
+func waitReceiving(t *testing.T, ctx context.Context, c kubernetes.Interface, node string, st switchStep) {
+	t.Helper()
 	if err := waitFor(ctx, time.Minute, func() (bool, error) {
-		n, err := c.CoreV1().Nodes().Get(ctx, victim, metav1.GetOptions{})
+		n, err := c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
 		d := n.Annotations[annoDecaps]
-		return strings.HasPrefix(d, st.id+","), fmt.Errorf("%s decapsulates %q", victim, d)
+		return strings.HasPrefix(d, st.id+","), fmt.Errorf("%s decapsulates %q", node, d)
 	}); err != nil {
 		t.Fatal(err)
 	}
-	pid, err := weftdPID(victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("killed weftd (pid %d) on %s in the middle of the switch to %s", pid, victim, st.id)
 }
 
 // checkNewPodMTU checks that pods created now would get the same MTU as
@@ -245,101 +271,10 @@ func podMTU(t *testing.T, p podNS) int {
 	return mtu
 }
 
-// stream sends a sequence-numbered datagram every 2 ms from one pod to
-// another and records when each was sent and received.
-type stream struct {
-	name    string
-	mu      sync.Mutex
-	sent    []time.Time
-	recv    []time.Time
-	sendErr map[int]error // seq -> the send's error (an ICMP error pending on the socket, ...)
-}
-
-func startSeqStream(t *testing.T, ctx context.Context, from, to podNS, port int) *stream {
-	t.Helper()
-	s := &stream{name: from.pod.Name + "->" + to.pod.Name, sendErr: map[int]error{}}
-	var rx, tx *net.UDPConn
-	if err := to.ns.Do(func(ns.NetNS) (err error) {
-		rx, err = net.ListenUDP("udp4", &net.UDPAddr{Port: port})
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := from.ns.Do(func(ns.NetNS) (err error) {
-		tx, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(to.ip, uint16(port))))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = rx.Close(); _ = tx.Close(); wg.Wait() })
-	wg.Go(func() {
-		buf := make([]byte, 64)
-		for {
-			n, err := rx.Read(buf)
-			if err != nil {
-				return
-			}
-			if n < 8 {
-				continue
-			}
-			seq := int(binary.BigEndian.Uint64(buf))
-			now := time.Now()
-			s.mu.Lock()
-			if seq < len(s.recv) && s.recv[seq].IsZero() {
-				s.recv[seq] = now
-			}
-			s.mu.Unlock()
-		}
-	})
-	wg.Go(func() {
-		tick := time.NewTicker(2 * time.Millisecond)
-		defer tick.Stop()
-		buf := make([]byte, 32)
-		for seq := 0; ; seq++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			s.mu.Lock()
-			s.sent, s.recv = append(s.sent, time.Now()), append(s.recv, time.Time{})
-			s.mu.Unlock()
-			binary.BigEndian.PutUint64(buf, uint64(seq))
-			if _, err := tx.Write(buf); err != nil { // a lost datagram
-				s.mu.Lock()
-				s.sendErr[seq] = err
-				s.mu.Unlock()
-			}
-		}
-	})
-	return s
-}
-
-// window counts the datagrams sent between t0 and t1, those never
-// received, and the longest time between two consecutive arrivals; it
-// describes each lost one (when it was sent after t0, its send error).
-func (s *stream) window(t0, t1 time.Time) (sent, lost int, gap time.Duration, why []string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var last time.Time
-	for i, at := range s.sent {
-		if at.Before(t0) || at.After(t1) {
-			continue
-		}
-		sent++
-		r := s.recv[i]
-		if r.IsZero() {
-			lost++
-			why = append(why, fmt.Sprintf("#%d sent at +%s (send error: %v)", i, at.Sub(t0).Round(time.Millisecond), s.sendErr[i]))
-			continue
-		}
-		if last.IsZero() {
-			last = at
-		}
-		gap, last = max(gap, r.Sub(last)), r
-	}
-	return sent, lost, gap, why
+// seqStream runs testutil's sequence-numbered stream (500 datagrams/s)
+// from one pod to another.
+func seqStream(t *testing.T, ctx context.Context, from, to podNS, port int) *testutil.SeqStream {
+	return testutil.StartSeqStream(t, ctx, from.pod.Name+"->"+to.pod.Name, from.ns, to.ns, to.ip, port)
 }
 
 // tcpPinger is one TCP connection carrying a request/response every 10 ms.
@@ -639,7 +574,7 @@ func classify(line string) string {
 // testInvalidSectionMidway sets a backend section that does not validate:
 // every node reports it (Warning Event, /readyz) and keeps its backend;
 // no datagram is lost meanwhile.
-func testInvalidSectionMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, streams ...*stream) {
+func testInvalidSectionMidway(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, streams ...*testutil.SeqStream) {
 	t.Helper()
 	cms := c.CoreV1().ConfigMaps("kube-system")
 	cur, err := cms.Get(ctx, "weft", metav1.GetOptions{})
@@ -679,10 +614,10 @@ func testInvalidSectionMidway(t *testing.T, ctx context.Context, c kubernetes.In
 		}
 	}
 	for _, s := range streams {
-		sent, lost, gap, why := s.window(t0, time.Now().Add(-500*time.Millisecond))
-		t.Logf("invalid section: %s: %d of %d lost %v, longest gap %s", s.name, lost, sent, why, gap.Round(time.Millisecond))
+		sent, lost, gap, why := s.Window(t0, time.Now().Add(-500*time.Millisecond))
+		t.Logf("invalid section: %s: %d of %d lost %v, longest gap %s", s.Name, lost, sent, why, gap.Round(time.Millisecond))
 		if lost != 0 {
-			t.Errorf("invalid section: %s lost %d datagrams", s.name, lost)
+			t.Errorf("invalid section: %s lost %d datagrams", s.Name, lost)
 		}
 	}
 }
