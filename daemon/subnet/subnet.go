@@ -404,7 +404,11 @@ func (m *Manager) reclaimable(ctx context.Context, p netip.Prefix, leases claims
 	}
 	for _, l := range orphans {
 		m.log.Info("reclaiming subnet of a deleted node", "subnet", l.Annotations[AnnoSubnet], "holder", holder(&l))
-		if m.deleteLease(ctx, &l) != nil {
+		if err := m.deleteLease(ctx, &l); err != nil {
+			// The manifest's weft-subnet-leases policy refuses a weftd the
+			// delete of another node's Lease; the garbage collector removes
+			// it with its Node (ownerReference), and a later claim finds it free.
+			m.log.Info("subnet of a deleted node not reclaimed: it is free once its Lease is collected with the Node", "subnet", l.Annotations[AnnoSubnet], "holder", holder(&l), "err", err)
 			return false
 		}
 	}
