@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +19,39 @@ import (
 	"github.com/weftnet/weft/shaping"
 	st "github.com/weftnet/weft/shaping/shapingtest"
 )
+
+// A re-ADD of a shaped pod whose veth lost its redirects (as a veth
+// recreated under the same name by the retry of an ADD that died after
+// writing its record) puts them back: Admit reads back in full when it
+// already knows the veth, although the desired state did not change.
+func TestReADDRestoresRedirects(t *testing.T) {
+	n := st.NewNode(t, shaping.DefaultConfig())
+	p := n.NewPod("readd", map[string]string{shaping.AnnotationEgress: "10M", shaping.AnnotationIngress: "10M"})
+	n.MustAdd(p)
+	redirects := func() string { // without clsact, tc fails: no redirects
+		var out []byte
+		for _, hook := range []string{"ingress", "egress"} {
+			o, _ := exec.Command("nsenter", "--net="+n.NS.Path(), "tc", "filter", "show", "dev", p.Veth, hook).CombinedOutput()
+			out = append(out, o...)
+		}
+		return string(out)
+	}
+	both := func(out string) bool { // each hook's listing may show the other's redirect too
+		return strings.Contains(out, "device "+shaping.DeviceEgress) && strings.Contains(out, "device "+shaping.DeviceIngress)
+	}
+	if out := redirects(); !both(out) {
+		t.Fatalf("after ADD, %s has not both redirects:\n%s", p.Veth, out)
+	}
+	n.TC("qdisc", "del", "dev", p.Veth, "clsact")
+	if out := redirects(); strings.Contains(out, "mirred") {
+		t.Fatalf("clsact deleted but redirects remain:\n%s", out)
+	}
+	n.MustAdd(p) // the same container again
+	if out := redirects(); !both(out) {
+		t.Errorf("after the re-ADD, %s has not both redirects back:\n%s", p.Veth, out)
+	}
+	n.Del(p)
+}
 
 // A pod annotated 10M in both directions, through libcni: each direction
 // measures 10 Mbit/s ±10% over 6 s, the first second at most 12 Mbit
@@ -258,7 +292,7 @@ func TestBadAnnotationFailsADD(t *testing.T) {
 		}
 		t.Logf("ADD %v: %s", ann, ce.Msg)
 	}
-	recs, _ := filepath.Glob(filepath.Join(n.Endpoint, "*"))
+	recs, _ := filepath.Glob(filepath.Join(n.Endpoint, "*.json")) // not .adds/, the plugin's ADD locks
 	if len(recs) != 0 {
 		t.Errorf("records left: %v", recs)
 	}

@@ -213,10 +213,16 @@ func (r *Reconciler) Admit(ctx context.Context, veth string) error {
 			return &InvalidError{Err: err}
 		}
 	}
+	// A re-ADD of a veth already shaped (a duplicate ADD, or the retry of
+	// an ADD that died after writing its record, which recreates the veth
+	// under the same name) may find kernel objects other than the ones the
+	// last Apply wrote: read everything back. A first ADD writes only what
+	// it adds.
+	_, readd := r.records[veth]
 	if r.records != nil {
 		r.records[veth] = rec
 	}
-	return r.syncLocked(ctx, false)
+	return r.syncLocked(ctx, readd)
 }
 
 // Release forgets the attachment of veth once its record is gone (the

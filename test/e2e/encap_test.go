@@ -130,9 +130,9 @@ func startGuardPod(t *testing.T, ctx context.Context, c kubernetes.Interface, ns
 	}); err != nil {
 		t.Fatalf("pod %s: %v", name, err)
 	}
-	// Pod namespaces live in their node's mount namespace, which weftd
-	// (the DaemonSet's process) shares.
-	pid, err := weftdPID(node)
+	// Pod namespaces live in their node's mount namespace, the node
+	// emulator's (weftd's root is the image's when it runs from one).
+	pid, err := procIn(node, "nodeemu")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -243,7 +243,9 @@ type podNS struct {
 
 func openPodNS(t *testing.T, p corev1.Pod) podNS {
 	t.Helper()
-	pid, err := weftdPID(p.Spec.NodeName)
+	// Pod netns files live in the node's mount namespace: reached through
+	// the node emulator's root (weftd's is the image's when it runs from one).
+	pid, err := procIn(p.Spec.NodeName, "nodeemu")
 	if err != nil {
 		t.Fatal(err)
 	}

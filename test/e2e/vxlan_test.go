@@ -268,15 +268,18 @@ func echoPod(name, node string) *corev1.Pod {
 }
 
 // weftdPID finds the weftd process running in node's network namespace.
-func weftdPID(node string) (int, error) {
+func weftdPID(node string) (int, error) { return procIn(node, "weftd") }
+
+// procIn finds the process named comm in node's network namespace.
+func procIn(node, comm string) (int, error) {
 	want, err := os.Stat(filepath.Join("/run/netns", node))
 	if err != nil {
 		return 0, err
 	}
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
-		comm, err := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
-		if err != nil || strings.TrimSpace(string(comm)) != "weftd" {
+		c, err := os.ReadFile(filepath.Join("/proc", p.Name(), "comm"))
+		if err != nil || strings.TrimSpace(string(c)) != comm {
 			continue
 		}
 		st, err := os.Stat(filepath.Join("/proc", p.Name(), "ns", "net"))
@@ -286,7 +289,7 @@ func weftdPID(node string) (int, error) {
 			return pid, nil
 		}
 	}
-	return 0, fmt.Errorf("no weftd in %s", node)
+	return 0, fmt.Errorf("no %s in %s", comm, node)
 }
 
 // readyz fetches weftd's /readyz from inside the node's namespace.
