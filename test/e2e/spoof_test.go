@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,6 +15,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/weftnet/weft/internal/iptables"
 	"github.com/weftnet/weft/internal/testutil"
 )
 
@@ -107,17 +109,27 @@ func (e *polEnv) checkSpoofing() {
 // spoofDrops is the packet counter of node i's anti-spoofing DROP rule
 // (0 when there is none, as before the fix).
 func (e *polEnv) spoofDrops(i int) int {
-	r, err := nodeRunner(e.ctx, i)
+	n, err := spoofDropsIn(e.ctx, nodeNetns(i))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	out, _ := exec.CommandContext(e.ctx, "nsenter", "--net="+nodeNetns(i), "--", "iptables-"+string(r.Mode),
+	return n
+}
+
+// spoofDropsIn is the packet counter of the anti-spoofing DROP rule in the
+// node namespace at path (0 when there is none).
+func spoofDropsIn(ctx context.Context, path string) (int, error) {
+	mode, err := iptables.Detect(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	out, _ := exec.CommandContext(ctx, "nsenter", "--net="+path, "--", "iptables-"+string(mode),
 		"-w", "-t", "filter", "-L", "WEFT-POL-SPOOF", "-v", "-x", "-n").Output()
 	for _, line := range strings.Split(string(out), "\n") {
 		if f := strings.Fields(line); len(f) > 0 && strings.Contains(line, "spoofed source") {
 			n, _ := strconv.Atoi(f[0])
-			return n
+			return n, nil
 		}
 	}
-	return 0
+	return 0, nil
 }

@@ -68,7 +68,15 @@ var (
 // the middle of the switch to VNI 7; before the switch from bgp Never to
 // udp the third node leaves the cluster and it joins again in the middle
 // of that migration (joinMidway), ending on udp with pods on it reaching
-// the others both ways. nodes is refreshed in place.
+// the others both ways. Throughout, a NetworkPolicy admits into one pod
+// on the receiving node only a labelled peer on the sending node (none of
+// the streams' pods): from each ConfigMap update until the switch has
+// converged, a pod beside the peer never gets an answer from it (probed
+// every ~100 ms); after each switch the peer does, packets the other pod
+// forges with the peer's source are dropped (and counted by WEFT-POL-SPOOF)
+// and the peer's datagrams to the control plane's underlay address (outside
+// the cluster network, not a node) arrive SNATed to its node's address
+// (startSwitchPolicy). nodes is refreshed in place.
 func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, nodes []*corev1.Node, remote []pair) {
 	cms := c.CoreV1().ConfigMaps("kube-system")
 	orig, err := cms.Get(ctx, "weft", metav1.GetOptions{})
@@ -89,6 +97,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 	tcp := startTCPPinger(t, sctx, a, b, 5403)
 	mtu := podMTU(t, a)
 	t.Logf("streams %s (%s) <-> %s (%s), pod MTU %d", p.from.Name, p.from.Spec.NodeName, p.to.Name, p.to.Spec.NodeName, mtu)
+	pol := startSwitchPolicy(t, ctx, c, nodes, p, remote)
 	time.Sleep(time.Second)
 	// The windows are contiguous: each counts every datagram sent from the
 	// end of the previous one (its checks included) until 1 s after its
@@ -105,6 +114,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		}
 		t0 := time.Now()
 		setBackend(t, ctx, c, orig.Data["net-conf.json"], st.section)
+		watch := pol.watch(sctx)
 		switch i {
 		case 4:
 			killMidway(t, ctx, c, nodes, p, st)
@@ -113,6 +123,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 		}
 		took := waitSwitched(t, ctx, c, nodes, st)
 		time.Sleep(time.Second)
+		pol.endWatch(t, watch, i, st)
 		t1 := time.Now().Add(-300 * time.Millisecond)
 		for _, s := range []*testutil.SeqStream{ab, ba} {
 			sent, lost, gap, why := s.Window(from, t1)
@@ -143,6 +154,7 @@ func testLiveSwitch(t *testing.T, ctx context.Context, c kubernetes.Interface, n
 				t.Logf("switch %d to %s: a %d-byte datagram with DF (%d-byte packet) crossed %s -> %s", i+1, st.id, mtu-28, mtu, dir[0].pod.Name, dir[1].pod.Name)
 			}
 		}
+		pol.check(t, ctx, i, st)
 	}
 	stop()
 	copy(nodes, weftNodes(t, ctx, c))
