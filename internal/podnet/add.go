@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -49,9 +50,9 @@ func (p *Plugin) Add(ctx context.Context, args *skel.CmdArgs) error {
 	// allocation undone), weftd sees this container's ADD in progress and
 	// never takes its fresh address for a leak (endpoint.LockAdd).
 	if conf.EndpointDir != "" {
-		lk, err := endpoint.LockAdd(ctx, conf.EndpointDir, args.ContainerID)
+		lk, err := lockAdd(ctx, conf.EndpointDir, args.ContainerID, addLockTimeout)
 		if err != nil {
-			return cniErr(types.ErrIOFailure, err, "endpointDir")
+			return err
 		}
 		defer lk.Unlock()
 	}
@@ -361,4 +362,24 @@ func gatewayFor(ips []*current.IPConfig, dst net.IP) net.IP {
 		}
 	}
 	return nil
+}
+
+// addLockTimeout bounds the wait for another ADD of the same container
+// (a runtime retrying while its first ADD still runs, or one that hangs).
+const addLockTimeout = 30 * time.Second
+
+// lockAdd takes the container's ADD lock within timeout; past it the ADD
+// fails with code 11 (try again later) instead of blocking for good.
+func lockAdd(ctx context.Context, dir, containerID string, timeout time.Duration) (*endpoint.AddLock, error) {
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	lk, err := endpoint.LockAdd(lctx, dir, containerID)
+	switch {
+	case err == nil:
+		return lk, nil
+	case errors.Is(err, context.DeadlineExceeded):
+		return nil, types.NewError(types.ErrTryAgainLater, "another ADD of this container is still running: "+err.Error(), "")
+	default:
+		return nil, cniErr(types.ErrIOFailure, err, "endpointDir")
+	}
 }
