@@ -44,7 +44,8 @@ func (u UserspaceIPIP) Start(ctx context.Context, local backend.LocalNode, mtu i
 	if err != nil {
 		return nil, err
 	}
-	t, err := ipip.NewTunnel(ipip.Options{Device: dev, LocalIP: local.UnderlayIP, Log: log})
+	t, err := ipip.NewTunnel(ipip.Options{Device: dev, LocalIP: local.UnderlayIP, Log: log,
+		SegmentMTU: local.UnderlayMTU - backend.MaxOverhead})
 	if err != nil {
 		_ = dev.Close()
 		return nil, err

@@ -13,7 +13,10 @@
 // receives the other way (recvmmsg), strips the outer header, validates
 // every packet (known sender, well-formed inner IPv4, inner source inside
 // the sender's pod CIDRs, inner destination inside this node's, size) and
-// writes the valid ones into the TUN in one batch. The peer table is
+// writes the valid ones into the TUN in one batch. A TCP segment that the
+// kernel's built-in IP-in-IP GRO merged on the way (a receiving NIC with
+// GRO does) is larger than the MTU: it goes into the TUN as one GSO write,
+// or cut into segments where the TUN takes none (super.go). The peer table is
 // immutable and swapped atomically by SetPeers; drops are counted by
 // Reason. Userspace IPIP refuses to start where the kernel module is
 // present: the kernel would decapsulate (or reject) every packet too.

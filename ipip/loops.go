@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/weftnet/weft/internal/tun"
 	"github.com/weftnet/weft/internal/uencap"
 )
 
@@ -51,13 +52,81 @@ func (t *Tunnel) decapLoop() error {
 }
 
 // decapBatch validates every received packet bufs[i][:sizes[i]] and
-// writes the inner packets of the valid ones into the TUN; the outer
-// header's room becomes the TUN headroom (no copy: the inner packet
-// starts at least 20 bytes in, past tun.Offset). wbufs is scratch,
-// returned for reuse.
+// writes the inner packets of the valid ones into the TUN in order: in
+// one batch write, except that a merged TCP segment larger than the MTU
+// (see super.go) goes on its own, after the packets before it. The outer
+// header's room becomes the TUN headroom (no copy: the inner packet starts
+// at least 20 bytes in, past tun.Offset). wbufs is scratch, returned for
+// reuse.
 func (t *Tunnel) decapBatch(tab *Table, bufs [][]byte, sizes []int, wbufs [][]byte) [][]byte {
-	mtu := t.pump.Dev.MTU()
-	return t.pump.Decap(bufs, sizes, 0, wbufs, func(_ int, b []byte) (int, int, uencap.Reason) {
-		return tab.Decap(b, mtu)
-	})
+	p := &t.pump
+	mtu := p.Dev.MTU()
+	wbufs = wbufs[:0]
+	bytes := 0
+	var drops [uencap.NumReasons]uint64
+	for i, b := range bufs {
+		off, n, r := tab.Decap(b[:sizes[i]], mtu)
+		if r != OK {
+			drops[r]++
+			continue
+		}
+		in := b[off : off+n]
+		if n <= mtu {
+			completeMerged(in)
+			wbufs = append(wbufs, b[off-tun.Offset:off+n])
+			bytes += n
+			continue
+		}
+		t.writeBatch(wbufs, bytes)
+		wbufs, bytes = wbufs[:0], 0
+		if r := t.writeMerged(b[off-tun.Offset : off+n]); r != OK {
+			drops[r]++
+		}
+	}
+	for r, n := range drops {
+		p.Drop(Reason(r), n)
+	}
+	t.writeBatch(wbufs, bytes)
+	return wbufs
+}
+
+// writeBatch writes inner packets into the TUN in one call and counts them.
+func (t *Tunnel) writeBatch(wbufs [][]byte, bytes int) {
+	if len(wbufs) == 0 {
+		return
+	}
+	p := &t.pump
+	if _, err := p.Dev.Write(wbufs); err != nil {
+		p.Drop(DropTUNWrite, uint64(len(wbufs)))
+		p.Logger().Debug("tun write", "err", fmt.Sprint(err))
+		return
+	}
+	p.Rx.Batch(len(wbufs), bytes)
+}
+
+// writeMerged writes the merged TCP segment b[tun.Offset:] into the TUN:
+// as one GSO write where the device takes one, else cut into segments.
+// Segments are sized for SegmentMTU.
+func (t *Tunnel) writeMerged(b []byte) Reason {
+	in := b[tun.Offset:]
+	mss := segmentSize(in, t.segMTU)
+	if mss <= 0 {
+		return DropOversize
+	}
+	if g, ok := t.pump.Dev.(tun.GSOWriter); ok {
+		done, err := g.WriteGSO(b, func(h []byte) { gsoHeader(h, in, mss) })
+		if done {
+			if err != nil {
+				t.pump.Logger().Debug("tun gso write", "err", fmt.Sprint(err))
+				return DropTUNWrite
+			}
+			t.merged.Add(1)
+			t.pump.Rx.Batch(1, len(in))
+			return OK
+		}
+	}
+	t.segs = cutTCP(in, mss, &t.pool, t.segs)
+	t.merged.Add(1)
+	t.writeBatch(t.segs, len(in))
+	return OK
 }

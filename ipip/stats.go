@@ -43,4 +43,7 @@ type Stats struct {
 	TUNMode string
 	// Peers is the number of usable peers in the table.
 	Peers int
+	// Merged counts received TCP segments larger than the MTU (merged by
+	// GRO on the way), written as GSO or cut into segments.
+	Merged uint64
 }

@@ -148,7 +148,8 @@ func (t *Table) Decap(pkt []byte, mtu int) (off, n int, r Reason) {
 }
 
 // checkInner checks that in starts with a whole IPv4 packet with a valid
-// header checksum, no larger than mtu, and returns its length.
+// header checksum, no larger than mtu unless it is a TCP segment the
+// receiving kernel's GRO merged (tcpSuper), and returns its length.
 func checkInner(in []byte, mtu int) (int, Reason) {
 	if len(in) < 20 {
 		return 0, DropTruncated
@@ -159,7 +160,7 @@ func checkInner(in []byte, mtu int) (int, Reason) {
 		return 0, DropNotIPv4
 	case total > len(in) || hl > len(in):
 		return 0, DropTruncated
-	case total > mtu:
+	case total > mtu && !tcpSuper(in[:total], hl):
 		return 0, DropOversize
 	case headerSum(in[:hl]) != 0xffff:
 		return 0, DropNotIPv4

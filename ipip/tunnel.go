@@ -24,6 +24,9 @@ type Options struct {
 	// network namespace.
 	Conn Conn
 	Log  *slog.Logger
+	// SegmentMTU is the MTU a merged TCP segment larger than the device's
+	// MTU is cut for (super.go): the pods' MTU. 0 means the device's.
+	SegmentMTU int
 }
 
 // Tunnel is userspace IP-in-IP between a TUN device and a raw socket.
@@ -32,6 +35,12 @@ type Tunnel struct {
 	pump  uencap.Pump
 	conn  Conn
 	table atomic.Pointer[Table]
+
+	segMTU int
+	// merged counts merged TCP segments larger than the MTU received.
+	merged atomic.Uint64
+	// pool and segs are the receive loop's scratch for cutting them.
+	pool, segs [][]byte
 }
 
 // NewTunnel opens the raw socket (unless o.Conn is given; it refuses
@@ -56,7 +65,10 @@ func NewTunnel(o Options) (*Tunnel, error) {
 		}
 		o.Conn = s
 	}
-	t := &Tunnel{pump: uencap.Pump{Dev: o.Device, Log: o.Log}, conn: o.Conn}
+	t := &Tunnel{pump: uencap.Pump{Dev: o.Device, Log: o.Log}, conn: o.Conn, segMTU: o.SegmentMTU}
+	if t.segMTU <= 0 || t.segMTU > o.Device.MTU() {
+		t.segMTU = o.Device.MTU()
+	}
 	t.table.Store(&Table{byAddr: map[netip.Addr]int{}})
 	return t, nil
 }
@@ -76,7 +88,7 @@ func (t *Tunnel) SetPeers(local []netip.Prefix, peers []Peer) []string {
 // Stats returns a snapshot of the counters.
 func (t *Tunnel) Stats() Stats {
 	return Stats{Mode: Userspace, Totals: t.pump.Totals(reasons), TUNMode: t.pump.Dev.Mode().String(),
-		Peers: t.table.Load().Peers()}
+		Peers: t.table.Load().Peers(), Merged: t.merged.Load()}
 }
 
 // Close closes the device and the socket of a tunnel that never ran.

@@ -18,7 +18,7 @@ import (
 
 // virtioNetHdrLen is the size of struct virtio_net_hdr, the header in front
 // of every packet on a TUN opened with IFF_VNET_HDR (kernel ABI).
-const virtioNetHdrLen = 10
+const virtioNetHdrLen = VirtioNetHdrLen
 
 const (
 	tcpOffloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
@@ -277,6 +277,22 @@ func (d *Native) writePlain(bufs [][]byte) (int, error) {
 		return n, fmt.Errorf("tun %s write: %w", d.name, errs)
 	}
 	return n, nil
+}
+
+// WriteGSO implements GSOWriter.
+func (d *Native) WriteGSO(b []byte, header func(h []byte)) (bool, error) {
+	d.mu.Lock()
+	vnet := d.mode.VnetHdr
+	d.mu.Unlock()
+	if !vnet {
+		return false, nil
+	}
+	h := b[Offset-virtioNetHdrLen:]
+	header(h[:virtioNetHdrLen])
+	if _, err := d.raw.Write(h); err != nil {
+		return true, fmt.Errorf("tun %s gso write: %w", d.name, err)
+	}
+	return true, nil
 }
 
 // BatchSize implements Device.

@@ -49,6 +49,21 @@ type Device interface {
 	Close() error
 }
 
+// GSOWriter is a Device that can take a TCP/IPv4 segment larger than its
+// MTU and have the kernel cut it (a GSO write behind a virtio-net header).
+type GSOWriter interface {
+	// WriteGSO writes the TCP/IPv4 packet b[Offset:] as segments of mss
+	// payload bytes; header is the virtio-net header to put in front of
+	// it (the caller fills it: gso type, sizes, checksum offsets). ok is
+	// false, and nothing is written, when the device exchanges no
+	// virtio-net headers right now.
+	WriteGSO(b []byte, header func(h []byte)) (ok bool, err error)
+}
+
+// VirtioNetHdrLen is the size of struct virtio_net_hdr (kernel ABI), the
+// header a GSOWriter's header function fills.
+const VirtioNetHdrLen = 10
+
 // Mode is the offload state of a device.
 type Mode struct {
 	// VnetHdr: the device exchanges virtio-net headers (offloads possible).
