@@ -105,7 +105,8 @@ func (t *Tunnel) writeBatch(wbufs [][]byte, bytes int) {
 }
 
 // writeMerged writes the merged TCP segment b[tun.Offset:] into the TUN:
-// as one GSO write where the device takes one, else cut into segments.
+// as one GSO write where the device takes one, else (or when the write is
+// refused) cut into segments.
 // Segments are sized for SegmentMTU.
 func (t *Tunnel) writeMerged(b []byte) Reason {
 	in := b[tun.Offset:]
@@ -115,14 +116,13 @@ func (t *Tunnel) writeMerged(b []byte) Reason {
 	}
 	if g, ok := t.pump.Dev.(tun.GSOWriter); ok {
 		done, err := g.WriteGSO(b, func(h []byte) { gsoHeader(h, in, mss) })
-		if done {
-			if err != nil {
-				t.pump.Logger().Debug("tun gso write", "err", fmt.Sprint(err))
-				return DropTUNWrite
-			}
+		if done && err == nil {
 			t.merged.Add(1)
 			t.pump.Rx.Batch(1, len(in))
 			return OK
+		}
+		if err != nil { // refused (a kernel that takes no GSO writes): cut it instead
+			t.pump.Logger().Debug("tun gso write", "err", fmt.Sprint(err))
 		}
 	}
 	t.segs = cutTCP(in, mss, &t.pool, t.segs)
