@@ -44,8 +44,11 @@ func (u UserspaceIPIP) Start(ctx context.Context, local backend.LocalNode, mtu i
 	if err != nil {
 		return nil, err
 	}
-	t, err := ipip.NewTunnel(ipip.Options{Device: dev, LocalIP: local.UnderlayIP, Log: log,
-		SegmentMTU: local.UnderlayMTU - backend.MaxOverhead})
+	segMTU := local.PodMTU // merged TCP segments from GRO are cut to the pods' MTU
+	if segMTU <= 0 {
+		segMTU = local.UnderlayMTU - backend.MaxOverhead
+	}
+	t, err := ipip.NewTunnel(ipip.Options{Device: dev, LocalIP: local.UnderlayIP, Log: log, SegmentMTU: segMTU})
 	if err != nil {
 		_ = dev.Close()
 		return nil, err

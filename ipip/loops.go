@@ -1,6 +1,7 @@
 package ipip
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 
@@ -71,7 +72,7 @@ func (t *Tunnel) decapBatch(tab *Table, bufs [][]byte, sizes []int, wbufs [][]by
 			continue
 		}
 		in := b[off : off+n]
-		if n <= mtu {
+		if n <= t.segMTU || !tcpSuper(in, int(in[0]&0x0f)*4) {
 			completeMerged(in)
 			wbufs = append(wbufs, b[off-tun.Offset:off+n])
 			bytes += n
@@ -104,29 +105,41 @@ func (t *Tunnel) writeBatch(wbufs [][]byte, bytes int) {
 	p.Rx.Batch(len(wbufs), bytes)
 }
 
-// writeMerged writes the merged TCP segment b[tun.Offset:] into the TUN:
-// as one GSO write where the device takes one, else (or when the write is
-// refused) cut into segments.
-// Segments are sized for SegmentMTU.
+// writeMerged writes the merged TCP segment b[tun.Offset:] (larger than
+// SegmentMTU) into the TUN: as one GSO write where the device takes one
+// and the checksum field holds the pseudo-header sum GRO leaves, else
+// (or once the kernel refused a GSO write) cut into segments of
+// SegmentMTU, every checksum recomputed.
 func (t *Tunnel) writeMerged(b []byte) Reason {
 	in := b[tun.Offset:]
+	hl := int(in[0]&0x0f) * 4
 	mss := segmentSize(in, t.segMTU)
 	if mss <= 0 {
 		return DropOversize
 	}
-	if g, ok := t.pump.Dev.(tun.GSOWriter); ok {
+	g, ok := t.pump.Dev.(tun.GSOWriter)
+	if ok && !t.gsoRefused.Load() && binary.BigEndian.Uint16(in[hl+16:]) == pseudoSum(in, hl) {
 		done, err := g.WriteGSO(b, func(h []byte) { gsoHeader(h, in, mss) })
 		if done && err == nil {
 			t.merged.Add(1)
 			t.pump.Rx.Batch(1, len(in))
 			return OK
 		}
-		if err != nil { // refused (a kernel that takes no GSO writes): cut it instead
-			t.pump.Logger().Debug("tun gso write", "err", fmt.Sprint(err))
+		if err != nil { // a kernel that takes no GSO writes: cut from now on
+			t.gsoRefused.Store(true)
+			t.pump.Logger().Warn("tun refused a GSO write; merged segments are cut in userspace from now on", "err", fmt.Sprint(err))
 		}
 	}
 	t.segs = cutTCP(in, mss, &t.pool, t.segs)
+	if _, err := t.pump.Dev.Write(t.segs); err != nil {
+		t.pump.Logger().Debug("tun write", "err", fmt.Sprint(err))
+		return DropTUNWrite
+	}
+	bytes := 0
+	for _, s := range t.segs {
+		bytes += len(s) - tun.Offset
+	}
 	t.merged.Add(1)
-	t.writeBatch(t.segs, len(in))
+	t.pump.Rx.Batch(len(t.segs), bytes)
 	return OK
 }

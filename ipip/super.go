@@ -15,7 +15,10 @@ import (
 // of several wire packets, larger than the TUN's MTU. GRO leaves such a
 // segment's TCP checksum field holding the pseudo-header sum only (the
 // kernel's CHECKSUM_PARTIAL form, completed by whoever segments it), and
-// does the same for a merge of small segments that fits the MTU.
+// does the same for a merge of small segments that fits the MTU. (Fraglist
+// GRO, off unless an operator turns rx-gro-list on, leaves the first
+// segment's checksum instead: such a merge larger than the pods' MTU is
+// cut, which recomputes every checksum; one within it is not repaired.)
 //
 // The tunnel hands a merged segment larger than the MTU to the TUN as one
 // GSO write (virtio-net header: TCPv4, the segment size, checksum to be
@@ -26,14 +29,17 @@ import (
 // sender sent through a path of that MTU.
 
 // tcpSuper reports whether in (one whole IPv4 packet, header length hl)
-// is a TCP segment that can be cut into smaller ones: not a fragment, with
-// a whole TCP header.
+// looks like what GRO merges: TCP, no IP options, not a fragment, a whole
+// TCP header, ACK set and none of SYN, RST, URG (GRO never merges those,
+// and cutting would copy them onto every segment).
 func tcpSuper(in []byte, hl int) bool {
-	if in[9] != 6 || binary.BigEndian.Uint16(in[6:8])&0x3fff != 0 || len(in) < hl+20 {
+	if hl != 20 || in[9] != 6 || binary.BigEndian.Uint16(in[6:8])&0x3fff != 0 || len(in) < hl+20 {
 		return false
 	}
 	thl := int(in[hl+12]>>4) * 4
-	return thl >= 20 && hl+thl <= len(in)
+	flags := in[hl+13]
+	const ack, synRstUrg = 0x10, 0x02 | 0x04 | 0x20
+	return thl >= 20 && hl+thl <= len(in) && flags&ack != 0 && flags&synRstUrg == 0
 }
 
 // pseudoSum is the folded ones' complement sum of the TCP pseudo-header of
@@ -103,10 +109,11 @@ func gsoHeader(h []byte, in []byte, mss int) {
 	if in[hl+13]&0x80 != 0 { // CWR
 		h[1] |= ecn
 	}
-	binary.LittleEndian.PutUint16(h[2:], uint16(hl+thl))
-	binary.LittleEndian.PutUint16(h[4:], uint16(mss))
-	binary.LittleEndian.PutUint16(h[6:], uint16(hl))
-	binary.LittleEndian.PutUint16(h[8:], 16)
+	// native byte order, as the TUN (no TUNSETVNETLE/BE) and wireguard-go use
+	binary.NativeEndian.PutUint16(h[2:], uint16(hl+thl))
+	binary.NativeEndian.PutUint16(h[4:], uint16(mss))
+	binary.NativeEndian.PutUint16(h[6:], uint16(hl))
+	binary.NativeEndian.PutUint16(h[8:], 16)
 }
 
 // cutTCP cuts the merged TCP packet in into segments of at most mss (> 0)

@@ -24,8 +24,9 @@ type Options struct {
 	// network namespace.
 	Conn Conn
 	Log  *slog.Logger
-	// SegmentMTU is the MTU a merged TCP segment larger than the device's
-	// MTU is cut for (super.go): the pods' MTU. 0 means the device's.
+	// SegmentMTU is the pods' MTU: a merged TCP segment larger than it
+	// (super.go) is written as GSO segments, or cut, of that size, since
+	// the pod bridge forwards nothing larger. 0 means the device's MTU.
 	SegmentMTU int
 }
 
@@ -39,6 +40,8 @@ type Tunnel struct {
 	segMTU int
 	// merged counts merged TCP segments larger than the MTU received.
 	merged atomic.Uint64
+	// gsoRefused: the TUN refused a GSO write; cut merged segments.
+	gsoRefused atomic.Bool
 	// pool and segs are the receive loop's scratch for cutting them.
 	pool, segs [][]byte
 }

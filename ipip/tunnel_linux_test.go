@@ -29,13 +29,19 @@ const testMTU = 1500 - Overhead
 // stay); it also runs at test end.
 func startNode(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix) (*Tunnel, func()) {
 	t.Helper()
+	return startNodeSeg(t, n, peerCIDR, 0)
+}
+
+// startNodeSeg is startNode with the pods' MTU (Options.SegmentMTU).
+func startNodeSeg(t testing.TB, n *nettopo.Node, peerCIDR netip.Prefix, podMTU int) (*Tunnel, func()) {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dev, err := OpenDevice(DeviceOptions{MTU: testMTU, NetNS: n.NS.Path(), PodCIDR: n.PodCIDR, Log: log})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return encaptest.Start(t, n, DefaultDevice, peerCIDR, false, dev, func() (*Tunnel, error) {
-		return NewTunnel(Options{Device: dev, LocalIP: n.UnderlayIP, Log: log})
+		return NewTunnel(Options{Device: dev, LocalIP: n.UnderlayIP, Log: log, SegmentMTU: podMTU})
 	})
 }
 

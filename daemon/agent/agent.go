@@ -335,7 +335,7 @@ func (a *Agent) localNode(cfg *config.NetConf, node *corev1.Node) (backend.Local
 	}
 	self := PeerFromNode(node)
 	return backend.LocalNode{Name: a.opt.NodeName, UnderlayIP: ip, UnderlayLink: link, UnderlayMTU: mtu,
-		PodCIDR: a.st.lease.Subnet, Network: cfg.Network, Labels: self.Labels, Attrs: self.Attrs}, nil
+		PodMTU: podMTU(cfg, backend.Published{}, mtu), PodCIDR: a.st.lease.Subnet, Network: cfg.Network, Labels: self.Labels, Attrs: self.Attrs}, nil
 }
 
 // publish writes the node's weft.dev/* annotations when the informer's

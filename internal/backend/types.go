@@ -65,8 +65,11 @@ type LocalNode struct {
 	// UnderlayLink is the name of the link that holds UnderlayIP.
 	UnderlayLink string
 	UnderlayMTU  int
-	PodCIDR      netip.Prefix
-	Network      netip.Prefix
+	// PodMTU is the pods' MTU (net-conf.json's mtu, else UnderlayMTU -
+	// MaxOverhead); 0 when unknown.
+	PodMTU  int
+	PodCIDR netip.Prefix
+	Network netip.Prefix
 	// Labels and Attrs (weft.dev/* annotations) of the own Node object, as
 	// for a Peer.
 	Labels map[string]string

@@ -22,8 +22,9 @@ func IPerf3(b testing.TB, from, to ns.NetNS, dst netip.Addr, streams, seconds in
 }
 
 // IPerf3Via is IPerf3 with the server bound to bind (port dst's) and the
-// client connecting to dst, e.g. a Service address that DNATs to bind.
-func IPerf3Via(b testing.TB, from, to ns.NetNS, bind netip.Addr, dst netip.AddrPort, streams, seconds int) float64 {
+// client connecting to dst, e.g. a Service address that DNATs to bind;
+// extra are more client options (-l 1420 -N -b 5M).
+func IPerf3Via(b testing.TB, from, to ns.NetNS, bind netip.Addr, dst netip.AddrPort, streams, seconds int, extra ...string) float64 {
 	b.Helper()
 	port := fmt.Sprint(dst.Port())
 	srv := exec.Command("nsenter", "--net="+to.Path(), "iperf3", "-s", "-1", "-B", bind.String(), "-p", port)
@@ -35,8 +36,9 @@ func IPerf3Via(b testing.TB, from, to ns.NetNS, bind netip.Addr, dst netip.AddrP
 	var err error
 	for range 50 { // wait for the server to listen
 		time.Sleep(100 * time.Millisecond)
-		out, err = exec.Command("nsenter", "--net="+from.Path(), "iperf3", "-c", dst.Addr().String(), "-p", port,
-			"-t", fmt.Sprint(seconds), "-P", fmt.Sprint(streams), "-J").Output()
+		args := append([]string{"--net=" + from.Path(), "iperf3", "-c", dst.Addr().String(), "-p", port,
+			"-t", fmt.Sprint(seconds), "-P", fmt.Sprint(streams), "-J"}, extra...)
+		out, err = exec.Command("nsenter", args...).Output()
 		if err == nil || !strings.Contains(string(out), "Connection refused") {
 			break
 		}
