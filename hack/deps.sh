@@ -2,7 +2,7 @@
 # Installs the host packages Weft's tests and local cluster need (Debian/Ubuntu).
 set -euo pipefail
 need=() lean=()
-for pair in ip:iproute2 iptables:iptables ipset:ipset iperf3:iperf3 ping:iputils-ping tcpdump:tcpdump nft:nftables conntrack:conntrack bird:bird2; do
+for pair in ip:iproute2 iptables:iptables ipset:ipset iperf3:iperf3 ping:iputils-ping tcpdump:tcpdump nft:nftables conntrack:conntrack bird:bird2 ethtool:ethtool nstat:iproute2 unshare:util-linux; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
