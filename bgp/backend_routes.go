@@ -146,12 +146,16 @@ func (b *Backend) establishedPeers(ctx context.Context) map[netip.Addr]bool {
 }
 
 // routeVia is the route to dst via next hop nh: into the IP-in-IP device
-// when nh is a bgp node that ipipMode says to encapsulate to (Always: all;
-// CrossSubnet: those outside the node's underlay subnet), else via nh out
-// of the underlay link (ipipMode Never, external peers' routes).
+// (via nh onlink for the kernel link) when nh is a bgp node that ipipMode
+// says to encapsulate to (Always: all; CrossSubnet: those outside the
+// node's underlay subnet), else via nh out of the underlay link (ipipMode
+// Never, external peers' routes).
 func (b *Backend) routeVia(dst netip.Prefix, nh netip.Addr, node bool) route.Route {
 	mode := b.modeFor(nh)
 	if b.tun != nil && node && mode != IPIPNever && (mode == IPIPAlways || !b.tun.UnderlaySubnet().Contains(nh)) {
+		if b.tun.ViaPeer() {
+			return route.Route{Dst: dst, Gw: nh, OnLink: true, Dev: b.tun.Device()}
+		}
 		return route.Route{Dst: dst, Dev: b.tun.Device()}
 	}
 	return route.Route{Dst: dst, Gw: nh, Dev: b.local.UnderlayLink}

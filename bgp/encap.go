@@ -8,7 +8,7 @@ import (
 )
 
 // IPIP opens the IP-in-IP data path of ipipMode Always and CrossSubnet
-// (the ipip room: the kernel link where the kernel has ipip, else the
+// (HostIPIP: the kernel link where the kernel has ipip, else the
 // userspace tunnel). nil in the Factory: those modes fail at Start.
 type IPIP interface {
 	// Start creates or adopts the device weft.ipip with mtu for local and
@@ -28,6 +28,11 @@ type Tunnel interface {
 	// UnderlaySubnet is the prefix of the node's underlay address (for
 	// CrossSubnet: peers inside it are reached without IP-in-IP).
 	UnderlaySubnet() netip.Prefix
+	// ViaPeer: routes into Device name the peer's underlay address as
+	// gateway, onlink (the kernel ipip link takes the outer destination
+	// from it); false when the device finds the peer itself (the
+	// userspace tunnel's table).
+	ViaPeer() bool
 	// SetPeers replaces the nodes packets may be exchanged with and
 	// returns what it left out.
 	SetPeers(local []netip.Prefix, peers []backend.Peer) []string

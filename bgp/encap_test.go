@@ -17,6 +17,7 @@ type fakeIPIP struct {
 	mu      sync.Mutex
 	t       *fakeTunnel
 	removed int
+	viaPeer bool // routes as to the kernel ipip link
 }
 
 type fakeTunnel struct {
@@ -37,6 +38,7 @@ func (f *fakeIPIP) Remove() error { f.mu.Lock(); f.removed++; f.mu.Unlock(); ret
 func (t *fakeTunnel) Device() string               { return "weft.ipip" }
 func (t *fakeTunnel) Impl() string                 { return "fake" }
 func (t *fakeTunnel) UnderlaySubnet() netip.Prefix { return pfx("10.0.0.0/24") }
+func (t *fakeTunnel) ViaPeer() bool                { return t.f.viaPeer }
 func (t *fakeTunnel) SetPeers(_ []netip.Prefix, peers []backend.Peer) []string {
 	t.f.mu.Lock()
 	defer t.f.mu.Unlock()
@@ -96,6 +98,24 @@ func TestBackendIPIPAlways(t *testing.T) {
 	if err := r.f.Cleanup(context.Background()); err != nil || fi.removed != 1 {
 		t.Fatalf("factory cleanup: %v, removed %d", err, fi.removed)
 	}
+}
+
+// With the kernel ipip link (ViaPeer) routes into weft.ipip name the
+// owner's underlay address, onlink: the kernel link is remote-any and
+// takes the outer destination from the gateway. CrossSubnet keeps plain
+// routes inside the underlay subnet.
+func TestBackendKernelIPIPRoutes(t *testing.T) {
+	r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"CrossSubnet"}`)
+	fi.viaPeer = true
+	r.start(t, local(nil))
+	far := peer(5, nil)
+	far.UnderlayIP = addr("10.0.1.5")
+	r.apply(t, peer(2, nil), far)
+	want := "10.244.2.0/24 via 10.0.0.2 dev eth0 proto 87; 10.244.5.0/24 via 10.0.1.5 dev weft.ipip onlink proto 87"
+	r.waitRoutes(t, want)
+	r.sp.Inject(cand("10.244.2.0/24", "10.0.0.2", "10.0.0.2"), cand("10.244.5.0/24", "10.0.1.5", "10.0.1.5"))
+	r.apply(t, peer(2, nil), far)
+	r.waitRoutes(t, want)
 }
 
 func TestBackendIPIPCrossSubnet(t *testing.T) {

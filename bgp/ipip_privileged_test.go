@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -13,13 +14,22 @@ import (
 
 	"github.com/weftnet/weft/internal/backend"
 	"github.com/weftnet/weft/internal/testutil"
+	"github.com/weftnet/weft/ipip"
 )
 
-// Two namespaces joined by a veth pair run UserspaceIPIP as the backend
-// starts it; a ping between their weft.ipip addresses crosses the
-// underlay as IP-in-IP and comes back.
-func TestUserspaceIPIPPing(t *testing.T) {
+// Two namespaces joined by a veth pair run HostIPIP as the backend starts
+// it (on this machine, without the ipip module, the userspace tunnel;
+// where the kernel has ipip, its link with routes via the peer onlink); a
+// ping between their weft.ipip addresses crosses the underlay as IP-in-IP
+// and comes back.
+func TestHostIPIPPing(t *testing.T) {
 	testutil.RequireRoot(t)
+	roots, err := ipip.HostRoots()
+	if err != nil {
+		t.Fatal(err)
+	}
+	det := ipip.Detect(roots)
+	t.Logf("ipip on this kernel: %s (%s)", det.Mode, det.Reason)
 	nsA, nsB := testutil.NewNS(t), testutil.NewNS(t)
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ulA"}, PeerName: "ulB"}
 	if err := nsA.Do(func(ns.NetNS) error { return netlink.LinkAdd(veth) }); err != nil {
@@ -55,7 +65,7 @@ func TestUserspaceIPIPPing(t *testing.T) {
 			if err := netlink.LinkSetUp(link); err != nil {
 				return err
 			}
-			tun, err := UserspaceIPIP{}.Start(ctx, l, 1480)
+			tun, err := HostIPIP{}.Start(ctx, l, 1480)
 			if err != nil {
 				return err
 			}
@@ -69,19 +79,23 @@ func TestUserspaceIPIPPing(t *testing.T) {
 				return err
 			}
 			_, dst, _ := net.ParseCIDR(other.PodCIDR.String())
-			return netlink.RouteAdd(&netlink.Route{Dst: dst, LinkIndex: dev.Attrs().Index})
+			r := &netlink.Route{Dst: dst, LinkIndex: dev.Attrs().Index}
+			if tun.ViaPeer() { // as routeVia writes it
+				r.Gw, r.Flags = other.UnderlayIP.AsSlice(), int(netlink.FLAG_ONLINK)
+			}
+			return netlink.RouteAdd(r)
 		})
 		if err != nil {
 			t.Fatalf("node %s: %v", l.Name, err)
 		}
 	}
-	if tuns[0].Impl() != "userspace" || tuns[0].UnderlaySubnet() != netip.MustParsePrefix("192.168.77.0/24") {
+	if tuns[0].Impl() != string(det.Mode) || tuns[0].UnderlaySubnet() != netip.MustParsePrefix("192.168.77.0/24") {
 		t.Fatalf("impl %q subnet %v", tuns[0].Impl(), tuns[0].UnderlaySubnet())
 	}
 	out, err := exec.Command("ip", "netns", "exec", filepath.Base(nsA.Path()), "ping", "-c", "2", "-W", "2",
 		"-I", "10.244.1.0", "10.244.2.0").CombinedOutput()
 	if err != nil {
-		t.Fatalf("ping across userspace IP-in-IP: %v\n%s", err, out)
+		t.Fatalf("ping across %s IP-in-IP: %v\n%s", det.Mode, err, out)
 	}
 	for i, tun := range tuns {
 		// Stop removes the device in the caller's namespace, as weftd
@@ -96,5 +110,83 @@ func TestUserspaceIPIPPing(t *testing.T) {
 		if err == nil {
 			t.Fatalf("weft.ipip still there after Stop(remove)")
 		}
+	}
+}
+
+// HostIPIP follows detection: with the ipip module there (roots faked) it
+// makes the kernel link (netlink faked: this machine has no module) and
+// its routes go via the peer onlink; without, it runs the userspace TUN.
+func TestHostIPIPPicksKernelLink(t *testing.T) {
+	testutil.RequireRoot(t)
+	n := testutil.NewNS(t)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "sys", "module", "ipip"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	withModule := ipip.Roots{Sys: filepath.Join(dir, "sys"), Modules: filepath.Join(dir, "modules")}
+	without := ipip.Roots{Sys: filepath.Join(dir, "nosys"), Modules: filepath.Join(dir, "modules")}
+	l := backend.LocalNode{Name: "a", UnderlayIP: netip.MustParseAddr("192.168.77.1"), UnderlayLink: "ulA", UnderlayMTU: 1500,
+		PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
+	ctx := context.Background()
+	err := n.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ulA"}, PeerName: "ulB"}); err != nil {
+			return err
+		}
+		link, err := netlink.LinkByName("ulA")
+		if err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("192.168.77.1/24")
+		if err := netlink.AddrAdd(link, a); err != nil {
+			return err
+		}
+		links := ipip.NewFakeLinks()
+		tun, err := HostIPIP{Roots: withModule, Links: links}.Start(ctx, l, 1480)
+		if err != nil {
+			return err
+		}
+		if tun.Impl() != "kernel" || !tun.ViaPeer() || tun.Device() != "weft.ipip" || tun.UnderlaySubnet() != netip.MustParsePrefix("192.168.77.0/24") {
+			t.Errorf("kernel tunnel: impl %q via peer %v device %q subnet %v", tun.Impl(), tun.ViaPeer(), tun.Device(), tun.UnderlaySubnet())
+		}
+		if got, want := links.Describe("weft.ipip"), "ipip local 192.168.77.1 remote <nil> mtu 1480 pmtudisc up 10.244.1.0/32"; got != want {
+			t.Errorf("kernel link %q, want %q", got, want)
+		}
+		if _, err := netlink.LinkByName("weft.ipip"); err == nil {
+			t.Errorf("a real weft.ipip appeared beside the kernel link")
+		}
+		if err := tun.Stop(false); err != nil || links.Describe("weft.ipip") == "" {
+			t.Errorf("stop without remove: %v; link %q must stay (forwarding goes on while weftd restarts)", err, links.Describe("weft.ipip"))
+		}
+		if err := tun.Stop(true); err != nil || links.Describe("weft.ipip") != "" {
+			t.Errorf("stop with remove: %v; link %q", err, links.Describe("weft.ipip"))
+		}
+		host, err := ipip.HostRoots()
+		if err != nil {
+			return err
+		}
+		links.Calls() // forget the kernel link's
+		tun, err = HostIPIP{Roots: without, Links: links}.Start(ctx, l, 1480)
+		if ipip.Detect(host).Mode == ipip.Kernel {
+			// The real kernel has ipip: the userspace tunnel is refused.
+			if err == nil {
+				_ = tun.Stop(true)
+				t.Errorf("userspace tunnel started on a kernel with ipip")
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		defer tun.Stop(true)
+		if tun.Impl() != "userspace" || tun.ViaPeer() || len(links.Calls()) != 0 {
+			t.Errorf("userspace tunnel: impl %q via peer %v; kernel link calls %v", tun.Impl(), tun.ViaPeer(), links.Calls())
+		}
+		if _, err := netlink.LinkByName("weft.ipip"); err != nil {
+			t.Errorf("userspace TUN: %v", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

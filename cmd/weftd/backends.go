@@ -40,7 +40,7 @@ func openNodeKernel(log *slog.Logger) (nodeKernel, func(), error) {
 		return nodeKernel{}, nil, err
 	}
 	routes := route.New(route.NewNetlink(k.Handle()), log)
-	return nodeKernel{vxlan: k, routes: routes, bgp: &bgp.Factory{Routes: routes, Log: log, IPIP: bgp.UserspaceIPIP{Log: log}}}, k.Close, nil
+	return nodeKernel{vxlan: k, routes: routes, bgp: &bgp.Factory{Routes: routes, Log: log, IPIP: bgp.HostIPIP{Log: log}}}, k.Close, nil
 }
 
 // factories is the one list of the backend types weftd knows: the agent
