@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -34,7 +35,19 @@ func TestDepsDisablesSystemDocker(t *testing.T) {
 	}
 	log := filepath.Join(dir, "log")
 	rcd := filepath.Join(dir, "policy-rc.d")
-	for _, c := range []string{"ip", "iptables", "ipset", "iperf3", "ping", "tcpdump", "nft", "conntrack", "bird", "debootstrap", "systemctl"} {
+	// Every command of the script's first list is present (so only
+	// docker.io is installed), read from the script so that a command
+	// added there needs no change here.
+	script, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "hack", "deps.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^for pair in ([^;]+); do`).FindSubmatch(script)
+	if m == nil {
+		t.Fatal("hack/deps.sh: no `for pair in ...; do` list")
+	}
+	for _, pair := range append(strings.Fields(string(m[1])), "debootstrap:", "systemctl:") {
+		c, _, _ := strings.Cut(pair, ":")
 		stub(t, bin, c, log, "")
 	}
 	stub(t, bin, "id", log, "echo 0\n")
