@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -181,6 +182,9 @@ type userspaceTunnel struct {
 	subnet netip.Prefix
 	cancel context.CancelFunc
 	done   chan error
+
+	stopOnce sync.Once
+	stopErr  error
 }
 
 func (u *userspaceTunnel) Device() string               { return ipip.DefaultDevice }
@@ -196,9 +200,14 @@ func (u *userspaceTunnel) SetPeers(local []netip.Prefix, peers []backend.Peer) [
 	return u.t.SetPeers(local, ps)
 }
 
+// Stop implements Tunnel; a second Stop returns the first one's result
+// (and removes the device if asked).
 func (u *userspaceTunnel) Stop(remove bool) error {
-	u.cancel()
-	err := <-u.done
+	u.stopOnce.Do(func() {
+		u.cancel()
+		u.stopErr = <-u.done
+	})
+	err := u.stopErr
 	if remove {
 		err = errors.Join(err, ipip.RemoveDevice("", ""))
 	}

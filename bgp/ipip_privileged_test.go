@@ -2,6 +2,7 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -146,7 +147,8 @@ func TestHostIPIPPicksKernelLink(t *testing.T) {
 			return err
 		}
 		if tun.Impl() != "kernel" || !tun.ViaPeer() || tun.Device() != "weft.ipip" || tun.UnderlaySubnet() != netip.MustParsePrefix("192.168.77.0/24") {
-			t.Errorf("kernel tunnel: impl %q via peer %v device %q subnet %v", tun.Impl(), tun.ViaPeer(), tun.Device(), tun.UnderlaySubnet())
+			defer tun.Stop(true)
+			return fmt.Errorf("kernel tunnel: impl %q via peer %v device %q subnet %v", tun.Impl(), tun.ViaPeer(), tun.Device(), tun.UnderlaySubnet())
 		}
 		if got, want := links.Describe("weft.ipip"), "ipip local 192.168.77.1 remote <nil> mtu 1480 pmtudisc up 10.244.1.0/32"; got != want {
 			t.Errorf("kernel link %q, want %q", got, want)
