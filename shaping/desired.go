@@ -140,8 +140,8 @@ func compareStrings(a, b string) int {
 // assignMinors keeps prev's numbers and gives each new pod the first free
 // number from a hash of its veth, so numbers rarely depend on order.
 func assignMinors(pods []Pod, prev map[string]uint16) map[string]uint16 {
-	out := map[string]uint16{}
-	used := map[uint16]bool{}
+	out := make(map[string]uint16, len(pods))
+	used := make(map[uint16]bool, len(pods))
 	for _, p := range pods {
 		if m, ok := prev[p.Veth]; ok && m > rootClass && m <= maxMinor && !used[m] {
 			out[p.Veth], used[m] = m, true
@@ -177,6 +177,7 @@ func tree(c Config, mtu int, dir Direction, pods []Pod, minors map[string]uint16
 		}
 	}
 	t.R2Q = uint32(max(1, minRate/minQuantum))
+	t.Classes = make([]Class, 0, len(pods))
 	for _, p := range pods {
 		req := p.Dir[dir]
 		m, ok := minors[p.Veth]

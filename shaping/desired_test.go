@@ -10,7 +10,8 @@ import (
 
 func TestParseQuantity(t *testing.T) {
 	good := map[string]uint64{"10M": 10_000_000, "1.5G": 1_500_000_000, "500Ki": 512_000, "1e7": 10_000_000,
-		"100k": 100_000, "2500": 2500, " 1Gi ": 1 << 30, "0.5k": 500}
+		"100k": 100_000, "2500": 2500, " 1Gi ": 1 << 30, "0.5k": 500, "007M": 7_000_000, "+10M": 10_000_000,
+		"9223372036854775807": math.MaxInt64, "8191Pi": 8191 << 50}
 	for in, want := range good {
 		got, err := ParseQuantity(in)
 		if err != nil || got != want {
@@ -18,7 +19,9 @@ func TestParseQuantity(t *testing.T) {
 		}
 	}
 	bad := map[string]string{"0": "zero", "-5M": "negative", "abc": "not a quantity", "10X": "unknown suffix",
-		"": "empty", "99999999P": "too large", "0M": "zero"}
+		"": "empty", "99999999P": "too large", "0M": "zero",
+		"9223372036854775808": "too large", "8192Pi": "too large", "18446744073709551616": "too large",
+		"99999999999999999999M": "too large", "000": "zero"}
 	for in, want := range bad {
 		if _, err := ParseQuantity(in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseQuantity(%q) = %v; want an error saying %q", in, err, want)

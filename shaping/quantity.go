@@ -17,6 +17,8 @@ import (
 	"fmt"
 	"math"
 	"math/big"
+	"math/bits"
+	"strconv"
 	"strings"
 )
 
@@ -58,6 +60,18 @@ func ParseQuantity(s string) (uint64, error) {
 	if !ok {
 		return 0, fmt.Errorf("%q: unknown suffix %q (use k, M, G, T, P or Ki, Mi, Gi, Ti, Pi)", s, suf)
 	}
+	if v, ok := wholeNumber(num); ok {
+		// The common case ("10M"): no big.Rat. Every ADD and every sync
+		// parses each shaped pod's annotations.
+		hi, lo := bits.Mul64(v, mult.Num().Uint64())
+		switch {
+		case v == 0:
+			return 0, fmt.Errorf("%q: zero", s)
+		case hi != 0 || lo > math.MaxInt64:
+			return 0, fmt.Errorf("%q: too large", s)
+		}
+		return lo, nil
+	}
 	r, ok := new(big.Rat).SetString(num)
 	if !ok {
 		return 0, fmt.Errorf("%q: not a quantity", s)
@@ -77,6 +91,20 @@ func ParseQuantity(s string) (uint64, error) {
 		return 0, fmt.Errorf("%q: too large", s)
 	}
 	return r.Num().Uint64(), nil
+}
+
+// wholeNumber reads digits only ("10", not "+10", "1.5" or "1e7").
+func wholeNumber(num string) (uint64, bool) {
+	if len(num) > 19 { // more than MaxInt64 has: leave it to big.Rat
+		return 0, false
+	}
+	for i := 0; i < len(num); i++ {
+		if num[i] < '0' || num[i] > '9' {
+			return 0, false
+		}
+	}
+	v, err := strconv.ParseUint(num, 10, 64)
+	return v, err == nil
 }
 
 // splitSuffix splits "10Mi" into "10" and "Mi". An exponent ("1e7",

@@ -1,7 +1,6 @@
 package endpoint
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,19 +28,12 @@ func Report(ctx context.Context, socket string, r CNIReport, timeout time.Durati
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://weftd"+ReportPath, bytes.NewReader(b))
-	if err != nil {
-		return err
-	}
-	client := unixClient(socket)
-	defer client.CloseIdleConnections()
-	resp, err := client.Do(req)
+	a, err := call(ctx, socket, http.MethodPost, ReportPath, b)
 	if err != nil {
 		return fmt.Errorf("report to weftd: %w", err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusNoContent {
-		return fmt.Errorf("report to weftd: %s", resp.Status)
+	if a.Code != http.StatusNoContent {
+		return fmt.Errorf("report to weftd: %s", a.Status)
 	}
 	return nil
 }

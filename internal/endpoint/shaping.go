@@ -3,10 +3,8 @@ package endpoint
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/weftnet/weft/internal/endpoint/record"
@@ -44,23 +42,15 @@ func shapingCall(ctx context.Context, socket, path, hostVeth string, timeout tim
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	client := unixClient(socket)
-	defer client.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://weftd"+path+url.PathEscape(hostVeth), nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
+	a, err := call(ctx, socket, http.MethodPost, path+url.PathEscape(hostVeth), nil)
 	if err != nil {
 		return fmt.Errorf("bandwidth of %s: ask weftd: %w", hostVeth, err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	switch resp.StatusCode {
+	switch a.Code {
 	case http.StatusOK:
 		return nil
 	case http.StatusUnprocessableEntity:
-		return &RejectedError{Reason: strings.TrimSpace(string(body))}
+		return &RejectedError{Reason: a.Body}
 	}
-	return fmt.Errorf("bandwidth of %s: %s: %s", hostVeth, resp.Status, strings.TrimSpace(string(body)))
+	return fmt.Errorf("bandwidth of %s: %s: %s", hostVeth, a.Status, a.Body)
 }

@@ -3,11 +3,8 @@ package endpoint
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/weftnet/weft/internal/endpoint/record"
@@ -35,20 +32,12 @@ func WaitProgrammed(ctx context.Context, socket, hostVeth string, timeout time.D
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout+time.Second)
 	defer cancel()
-	client := unixClient(socket)
-	u := "http://weftd" + ProgrammedPath + url.PathEscape(hostVeth) + "?timeout=" + url.QueryEscape(timeout.String())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
-	if err != nil {
-		return fmt.Errorf("endpoint %s: %w", hostVeth, err)
-	}
-	resp, err := client.Do(req)
+	a, err := call(ctx, socket, http.MethodGet, ProgrammedPath+url.PathEscape(hostVeth)+"?timeout="+url.QueryEscape(timeout.String()), nil)
 	if err != nil {
 		return fmt.Errorf("endpoint %s: ask weftd: %w", hostVeth, err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("endpoint %s: policy not programmed: %s: %s", hostVeth, resp.Status, strings.TrimSpace(string(body)))
+	if a.Code != http.StatusOK {
+		return fmt.Errorf("endpoint %s: policy not programmed: %s: %s", hostVeth, a.Status, a.Body)
 	}
 	return nil
 }
@@ -65,30 +54,12 @@ func (e *NotReadyError) Error() string { return "weftd not ready: " + e.Reason }
 func Status(ctx context.Context, socket string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://weftd"+StatusPath, nil)
-	if err != nil {
-		return err
-	}
-	client := unixClient(socket)
-	defer client.CloseIdleConnections()
-	resp, err := client.Do(req)
+	a, err := call(ctx, socket, http.MethodGet, StatusPath, nil)
 	if err != nil {
 		return fmt.Errorf("weftd socket %s does not answer: %w", socket, err)
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if resp.StatusCode != http.StatusOK {
-		return &NotReadyError{Reason: resp.Status + ": " + strings.TrimSpace(string(body))}
+	if a.Code != http.StatusOK {
+		return &NotReadyError{Reason: a.Status + ": " + a.Body}
 	}
 	return nil
-}
-
-// unixClient is an HTTP client whose every connection goes to socket.
-func unixClient(socket string) *http.Client {
-	return &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-	}}
 }

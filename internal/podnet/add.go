@@ -168,19 +168,12 @@ type attachment struct {
 
 // wire creates the veth pair and configures both ends from the IPAM
 // result; it returns the plugin's result. hostReady, called with that
-// result once the host end is in place and before the pod end is
-// configured, may start what needs only the host end.
+// result as soon as the veth pair exists (before the gateway, the host
+// end's sysctls and the pod end are configured), may start what needs
+// only the host end.
 func (a *attachment) wire(ires *current.Result, hostReady func(*current.Result) error) (*current.Result, error) {
 	conf, args, podNS, node, br, hostName, mtu := a.conf, a.args, a.podNS, a.node, a.bridge, a.hostName, a.mtu
 	fillGateways(conf, ires.IPs)
-	if conf.Gateway() {
-		if err := ensureGateways(node, br, ires.IPs); err != nil {
-			return nil, err
-		}
-		if err := enableForwarding(ires.IPs); err != nil {
-			return nil, err
-		}
-	}
 	hostMAC, podMAC := randomMAC(), randomMAC()
 	spec := netlinkx.VethSpec{
 		Name: hostName, MAC: hostMAC, MasterIndex: br.Attrs().Index, MTU: mtu,
@@ -200,6 +193,21 @@ func (a *attachment) wire(ires *current.Result, hostReady func(*current.Result) 
 			return nil, err
 		}
 	}
+	// weftd needs only the host end and the result: from here its policy
+	// and shaping run while the rest is configured.
+	routes := podRoutes(conf, ires)
+	res := a.result(ires, routes, hostMAC, podMAC, mtu)
+	if err := hostReady(res); err != nil {
+		return nil, err
+	}
+	if conf.Gateway() {
+		if err := ensureGateways(node, br, ires.IPs); err != nil {
+			return nil, err
+		}
+		if err := enableForwarding(ires.IPs); err != nil {
+			return nil, err
+		}
+	}
 	v6 := hasIPv6(ires.IPs)
 	if !v6 {
 		// Before the pod end goes up (carrier), so the host end never
@@ -216,11 +224,6 @@ func (a *attachment) wire(ires *current.Result, hostReady func(*current.Result) 
 		if err := netlinkx.Do(func() error { return node.Raw().LinkSetHairpin(hl, true) }); err != nil {
 			return nil, fmt.Errorf("hairpin on %s: %w", hostName, err)
 		}
-	}
-	routes := podRoutes(conf, ires)
-	res := a.result(ires, routes, hostMAC, podMAC, mtu)
-	if err := hostReady(res); err != nil {
-		return nil, err
 	}
 	if err := configurePod(podNS, args.IfName, ires.IPs, routes, v6); err != nil {
 		return nil, err
