@@ -196,6 +196,11 @@ func (c Config) Requests(ann map[string]string, bursts [2]uint64) ([2]Request, e
 // ADD-time request be valid (else the error names the annotation and
 // nothing is applied); then the node converges with it.
 func (r *Reconciler) Admit(ctx context.Context, veth string) error {
+	// The record is read under the lock: a failed ADD removes it and calls
+	// Release (which takes the lock) at any moment, and a record read
+	// before that removal must not be put back after Release forgot it.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	rec, ok, err := endpoint.Read(r.EndpointDir, veth)
 	if err != nil {
 		return err
@@ -203,8 +208,6 @@ func (r *Reconciler) Admit(ctx context.Context, veth string) error {
 	if !ok {
 		return fmt.Errorf("no endpoint record for %s", veth)
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.off || r.waiting {
 		return errors.New("weftd does not shape (no bandwidth section in net-conf.json)")
 	}

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -55,17 +57,21 @@ func call(ctx context.Context, socket, method, path string, body []byte) (answer
 	if err != nil {
 		return answer{}, ctxErr(ctx, err)
 	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	if err != nil {
-		return answer{}, ctxErr(ctx, err)
-	}
+	// The status decides; the body is only a message, read up to 4 KiB
+	// and never drained (closing the connection ends the rest), and a body
+	// cut short still leaves what arrived.
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	return answer{Code: resp.StatusCode, Status: resp.Status, Body: strings.TrimSpace(string(b))}, nil
 }
 
 // ctxErr names the context's end (deadline, cancellation) when that is
-// what broke the connection.
+// what broke the connection. The connection's deadline comes only from
+// ctx, so an I/O timeout means ctx is ending: its timer may fire a moment
+// after the read woke, so wait for it.
 func ctxErr(ctx context.Context, err error) error {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		<-ctx.Done()
+	}
 	if cerr := ctx.Err(); cerr != nil {
 		return fmt.Errorf("%w (%v)", cerr, err)
 	}

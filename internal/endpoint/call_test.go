@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -43,6 +44,33 @@ func TestCall(t *testing.T) {
 	}
 	if a.Code != 422 || a.Status != "422 Unprocessable Entity" || a.Body != "no such pod" {
 		t.Errorf("answer %+v", a)
+	}
+}
+
+// TestCallStreamingBody: a reply whose body never ends costs the call its
+// first 4 KiB, not its deadline.
+func TestCallStreamingBody(t *testing.T) {
+	sock, ln := listenUnix(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := []byte(strings.Repeat("x", 8192))
+		for r.Context().Err() == nil {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	a, err := call(ctx, sock, http.MethodGet, "/v1/status", nil)
+	if err != nil || a.Code != http.StatusOK || len(a.Body) != 4096 {
+		t.Errorf("streaming reply: %d, %d bytes of body, %v", a.Code, len(a.Body), err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("streaming reply held the call %v", d)
 	}
 }
 
