@@ -122,7 +122,14 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 	}
 	b.mtu = local.UnderlayMTU
 	if b.cfg.IPIPMode == IPIPNever {
-		// Nothing arrives in IP-in-IP: a guard an earlier section left goes.
+		// Nothing arrives in IP-in-IP: a device and a guard an earlier
+		// weftd left go, the device first (a kernel ipip link without its
+		// guard decapsulates from anyone).
+		if b.f.IPIP != nil {
+			if err := b.f.IPIP.Remove(); err != nil {
+				return backend.Published{}, fmt.Errorf("bgp: ipipMode Never: removing the IP-in-IP device: %w", err)
+			}
+		}
 		if err := b.f.removeGuard(life); err != nil {
 			return backend.Published{}, err
 		}

@@ -17,7 +17,8 @@ type fakeIPIP struct {
 	mu      sync.Mutex
 	t       *fakeTunnel
 	removed int
-	viaPeer bool // routes as to the kernel ipip link
+	viaPeer bool             // routes as to the kernel ipip link
+	guard   *encapguard.Fake // when set, SetPeers notes whether its ipip spec was there
 }
 
 type fakeTunnel struct {
@@ -25,6 +26,9 @@ type fakeTunnel struct {
 	mtu     int
 	peers   []string
 	stopped string
+	// unguarded counts SetPeers calls made while fakeIPIP.guard had no
+	// IP-in-IP spec (a kernel link would then come up open).
+	unguarded int
 }
 
 func (f *fakeIPIP) Start(_ context.Context, _ backend.LocalNode, mtu int) (Tunnel, error) {
@@ -42,6 +46,11 @@ func (t *fakeTunnel) ViaPeer() bool                { return t.f.viaPeer }
 func (t *fakeTunnel) SetPeers(_ []netip.Prefix, peers []backend.Peer) []string {
 	t.f.mu.Lock()
 	defer t.f.mu.Unlock()
+	if g := t.f.guard; g != nil {
+		if _, ok := g.Spec("ipip"); !ok {
+			t.unguarded++
+		}
+	}
 	t.peers = nil
 	for _, p := range peers {
 		t.peers = append(t.peers, p.UnderlayIP.String())

@@ -86,12 +86,14 @@ func (f *Factory) Cleanup(ctx context.Context) error {
 	if err := f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, f.removeGuard(ctx))
+	// The device before its guard: a kernel ipip link without the guard
+	// decapsulates from anyone.
 	if f.IPIP != nil {
 		if err := f.IPIP.Remove(); err != nil {
 			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
 		}
 	}
+	errs = append(errs, f.removeGuard(ctx))
 	if f.Routes != nil {
 		if _, err := f.Routes.Release(ctx, Type); err != nil {
 			errs = append(errs, fmt.Errorf("bgp: %w", err))

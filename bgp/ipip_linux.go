@@ -60,7 +60,8 @@ func (HostIPIP) Remove() error { return ipip.RemoveDevice("", "") }
 // underlay address, remote any): routes into it go via the peer's
 // underlay address, onlink, and the kernel encapsulates and decapsulates.
 // The encapsulation guard filters what reaches it as for the userspace
-// tunnel. The link outlives weftd (a restart adopts it: forwarding never
+// tunnel; a link Start creates stays down until SetPeers, which the
+// backend calls only once the guard is applied. The link outlives weftd (a restart adopts it: forwarding never
 // stops); Stop with remove deletes it.
 type KernelIPIP struct {
 	Log   *slog.Logger
@@ -107,8 +108,21 @@ func (k *kernelTunnel) UnderlaySubnet() netip.Prefix { return k.subnet }
 func (*kernelTunnel) ViaPeer() bool                  { return true }
 
 // SetPeers implements Tunnel: the kernel link has no peer table (the
-// routes name the peers; the encapsulation guard admits only nodes).
-func (*kernelTunnel) SetPeers([]netip.Prefix, []backend.Peer) []string { return nil }
+// routes name the peers; the encapsulation guard admits only nodes). The
+// backend calls it after the guard is applied, so it is where a link
+// EnsureKernelLink created (down) comes up.
+func (k *kernelTunnel) SetPeers([]netip.Prefix, []backend.Peer) []string {
+	var err error
+	if k.links != nil {
+		err = ipip.KernelLinkUp(k.links, ipip.DefaultDevice)
+	} else {
+		err = ipip.OpenKernelLinkUp("", ipip.DefaultDevice)
+	}
+	if err != nil {
+		return []string{err.Error()}
+	}
+	return nil
+}
 
 func (k *kernelTunnel) Stop(remove bool) error {
 	if !remove {

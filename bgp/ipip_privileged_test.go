@@ -150,8 +150,14 @@ func TestHostIPIPPicksKernelLink(t *testing.T) {
 			defer tun.Stop(true)
 			return fmt.Errorf("kernel tunnel: impl %q via peer %v device %q subnet %v", tun.Impl(), tun.ViaPeer(), tun.Device(), tun.UnderlaySubnet())
 		}
+		if got, want := links.Describe("weft.ipip"), "ipip local 192.168.77.1 remote <nil> mtu 1480 pmtudisc 10.244.1.0/32"; got != want {
+			t.Errorf("kernel link %q, want %q (down until the guard is in place)", got, want)
+		}
+		if probs := tun.SetPeers(nil, nil); len(probs) != 0 {
+			t.Errorf("SetPeers: %v", probs)
+		}
 		if got, want := links.Describe("weft.ipip"), "ipip local 192.168.77.1 remote <nil> mtu 1480 pmtudisc up 10.244.1.0/32"; got != want {
-			t.Errorf("kernel link %q, want %q", got, want)
+			t.Errorf("after SetPeers: kernel link %q, want %q", got, want)
 		}
 		if _, err := netlink.LinkByName("weft.ipip"); err == nil {
 			t.Errorf("a real weft.ipip appeared beside the kernel link")

@@ -66,7 +66,7 @@ func (b *Backend) Decapsulates() []string {
 // new mode needs it; each peer is routed with the new mode once it
 // announces it, with the previous one until then (modeFor). A change of
 // anything else is refused (the manager restarts the backend).
-func (b *Backend) Reconfigure(_ context.Context, raw json.RawMessage) (backend.Published, error) {
+func (b *Backend) Reconfigure(ctx context.Context, raw json.RawMessage) (backend.Published, error) {
 	cfg, err := DecodeConfig(raw)
 	if err != nil {
 		return backend.Published{}, err
@@ -82,12 +82,20 @@ func (b *Backend) Reconfigure(_ context.Context, raw json.RawMessage) (backend.P
 		if b.f.IPIP == nil {
 			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP)", cfg.IPIPMode)
 		}
+		if b.f.Guard == nil {
+			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s needs the encapsulation guard (none in this weftd)", cfg.IPIPMode)
+		}
 		t, err := b.f.IPIP.Start(b.life, b.local, b.local.UnderlayMTU-ipipOverhead)
 		if err != nil {
 			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s: %w", cfg.IPIPMode, err)
 		}
 		b.tun, b.mtu = t, b.local.UnderlayMTU-ipipOverhead
 		if b.peers != nil {
+			// The guard before the peers: SetPeers is what brings a kernel
+			// link up, and Never's Start removed the guard.
+			if err := b.f.applyGuard(ctx, b.peers); err != nil {
+				return b.published(), err
+			}
 			t.SetPeers(b.self.PodCIDRs, b.peers)
 		}
 	}

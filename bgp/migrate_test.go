@@ -57,3 +57,30 @@ func TestBackendMigratesIPIPModeInPlace(t *testing.T) {
 	}
 	var _ backend.Reconfigurer = b
 }
+
+// ipipMode Never -> Always in place: the guard (which Never's Start
+// removed) is applied, with every peer, before the tunnel is given its
+// peers (for the kernel link that is what brings it up). And Never's
+// Start removes an IP-in-IP device an earlier weftd left: a kernel link
+// whose guard is gone would decapsulate from anyone.
+func TestBackendNeverToAlwaysGuardsFirst(t *testing.T) {
+	r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Never"}`)
+	r.start(t, local(nil))
+	if fi.removed != 1 {
+		t.Fatalf("Never's Start removed the IP-in-IP device %d times, want 1", fi.removed)
+	}
+	b := r.b.(*Backend)
+	g := r.f.Guard.(*encapguard.Fake)
+	fi.guard = g
+	r.apply(t, peer(2, nil), peer(3, nil))
+	if _, ok := g.Spec("ipip"); ok {
+		t.Fatal("an IP-in-IP guard under Never")
+	}
+	if _, err := b.Reconfigure(context.Background(), json.RawMessage(`{"type":"bgp","ipipMode":"Always"}`)); err != nil {
+		t.Fatal(err)
+	}
+	s, ok := g.Spec("ipip")
+	if !ok || len(s.Peers) != 2 || fi.t == nil || len(fi.t.peers) != 2 || fi.t.unguarded != 0 {
+		t.Fatalf("after Reconfigure to Always: guard %v (%d peers), tunnel %+v", ok, len(s.Peers), fi.t)
+	}
+}

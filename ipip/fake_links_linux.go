@@ -2,11 +2,13 @@ package ipip
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // FakeLinks is an in-memory Links for tests of the kernel link on
@@ -41,6 +43,7 @@ func (f *FakeLinks) Put(l netlink.Link) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.links[l.Attrs().Name] = l
+	f.up[l.Attrs().Name] = l.Attrs().Flags&net.FlagUp != 0
 }
 
 // Calls returns the calls made so far ("LinkAdd weft.ipip", ...) and
@@ -149,11 +152,62 @@ func (f *FakeLinks) LinkSetUp(l netlink.Link) error {
 	if err := f.call("LinkSetUp", name); err != nil {
 		return err
 	}
-	if _, ok := f.links[name]; !ok {
+	have, ok := f.links[name]
+	if !ok {
 		return netlink.LinkNotFoundError{}
 	}
 	f.up[name] = true
+	have.Attrs().Flags |= net.FlagUp
 	return nil
+}
+
+// AddrList implements Links (IPv4 only: what the fake is given).
+func (f *FakeLinks) AddrList(l netlink.Link, _ int) ([]netlink.Addr, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := l.Attrs().Name
+	if err := f.call("AddrList", name); err != nil {
+		return nil, err
+	}
+	if _, ok := f.links[name]; !ok {
+		return nil, netlink.LinkNotFoundError{}
+	}
+	var out []netlink.Addr
+	for _, s := range f.addrs[name] {
+		_, n, err := net.ParseCIDR(s)
+		if err != nil {
+			return nil, err
+		}
+		ip, _, _ := net.ParseCIDR(s)
+		n.IP = ip
+		out = append(out, netlink.Addr{IPNet: n})
+	}
+	return out, nil
+}
+
+// AddrDel implements Links.
+func (f *FakeLinks) AddrDel(l netlink.Link, a *netlink.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	name := l.Attrs().Name
+	if err := f.call("AddrDel", name); err != nil {
+		return err
+	}
+	s := a.IPNet.String()
+	for i, have := range f.addrs[name] {
+		if have == s {
+			f.addrs[name] = append(f.addrs[name][:i:i], f.addrs[name][i+1:]...)
+			return nil
+		}
+	}
+	return unix.EADDRNOTAVAIL
+}
+
+// PutAddr adds an address to link name as if it were already there.
+func (f *FakeLinks) PutAddr(name, cidr string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.addrs[name] = append(f.addrs[name], cidr)
 }
 
 // AddrReplace implements Links.

@@ -1,7 +1,9 @@
 package ipip
 
 import (
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -14,11 +16,21 @@ import (
 
 var kopts = KernelOptions{LocalIP: netip.MustParseAddr("192.0.2.1"), MTU: 1480, PodCIDR: netip.MustParsePrefix("10.244.1.0/24")}
 
-const kwant = "ipip local 192.0.2.1 remote <nil> mtu 1480 pmtudisc up 10.244.1.0/32"
+// kwant is the link EnsureKernelLink leaves: down (KernelLinkUp, after
+// the guard, brings it up).
+const kwant = "ipip local 192.0.2.1 remote <nil> mtu 1480 pmtudisc 10.244.1.0/32"
+
+// ours is a link as EnsureKernelLink makes it, with the MTU given.
+func ours(mtu int) *netlink.Iptun {
+	l := KernelLink(kopts)
+	l.MTU = mtu
+	return l
+}
 
 // The kernel link as EnsureKernelLink makes it (netlink faked: this
-// machine has no ipip module): created once, adopted untouched by a
-// restarted weftd, replaced when it is something else.
+// machine has no ipip module): created once and down until KernelLinkUp,
+// adopted untouched by a restarted weftd, replaced when it is anything
+// but the link it would make.
 func TestEnsureKernelLink(t *testing.T) {
 	f := NewFakeLinks()
 	created, err := EnsureKernelLink(f, kopts)
@@ -26,9 +38,18 @@ func TestEnsureKernelLink(t *testing.T) {
 		t.Fatalf("first: created %v, %v", created, err)
 	}
 	if got := f.Describe(DefaultDevice); got != kwant {
-		t.Fatalf("link %q, want %q", got, kwant)
+		t.Fatalf("link %q, want %q (down: no guard yet)", got, kwant)
+	}
+	if l, _ := f.LinkByName(DefaultDevice); l.(*netlink.Iptun).Proto != unix.IPPROTO_IPIP {
+		t.Fatalf("protocol %d, want IPv4 only (4)", l.(*netlink.Iptun).Proto)
+	}
+	if err := KernelLinkUp(f, ""); err != nil || f.Describe(DefaultDevice) != strings.Replace(kwant, "pmtudisc", "pmtudisc up", 1) {
+		t.Fatalf("up: %v, %q", err, f.Describe(DefaultDevice))
 	}
 	f.Calls()
+	if err := KernelLinkUp(f, ""); err != nil || slices.Contains(f.Calls(), "LinkSetUp "+DefaultDevice) {
+		t.Fatalf("up again: %v (a link already up is left alone)", err)
+	}
 	// A restart adopts it: no delete, no add (forwarding never stops).
 	created, err = EnsureKernelLink(f, kopts)
 	if err != nil || created {
@@ -45,8 +66,13 @@ func TestEnsureKernelLink(t *testing.T) {
 		"other local": &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Local: netip.MustParseAddr("192.0.2.9").AsSlice(), PMtuDisc: 1},
 		"fixed remote": &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Local: kopts.LocalIP.AsSlice(),
 			Remote: netip.MustParseAddr("192.0.2.2").AsSlice(), PMtuDisc: 1},
-		"no pmtudisc": &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Local: kopts.LocalIP.AsSlice()},
+		"no pmtudisc": &netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Local: kopts.LocalIP.AsSlice(), Proto: unix.IPPROTO_IPIP},
 		"tun":         &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Mode: netlink.TUNTAP_MODE_TUN},
+		"proto any":   func() netlink.Link { l := ours(1480); l.Proto = 0; return l }(),
+		"ttl 64":      func() netlink.Link { l := ours(1480); l.Ttl = 64; return l }(),
+		"tos":         func() netlink.Link { l := ours(1480); l.Tos = 0x10; return l }(),
+		"fou":         func() netlink.Link { l := ours(1480); l.EncapType, l.EncapDport = 1, 5555; return l }(),
+		"flow based":  func() netlink.Link { l := ours(1480); l.FlowBased = true; return l }(),
 	} {
 		f := NewFakeLinks()
 		f.Put(l)
@@ -57,11 +83,21 @@ func TestEnsureKernelLink(t *testing.T) {
 			t.Fatalf("%s: link %q, want %q", name, got, kwant)
 		}
 	}
-	// A wrong MTU on an adopted link is corrected in place.
+	// A wrong MTU on an adopted link is corrected in place, and an address
+	// of an earlier pod CIDR goes (it may lie in another node's now).
 	f = NewFakeLinks()
-	f.Put(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1400}, Local: kopts.LocalIP.AsSlice(), PMtuDisc: 1})
-	if _, err := EnsureKernelLink(f, kopts); err != nil || f.Describe(DefaultDevice) != kwant {
-		t.Fatalf("mtu fix: %v, %q", err, f.Describe(DefaultDevice))
+	f.Put(ours(1400))
+	f.PutAddr(DefaultDevice, "10.244.9.0/32")
+	if created, err := EnsureKernelLink(f, kopts); err != nil || created || f.Describe(DefaultDevice) != kwant {
+		t.Fatalf("mtu and address fix: created %v, %v, %q", created, err, f.Describe(DefaultDevice))
+	}
+	// An adopted link that is up (a restart) stays up.
+	f = NewFakeLinks()
+	up := ours(1480)
+	up.Flags |= net.FlagUp
+	f.Put(up)
+	if _, err := EnsureKernelLink(f, kopts); err != nil || !strings.Contains(f.Describe(DefaultDevice), " up ") {
+		t.Fatalf("adopted up: %v, %q", err, f.Describe(DefaultDevice))
 	}
 }
 
@@ -74,14 +110,22 @@ func TestEnsureKernelLinkFailures(t *testing.T) {
 		t.Fatalf("no module: %v, link %q", err, f.Describe(DefaultDevice))
 	}
 	f = NewFakeLinks()
-	f.Fail("LinkSetUp", unix.EPERM)
+	f.Fail("AddrList", unix.EPERM)
 	_, err = EnsureKernelLink(f, kopts)
-	if err == nil || !strings.Contains(err.Error(), "up") || f.Describe(DefaultDevice) != "" {
-		t.Fatalf("up fails: %v, link %q (a link it created stays)", err, f.Describe(DefaultDevice))
+	if err == nil || !strings.Contains(err.Error(), "addresses") || f.Describe(DefaultDevice) != "" {
+		t.Fatalf("address listing fails: %v, link %q (a link it created stays)", err, f.Describe(DefaultDevice))
+	}
+	f = NewFakeLinks()
+	if _, err := EnsureKernelLink(f, kopts); err != nil {
+		t.Fatal(err)
+	}
+	f.Fail("LinkSetUp", unix.EPERM)
+	if err := KernelLinkUp(f, ""); err == nil || !strings.Contains(err.Error(), "up") || f.Describe(DefaultDevice) != kwant {
+		t.Fatalf("up fails: %v, link %q", err, f.Describe(DefaultDevice))
 	}
 	// An adopted link is not deleted when a later step fails.
 	f = NewFakeLinks()
-	f.Put(&netlink.Iptun{LinkAttrs: netlink.LinkAttrs{Name: DefaultDevice, MTU: 1480}, Local: kopts.LocalIP.AsSlice(), PMtuDisc: 1})
+	f.Put(ours(1480))
 	f.Fail("AddrReplace", unix.EPERM)
 	if _, err = EnsureKernelLink(f, kopts); err == nil || f.Describe(DefaultDevice) == "" {
 		t.Fatalf("adopted, address fails: %v, link %q", err, f.Describe(DefaultDevice))
@@ -123,8 +167,13 @@ func TestOpenKernelLinkOnThisKernel(t *testing.T) {
 			t.Errorf("with the module: %v, %v", err, lerr)
 			return nil
 		}
-		if tl, ok := l.(*netlink.Iptun); !ok || !tl.Local.Equal(kopts.LocalIP.AsSlice()) || l.Attrs().MTU != 1480 || l.Attrs().Flags&unix.IFF_UP == 0 {
-			t.Errorf("link %+v", l)
+		if tl, ok := l.(*netlink.Iptun); !ok || !tl.Local.Equal(kopts.LocalIP.AsSlice()) || tl.Proto != unix.IPPROTO_IPIP || l.Attrs().MTU != 1480 || l.Attrs().Flags&unix.IFF_UP != 0 {
+			t.Errorf("link %+v (want down until the guard is in place)", l)
+		}
+		if err := OpenKernelLinkUp("", ""); err != nil {
+			t.Errorf("up: %v", err)
+		} else if l, err := netlink.LinkByName(DefaultDevice); err != nil || l.Attrs().Flags&unix.IFF_UP == 0 {
+			t.Errorf("after up: %v %+v", err, l)
 		}
 		return nil
 	})
