@@ -150,6 +150,13 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 			return res, fmt.Errorf("vxlan: %w", err)
 		}
 	}
+	// Only now, behind the guard, does a device Start created come up.
+	if up, err := b.k.SetUp(b.dev); err != nil {
+		res.Changes = changes
+		return res, fmt.Errorf("vxlan: %w", err)
+	} else if up {
+		changes++
+	}
 	n, err := b.converge(ctx, want)
 	res.Changes = changes + n
 	return res, err

@@ -131,10 +131,13 @@ func TestBackendConverges(t *testing.T) {
 	if pub.MTU != 1450 || pub.Attrs[AnnoVTEPMAC] == "" {
 		t.Fatalf("published %+v", pub)
 	}
+	if k.Up() {
+		t.Fatal("the device Start created is up before Apply put the guard in place")
+	}
 	peers := []backend.Peer{peer("n2", "172.18.0.3", "02:00:00:00:00:22", "10.244.2.0/24"), peer("n3", "172.18.0.4", "02:00:00:00:00:33", "10.244.3.0/24")}
 	res, err := b.Apply(ctx, peers)
-	if err != nil || res.Peers != 2 || res.Changes != 6 { // 2*(fdb, neigh, route); the address came with Start
-		t.Fatalf("apply: %+v %v", res, err)
+	if err != nil || res.Peers != 2 || res.Changes != 7 || !k.Up() { // up, then 2*(fdb, neigh, route); the address came with Start
+		t.Fatalf("apply: %+v %v, up %v", res, err, k.Up())
 	}
 	want, _ := Desired(local(), peers)
 	if !equalState(k.Snapshot(), want) {

@@ -18,6 +18,7 @@ type Fake struct {
 	mu      sync.Mutex
 	links   map[string]int // name -> MTU (underlay links)
 	dev     *DeviceSpec
+	devUp   bool
 	devMAC  string
 	nextMAC int
 	addrs   map[netip.Prefix]bool
@@ -58,6 +59,7 @@ func (f *Fake) EnsureDevice(spec DeviceSpec) (Device, error) {
 	}
 	if !adopted {
 		f.Writes++
+		f.devUp = false
 		f.nextMAC++
 		f.devMAC = fmt.Sprintf("02:00:00:00:00:%02x", f.nextMAC)
 		f.reset()
@@ -67,6 +69,28 @@ func (f *Fake) EnsureDevice(spec DeviceSpec) (Device, error) {
 	s := spec
 	f.dev = &s
 	return Device{Name: spec.Name, Index: 100, MAC: f.devMAC, MTU: spec.MTU, Adopted: adopted}, nil
+}
+
+// SetUp implements Kernel.
+func (f *Fake) SetUp(Device) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dev == nil {
+		return false, fmt.Errorf("no device")
+	}
+	if f.devUp {
+		return false, nil
+	}
+	f.Writes++
+	f.devUp = true
+	return true, nil
+}
+
+// Up reports whether the device exists and is up.
+func (f *Fake) Up() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dev != nil && f.devUp
 }
 
 func (f *Fake) DeleteDevice(string) error {

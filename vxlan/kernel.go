@@ -42,9 +42,14 @@ type NeighEntry struct {
 // The real implementation works in one network namespace; Fake keeps state
 // in memory for rootless tests.
 type Kernel interface {
-	// EnsureDevice adopts a matching device or (re)creates it, sets its
-	// MTU and brings it up.
+	// EnsureDevice adopts a matching device or (re)creates it and sets its
+	// MTU. A device it creates stays down: it would decapsulate from
+	// anyone until the encapsulation guard is in place, so the backend
+	// brings it up (SetUp) after the guard. An adopted device keeps its
+	// state (up, behind the guard the previous weftd left).
 	EnsureDevice(spec DeviceSpec) (Device, error)
+	// SetUp brings the device up and reports whether it was down.
+	SetUp(dev Device) (bool, error)
 	// DeleteDevice removes the device; a missing device is success.
 	DeleteDevice(name string) error
 	// UnderlayMTU returns the MTU of a link.

@@ -88,15 +88,24 @@ func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 			return Device{}, fmt.Errorf("set mtu of %s: %w", spec.Name, err)
 		}
 	}
-	if l.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlinkx.Do(func() error { return n.h.Raw().LinkSetUp(l) }); err != nil {
-			return Device{}, fmt.Errorf("set %s up: %w", spec.Name, err)
-		}
-	}
 	if l, err = n.h.LinkByName(spec.Name); err != nil {
 		return Device{}, fmt.Errorf("link %s: %w", spec.Name, err)
 	}
 	return Device{Name: spec.Name, Index: l.Attrs().Index, MAC: l.Attrs().HardwareAddr.String(), MTU: l.Attrs().MTU, Adopted: adopted}, nil
+}
+
+func (n *Netlink) SetUp(dev Device) (bool, error) {
+	l, err := n.h.LinkByName(dev.Name)
+	if err != nil {
+		return false, fmt.Errorf("link %s: %w", dev.Name, err)
+	}
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		return false, nil
+	}
+	if err := netlinkx.Do(func() error { return n.h.Raw().LinkSetUp(l) }); err != nil {
+		return false, fmt.Errorf("set %s up: %w", dev.Name, err)
+	}
+	return true, nil
 }
 
 func matches(vx *netlink.Vxlan, spec DeviceSpec, underIdx int) bool {

@@ -172,8 +172,16 @@ func TestTwoNodesOverVXLAN(t *testing.T) {
 	if vx := a.vxlanLink(t).(*netlink.Vxlan); vx.VxlanId != 1 || vx.Port != 8472 || vx.Learning {
 		t.Fatalf("device %+v", vx)
 	}
+	// Down until Apply has put the guard in place: an up VXLAN device
+	// decapsulates from anyone.
+	if a.vxlanLink(t).Attrs().Flags&net.FlagUp != 0 {
+		t.Fatal("weft.vxlan up after Start, before Apply")
+	}
 	a.apply(t, a, b) // the own node in the list is ignored
 	b.apply(t, a)
+	if a.vxlanLink(t).Attrs().Flags&net.FlagUp == 0 {
+		t.Fatal("weft.vxlan still down after Apply")
+	}
 	b.serve(t, 7000)
 	a.serve(t, 7000)
 
