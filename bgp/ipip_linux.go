@@ -61,8 +61,9 @@ func (HostIPIP) Remove() error { return ipip.RemoveDevice("", "") }
 // underlay address, onlink, and the kernel encapsulates and decapsulates.
 // The encapsulation guard filters what reaches it as for the userspace
 // tunnel; a link Start creates stays down until SetPeers, which the
-// backend calls only once the guard is applied. The link outlives weftd (a restart adopts it: forwarding never
-// stops); Stop with remove deletes it.
+// backend calls only once the guard is applied. The link outlives weftd
+// (a restart adopts it: forwarding never stops); Stop with remove deletes
+// it.
 type KernelIPIP struct {
 	Log   *slog.Logger
 	Links ipip.Links // nil: netlink in the caller's namespace
