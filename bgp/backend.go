@@ -104,11 +104,8 @@ func (b *Backend) Type() string { return Type }
 func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.Published, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.cfg.IPIPMode != IPIPNever && b.f.IPIP == nil {
-		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP); use \"ipipMode\": \"Never\" (plain routes, needs L2 adjacency between nodes)", b.cfg.IPIPMode)
-	}
-	if b.cfg.IPIPMode != IPIPNever && b.f.Guard == nil {
-		return backend.Published{}, fmt.Errorf("bgp: ipipMode %s needs the encapsulation guard (none in this weftd)", b.cfg.IPIPMode)
+	if err := b.f.ipipAvailable(b.cfg.IPIPMode); err != nil {
+		return backend.Published{}, err
 	}
 	if !local.UnderlayIP.Is4() || !local.PodCIDR.IsValid() || local.UnderlayLink == "" {
 		return backend.Published{}, fmt.Errorf("bgp: local node needs an IPv4 underlay IP, its link and a pod CIDR (got %v, %q, %v)", local.UnderlayIP, local.UnderlayLink, local.PodCIDR)
@@ -123,15 +120,9 @@ func (b *Backend) Start(life context.Context, local backend.LocalNode) (backend.
 	b.mtu = local.UnderlayMTU
 	if b.cfg.IPIPMode == IPIPNever {
 		// Nothing arrives in IP-in-IP: a device and a guard an earlier
-		// weftd left go, the device first (a kernel ipip link without its
-		// guard decapsulates from anyone).
-		if b.f.IPIP != nil {
-			if err := b.f.IPIP.Remove(); err != nil {
-				return backend.Published{}, fmt.Errorf("bgp: ipipMode Never: removing the IP-in-IP device: %w", err)
-			}
-		}
-		if err := b.f.removeGuard(life); err != nil {
-			return backend.Published{}, err
+		// weftd left go.
+		if err := b.f.closeIPIP(life, b.f.removeDevice()); err != nil {
+			return backend.Published{}, fmt.Errorf("bgp: ipipMode Never: %w", err)
 		}
 	} else {
 		b.mtu = local.UnderlayMTU - ipipOverhead
@@ -317,21 +308,26 @@ func (b *Backend) Stop(ctx context.Context, cleanup bool) error {
 	}
 	b.f.stats.reset()
 	var errs []error
-	if b.tun != nil {
-		// Without cleanup the device and its routes stay for the next weftd.
-		if err := b.tun.Stop(cleanup); err != nil {
-			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
-		}
-		b.tun = nil
-	}
 	if !cleanup {
+		// The device, its routes and its guard stay for the next weftd.
+		if b.tun != nil {
+			if err := b.tun.Stop(false); err != nil {
+				errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
+			}
+			b.tun = nil
+		}
 		b.f.leaveSpeaker()
 		return errors.Join(errs...)
 	}
+	var remove func() error // no tunnel: only a guard an in-place move left
+	if t := b.tun; t != nil {
+		remove = func() error { return t.Stop(true) }
+		b.tun = nil
+	}
+	errs = append(errs, b.f.closeIPIP(ctx, remove))
 	if err := b.f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, b.f.removeGuard(ctx))
 	if _, err := b.f.Routes.Release(ctx, Type); err != nil {
 		errs = append(errs, fmt.Errorf("bgp: %w", err))
 	}

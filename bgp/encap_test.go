@@ -19,6 +19,7 @@ type fakeIPIP struct {
 	removed int
 	viaPeer bool             // routes as to the kernel ipip link
 	guard   *encapguard.Fake // when set, SetPeers notes whether its ipip spec was there
+	fail    error            // when set, Remove and the tunnel's Stop(true) fail with it
 }
 
 type fakeTunnel struct {
@@ -37,7 +38,15 @@ func (f *fakeIPIP) Start(_ context.Context, _ backend.LocalNode, mtu int) (Tunne
 	f.t = &fakeTunnel{f: f, mtu: mtu}
 	return f.t, nil
 }
-func (f *fakeIPIP) Remove() error { f.mu.Lock(); f.removed++; f.mu.Unlock(); return nil }
+func (f *fakeIPIP) Remove() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	f.removed++
+	return nil
+}
 
 func (t *fakeTunnel) Device() string               { return "weft.ipip" }
 func (t *fakeTunnel) Impl() string                 { return "fake" }
@@ -60,6 +69,9 @@ func (t *fakeTunnel) SetPeers(_ []netip.Prefix, peers []backend.Peer) []string {
 func (t *fakeTunnel) Stop(remove bool) error {
 	t.f.mu.Lock()
 	defer t.f.mu.Unlock()
+	if remove && t.f.fail != nil {
+		return t.f.fail
+	}
 	t.stopped = map[bool]string{true: "removed", false: "kept"}[remove]
 	return nil
 }

@@ -86,14 +86,7 @@ func (f *Factory) Cleanup(ctx context.Context) error {
 	if err := f.stopSpeaker(ctx); err != nil {
 		errs = append(errs, err)
 	}
-	// The device before its guard: a kernel ipip link without the guard
-	// decapsulates from anyone.
-	if f.IPIP != nil {
-		if err := f.IPIP.Remove(); err != nil {
-			errs = append(errs, fmt.Errorf("bgp: ipip: %w", err))
-		}
-	}
-	errs = append(errs, f.removeGuard(ctx))
+	errs = append(errs, f.closeIPIP(ctx, f.removeDevice()))
 	if f.Routes != nil {
 		if _, err := f.Routes.Release(ctx, Type); err != nil {
 			errs = append(errs, fmt.Errorf("bgp: %w", err))
@@ -115,6 +108,40 @@ func (f *Factory) applyGuard(ctx context.Context, peers []backend.Peer) error {
 		return fmt.Errorf("bgp: ip-in-ip guard: %w", err)
 	}
 	return nil
+}
+
+// ipipAvailable says whether ipipMode mode can run in this weftd: an
+// IP-in-IP data path and the encapsulation guard.
+func (f *Factory) ipipAvailable(mode IPIPMode) error {
+	switch {
+	case mode == IPIPNever:
+		return nil
+	case f.IPIP == nil:
+		return fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP); use \"ipipMode\": \"Never\" (plain routes, needs L2 adjacency between nodes)", mode)
+	case f.Guard == nil:
+		return fmt.Errorf("bgp: ipipMode %s needs the encapsulation guard (none in this weftd)", mode)
+	}
+	return nil
+}
+
+// closeIPIP removes the IP-in-IP device with remove (nil: there is none to
+// remove), then its guard: the guard only once the device is gone, since a
+// kernel ipip link without the guard decapsulates from anyone.
+func (f *Factory) closeIPIP(ctx context.Context, remove func() error) error {
+	if remove != nil {
+		if err := remove(); err != nil {
+			return fmt.Errorf("bgp: ipip: %w (its guard stays)", err)
+		}
+	}
+	return f.removeGuard(ctx)
+}
+
+// removeDevice is the IPIP's Remove, nil without an IPIP.
+func (f *Factory) removeDevice() func() error {
+	if f.IPIP == nil {
+		return nil
+	}
+	return f.IPIP.Remove
 }
 
 // removeGuard deletes the IP-in-IP guard (nil Guard: nothing to do).

@@ -79,11 +79,8 @@ func (b *Backend) Reconfigure(ctx context.Context, raw json.RawMessage) (backend
 		return backend.Published{}, errors.New("bgp: only ipipMode changes in place")
 	}
 	if cfg.IPIPMode != IPIPNever && b.tun == nil {
-		if b.f.IPIP == nil {
-			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s is not available in this weftd (no IP-in-IP)", cfg.IPIPMode)
-		}
-		if b.f.Guard == nil {
-			return backend.Published{}, fmt.Errorf("bgp: ipipMode %s needs the encapsulation guard (none in this weftd)", cfg.IPIPMode)
+		if err := b.f.ipipAvailable(cfg.IPIPMode); err != nil {
+			return backend.Published{}, err
 		}
 		t, err := b.f.IPIP.Start(b.life, b.local, b.local.UnderlayMTU-ipipOverhead)
 		if err != nil {
@@ -120,9 +117,9 @@ func (b *Backend) Forget(ctx context.Context, id string) error {
 		return nil
 	}
 	b.log.Info("bgp: no peer sends IP-in-IP any more; removing it", "forgot", id)
-	err := b.tun.Stop(true)
+	t := b.tun
 	b.tun, b.mtu = nil, b.local.UnderlayMTU
-	return errors.Join(err, b.f.removeGuard(ctx))
+	return b.f.closeIPIP(ctx, func() error { return t.Stop(true) })
 }
 
 func (b *Backend) needsTunnel() bool {

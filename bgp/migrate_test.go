@@ -3,6 +3,7 @@ package bgp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"testing"
 
@@ -83,4 +84,61 @@ func TestBackendNeverToAlwaysGuardsFirst(t *testing.T) {
 	if !ok || len(s.Peers) != 2 || fi.t == nil || len(fi.t.peers) != 2 || fi.t.unguarded != 0 {
 		t.Fatalf("after Reconfigure to Always: guard %v (%d peers), tunnel %+v", ok, len(s.Peers), fi.t)
 	}
+}
+
+// A device that cannot be removed keeps its guard, on every path that
+// removes both: Stop with cleanup, Forget, the factory's Cleanup and a
+// Never start (a kernel ipip link without its guard decapsulates from
+// anyone).
+func TestIPIPGuardStaysWhileTheDeviceDoes(t *testing.T) {
+	ctx := context.Background()
+	guarded := func(t *testing.T, r *rig) bool {
+		_, ok := r.f.Guard.(*encapguard.Fake).Spec("ipip")
+		return ok
+	}
+	t.Run("stop with cleanup", func(t *testing.T) {
+		r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always"}`)
+		r.start(t, local(nil))
+		r.apply(t, peer(2, nil))
+		fi.fail = errors.New("busy")
+		if err := r.b.Stop(ctx, true); err == nil || !guarded(t, r) {
+			t.Fatalf("stop: %v, guard there %v", err, guarded(t, r))
+		}
+		fi.fail = nil
+		if err := r.f.Cleanup(ctx); err != nil || guarded(t, r) {
+			t.Fatalf("cleanup once the device goes: %v, guard there %v", err, guarded(t, r))
+		}
+	})
+	t.Run("forget", func(t *testing.T) {
+		r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always"}`)
+		r.start(t, local(nil))
+		r.apply(t, peer(2, nil))
+		b := r.b.(*Backend)
+		if _, err := b.Reconfigure(ctx, json.RawMessage(`{"type":"bgp","ipipMode":"Never"}`)); err != nil {
+			t.Fatal(err)
+		}
+		fi.fail = errors.New("busy")
+		if err := b.Forget(ctx, IdentityIPIP); err == nil || !guarded(t, r) {
+			t.Fatalf("forget: %v, guard there %v", err, guarded(t, r))
+		}
+	})
+	t.Run("cleanup and a Never start", func(t *testing.T) {
+		r, fi := newIPIPRig(t, `{"type":"bgp","ipipMode":"Always"}`)
+		r.start(t, local(nil))
+		r.apply(t, peer(2, nil))
+		if err := r.b.Stop(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		fi.fail = errors.New("busy")
+		if err := r.f.Cleanup(ctx); err == nil || !guarded(t, r) {
+			t.Fatalf("cleanup: %v, guard there %v", err, guarded(t, r))
+		}
+		b, err := r.f.New(json.RawMessage(`{"type":"bgp","ipipMode":"Never"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Start(ctx, local(nil)); err == nil || !guarded(t, r) {
+			t.Fatalf("Never start: %v, guard there %v", err, guarded(t, r))
+		}
+	})
 }
