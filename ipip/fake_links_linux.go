@@ -174,11 +174,10 @@ func (f *FakeLinks) AddrList(l netlink.Link, _ int) ([]netlink.Addr, error) {
 	}
 	var out []netlink.Addr
 	for _, s := range f.addrs[name] {
-		_, n, err := net.ParseCIDR(s)
+		ip, n, err := net.ParseCIDR(s)
 		if err != nil {
 			return nil, err
 		}
-		ip, _, _ := net.ParseCIDR(s)
 		n.IP = ip
 		out = append(out, netlink.Addr{IPNet: n})
 	}

@@ -174,7 +174,7 @@ func adoptable(l netlink.Link, want *netlink.Iptun) bool {
 	remote, _ := netip.AddrFromSlice(t.Remote.To4())
 	return local == wlocal && (!remote.IsValid() || remote.IsUnspecified()) &&
 		t.PMtuDisc == want.PMtuDisc && t.Proto == want.Proto && t.Ttl == want.Ttl && t.Tos == want.Tos &&
-		t.EncapType == want.EncapType && !t.FlowBased && t.Link == want.Link
+		t.EncapType == want.EncapType && !t.FlowBased
 }
 
 func describe(l netlink.Link) string {

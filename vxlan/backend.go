@@ -150,12 +150,18 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 			return res, fmt.Errorf("vxlan: %w", err)
 		}
 	}
-	// Only now, behind the guard, does a device Start created come up.
-	if up, err := b.k.SetUp(b.dev); err != nil {
-		res.Changes = changes
-		return res, fmt.Errorf("vxlan: %w", err)
-	} else if up {
-		changes++
+	// Only now, behind the guard, does a device Start created come up
+	// (ensureDevice has just read whether it is).
+	if !b.dev.Up {
+		up, err := b.k.SetUp(b.dev)
+		if err != nil {
+			res.Changes = changes
+			return res, fmt.Errorf("vxlan: %w", err)
+		}
+		if up {
+			changes++
+		}
+		b.dev.Up = true
 	}
 	n, err := b.converge(ctx, want)
 	res.Changes = changes + n

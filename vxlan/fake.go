@@ -68,7 +68,7 @@ func (f *Fake) EnsureDevice(spec DeviceSpec) (Device, error) {
 	}
 	s := spec
 	f.dev = &s
-	return Device{Name: spec.Name, Index: 100, MAC: f.devMAC, MTU: spec.MTU, Adopted: adopted}, nil
+	return Device{Name: spec.Name, Index: 100, MAC: f.devMAC, MTU: spec.MTU, Adopted: adopted, Up: f.devUp}, nil
 }
 
 // SetUp implements Kernel.

@@ -23,6 +23,8 @@ type Device struct {
 	MTU   int
 	// Adopted is true when the device existed and matched the spec.
 	Adopted bool
+	// Up is whether the device was up when found or created.
+	Up bool
 }
 
 // FDBEntry is one unicast forwarding entry: MAC behind underlay Dst.

@@ -91,7 +91,8 @@ func (n *Netlink) EnsureDevice(spec DeviceSpec) (Device, error) {
 	if l, err = n.h.LinkByName(spec.Name); err != nil {
 		return Device{}, fmt.Errorf("link %s: %w", spec.Name, err)
 	}
-	return Device{Name: spec.Name, Index: l.Attrs().Index, MAC: l.Attrs().HardwareAddr.String(), MTU: l.Attrs().MTU, Adopted: adopted}, nil
+	return Device{Name: spec.Name, Index: l.Attrs().Index, MAC: l.Attrs().HardwareAddr.String(), MTU: l.Attrs().MTU, Adopted: adopted,
+		Up: l.Attrs().Flags&net.FlagUp != 0}, nil
 }
 
 func (n *Netlink) SetUp(dev Device) (bool, error) {

@@ -2,7 +2,6 @@ package endpoint
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -11,11 +10,7 @@ import (
 )
 
 func TestWaitProgrammed(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "weftd.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sock, ln := listenUnix(t)
 	var gotTimeout string
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotTimeout = r.URL.Query().Get("timeout")
