@@ -224,7 +224,7 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 		// this node answer it. Every node, not only those announcing bgp:
 		// one may send IP-in-IP as soon as it sees this node announce it,
 		// before this node sees it announce it back.
-		if err := b.f.applyGuard(ctx, peers); err != nil {
+		if err := b.f.applyGuard(ctx, b.self.PodCIDRs, peers); err != nil {
 			return backend.ApplyResult{Published: b.published()}, err
 		}
 		probs = append(probs, b.tun.SetPeers(b.self.PodCIDRs, peers)...)

@@ -186,6 +186,9 @@ func TestBackendIPIPGuard(t *testing.T) {
 			t.Errorf("IP-in-IP from %s with inner source %s admitted %v, want %v", c.sender, c.inner, got, c.ok)
 		}
 	}
+	if !g.AdmitsDst("ipip", addr("10.244.1.7")) || g.AdmitsDst("ipip", addr("10.244.2.7")) || g.AdmitsDst("ipip", addr("10.0.0.1")) {
+		t.Errorf("ipip guard's local destinations %v, want this node's pod CIDR 10.244.1.0/24", s.Local)
+	}
 	// node4 switches to bgp: still admitted at the next Apply.
 	p4.Backends = []string{Type}
 	r.apply(t, peer(2, nil), peer(3, nil), p4)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,9 +99,10 @@ func (f *Factory) Cleanup(ctx context.Context) error {
 // guardKind is the encapsulation guard's kind for IP-in-IP.
 var guardKind = encapguard.IPIP().Kind
 
-// applyGuard admits IP-in-IP from the bgp peers, each for its pod CIDRs.
-func (f *Factory) applyGuard(ctx context.Context, peers []backend.Peer) error {
-	s := encapguard.Spec{Encap: encapguard.IPIP(), PodIface: encapguard.DefaultPodIface}
+// applyGuard admits IP-in-IP from the bgp peers, each for its pod CIDRs,
+// to local, this node's pod CIDRs.
+func (f *Factory) applyGuard(ctx context.Context, local []netip.Prefix, peers []backend.Peer) error {
+	s := encapguard.Spec{Encap: encapguard.IPIP(), PodIface: encapguard.DefaultPodIface, Local: local}
 	for _, p := range peers {
 		s.Peers = append(s.Peers, encapguard.Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs})
 	}

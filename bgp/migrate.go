@@ -90,7 +90,7 @@ func (b *Backend) Reconfigure(ctx context.Context, raw json.RawMessage) (backend
 		if b.peers != nil {
 			// The guard before the peers: SetPeers is what brings a kernel
 			// link up, and Never's Start removed the guard.
-			if err := b.f.applyGuard(ctx, b.peers); err != nil {
+			if err := b.f.applyGuard(ctx, b.self.PodCIDRs, b.peers); err != nil {
 				return b.published(), err
 			}
 			t.SetPeers(b.self.PodCIDRs, b.peers)

@@ -221,7 +221,7 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	res.Problems = append(res.Problems, b.run.relay.SetPeers([]netip.Prefix{b.local.PodCIDR.Masked()}, all)...)
 	res.Peers = len(want)
 	if b.guard != nil {
-		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, all))
+		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, b.local.PodCIDR, all))
 		res.Changes += n
 		if err != nil {
 			return res, fmt.Errorf("udp: %w", err)
@@ -265,11 +265,12 @@ func wantRoutes(dev string, peers []Peer) []route.Route {
 	return out
 }
 
-// guardSpec admits each peer's underlay address, for its pod CIDRs. Pure.
-func guardSpec(cfg Config, peers []Peer) encapguard.Spec {
+// guardSpec admits each peer's underlay address, for its pod CIDRs, to
+// send to local, this node's pod CIDR. Pure.
+func guardSpec(cfg Config, local netip.Prefix, peers []Peer) encapguard.Spec {
 	e := encapguard.UDP(cfg.Port)
 	e.Kind = cfg.GuardKind()
-	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface}
+	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface, Local: []netip.Prefix{local.Masked()}}
 	for _, p := range peers {
 		s.Peers = append(s.Peers, encapguard.Peer{Name: p.Name, UnderlayIP: p.UnderlayIP, PodCIDRs: p.PodCIDRs})
 	}

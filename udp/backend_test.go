@@ -124,6 +124,9 @@ func TestBackendCarriesPodTraffic(t *testing.T) {
 		na.guard.Admits(Type, a("192.168.77.13"), a("10.244.2.7")) {
 		t.Fatal("guard does not admit exactly b's pods from b")
 	}
+	if !na.guard.AdmitsDst(Type, a("10.244.1.7")) || na.guard.AdmitsDst(Type, a("10.244.2.7")) || na.guard.AdmitsDst(Type, nodeB) {
+		t.Fatal("guard admits inner destinations outside a's own pod CIDR")
+	}
 	// c does not announce udp yet, but may send it as soon as it sees a
 	// announce it (before a sees c's announcement): admitted, for its own
 	// pods only; a routes nothing to it.
@@ -222,7 +225,7 @@ func TestBackendSwitchAndStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := encapguard.NewFake()
-	if _, err := g.Apply(ctx, guardSpec(Config{Port: DefaultPort}, nil)); err != nil {
+	if _, err := g.Apply(ctx, guardSpec(Config{Port: DefaultPort}, netip.MustParsePrefix("10.244.1.0/24"), nil)); err != nil {
 		t.Fatal(err)
 	}
 	if err := (Factory{Kernel: k, Guard: g}).Cleanup(ctx); err != nil {

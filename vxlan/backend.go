@@ -143,7 +143,7 @@ func (b *Backend) Apply(ctx context.Context, peers []backend.Peer) (backend.Appl
 	// The guard first: a new peer's packets are admitted before our routes
 	// make it answer; a removed peer's routes go below, its admission now.
 	if b.guard != nil {
-		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, admitted(b.cfg, b.local, peers)))
+		n, err := b.guard.Apply(ctx, guardSpec(b.cfg, b.local.PodCIDR, admitted(b.cfg, b.local, peers)))
 		changes += n
 		if err != nil {
 			res.Changes = changes

@@ -9,8 +9,9 @@ import (
 
 // guardSpec turns the desired entries into the encapsulation guard's
 // state: every peer the backend programs is a known sender, owning exactly
-// the pod CIDRs routed to it. Pure.
-func guardSpec(cfg Config, st State) encapguard.Spec {
+// the pod CIDRs routed to it, and may send only to local, this node's pod
+// CIDR. Pure.
+func guardSpec(cfg Config, local netip.Prefix, st State) encapguard.Spec {
 	byIP := map[netip.Addr]*encapguard.Peer{}
 	for c, gw := range st.Routes {
 		ip, ok := st.FDB[st.Neigh[gw]]
@@ -26,7 +27,7 @@ func guardSpec(cfg Config, st State) encapguard.Spec {
 	}
 	e := encapguard.VXLAN(cfg.Port)
 	e.Kind = cfg.GuardKind()
-	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface}
+	s := encapguard.Spec{Encap: e, PodIface: encapguard.DefaultPodIface, Local: []netip.Prefix{local.Masked()}}
 	for _, p := range byIP {
 		s.Peers = append(s.Peers, *p)
 	}

@@ -64,8 +64,10 @@ func stranger(t *testing.T, u *nettopo.Underlay, ip string) ns.NetNS {
 // TestGuardDropsForgedFrames: hand-built VXLAN frames carrying an inner
 // packet to the pod on node2 reach it only from a real peer whose pod CIDR
 // holds the inner source; a host on the underlay that is no node, a peer
-// forging another node's pod address, and a pod (masqueraded by its node)
-// emitting VXLAN are all dropped and counted; real traffic still flows.
+// forging another node's pod address, a pod (masqueraded by its node)
+// emitting VXLAN, and a peer using node2 as a relay (inner destination
+// outside node2's pod CIDR) are all dropped and counted; real traffic
+// still flows.
 func TestGuardDropsForgedFrames(t *testing.T) {
 	testutil.RequireRoot(t)
 	u := nettopo.NewUnderlay(t)
@@ -79,12 +81,13 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	mac2, _ := net.ParseMAC(n2.pub.Attrs[vxlan.AnnoVTEPMAC])
 	mac1, _ := net.ParseMAC(n1.pub.Attrs[vxlan.AnnoVTEPMAC])
 	vtep2 := netip.AddrPortFrom(n2.UnderlayIP, vxlan.DefaultPort)
-	forge := func(innerSrc string) (string, []byte) {
+	forgeTo := func(innerSrc string, dst netip.Addr) (string, []byte) {
 		token := fmt.Sprintf("forged-%d", rand.Int())
-		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac2, SrcMAC: mac1, Src: netip.MustParseAddr(innerSrc), Dst: n2.pod.IP,
+		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac2, SrcMAC: mac1, Src: netip.MustParseAddr(innerSrc), Dst: dst,
 			SrcPort: 40000, DstPort: 9999, Payload: []byte(token)}
 		return token, f.Bytes()
 	}
+	forge := func(innerSrc string) (string, []byte) { return forgeTo(innerSrc, n2.pod.IP) }
 
 	// Control: the frame as a real peer would send it arrives, so the
 	// frames below are well formed and only the sender makes them fail.
@@ -93,12 +96,13 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 	if !in.Await(token+" from ", 2*time.Second) {
 		t.Fatal("control: a well-formed frame from node1 with its own pod's source did not arrive")
 	}
+	str := stranger(t, u, "192.168.77.99")
 	cases := []struct {
 		name string
 		from ns.NetNS
 		src  string
 	}{
-		{"host on the underlay that is no node", stranger(t, u, "192.168.77.99"), n1.pod.IP.String()},
+		{"host on the underlay that is no node", str, n1.pod.IP.String()},
 		{"real peer, inner source outside its pod CIDR", n1.NS, "10.244.3.7"},
 		{"pod on node3, masqueraded, inner source in node3's CIDR", n3.pod.NS, "10.244.3.7"},
 	}
@@ -109,12 +113,29 @@ func TestGuardDropsForgedFrames(t *testing.T) {
 			t.Errorf("%s: forged frame (inner %s -> %s) reached the pod on node2", c.name, c.src, n2.pod.IP)
 		}
 	}
+	// A real peer with its own pod's source may still not use node2 as a
+	// relay: an inner packet for anything but node2's pods (a host on the
+	// underlay, which node2 would forward it to; another node's pod) is
+	// dropped before decapsulation.
+	atStranger := testutil.ListenUDP(t, str, 9999)
+	atN3 := testutil.ListenUDP(t, n3.pod.NS, 9999)
+	for _, c := range []struct {
+		name string
+		dst  netip.Addr
+		in   *testutil.UDPLog
+	}{{"a host on the underlay", netip.MustParseAddr("192.168.77.99"), atStranger}, {"node3's pod", n3.pod.IP, atN3}} {
+		token, frame := forgeTo(n1.pod.IP.String(), c.dst)
+		testutil.SendUDP(t, n1.NS, vtep2, frame)
+		if c.in.Await(token+" from ", time.Second) {
+			t.Errorf("node1 relayed a packet through node2 to %s (%s)", c.name, c.dst)
+		}
+	}
 	ctx := context.Background()
 	d2, err := n2.g.Drops(ctx, vxlan.Type)
 	must(t, err, "node2 counters")
 	d3, err := n3.g.Drops(ctx, vxlan.Type)
 	must(t, err, "node3 counters")
-	if d2[encapguard.ReasonUnknownSender] < 3 || d2[encapguard.ReasonForgedInner] < 3 || d3[encapguard.ReasonFromPod] < 3 {
+	if d2[encapguard.ReasonUnknownSender] < 3 || d2[encapguard.ReasonForgedInner] < 3 || d2[encapguard.ReasonForeignDst] < 6 || d3[encapguard.ReasonFromPod] < 3 {
 		t.Errorf("drop counters: node2 %v, node3 %v", d2, d3)
 	}
 	// Real pod traffic over VXLAN, both ways and from the third node.

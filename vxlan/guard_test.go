@@ -47,6 +47,11 @@ func TestBackendKeepsGuardInStep(t *testing.T) {
 			t.Errorf("admits %s inner %s = %v, want %v", c.sender, c.inner, got, c.want)
 		}
 	}
+	// Only to this node's pods: a peer cannot relay through this node.
+	if !g.AdmitsDst(Type, netip.MustParseAddr("10.244.1.7")) || g.AdmitsDst(Type, netip.MustParseAddr("10.244.3.9")) ||
+		g.AdmitsDst(Type, netip.MustParseAddr("172.18.0.2")) {
+		t.Errorf("guard's local destinations %v, want this node's pod CIDR 10.244.1.0/24", s.Local)
+	}
 	w := g.Writes
 	if _, err := b.Apply(ctx, peers); err != nil || g.Writes != w {
 		t.Fatalf("converged apply rewrote the guard: %v", err)

@@ -46,7 +46,7 @@ func TestGuardAdmitsPeersNotYetAnnouncing(t *testing.T) {
 	if st, _ := DesiredFor(cfg, l, []backend.Peer{p}); len(st.Routes) != 0 {
 		t.Fatalf("routed through vxlan/7/4789 to a peer that does not announce it: %v", st.Routes)
 	}
-	s := guardSpec(cfg, admitted(cfg, l, []backend.Peer{p}))
+	s := guardSpec(cfg, l.PodCIDR, admitted(cfg, l, []backend.Peer{p}))
 	if len(s.Peers) != 1 || s.Peers[0].UnderlayIP != p.UnderlayIP || len(s.Peers[0].PodCIDRs) != 1 || s.Peers[0].PodCIDRs[0] != p.PodCIDRs[0] ||
 		s.Encap.Kind != "vx7-4789" || s.Encap.Port != 4789 {
 		t.Fatalf("guard spec %+v", s)

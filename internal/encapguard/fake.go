@@ -95,3 +95,21 @@ func (f *Fake) Admits(kind string, sender, inner netip.Addr) bool {
 	}
 	return false
 }
+
+// AdmitsDst reports whether the guard of kind, as last applied, lets an
+// encapsulated packet for inner destination dst through to this node (its
+// sender and inner source aside).
+func (f *Fake) AdmitsDst(kind string, dst netip.Addr) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.specs[kind]
+	if !ok || len(ranges(s.Local)) == 0 {
+		return true
+	}
+	for _, c := range s.Local {
+		if c.Contains(dst) {
+			return true
+		}
+	}
+	return false
+}

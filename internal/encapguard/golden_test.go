@@ -11,15 +11,18 @@ import (
 	"github.com/weftnet/weft/internal/testutil"
 )
 
-// goldenSpecs are a guard of two peers (one chain) and one of 40 peers (a
-// tree of chains).
+// goldenSpecs are a guard of two peers (one chain) with the inner
+// destination check and one of 40 peers (a tree of chains) without it.
 func goldenSpecs() map[string]Spec {
 	var many []Peer
 	for i := range 40 {
 		many = append(many, Peer{UnderlayIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i + 1)}),
 			PodCIDRs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(100 + i), 0}), 24)}})
 	}
-	return map[string]Spec{"guard-2.golden": spec(8472, peer1, peer2), "guard-40.golden": spec(8472, many...)}
+	two := spec(8472, peer1, peer2)
+	// a range and a single address, as iptables-save prints each
+	two.Local = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("10.245.0.9/32")}
+	return map[string]Spec{"guard-2.golden": two, "guard-40.golden": spec(8472, many...)}
 }
 
 // TestGoldenKernel loads each golden guard into a throwaway namespace with

@@ -8,6 +8,11 @@
 //     node's masquerade would make the frame look as if the node sent it;
 //   - packets to the node's own port from an address that is not a known
 //     node's underlay address are dropped ("unknown-sender");
+//   - packets from a known node whose inner IPv4 destination lies outside
+//     this node's own pod CIDRs are dropped ("foreign-inner-destination"):
+//     a node sends encapsulation only to the node owning the pod it
+//     carries a packet for, so anything else would use this node as a
+//     relay (to its host, to another node's pods, to the world);
 //   - packets from a known node are let through only when the inner IPv4
 //     source lies inside that node's pod CIDRs; the rest are dropped
 //     ("forged-inner-source").
@@ -15,14 +20,16 @@
 // The checks run in the raw table's PREROUTING, before conntrack and before
 // any filter-table rule, through one chain per encapsulation
 // (WEFT-ENC-<KIND>) and one hash:ip set of the known nodes (weft-e-<kind>).
-// The inner source is read at a fixed offset with the u32 match. The guard
+// The inner addresses are read at fixed offsets with the u32 match. The guard
 // is declarative: Apply takes the whole desired state, reads the kernel
 // back and rewrites only what differs, so calling it on every resync
 // repairs drift and a restarted weftd adopts what it finds.
 package encapguard
 
 import (
+	"cmp"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -39,10 +46,13 @@ const (
 	ReasonFromPod       = "from-pod"
 	ReasonUnknownSender = "unknown-sender"
 	ReasonForgedInner   = "forged-inner-source"
+	ReasonForeignDst    = "foreign-inner-destination"
 )
 
 // Reasons lists every drop reason.
-func Reasons() []string { return []string{ReasonFromPod, ReasonUnknownSender, ReasonForgedInner} }
+func Reasons() []string {
+	return []string{ReasonFromPod, ReasonUnknownSender, ReasonForgedInner, ReasonForeignDst}
+}
 
 // Encap describes one encapsulation: how to match its outer packets and
 // where the inner IPv4 header's source address sits.
@@ -54,7 +64,7 @@ type Encap struct {
 	// Port is the outer UDP destination port (0 for protocols without one).
 	Port int
 	// InnerSrc is the offset of the inner IPv4 source address from the end
-	// of the outer IPv4 header.
+	// of the outer IPv4 header; the destination follows it.
 	InnerSrc int
 	// EtherType is the offset of the inner Ethernet type from the end of
 	// the outer IPv4 header, 0 when the inner packet is bare IP.
@@ -89,6 +99,10 @@ type Spec struct {
 	// PodIface is the pod bridge; encapsulation arriving on it is dropped.
 	PodIface string
 	Peers    []Peer
+	// Local is this node's pod CIDRs: the inner IPv4 destination of an
+	// admitted packet lies inside one of them. Without an IPv4 prefix the
+	// destination is not checked.
+	Local []netip.Prefix
 }
 
 // Guard converges the kernel to a Spec. IPTables is the real one, Fake
@@ -168,6 +182,9 @@ func chains(s Spec) []chainRules {
 		slices.Concat([]string{"-m", "addrtype", "!", "--dst-type", "LOCAL"}, cm(comment(k, "not for this node")), []string{"-j", "RETURN"}),
 		slices.Concat([]string{"-m", "set", "!", "--match-set", Set(k), "src"}, cm(dropComment(k, ReasonUnknownSender)), []string{"-j", "DROP"}),
 	}}
+	if r := dstRule(s); r != nil {
+		base.rules = append(base.rules, r)
+	}
 	prs := peerRules(s)
 	if len(prs) <= leafSize {
 		base.rules = append(base.rules, leaf(k, prs)...)
@@ -237,14 +254,16 @@ func tree(k string, prs []peerRule, out *[]chainRules) string {
 	return name
 }
 
+// u32Base is the u32 location of the end of the outer IPv4 header.
+const u32Base = "0x0>>0x16&0x3c@"
+
 // u32Inner matches an inner IPv4 packet whose source lies in c: "from the
 // end of the outer header (IHL*4), read 4 bytes at the offset", written as
 // iptables-save prints it.
 func u32Inner(e Encap, c netip.Prefix) string {
-	ihl := "0x0>>0x16&0x3c@"
 	var tests []string
 	if e.EtherType != 0 {
-		tests = append(tests, fmt.Sprintf("%s%#x&0xffff=0x800", ihl, e.EtherType-2))
+		tests = append(tests, fmt.Sprintf("%s%#x&0xffff=0x800", u32Base, e.EtherType-2))
 	}
 	a := c.Addr().As4()
 	addr := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
@@ -252,6 +271,68 @@ func u32Inner(e Encap, c netip.Prefix) string {
 	if c.Bits() > 0 {
 		mask = ^uint32(0) << (32 - c.Bits())
 	}
-	tests = append(tests, fmt.Sprintf("%s%#x&%#x=%#x", ihl, e.InnerSrc, mask, addr&mask))
+	tests = append(tests, fmt.Sprintf("%s%#x&%#x=%#x", u32Base, e.InnerSrc, mask, addr&mask))
 	return strings.Join(tests, "&&")
+}
+
+// u32Max is how many values (or ranges) one u32 test holds (xt_u32's
+// XT_U32_MAXSIZE).
+const u32Max = 10
+
+// dstRule drops an inner IPv4 packet whose destination lies outside
+// s.Local; nil when s.Local has no IPv4 prefix. With an inner Ethernet
+// header only IPv4 frames are tested here (the rest meet the source check,
+// which drops them).
+func dstRule(s Spec) []string {
+	rs := ranges(s.Local)
+	if len(rs) == 0 {
+		return nil
+	}
+	e := s.Encap
+	var r []string
+	if e.EtherType != 0 {
+		r = []string{"-m", "u32", "--u32", fmt.Sprintf("%s%#x&0xffff=0x800", u32Base, e.EtherType-2)}
+	}
+	vals := make([]string, len(rs))
+	for i, x := range rs {
+		vals[i] = fmt.Sprintf("%#x", x[0])
+		if x[1] != x[0] {
+			vals[i] += fmt.Sprintf(":%#x", x[1])
+		}
+	}
+	r = append(r, "-m", "u32", "!", "--u32", fmt.Sprintf("%s%#x&0xffffffff=%s", u32Base, e.InnerSrc+4, strings.Join(vals, ",")))
+	return slices.Concat(r, cm(dropComment(e.Kind, ReasonForeignDst)), []string{"-j", "DROP"})
+}
+
+// ranges returns the IPv4 prefixes of ps as sorted, merged address ranges
+// [first, last], at most u32Max of them: beyond that the last range is
+// widened to cover the rest (a node has one IPv4 pod CIDR, rarely a few).
+func ranges(ps []netip.Prefix) [][2]uint32 {
+	var rs [][2]uint32
+	for _, p := range ps {
+		if !p.Addr().Is4() || !p.IsValid() {
+			continue
+		}
+		a := p.Masked().Addr().As4()
+		lo := binary.BigEndian.Uint32(a[:])
+		rs = append(rs, [2]uint32{lo, lo | ^uint32(0)>>p.Bits()})
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	slices.SortFunc(rs, func(a, b [2]uint32) int { return cmp.Compare(a[0], b[0]) })
+	out := rs[:1]
+	for _, r := range rs[1:] {
+		last := &out[len(out)-1]
+		if uint64(r[0]) <= uint64(last[1])+1 {
+			last[1] = max(last[1], r[1])
+			continue
+		}
+		out = append(out, r)
+	}
+	if len(out) > u32Max {
+		out[u32Max-1][1] = max(out[u32Max-1][1], out[len(out)-1][1])
+		out = out[:u32Max]
+	}
+	return out
 }

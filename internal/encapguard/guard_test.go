@@ -36,6 +36,40 @@ func TestU32Inner(t *testing.T) {
 	}
 }
 
+// TestDstRule pins the inner-destination check: IPv4 frames only, the
+// local prefixes merged into sorted ranges (a single address printed
+// alone), at most u32Max ranges, none without an IPv4 prefix.
+func TestDstRule(t *testing.T) {
+	pp := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	s := spec(8472)
+	s.Local = pp("10.245.0.9/32", "10.244.1.0/24", "10.244.0.0/24", "fd00::/64")
+	want := `-m u32 --u32 0x0>>0x16&0x3c@0x1a&0xffff=0x800 -m u32 ! --u32 0x0>>0x16&0x3c@0x2e&0xffffffff=0xaf40000:0xaf401ff,0xaf50009 -m comment --comment weft: vxlan drop foreign-inner-destination -j DROP`
+	if got := strings.Join(dstRule(s), " "); got != want {
+		t.Fatalf("vxlan rule\n got %s\nwant %s", got, want)
+	}
+	u := Spec{Encap: UDP(8285), Local: pp("10.244.3.0/24")}
+	if got := strings.Join(dstRule(u), " "); got != `-m u32 ! --u32 0x0>>0x16&0x3c@0x18&0xffffffff=0xaf40300:0xaf403ff -m comment --comment weft: udp drop foreign-inner-destination -j DROP` {
+		t.Fatalf("udp rule %s", got)
+	}
+	if r := dstRule(Spec{Encap: IPIP(), Local: pp("fd00::/64")}); r != nil {
+		t.Fatalf("no IPv4 local prefix, rule %v", r)
+	}
+	var many []netip.Prefix
+	for i := range 12 {
+		many = append(many, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i * 2), 0, 0}), 16))
+	}
+	rs := ranges(many)
+	if len(rs) != u32Max || rs[u32Max-1] != [2]uint32{10<<24 | 18<<16, 10<<24 | 22<<16 | 0xffff} {
+		t.Fatalf("12 prefixes: %d ranges, last %#x", len(rs), rs[len(rs)-1])
+	}
+}
+
 func TestRenderOrder(t *testing.T) {
 	cs := chains(spec(8472, peer2, peer1))
 	if len(cs) != 1 {
@@ -45,6 +79,9 @@ func TestRenderOrder(t *testing.T) {
 	var got []string
 	for _, r := range rs {
 		got = append(got, iptables.Comment(r))
+	}
+	if got := iptables.Comment(chains(Spec{Encap: VXLAN(8472), PodIface: DefaultPodIface, Local: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/24")}})[0].rules[3]); got != "weft: vxlan drop foreign-inner-destination" {
+		t.Fatalf("fourth rule with a local CIDR: %q", got)
 	}
 	want := []string{"weft: vxlan drop from-pod", "weft: vxlan not for this node", "weft: vxlan drop unknown-sender",
 		"weft: vxlan from 192.168.77.11 pods 10.244.1.0/24", "weft: vxlan from 192.168.77.12 pods 10.244.2.0/24", "weft: vxlan drop forged-inner-source"}
@@ -125,7 +162,7 @@ func TestIPTablesInNetNS(t *testing.T) {
 			apply(spec(4789, peer1), 2)
 			apply(spec(4789, peer1), 0)
 			d, err := g.Drops(ctx, "vxlan")
-			if err != nil || len(d) != 3 {
+			if err != nil || len(d) != len(Reasons()) {
 				t.Fatalf("drops %v %v", d, err)
 			}
 			if err := g.Remove(ctx, "vxlan"); err != nil {
@@ -188,7 +225,7 @@ func TestCollector(t *testing.T) {
 		}
 		got[labels["reason"]] = m.GetCounter().GetValue()
 	}
-	if got[ReasonUnknownSender] != 7 || got[ReasonForgedInner] != 2 || got[ReasonFromPod] != 0 || len(got) != 3 {
+	if got[ReasonUnknownSender] != 7 || got[ReasonForgedInner] != 2 || got[ReasonFromPod] != 0 || got[ReasonForeignDst] != 0 || len(got) != 4 {
 		t.Fatalf("metric values %v", got)
 	}
 }

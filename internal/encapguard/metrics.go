@@ -9,7 +9,7 @@ import (
 )
 
 var dropsDesc = prometheus.NewDesc("weft_encap_dropped_packets_total",
-	"Encapsulated packets the encapsulation guard dropped, by encapsulation and reason (from-pod, unknown-sender, forged-inner-source).",
+	"Encapsulated packets the encapsulation guard dropped, by encapsulation and reason (from-pod, unknown-sender, forged-inner-source, foreign-inner-destination).",
 	[]string{"encap", "reason"}, nil)
 
 // Collector exports a guard's drop counters, read from the kernel at

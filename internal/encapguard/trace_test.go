@@ -23,8 +23,13 @@ type packet struct {
 
 func vxlanPacket(t *testing.T, sender, inner string) packet {
 	t.Helper()
+	return vxlanPacketTo(t, sender, inner, "10.244.9.9")
+}
+
+func vxlanPacketTo(t *testing.T, sender, inner, dst string) packet {
+	t.Helper()
 	mac, _ := net.ParseMAC("02:00:00:00:00:01")
-	f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: mac, Src: netip.MustParseAddr(inner), Dst: netip.MustParseAddr("10.244.9.9"), SrcPort: 1, DstPort: 2}
+	f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: mac, Src: netip.MustParseAddr(inner), Dst: netip.MustParseAddr(dst), SrcPort: 1, DstPort: 2}
 	outer := make([]byte, 20+8)
 	outer[0] = 0x45
 	return packet{src: netip.MustParseAddr(sender), bytes: append(outer, f.Bytes()...)}
@@ -40,12 +45,24 @@ func u32(t *testing.T, expr string, p []byte) bool {
 			t.Fatalf("u32 form %q", test)
 		}
 		o, mv, _ := strings.Cut(rest, "&")
-		m, v, _ := strings.Cut(mv, "=")
+		m, vs, _ := strings.Cut(mv, "=")
 		off, _ = strconv.ParseUint(o, 0, 32)
 		mask, _ = strconv.ParseUint(m, 0, 32)
-		val, _ = strconv.ParseUint(v, 0, 32)
 		at := int(p[0]&0x0f)*4 + int(off)
-		if at+4 > len(p) || uint64(binary.BigEndian.Uint32(p[at:at+4]))&mask != val {
+		if at+4 > len(p) {
+			return false
+		}
+		got, in := uint64(binary.BigEndian.Uint32(p[at:at+4]))&mask, false
+		for _, v := range strings.Split(vs, ",") {
+			lo, hi, isRange := strings.Cut(v, ":")
+			if !isRange {
+				hi = lo
+			}
+			val, _ = strconv.ParseUint(lo, 0, 32)
+			top, _ := strconv.ParseUint(hi, 0, 32)
+			in = in || (got >= val && got <= top)
+		}
+		if !in {
 			return false
 		}
 	}
@@ -78,7 +95,7 @@ hops:
 					continue rules
 				case r[i] == "-s" && r[i+1] != p.src.String()+"/32":
 					continue rules
-				case r[i] == "--u32" && !u32(t, r[i+1], p.bytes):
+				case r[i] == "--u32" && u32(t, r[i+1], p.bytes) == (r[i-1] == "!"):
 					continue rules
 				case r[i] == "--src-range":
 					lo, hi, _ := strings.Cut(r[i+1], "-")
@@ -137,6 +154,26 @@ func TestTreeAdmitsExactlyPeers(t *testing.T) {
 	t.Logf("300 peers: at most %d rules per packet", maxRules)
 	if v, _ := trace(t, s, vxlanPacket(t, "172.18.9.9", "10.100.0.1")); v != dropComment("vxlan", ReasonUnknownSender) {
 		t.Fatalf("stranger: %s", v)
+	}
+	// With this node's pod CIDRs: a peer's packet passes for a local pod
+	// only (non-IPv4 frames still meet the source check).
+	s.Local = []netip.Prefix{netip.MustParsePrefix("10.244.9.0/24"), netip.MustParsePrefix("10.245.0.0/16")}
+	p := peers[7]
+	own := p.PodCIDRs[0].Addr().Next().String()
+	for dst, want := range map[string]string{
+		"10.244.9.9": "RETURN", "10.245.200.1": "RETURN",
+		"10.244.8.255": dropComment("vxlan", ReasonForeignDst), "10.246.0.0": dropComment("vxlan", ReasonForeignDst),
+		peers[8].PodCIDRs[0].Addr().Next().String(): dropComment("vxlan", ReasonForeignDst),
+		p.UnderlayIP.String():                       dropComment("vxlan", ReasonForeignDst),
+	} {
+		if v, _ := trace(t, s, vxlanPacketTo(t, p.UnderlayIP.String(), own, dst)); v != want {
+			t.Fatalf("peer %s to %s: %s, want %s", p.UnderlayIP, dst, v, want)
+		}
+	}
+	arp := vxlanPacketTo(t, p.UnderlayIP.String(), own, "10.244.9.9")
+	arp.bytes[20+8+8+12], arp.bytes[20+8+8+13] = 0x08, 0x06
+	if v, _ := trace(t, s, arp); v != dropComment("vxlan", ReasonForgedInner) {
+		t.Fatalf("an ARP frame: %s", v)
 	}
 	pod := vxlanPacket(t, "10.100.0.5", "10.100.0.5")
 	pod.fromPod = true

@@ -42,7 +42,8 @@ type guardPod struct {
 // pod a (node 1) reach pod b (node 2), a hand-built VXLAN frame carrying
 // an inner packet a -> b reaches b when node 1 sends it (control), and
 // does not when a pod on node 3 or a host on the underlay that is no node
-// sends it; the guard's drop counters show where each was dropped.
+// sends it; node 1 cannot have node 2 relay a's packet to a host on the
+// underlay; the guard's drop counters show where each was dropped.
 func testForgedVXLANDropped(t *testing.T, ctx context.Context, c kubernetes.Interface, nsName string, nodes []*corev1.Node) {
 	a := startGuardPod(t, ctx, c, nsName, "guard-a", nodes[0].Name)
 	b := startGuardPod(t, ctx, c, nsName, "guard-b", nodes[1].Name)
@@ -83,30 +84,44 @@ func testForgedVXLANDropped(t *testing.T, ctx context.Context, c kubernetes.Inte
 		t.Fatalf("node %s VTEP MAC: %v", nodes[0].Name, err)
 	}
 	vtep := netip.AddrPortFrom(nodeIP(t, nodes[1]), vxlanPort)
-	send := func(from string) bool {
+	sendTo := func(from string, dst netip.Addr, at *testutil.UDPLog) bool {
 		token := fmt.Sprintf("forged-%d", rand.Int())
-		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: srcMAC, Src: a.ip, Dst: b.ip, SrcPort: 40000, DstPort: guardPort, Payload: []byte(token)}
+		f := testutil.VXLANFrame{VNI: 1, DstMAC: mac, SrcMAC: srcMAC, Src: a.ip, Dst: dst, SrcPort: 40000, DstPort: guardPort, Payload: []byte(token)}
 		n, err := ns.GetNS(from)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer n.Close()
 		testutil.SendUDP(t, n, vtep, f.Bytes())
-		return in.Await(token+" from ", 2*time.Second)
+		return at.Await(token+" from ", 2*time.Second)
 	}
+	send := func(from string) bool { return sendTo(from, b.ip, in) }
+	str := strangerNS(t)
 	if !send(filepath.Join("/run/netns", nodes[0].Name)) {
 		t.Fatal("control: the frame sent by node 1 itself (a's node) did not reach b: the forged frames below prove nothing")
 	}
 	if send(x.netns) {
 		t.Errorf("a frame (inner %s -> %s) from pod %s on %s reached b", a.ip, b.ip, x.pod.Name, nodes[2].Name)
 	}
-	if send(strangerNS(t)) {
+	if send(str) {
 		t.Errorf("a frame (inner %s -> %s) from %s on the underlay, no node, reached b", a.ip, b.ip, strangerIP)
+	}
+	// Node 1 itself, with a's source, may not use node 2 as a relay: a
+	// frame for a host on the underlay (which node 2 would forward it to)
+	// is dropped before decapsulation.
+	strNS, err := ns.GetNS(str)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer strNS.Close()
+	atStranger := testutil.ListenUDP(t, strNS, guardPort)
+	if sendTo(filepath.Join("/run/netns", nodes[0].Name), netip.MustParseAddr(strangerIP), atStranger) {
+		t.Errorf("node 1 relayed a frame (inner %s -> %s) through %s to a host on the underlay", a.ip, strangerIP, nodes[1].Name)
 	}
 	d2 := guardDrops(t, ctx, nodes[1].Name, "vxlan")
 	d3 := guardDrops(t, ctx, nodes[2].Name, "vxlan")
 	t.Logf("drops: %s %v, %s %v", nodes[1].Name, d2, nodes[2].Name, d3)
-	if d2[encapguard.ReasonUnknownSender] < 3 || d3[encapguard.ReasonFromPod] < 3 {
+	if d2[encapguard.ReasonUnknownSender] < 3 || d2[encapguard.ReasonForeignDst] < 3 || d3[encapguard.ReasonFromPod] < 3 {
 		t.Errorf("drop counters did not move: %s %v, %s %v", nodes[1].Name, d2, nodes[2].Name, d3)
 	}
 }
