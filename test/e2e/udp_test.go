@@ -263,14 +263,15 @@ func testForgedUDPDropped(t *testing.T, ctx context.Context, c kubernetes.Interf
 	}
 }
 
-// testRelayChecksPastGuard: the guard in front of port 8285 checks only
-// the sender and the inner IPv4 source, so node 1 can send node 2 a
-// datagram with its own pod's source that the guard passes: one whose
-// inner destination is node 2's own host address (not in its pod CIDR:
-// written into weft.udp it would reach node 2's host sockets), and one
-// whose inner packet is cut short. Node 2's relay drops both and its own
-// counters (weft_udp_dropped_packets_total foreign-destination,
-// truncated) move; a listener on node 2's host port sees nothing.
+// testRelayChecksPastGuard: node 1 sends node 2 datagrams with its own
+// pod's source: one whose inner destination is node 2's own host address
+// (not in its pod CIDR: written into weft.udp it would reach node 2's host
+// sockets), which the guard in front of port 8285 drops
+// (foreign-inner-destination), and one whose inner packet is cut short,
+// which the guard passes (it reads addresses only) and node 2's relay
+// drops (weft_udp_dropped_packets_total truncated). A listener on node 2's
+// host port sees nothing. (The relay's own destination check, behind the
+// guard, is shown in udp/relay_linux_test.go without a guard.)
 func testRelayChecksPastGuard(t *testing.T, nodes []*corev1.Node, remote []pair) {
 	var fromA, podB netip.Addr
 	for _, p := range remote {
@@ -294,11 +295,12 @@ func testRelayChecksPastGuard(t *testing.T, nodes []*corev1.Node, remote []pair)
 	dst2 := nodeIP(t, nodes[1])
 	drops := func() (foreign, truncated float64) {
 		m := nodeMetrics(t, nodes[1])
-		return metricValue(m, `weft_udp_dropped_packets_total{reason="foreign-destination"}`),
+		return float64(guardDrops(t, context.Background(), nodes[1].Name, "udp")[encapguard.ReasonForeignDst]),
 			metricValue(m, `weft_udp_dropped_packets_total{reason="truncated"}`)
 	}
 	foreign0, truncated0 := drops()
 	guard0 := guardDrops(t, context.Background(), nodes[1].Name, "udp")
+	relay0 := metricValue(nodeMetrics(t, nodes[1]), `weft_udp_dropped_packets_total{reason="foreign-destination"}`)
 	token := fmt.Sprintf("past-guard-%d", rand.Int())
 	toHost := testutil.UDPPacket(fromA, dst2, 40000, guardPort, []byte(token))
 	cut := testutil.UDPPacket(fromA, podB, 40000, guardPort, []byte(token+"-cut"))
@@ -311,13 +313,17 @@ func testRelayChecksPastGuard(t *testing.T, nodes []*corev1.Node, remote []pair)
 	if err := waitFor(context.Background(), 10*time.Second, func() (bool, error) {
 		foreign, truncated = drops()
 		return foreign >= foreign0+3 && truncated >= truncated0+3,
-			fmt.Errorf("relay drops on %s: foreign-destination %v -> %v, truncated %v -> %v", nodes[1].Name, foreign0, foreign, truncated0, truncated)
+			fmt.Errorf("drops on %s: guard foreign-inner-destination %v -> %v, relay truncated %v -> %v", nodes[1].Name, foreign0, foreign, truncated0, truncated)
 	}); err != nil {
 		t.Error(err)
 	}
 	g := guardDrops(t, context.Background(), nodes[1].Name, "udp")
-	t.Logf("%s: relay drops foreign-destination %v -> %v, truncated %v -> %v; guard drops %v -> %v",
-		nodes[1].Name, foreign0, foreign, truncated0, truncated, guard0, g)
+	relay := metricValue(nodeMetrics(t, nodes[1]), `weft_udp_dropped_packets_total{reason="foreign-destination"}`)
+	if relay != relay0 {
+		t.Errorf("the relay saw %v datagrams for a foreign destination: the guard should have dropped them", relay-relay0)
+	}
+	t.Logf("%s: guard drops %v -> %v; relay truncated %v -> %v, foreign-destination %v -> %v",
+		nodes[1].Name, guard0, g, truncated0, truncated, relay0, relay)
 }
 
 // testUDPStreamSurvivesRestart: the relay is weftd's, so killing weftd
