@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sync"
 )
 
@@ -97,19 +98,19 @@ func (f *Fake) Admits(kind string, sender, inner netip.Addr) bool {
 }
 
 // AdmitsDst reports whether the guard of kind, as last applied, lets an
-// encapsulated packet for inner destination dst through to this node (its
-// sender and inner source aside).
+// encapsulated packet for inner IPv4 destination dst through to this node
+// (its sender and inner source aside): the ranges the kernel rule holds.
 func (f *Fake) AdmitsDst(kind string, dst netip.Addr) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s, ok := f.specs[kind]
-	if !ok || len(ranges(s.Local)) == 0 {
+	rs := ranges(s.Local)
+	if !ok || len(rs) == 0 {
 		return true
 	}
-	for _, c := range s.Local {
-		if c.Contains(dst) {
-			return true
-		}
+	if !dst.Is4() {
+		return false
 	}
-	return false
+	d := v4(dst)
+	return slices.ContainsFunc(rs, func(r [2]uint32) bool { return d >= r[0] && d <= r[1] })
 }

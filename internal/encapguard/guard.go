@@ -263,16 +263,24 @@ const u32Base = "0x0>>0x16&0x3c@"
 func u32Inner(e Encap, c netip.Prefix) string {
 	var tests []string
 	if e.EtherType != 0 {
-		tests = append(tests, fmt.Sprintf("%s%#x&0xffff=0x800", u32Base, e.EtherType-2))
+		tests = append(tests, u32IPv4Frame(e))
 	}
-	a := c.Addr().As4()
-	addr := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	addr := v4(c.Addr())
 	mask := uint32(0)
 	if c.Bits() > 0 {
 		mask = ^uint32(0) << (32 - c.Bits())
 	}
 	tests = append(tests, fmt.Sprintf("%s%#x&%#x=%#x", u32Base, e.InnerSrc, mask, addr&mask))
 	return strings.Join(tests, "&&")
+}
+
+// u32IPv4Frame tests that the inner Ethernet frame of e carries IPv4.
+func u32IPv4Frame(e Encap) string { return fmt.Sprintf("%s%#x&0xffff=0x800", u32Base, e.EtherType-2) }
+
+// v4 is the IPv4 address a as a number.
+func v4(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
 }
 
 // u32Max is how many values (or ranges) one u32 test holds (xt_u32's
@@ -291,7 +299,7 @@ func dstRule(s Spec) []string {
 	e := s.Encap
 	var r []string
 	if e.EtherType != 0 {
-		r = []string{"-m", "u32", "--u32", fmt.Sprintf("%s%#x&0xffff=0x800", u32Base, e.EtherType-2)}
+		r = []string{"-m", "u32", "--u32", u32IPv4Frame(e)}
 	}
 	vals := make([]string, len(rs))
 	for i, x := range rs {
@@ -313,8 +321,7 @@ func ranges(ps []netip.Prefix) [][2]uint32 {
 		if !p.Addr().Is4() || !p.IsValid() {
 			continue
 		}
-		a := p.Masked().Addr().As4()
-		lo := binary.BigEndian.Uint32(a[:])
+		lo := v4(p.Masked().Addr())
 		rs = append(rs, [2]uint32{lo, lo | ^uint32(0)>>p.Bits()})
 	}
 	if len(rs) == 0 {
